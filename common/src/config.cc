@@ -1,0 +1,301 @@
+// config.cc — mx.yaml parsing and validation.
+#include "mx/common/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cctype>
+#include <charconv>
+#include <limits>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace mx {
+namespace {
+
+// Thrown only inside this file and turned into a Status by ParseConfig.
+struct ConfigError {
+  std::string message;
+};
+
+[[noreturn]] void Fail(const std::string& key, const std::string& what) {
+  throw ConfigError{key + ": " + what};
+}
+
+// Parses "250ms", "30s", "5m", "4h", "5d" or a bare number of seconds.
+std::chrono::microseconds ParseDuration(const std::string& key, const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0) Fail(key, "expected a duration like 30s, 5m, 4h, got '" + text + "'");
+  uint64_t n = 0;
+  std::from_chars(text.data(), text.data() + i, n);
+  std::string unit = text.substr(i);
+  uint64_t mult;
+  if (unit.empty() || unit == "s") mult = 1'000'000;
+  else if (unit == "ms") mult = 1'000;
+  else if (unit == "us") mult = 1;
+  else if (unit == "m") mult = 60'000'000;
+  else if (unit == "h") mult = 3'600'000'000ULL;
+  else if (unit == "d") mult = 86'400'000'000ULL;
+  else Fail(key, "unknown duration unit '" + unit + "' (use ms, s, m, h, d)");
+  return std::chrono::microseconds(n * mult);
+}
+
+// Parses "10485760", "10M", "512K", "1G".
+uint64_t ParseBytes(const std::string& key, const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0) Fail(key, "expected a byte count like 10485760 or 10M, got '" + text + "'");
+  uint64_t n = 0;
+  std::from_chars(text.data(), text.data() + i, n);
+  std::string unit = text.substr(i);
+  if (unit.empty() || unit == "B") return n;
+  if (unit == "K" || unit == "KiB") return n << 10;
+  if (unit == "M" || unit == "MiB") return n << 20;
+  if (unit == "G" || unit == "GiB") return n << 30;
+  Fail(key, "unknown size unit '" + unit + "' (use K, M, G)");
+}
+
+class Reader {
+ public:
+  Reader(const YAML::Node& node, std::string path) : node_(node), path_(std::move(path)) {
+    if (node_ && !node_.IsMap()) Fail(path_, "expected a mapping");
+  }
+  ~Reader() noexcept(false) {
+    if (!node_ || std::uncaught_exceptions() > 0) return;
+    for (const auto& kv : node_) {
+      auto k = kv.first.as<std::string>();
+      if (!seen_.count(k)) Fail(Key(k), "unknown key");
+    }
+  }
+
+  YAML::Node Child(const std::string& k) {
+    seen_.insert(k);
+    return node_ ? node_[k] : YAML::Node();
+  }
+  std::string Key(const std::string& k) const { return path_.empty() ? k : path_ + "." + k; }
+
+  void Str(const std::string& k, std::string* out) {
+    auto n = Child(k);
+    if (!n) return;
+    if (!n.IsScalar()) Fail(Key(k), "expected a string");
+    *out = n.as<std::string>();
+  }
+  template <typename Int>
+  void Uint(const std::string& k, Int* out) {
+    auto n = Child(k);
+    if (!n) return;
+    if (!n.IsScalar()) Fail(Key(k), "expected a number");
+    auto s = n.as<std::string>();
+    uint64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || p != s.data() + s.size() || v > std::numeric_limits<Int>::max()) {
+      Fail(Key(k), "expected a non-negative integer, got '" + s + "'");
+    }
+    *out = static_cast<Int>(v);
+  }
+  void Int64(const std::string& k, int64_t* out) {
+    auto n = Child(k);
+    if (!n) return;
+    auto s = n.as<std::string>();
+    int64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || p != s.data() + s.size()) Fail(Key(k), "expected an integer, got '" + s + "'");
+    *out = v;
+  }
+  void Bytes(const std::string& k, uint64_t* out) {
+    auto n = Child(k);
+    if (!n) return;
+    *out = ParseBytes(Key(k), n.as<std::string>());
+  }
+  template <typename Dur>
+  void Duration(const std::string& k, Dur* out) {
+    auto n = Child(k);
+    if (!n) return;
+    *out = std::chrono::duration_cast<Dur>(ParseDuration(Key(k), n.as<std::string>()));
+  }
+  void StrList(const std::string& k, std::vector<std::string>* out) {
+    auto n = Child(k);
+    if (!n) return;
+    out->clear();
+    if (n.IsScalar()) {
+      out->push_back(n.as<std::string>());
+      return;
+    }
+    if (!n.IsSequence()) Fail(Key(k), "expected a list of strings");
+    for (const auto& e : n) out->push_back(e.as<std::string>());
+  }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  std::set<std::string> seen_;
+};
+
+void CheckHostPort(const std::string& key, const std::string& v) {
+  if (v.empty()) return;
+  auto r = ParseHostPort(v);
+  if (!r.ok()) Fail(key, r.status().message());
+}
+
+Config Parse(const YAML::Node& root) {
+  Config c;
+  {
+    Reader r(root, "");
+    r.Str("node_name", &c.node_name);
+    r.Str("hostname", &c.hostname);
+    r.Str("log_level", &c.log_level);
+    r.Str("metrics_listen", &c.metrics_listen);
+    {
+      Reader in(r.Child("ingress"), "ingress");
+      in.Str("listen", &c.ingress.listen);
+      in.Str("hostname", &c.ingress.hostname);
+      in.Str("greeting", &c.ingress.greeting);
+      in.Bytes("max_message_size", &c.ingress.max_message_size);
+      in.Uint("max_recipients_per_message", &c.ingress.max_recipients_per_message);
+      in.Uint("max_line_length", &c.ingress.max_line_length);
+      in.Uint("max_errors", &c.ingress.max_errors);
+      in.Duration("command_timeout", &c.ingress.command_timeout);
+      in.Duration("data_timeout", &c.ingress.data_timeout);
+      in.Duration("enqueue_timeout", &c.ingress.enqueue_timeout);
+      in.StrList("queue", &c.ingress.queue);
+      in.Uint("threads", &c.ingress.threads);
+    }
+    {
+      Reader q(r.Child("queue"), "queue");
+      q.Str("listen", &c.queue.listen);
+      q.Str("data_dir", &c.queue.data_dir);
+      q.Uint("shard", &c.queue.shard);
+      q.Uint("group_commit_max_commands", &c.queue.group_commit_max_commands);
+      q.Bytes("group_commit_max_bytes", &c.queue.group_commit_max_bytes);
+      q.Duration("group_commit_linger", &c.queue.group_commit_linger);
+      q.Duration("min_backoff", &c.queue.min_backoff);
+      q.Duration("max_backoff", &c.queue.max_backoff);
+      q.Duration("lease_ttl", &c.queue.lease_ttl);
+      q.Duration("tick_interval", &c.queue.tick_interval);
+      q.Uint("pull_batch", &c.queue.pull_batch);
+      q.Bytes("pull_batch_bytes", &c.queue.pull_batch_bytes);
+      q.Int64("class_factor", &c.queue.class_factor);
+      q.Int64("recipient_factor", &c.queue.recipient_factor);
+      q.Int64("retry_factor", &c.queue.retry_factor);
+    }
+    {
+      Reader d(r.Child("delivery"), "delivery");
+      d.StrList("queue", &c.delivery.queue);
+      d.StrList("dns_servers", &c.delivery.dns_servers);
+      d.Str("helo_name", &c.delivery.helo_name);
+      d.Str("smart_host", &c.delivery.smart_host);
+      d.Str("fallback_mx_host", &c.delivery.fallback_mx_host);
+      d.Uint("smtp_port", &c.delivery.smtp_port);
+      d.Uint("concurrency", &c.delivery.concurrency);
+      d.Uint("threads", &c.delivery.threads);
+      d.Duration("connect_timeout", &c.delivery.connect_timeout);
+      d.Duration("greeting_timeout", &c.delivery.greeting_timeout);
+      d.Duration("command_timeout", &c.delivery.command_timeout);
+      d.Duration("data_timeout", &c.delivery.data_timeout);
+      d.Duration("dns_timeout", &c.delivery.dns_timeout);
+      d.Str("double_bounce_address", &c.delivery.double_bounce_address);
+    }
+    {
+      Reader k(r.Child("control"), "control");
+      k.Str("listen", &c.control.listen);
+      k.StrList("queue", &c.control.queue);
+    }
+  }
+
+  CheckHostPort("ingress.listen", c.ingress.listen);
+  CheckHostPort("queue.listen", c.queue.listen);
+  CheckHostPort("control.listen", c.control.listen);
+  CheckHostPort("metrics_listen", c.metrics_listen);
+  for (const auto& s : c.delivery.dns_servers) CheckHostPort("delivery.dns_servers", s);
+  if (c.ingress.hostname.empty()) c.ingress.hostname = c.hostname;
+  if (c.delivery.helo_name.empty()) c.delivery.helo_name = c.hostname;
+  // In a single node every role reaches the local queue by default.
+  if (c.ingress.queue.empty()) c.ingress.queue = {c.queue.listen};
+  if (c.delivery.queue.empty()) c.delivery.queue = {c.queue.listen};
+  if (c.control.queue.empty()) c.control.queue = {c.queue.listen};
+  if (c.ingress.max_message_size == 0) Fail("ingress.max_message_size", "must be > 0");
+  if (c.ingress.max_message_size > 48ULL * 1024 * 1024) {
+    Fail("ingress.max_message_size", "at most 48M is supported");
+  }
+  if (c.ingress.max_recipients_per_message == 0) Fail("ingress.max_recipients_per_message", "must be > 0");
+  if (c.ingress.max_line_length < 512) Fail("ingress.max_line_length", "must be >= 512 (RFC 5321)");
+  if (c.queue.min_backoff.count() <= 0) Fail("queue.min_backoff", "must be > 0");
+  if (c.queue.max_backoff < c.queue.min_backoff) Fail("queue.max_backoff", "must be >= queue.min_backoff");
+  if (c.queue.lease_ttl.count() <= 0) Fail("queue.lease_ttl", "must be > 0");
+  if (c.queue.group_commit_max_commands == 0) Fail("queue.group_commit_max_commands", "must be > 0");
+  if (c.queue.pull_batch == 0) Fail("queue.pull_batch", "must be > 0");
+  if (c.delivery.concurrency == 0) Fail("delivery.concurrency", "must be > 0");
+  if (!c.delivery.smart_host.empty()) {
+    auto s = c.delivery.smart_host;
+    if (s.front() == '[') {
+      auto close = s.find(']');
+      if (close == std::string::npos) Fail("delivery.smart_host", "missing ']'");
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+std::string HostPort::ToString() const {
+  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
+  return host + ":" + std::to_string(port);
+}
+
+Result<HostPort> ParseHostPort(const std::string& text, uint16_t default_port) {
+  HostPort hp;
+  std::string rest;
+  if (!text.empty() && text.front() == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos) return Status(Code::kInvalidArgument, "missing ']' in '" + text + "'");
+    hp.host = text.substr(1, close - 1);
+    rest = text.substr(close + 1);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos) {
+      hp.host = text;
+    } else {
+      hp.host = text.substr(0, colon);
+      rest = text.substr(colon);
+    }
+  }
+  if (hp.host.empty()) return Status(Code::kInvalidArgument, "missing host in '" + text + "'");
+  if (rest.empty()) {
+    if (default_port == 0) return Status(Code::kInvalidArgument, "missing port in '" + text + "'");
+    hp.port = default_port;
+    return hp;
+  }
+  if (rest.front() != ':') return Status(Code::kInvalidArgument, "bad address '" + text + "'");
+  unsigned v = 0;
+  auto [p, ec] = std::from_chars(rest.data() + 1, rest.data() + rest.size(), v);
+  if (ec != std::errc() || p != rest.data() + rest.size() || v == 0 || v > 65535) {
+    return Status(Code::kInvalidArgument, "bad port in '" + text + "'");
+  }
+  hp.port = static_cast<uint16_t>(v);
+  return hp;
+}
+
+Result<Config> ParseConfig(const std::string& yaml_text) {
+  try {
+    YAML::Node root = YAML::Load(yaml_text);
+    if (!root || root.IsNull()) return Parse(YAML::Node(YAML::NodeType::Map));
+    return Parse(root);
+  } catch (const ConfigError& e) {
+    return Status(Code::kInvalidArgument, e.message);
+  } catch (const YAML::Exception& e) {
+    return Status(Code::kInvalidArgument, std::string("YAML: ") + e.what());
+  }
+}
+
+Result<Config> LoadConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status(Code::kNotFound, "cannot read config file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto r = ParseConfig(ss.str());
+  if (!r.ok()) return Status(r.status().code(), path + ": " + r.status().message());
+  return r;
+}
+
+}  // namespace mx

@@ -1,0 +1,88 @@
+// state_machine.h — the queue's deterministic state machine over RocksDB.
+//
+// Every state change is a QueueCommand applied here, in log order, by every
+// replica. Apply depends only on the command and the current state — time comes
+// from the command (leader-stamped) — so replicas converge. The applied index is
+// written in the same WriteBatch as the changes, and entries at or below it are
+// skipped, so replaying a log after a restart is harmless.
+//
+// Failure: Open() and Apply() return a Status; a failed Apply() wrote nothing.
+#pragma once
+
+#include <rocksdb/db.h>
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mx/common/result.h"
+#include "mx/v1/queue.pb.h"
+
+namespace mx::queue {
+
+struct StateMachineOptions {
+  std::string dir;
+  // Sync the RocksDB WAL on every apply. True when RocksDB is the durable log
+  // (LocalLog); false under Raft, whose log is already fsync'd.
+  bool sync = true;
+  int64_t retry_factor = 90000;
+};
+
+// What applying one command produced.
+struct ApplyResult {
+  Status status;
+  std::vector<v1::RcptRef> leased;  // LeaseOp: the items actually leased
+  uint32_t made_ready = 0;          // recipients that became ready
+};
+
+struct QueueCounts {
+  int64_t messages = 0;
+  std::array<int64_t, 6> by_status{};  // indexed by v1::RcptStatus
+};
+
+class StateMachine {
+ public:
+  static Result<std::unique_ptr<StateMachine>> Open(const StateMachineOptions& options);
+  ~StateMachine();
+
+  // Applies commands with consecutive log indexes first_index, first_index+1, ...
+  // in one atomic write. Commands at or below the applied index are skipped
+  // (their result is OK with no effect).
+  [[nodiscard]] Status Apply(uint64_t first_index, const std::vector<const v1::QueueCommand*>& commands,
+                             std::vector<ApplyResult>* results);
+
+  uint64_t applied_index() const { return applied_.load(); }
+  QueueCounts counts() const;
+
+  // ---- reads of committed state (any thread) ----
+  // Up to max_items ready recipients in sort order.
+  std::vector<v1::RcptRef> ReadyItems(size_t max_items) const;
+  // Time of the earliest sched entry, or INT64_MAX.
+  int64_t EarliestScheduled() const;
+  // Arrival time (from the qid) of the oldest queued message, or 0 if empty.
+  int64_t OldestArrival() const;
+  Result<v1::Envelope> GetEnvelope(const std::string& qid) const;
+  Result<std::string> GetBody(const std::string& qid) const;
+  Result<v1::Recipient> GetRecipient(const std::string& qid, uint32_t index) const;
+  std::vector<v1::Recipient> GetRecipients(const std::string& qid, uint32_t nrcpts) const;
+  void List(const v1::ListRequest& filter, v1::ListResponse* out) const;
+  void Stats(v1::GetStatsResponse* out) const;
+
+ private:
+  class Batch;
+  StateMachine() = default;
+
+  rocksdb::DB* db_ = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  rocksdb::ColumnFamilyHandle *msg_ = nullptr, *rcpt_ = nullptr, *ready_ = nullptr, *sched_ = nullptr,
+                              *stats_ = nullptr, *meta_ = nullptr;
+  StateMachineOptions options_;
+  std::atomic<uint64_t> applied_{0};
+  mutable std::mutex counts_mu_;
+  QueueCounts counts_;
+};
+
+}  // namespace mx::queue

@@ -1,0 +1,515 @@
+// state_machine.cc — applies QueueCommands to RocksDB column families.
+#include "mx/queue/state_machine.h"
+
+#include <rocksdb/options.h>
+#include <rocksdb/table.h>
+#include <rocksdb/utilities/write_batch_with_index.h>
+
+#include <map>
+
+#include "mx/common/log.h"
+#include "mx/common/qid.h"
+#include "mx/queue/keys.h"
+
+namespace mx::queue {
+namespace {
+
+constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", "stats", "meta"};
+constexpr const char* kAppliedKey = "applied";
+constexpr const char* kCountsKey = "counts";
+constexpr const char* kStatsSinceKey = "stats_since";
+
+Status FromRocks(const rocksdb::Status& s, const char* what) {
+  if (s.ok()) return Status::Ok();
+  return Status(s.IsIOError() ? Code::kUnavailable : Code::kInternal, std::string(what) + ": " + s.ToString());
+}
+
+std::string EncodeU64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (56 - 8 * i)) & 0xff);
+  return s;
+}
+uint64_t DecodeU64(const std::string& s) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8 && i < s.size(); ++i) v = (v << 8) | static_cast<unsigned char>(s[i]);
+  return v;
+}
+
+bool IsFinal(v1::RcptStatus s) { return s == v1::RCPT_DELIVERED || s == v1::RCPT_BOUNCED; }
+
+}  // namespace
+
+// One atomic write under construction, readable through its own pending writes.
+class StateMachine::Batch {
+ public:
+  explicit Batch(StateMachine& sm) : sm_(sm), wb_(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true) {}
+
+  // NotFound is reported as false with OK status.
+  Status Get(rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string* value, bool* found) {
+    auto s = wb_.GetFromBatchAndDB(sm_.db_, rocksdb::ReadOptions(), cf, key, value);
+    *found = s.ok();
+    if (s.ok() || s.IsNotFound()) return Status::Ok();
+    return FromRocks(s, "read");
+  }
+  template <typename Proto>
+  Status GetProto(rocksdb::ColumnFamilyHandle* cf, const std::string& key, Proto* out, bool* found) {
+    std::string v;
+    auto st = Get(cf, key, &v, found);
+    if (!st.ok() || !*found) return st;
+    if (!out->ParseFromString(v)) return Status(Code::kDataLoss, "corrupt record " + key);
+    return Status::Ok();
+  }
+  void Put(rocksdb::ColumnFamilyHandle* cf, const std::string& key, const std::string& value) {
+    wb_.Put(cf, key, value);
+  }
+  void PutProto(rocksdb::ColumnFamilyHandle* cf, const std::string& key, const google::protobuf::Message& m) {
+    wb_.Put(cf, key, m.SerializeAsString());
+  }
+  void Delete(rocksdb::ColumnFamilyHandle* cf, const std::string& key) { wb_.Delete(cf, key); }
+  std::unique_ptr<rocksdb::Iterator> Iterator(rocksdb::ColumnFamilyHandle* cf) {
+    return std::unique_ptr<rocksdb::Iterator>(
+        wb_.NewIteratorWithBase(cf, sm_.db_->NewIterator(rocksdb::ReadOptions(), cf)));
+  }
+  rocksdb::WriteBatch* write_batch() { return wb_.GetWriteBatch(); }
+
+ private:
+  StateMachine& sm_;
+  rocksdb::WriteBatchWithIndex wb_;
+};
+
+namespace {
+
+// State that one Apply() call accumulates before its single write.
+struct ApplyContext {
+  QueueCounts counts;
+  std::map<std::string, v1::MailerStats> stats;
+  int64_t retry_factor = 0;
+
+  void Move(v1::RcptStatus from, v1::RcptStatus to) {
+    if (from != v1::RCPT_STATUS_UNSPECIFIED) --counts.by_status[from];
+    if (to != v1::RCPT_STATUS_UNSPECIFIED) ++counts.by_status[to];
+  }
+  v1::MailerStats& Stats(const std::string& mailer) {
+    auto& s = stats[mailer.empty() ? "esmtp" : mailer];
+    s.set_mailer(mailer.empty() ? "esmtp" : mailer);
+    return s;
+  }
+};
+
+void AddStats(v1::MailerStats* into, const v1::MailerStats& d) {
+  into->set_msgsfr(into->msgsfr() + d.msgsfr());
+  into->set_bytes_from(into->bytes_from() + d.bytes_from());
+  into->set_msgsto(into->msgsto() + d.msgsto());
+  into->set_bytes_to(into->bytes_to() + d.bytes_to());
+  into->set_msgsrej(into->msgsrej() + d.msgsrej());
+  into->set_msgsdis(into->msgsdis() + d.msgsdis());
+}
+
+}  // namespace
+
+Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptions& options) {
+  auto sm = std::unique_ptr<StateMachine>(new StateMachine());
+  sm->options_ = options;
+
+  rocksdb::DBOptions db_opts;
+  db_opts.create_if_missing = true;
+  db_opts.create_missing_column_families = true;
+  db_opts.max_background_jobs = 2;
+  db_opts.keep_log_file_num = 4;
+
+  rocksdb::ColumnFamilyOptions base;
+  base.write_buffer_size = 32 << 20;
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (const char* name : kCfNames) {
+    rocksdb::ColumnFamilyOptions o = base;
+    if (std::string(name) == "msg") {
+      // Bodies live in blob files: compaction moves keys, not message bytes.
+      o.enable_blob_files = true;
+      o.min_blob_size = 2048;
+      o.enable_blob_garbage_collection = true;
+    }
+    cfs.emplace_back(name, o);
+  }
+  auto s = rocksdb::DB::Open(db_opts, options.dir, cfs, &sm->handles_, &sm->db_);
+  if (!s.ok()) return FromRocks(s, ("open queue store " + options.dir).c_str());
+  sm->msg_ = sm->handles_[1];
+  sm->rcpt_ = sm->handles_[2];
+  sm->ready_ = sm->handles_[3];
+  sm->sched_ = sm->handles_[4];
+  sm->stats_ = sm->handles_[5];
+  sm->meta_ = sm->handles_[6];
+
+  std::string v;
+  s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kAppliedKey, &v);
+  if (s.ok()) sm->applied_ = DecodeU64(v);
+  else if (!s.IsNotFound()) return FromRocks(s, "read applied index");
+  s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kCountsKey, &v);
+  if (s.ok()) {
+    for (size_t i = 0; i < 7 && (i + 1) * 8 <= v.size(); ++i) {
+      int64_t n = static_cast<int64_t>(DecodeU64(v.substr(i * 8, 8)));
+      if (i == 0) sm->counts_.messages = n;
+      else sm->counts_.by_status[i - 1] = n;
+    }
+  }
+  return sm;
+}
+
+StateMachine::~StateMachine() {
+  for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+  delete db_;
+}
+
+QueueCounts StateMachine::counts() const {
+  std::lock_guard lock(counts_mu_);
+  return counts_;
+}
+
+Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::QueueCommand*>& commands,
+                           std::vector<ApplyResult>* results) {
+  results->assign(commands.size(), ApplyResult{});
+  Batch b(*this);
+  ApplyContext ctx;
+  ctx.counts = counts();
+  ctx.retry_factor = options_.retry_factor;
+  uint64_t last = applied_.load();
+  bool stats_touched = false;
+
+  // Recipient transitions shared by the command handlers.
+  auto clear_index = [&](const v1::Recipient& r, const std::string& qid) {
+    if (r.status() == v1::RCPT_READY) b.Delete(ready_, keys::Ready(r.ready_priority(), qid, r.index()));
+    if (r.status() == v1::RCPT_LEASED) b.Delete(sched_, keys::Sched(r.lease_expiry_unix_us(), qid, r.index()));
+    if (r.status() == v1::RCPT_DEFERRED) b.Delete(sched_, keys::Sched(r.next_attempt_unix_us(), qid, r.index()));
+  };
+  auto make_ready = [&](v1::Recipient* r, const std::string& qid, int64_t priority) {
+    ctx.Move(r->status(), v1::RCPT_READY);
+    r->set_status(v1::RCPT_READY);
+    r->set_ready_priority(priority);
+    r->clear_lease_owner();
+    r->clear_lease_expiry_unix_us();
+    b.Put(ready_, keys::Ready(priority, qid, r->index()), "");
+  };
+
+  auto enqueue = [&](const v1::NewMessage& m, int64_t now, ApplyResult* res) -> Status {
+    const auto& qid = m.envelope().qid();
+    std::string existing;
+    bool found = false;
+    if (auto st = b.Get(msg_, qid, &existing, &found); !st.ok()) return st;
+    if (found) {
+      res->status = Status(Code::kAlreadyExists, "queue id " + qid + " exists");
+      return Status::Ok();
+    }
+    v1::Envelope env = m.envelope();
+    env.set_nrcpts(m.recipients_size());
+    env.set_pending(m.recipients_size());
+    if (env.arrival_unix_us() == 0) env.set_arrival_unix_us(now);
+    b.PutProto(msg_, qid, env);
+    b.Put(msg_, keys::Body(qid), m.body());
+    ++ctx.counts.messages;
+    for (int i = 0; i < m.recipients_size(); ++i) {
+      v1::Recipient r = m.recipients(i);
+      r.set_index(i);
+      r.set_status(v1::RCPT_STATUS_UNSPECIFIED);
+      make_ready(&r, qid, env.priority());
+      b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
+      ++res->made_ready;
+    }
+    auto& st = ctx.Stats(env.mailer_from());
+    st.set_msgsfr(st.msgsfr() + 1);
+    st.set_bytes_from(st.bytes_from() + env.size());
+    stats_touched = true;
+    return Status::Ok();
+  };
+
+  auto lease = [&](const v1::LeaseOp& op, ApplyResult* res) -> Status {
+    for (const auto& item : op.items()) {
+      v1::Recipient r;
+      bool found = false;
+      auto key = keys::Rcpt(item.qid(), item.index());
+      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
+      if (!found || r.status() != v1::RCPT_READY) continue;  // taken or finished meanwhile
+      clear_index(r, item.qid());
+      ctx.Move(r.status(), v1::RCPT_LEASED);
+      r.set_status(v1::RCPT_LEASED);
+      r.set_lease_owner(op.worker());
+      r.set_lease_expiry_unix_us(op.expiry_unix_us());
+      b.PutProto(rcpt_, key, r);
+      b.Put(sched_, keys::Sched(op.expiry_unix_us(), item.qid(), item.index()), "");
+      res->leased.push_back(item);
+    }
+    return Status::Ok();
+  };
+
+  auto ack = [&](const v1::AckOp& op, int64_t now, ApplyResult* res) -> Status {
+    std::map<std::string, v1::Envelope> envs;  // touched envelopes, written once
+    for (const auto& result : op.results()) {
+      const auto& qid = result.qid();
+      auto it = envs.find(qid);
+      if (it == envs.end()) {
+        v1::Envelope env;
+        bool found = false;
+        if (auto st = b.GetProto(msg_, qid, &env, &found); !st.ok()) return st;
+        if (!found) continue;  // already finished and removed
+        it = envs.emplace(qid, std::move(env)).first;
+      }
+      v1::Envelope& env = it->second;
+      v1::Recipient r;
+      bool found = false;
+      auto key = keys::Rcpt(qid, result.index());
+      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
+      if (!found || IsFinal(r.status())) continue;  // duplicate ack
+      clear_index(r, qid);
+      r.set_last_attempt_unix_us(now);
+      r.set_last_reply(result.reply());
+      r.clear_lease_owner();
+      r.clear_lease_expiry_unix_us();
+      switch (result.outcome()) {
+        case v1::OUTCOME_DELIVERED:
+        case v1::OUTCOME_BOUNCED: {
+          auto to = result.outcome() == v1::OUTCOME_DELIVERED ? v1::RCPT_DELIVERED : v1::RCPT_BOUNCED;
+          ctx.Move(r.status(), to);
+          r.set_status(to);
+          env.set_pending(env.pending() > 0 ? env.pending() - 1 : 0);
+          if (to == v1::RCPT_DELIVERED) {
+            auto& st = ctx.Stats(result.mailer());
+            st.set_msgsto(st.msgsto() + 1);
+            st.set_bytes_to(st.bytes_to() + result.bytes());
+            stats_touched = true;
+          }
+          break;
+        }
+        case v1::OUTCOME_DEFERRED:
+        default: {
+          ctx.Move(r.status(), v1::RCPT_DEFERRED);
+          r.set_status(v1::RCPT_DEFERRED);
+          r.set_attempts(r.attempts() + 1);
+          int64_t next = result.next_attempt_unix_us() > now ? result.next_attempt_unix_us() : now;
+          r.set_next_attempt_unix_us(next);
+          b.Put(sched_, keys::Sched(next, qid, r.index()), "");
+          break;
+        }
+      }
+      b.PutProto(rcpt_, key, r);
+    }
+    for (auto& [qid, env] : envs) {
+      if (env.pending() > 0) {
+        b.PutProto(msg_, qid, env);
+        continue;
+      }
+      // Every recipient is final: the message leaves the queue.
+      for (uint32_t i = 0; i < env.nrcpts(); ++i) {
+        v1::Recipient r;
+        bool found = false;
+        auto key = keys::Rcpt(qid, i);
+        if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
+        if (found) {
+          ctx.Move(r.status(), v1::RCPT_STATUS_UNSPECIFIED);
+          b.Delete(rcpt_, key);
+        }
+      }
+      b.Delete(msg_, qid);
+      b.Delete(msg_, keys::Body(qid));
+      --ctx.counts.messages;
+    }
+    for (const auto& dsn : op.dsns()) {
+      ApplyResult ignored;
+      if (auto st = enqueue(dsn, now, &ignored); !st.ok()) return st;
+      res->made_ready += ignored.made_ready;
+    }
+    return Status::Ok();
+  };
+
+  auto tick = [&](const v1::TickOp& op, int64_t now, ApplyResult* res) -> Status {
+    uint32_t limit = op.max_items() ? op.max_items() : 10000;
+    auto it = b.Iterator(sched_);
+    std::vector<keys::Item> due;
+    for (it->SeekToFirst(); it->Valid() && due.size() < limit; it->Next()) {
+      keys::Item item;
+      if (!keys::Decode(it->key().ToStringView(), &item)) continue;
+      if (item.order > now) break;
+      due.push_back(std::move(item));
+    }
+    if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan sched");
+    it.reset();
+    for (const auto& item : due) {
+      b.Delete(sched_, keys::Sched(item.order, item.qid, item.index));
+      v1::Recipient r;
+      bool found = false;
+      auto key = keys::Rcpt(item.qid, item.index);
+      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
+      if (!found) continue;
+      bool expired_lease = r.status() == v1::RCPT_LEASED && r.lease_expiry_unix_us() <= now;
+      bool retry_due = r.status() == v1::RCPT_DEFERRED && r.next_attempt_unix_us() <= now;
+      if (!expired_lease && !retry_due) continue;
+      v1::Envelope env;
+      bool env_found = false;
+      if (auto st = b.GetProto(msg_, item.qid, &env, &env_found); !st.ok()) return st;
+      int64_t priority = env.priority() + static_cast<int64_t>(r.attempts()) * ctx.retry_factor;
+      make_ready(&r, item.qid, priority);
+      b.PutProto(rcpt_, key, r);
+      ++res->made_ready;
+    }
+    return Status::Ok();
+  };
+
+  for (size_t i = 0; i < commands.size(); ++i) {
+    uint64_t index = first_index + i;
+    if (index <= last) continue;  // replayed entry: already applied
+    const auto& cmd = *commands[i];
+    auto* res = &(*results)[i];
+    Status st;
+    switch (cmd.op_case()) {
+      case v1::QueueCommand::kEnqueue: st = enqueue(cmd.enqueue().message(), cmd.now_unix_us(), res); break;
+      case v1::QueueCommand::kLease: st = lease(cmd.lease(), res); break;
+      case v1::QueueCommand::kAck: st = ack(cmd.ack(), cmd.now_unix_us(), res); break;
+      case v1::QueueCommand::kTick: st = tick(cmd.tick(), cmd.now_unix_us(), res); break;
+      case v1::QueueCommand::kStats:
+        for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
+        stats_touched = true;
+        break;
+      default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
+    }
+    if (!st.ok()) return st;  // storage failure: nothing written
+    last = index;
+  }
+
+  if (stats_touched) {
+    for (auto& [mailer, delta] : ctx.stats) {
+      v1::MailerStats cur;
+      bool found = false;
+      if (auto st = b.GetProto(stats_, mailer, &cur, &found); !st.ok()) return st;
+      cur.set_mailer(mailer);
+      AddStats(&cur, delta);
+      b.PutProto(stats_, mailer, cur);
+    }
+    std::string since;
+    bool found = false;
+    if (auto st = b.Get(meta_, kStatsSinceKey, &since, &found); !st.ok()) return st;
+    if (!found && !commands.empty()) b.Put(meta_, kStatsSinceKey, EncodeU64(commands.front()->now_unix_us()));
+  }
+  std::string counts_blob = EncodeU64(static_cast<uint64_t>(ctx.counts.messages));
+  for (auto n : ctx.counts.by_status) counts_blob += EncodeU64(static_cast<uint64_t>(n));
+  b.Put(meta_, kCountsKey, counts_blob);
+  b.Put(meta_, kAppliedKey, EncodeU64(last));
+
+  rocksdb::WriteOptions wo;
+  wo.sync = options_.sync;
+  auto s = db_->Write(wo, b.write_batch());
+  if (!s.ok()) return FromRocks(s, "queue write");
+  applied_ = last;
+  {
+    std::lock_guard lock(counts_mu_);
+    counts_ = ctx.counts;
+  }
+  return Status::Ok();
+}
+
+std::vector<v1::RcptRef> StateMachine::ReadyItems(size_t max_items) const {
+  std::vector<v1::RcptRef> out;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), ready_));
+  for (it->SeekToFirst(); it->Valid() && out.size() < max_items; it->Next()) {
+    keys::Item item;
+    if (!keys::Decode(it->key().ToStringView(), &item)) continue;
+    v1::RcptRef ref;
+    ref.set_qid(std::move(item.qid));
+    ref.set_index(item.index);
+    out.push_back(std::move(ref));
+  }
+  return out;
+}
+
+int64_t StateMachine::EarliestScheduled() const {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), sched_));
+  it->SeekToFirst();
+  keys::Item item;
+  if (it->Valid() && keys::Decode(it->key().ToStringView(), &item)) return item.order;
+  return INT64_MAX;
+}
+
+int64_t StateMachine::OldestArrival() const {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), msg_));
+  it->SeekToFirst();
+  if (!it->Valid()) return 0;
+  auto key = it->key().ToString();
+  auto slash = key.find('/');
+  return QidGenerator::TimeOf(slash == std::string::npos ? key : key.substr(0, slash));
+}
+
+Result<v1::Envelope> StateMachine::GetEnvelope(const std::string& qid) const {
+  std::string v;
+  auto s = db_->Get(rocksdb::ReadOptions(), msg_, qid, &v);
+  if (s.IsNotFound()) return Status(Code::kNotFound, "no message " + qid);
+  if (!s.ok()) return FromRocks(s, "read envelope");
+  v1::Envelope env;
+  if (!env.ParseFromString(v)) return Status(Code::kDataLoss, "corrupt envelope " + qid);
+  return env;
+}
+
+Result<std::string> StateMachine::GetBody(const std::string& qid) const {
+  std::string v;
+  auto s = db_->Get(rocksdb::ReadOptions(), msg_, keys::Body(qid), &v);
+  if (s.IsNotFound()) return Status(Code::kNotFound, "no body for " + qid);
+  if (!s.ok()) return FromRocks(s, "read body");
+  return v;
+}
+
+Result<v1::Recipient> StateMachine::GetRecipient(const std::string& qid, uint32_t index) const {
+  std::string v;
+  auto s = db_->Get(rocksdb::ReadOptions(), rcpt_, keys::Rcpt(qid, index), &v);
+  if (s.IsNotFound()) return Status(Code::kNotFound, "no recipient " + qid);
+  if (!s.ok()) return FromRocks(s, "read recipient");
+  v1::Recipient r;
+  if (!r.ParseFromString(v)) return Status(Code::kDataLoss, "corrupt recipient " + qid);
+  return r;
+}
+
+std::vector<v1::Recipient> StateMachine::GetRecipients(const std::string& qid, uint32_t nrcpts) const {
+  std::vector<v1::Recipient> out;
+  for (uint32_t i = 0; i < nrcpts; ++i) {
+    auto r = GetRecipient(qid, i);
+    if (r.ok()) out.push_back(std::move(r).value());
+  }
+  return out;
+}
+
+void StateMachine::List(const v1::ListRequest& filter, v1::ListResponse* out) const {
+  uint32_t limit = filter.limit() ? filter.limit() : 1000;
+  uint64_t matched = 0;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), msg_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    auto key = it->key().ToStringView();
+    if (keys::IsBodyKey(key)) continue;
+    std::string qid(key);
+    if (!filter.qid().empty() && qid.find(filter.qid()) == std::string::npos) continue;
+    v1::Envelope env;
+    if (!env.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+    if (!filter.sender().empty() && env.sender().find(filter.sender()) == std::string::npos) continue;
+    auto rcpts = GetRecipients(qid, env.nrcpts());
+    if (!filter.recipient().empty()) {
+      bool any = false;
+      for (const auto& r : rcpts) any = any || r.address().find(filter.recipient()) != std::string::npos;
+      if (!any) continue;
+    }
+    ++matched;
+    if (static_cast<uint32_t>(out->messages_size()) >= limit) continue;
+    auto* m = out->add_messages();
+    *m->mutable_envelope() = std::move(env);
+    for (auto& r : rcpts) {
+      if (!IsFinal(r.status())) *m->add_recipients() = std::move(r);
+    }
+  }
+  out->set_matched(matched);
+}
+
+void StateMachine::Stats(v1::GetStatsResponse* out) const {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), stats_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    v1::MailerStats s;
+    if (s.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) *out->add_mailers() = s;
+  }
+  std::string v;
+  if (db_->Get(rocksdb::ReadOptions(), meta_, kStatsSinceKey, &v).ok()) {
+    out->set_since_unix_us(static_cast<int64_t>(DecodeU64(v)));
+  }
+}
+
+}  // namespace mx::queue
