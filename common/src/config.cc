@@ -3,6 +3,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "mx/common/cidr.h"
+
 #include <cctype>
 #include <charconv>
 #include <limits>
@@ -158,6 +160,8 @@ Config Parse(const YAML::Node& root) {
       in.Duration("command_timeout", &c.ingress.command_timeout);
       in.Duration("data_timeout", &c.ingress.data_timeout);
       in.Duration("enqueue_timeout", &c.ingress.enqueue_timeout);
+      in.StrList("mynetworks", &c.ingress.mynetworks);
+      in.StrList("relay_domains", &c.ingress.relay_domains);
       in.StrList("queue", &c.ingress.queue);
       in.Uint("threads", &c.ingress.threads);
     }
@@ -214,6 +218,9 @@ Config Parse(const YAML::Node& root) {
   if (c.ingress.queue.empty()) c.ingress.queue = {c.queue.listen};
   if (c.delivery.queue.empty()) c.delivery.queue = {c.queue.listen};
   if (c.control.queue.empty()) c.control.queue = {c.queue.listen};
+  if (auto nets = CidrList::Parse(c.ingress.mynetworks); !nets.ok()) {
+    Fail("ingress.mynetworks", nets.status().message());
+  }
   if (c.ingress.max_message_size == 0) Fail("ingress.max_message_size", "must be > 0");
   if (c.ingress.max_message_size > 48ULL * 1024 * 1024) {
     Fail("ingress.max_message_size", "at most 48M is supported");

@@ -33,6 +33,10 @@ struct IngressConfig {
   std::chrono::seconds command_timeout{300};  // Timeout.command
   std::chrono::seconds data_timeout{600};     // Timeout.datablock
   std::chrono::seconds enqueue_timeout{30};
+  // Clients that may relay to any domain (Postfix mynetworks, sendmail access RELAY).
+  std::vector<std::string> mynetworks = {"127.0.0.0/8", "::1/128"};
+  // Domains accepted from anyone (local-host-names and relay-domains).
+  std::vector<std::string> relay_domains;
   std::vector<std::string> queue;            // queue shard addresses (host:port)
   unsigned threads = 0;                      // io_context threads; 0 = one per core
 };

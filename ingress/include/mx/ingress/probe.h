@@ -1,0 +1,40 @@
+// probe.h — every metric the ingress exports, in one place.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+
+#include <string_view>
+
+#include "mx/ingress/session.h"
+
+namespace mx::ingress {
+
+class Probe final : public SessionObserver {
+ public:
+  static Probe& Get();
+
+  void SessionOpened() { sessions_->Increment(); active_->Increment(); }
+  void SessionClosed() { active_->Decrement(); }
+  void Accepted(uint64_t bytes, double enqueue_seconds) {
+    accepted_->Increment();
+    bytes_->Increment(static_cast<double>(bytes));
+    enqueue_latency_->Observe(enqueue_seconds);
+  }
+  void OnCommand(std::string_view verb) override;
+  void OnReject(RejectReason reason, int code) override;
+
+ private:
+  Probe();
+  prometheus::Counter* sessions_;
+  prometheus::Gauge* active_;
+  prometheus::Counter* accepted_;
+  prometheus::Counter* bytes_;
+  prometheus::Histogram* enqueue_latency_;
+  prometheus::Family<prometheus::Counter>* commands_;
+  prometheus::Family<prometheus::Counter>* rejections_;
+};
+
+}  // namespace mx::ingress

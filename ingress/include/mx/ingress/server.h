@@ -1,0 +1,27 @@
+// server.h — the SMTP listener: Boost.Asio C++20 coroutines, one io_context
+// served by `threads` threads. Parsing and policy live in Session; this file
+// only moves bytes, enforces timeouts and awaits the queue.
+#pragma once
+
+#include <memory>
+
+#include "mx/common/clock.h"
+#include "mx/common/config.h"
+#include "mx/common/result.h"
+#include "mx/ingress/enqueue_backend.h"
+
+namespace mx::ingress {
+
+class IngressServer {
+ public:
+  virtual ~IngressServer() = default;
+  // Stops accepting and closes sessions; returns when the threads have ended.
+  virtual void Stop() = 0;
+  // The bound port (useful when listening on port 0).
+  virtual uint16_t port() const = 0;
+};
+
+Result<std::unique_ptr<IngressServer>> StartIngress(const Config& config, std::shared_ptr<EnqueueBackend> backend,
+                                                    const Clock& clock);
+
+}  // namespace mx::ingress
