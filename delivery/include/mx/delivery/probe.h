@@ -1,0 +1,36 @@
+// probe.h — every metric the delivery role exports, in one place.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+
+#include <string>
+
+namespace mx::delivery {
+
+class Probe {
+ public:
+  static Probe& Get();
+
+  // result: delivered | deferred | bounced
+  void Delivery(const std::string& result, const std::string& mailer, double seconds);
+  void DnsQuery(const std::string& type, const std::string& result);
+  void DnsLatency(double seconds) { dns_latency_->Observe(seconds); }
+  void DsnSent() { dsn_->Increment(); }
+  void InFlight(int delta) { in_flight_->Increment(delta); }
+  void AckFailed() { ack_failed_->Increment(); }
+
+ private:
+  Probe();
+  prometheus::Family<prometheus::Counter>* deliveries_;
+  prometheus::Family<prometheus::Counter>* dns_queries_;
+  prometheus::Histogram* latency_;
+  prometheus::Histogram* dns_latency_;
+  prometheus::Counter* dsn_;
+  prometheus::Counter* ack_failed_;
+  prometheus::Gauge* in_flight_;
+};
+
+}  // namespace mx::delivery

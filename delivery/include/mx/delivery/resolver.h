@@ -1,0 +1,47 @@
+// resolver.h — MX resolution for delivery (c-ares behind an interface so tests
+// and later DNS policies can substitute it).
+//
+// ResolveMx answers once per call, on the resolver's own thread: hosts ordered
+// by preference (equal preferences shuffled), each with its IPv4 addresses;
+// implicit MX (the domain's own A records) when there is no MX; null MX
+// (RFC 7505) and non-existent domains as permanent answers; anything else as
+// a temporary failure — never a bounce.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mx/common/result.h"
+
+namespace mx::delivery {
+
+struct MxHost {
+  std::string name;
+  uint16_t preference = 0;
+  std::vector<std::string> addrs;
+};
+
+struct MxAnswer {
+  enum class Kind { kOk, kNoSuchDomain, kNullMx, kTempFail };
+  Kind kind = Kind::kTempFail;
+  std::string error;  // why, for logs and deferral reasons
+  bool implicit = false;
+  std::vector<MxHost> hosts;
+};
+
+class Resolver {
+ public:
+  virtual ~Resolver() = default;
+  virtual void ResolveMx(const std::string& domain, std::function<void(MxAnswer)> done) = 0;
+  // A records of one host (smart host, fallback MX host); empty list on failure.
+  virtual void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) = 0;
+};
+
+// servers: "ip:port" list; empty uses /etc/resolv.conf.
+Result<std::unique_ptr<Resolver>> MakeAresResolver(const std::vector<std::string>& servers,
+                                                   std::chrono::milliseconds timeout);
+
+}  // namespace mx::delivery

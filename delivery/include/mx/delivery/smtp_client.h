@@ -1,0 +1,51 @@
+// smtp_client.h — one SMTP client transaction to one host address
+// (Boost.Asio coroutine). Timeouts follow RFC 5321 4.5.3.2 via the config.
+#pragma once
+
+#include <utility>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "mx/v1/queue.pb.h"
+
+namespace mx::delivery {
+
+struct SmtpClientConfig {
+  std::string helo_name = "localhost";
+  std::chrono::seconds connect_timeout{30};
+  std::chrono::seconds greeting_timeout{300};
+  std::chrono::seconds command_timeout{300};
+  std::chrono::seconds data_timeout{600};
+};
+
+struct RcptOutcome {
+  v1::Outcome outcome = v1::OUTCOME_DEFERRED;
+  std::string reply;       // e.g. "250 2.0.0 Ok: queued as X"
+  std::string dsn_status;  // enhanced status code
+};
+
+struct Attempt {
+  // The host could not take the transaction (connect failure, 4xx/5xx greeting,
+  // 4xx to MAIL, lost connection before any recipient answer): try the next host.
+  bool try_next = false;
+  std::string error;                 // why, when try_next
+  std::vector<RcptOutcome> rcpts;    // one per recipient, when !try_next
+  uint64_t bytes = 0;                // message bytes sent
+};
+
+// Parses an enhanced status code ("5.1.1") at the start of text; "" if none.
+std::string EnhancedCode(std::string_view text);
+// Adds the SMTP transparency dot to lines starting with '.', ensures a final CRLF,
+// and appends the ".\r\n" terminator.
+std::string DotStuff(std::string_view body);
+
+boost::asio::awaitable<Attempt> SmtpTransaction(boost::asio::any_io_executor ex, std::string ip, uint16_t port,
+                                                const SmtpClientConfig& config, const v1::Envelope& envelope,
+                                                const std::string& body, const std::vector<std::string>& rcpts);
+
+}  // namespace mx::delivery

@@ -1,0 +1,61 @@
+// probe.cc — registration of the delivery metrics.
+#include "mx/delivery/probe.h"
+
+#include <prometheus/registry.h>
+
+#include "mx/common/metrics.h"
+
+namespace mx::delivery {
+
+Probe& Probe::Get() {
+  static Probe probe;
+  return probe;
+}
+
+Probe::Probe() {
+  auto& reg = metrics::Registry();
+  deliveries_ = &prometheus::BuildCounter()
+                     .Name("mx_delivery_recipients_total")
+                     .Help("Recipient delivery attempts by result and mailer")
+                     .Register(reg);
+  dns_queries_ = &prometheus::BuildCounter()
+                      .Name("mx_delivery_dns_queries_total")
+                      .Help("DNS queries by record type and result")
+                      .Register(reg);
+  latency_ = &prometheus::BuildHistogram()
+                  .Name("mx_delivery_attempt_seconds")
+                  .Help("Duration of one delivery attempt (resolve, connect, transaction)")
+                  .Register(reg)
+                  .Add({}, metrics::LatencyBuckets());
+  dns_latency_ = &prometheus::BuildHistogram()
+                      .Name("mx_delivery_dns_latency_seconds")
+                      .Help("Time to resolve a destination's MX hosts and addresses")
+                      .Register(reg)
+                      .Add({}, metrics::LatencyBuckets());
+  dsn_ = &prometheus::BuildCounter()
+              .Name("mx_delivery_dsn_sent_total")
+              .Help("Delivery status notifications queued to senders")
+              .Register(reg)
+              .Add({});
+  ack_failed_ = &prometheus::BuildCounter()
+                     .Name("mx_delivery_ack_errors_total")
+                     .Help("Ack RPCs that failed (the lease expires and the recipients are retried)")
+                     .Register(reg)
+                     .Add({});
+  in_flight_ = &prometheus::BuildGauge()
+                    .Name("mx_delivery_messages_in_flight")
+                    .Help("Leased messages being delivered")
+                    .Register(reg)
+                    .Add({});
+}
+
+void Probe::Delivery(const std::string& result, const std::string& mailer, double seconds) {
+  deliveries_->Add({{"result", result}, {"mailer", mailer}}).Increment();
+  latency_->Observe(seconds);
+}
+
+void Probe::DnsQuery(const std::string& type, const std::string& result) {
+  dns_queries_->Add({{"type", type}, {"result", result}}).Increment();
+}
+
+}  // namespace mx::delivery

@@ -1,0 +1,344 @@
+// worker.cc — Pull → resolve → SMTP → Ack loop of the delivery role.
+#include "mx/delivery/worker.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <boost/asio.hpp>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include "mx/common/address.h"
+#include "mx/common/grpc_server.h"
+#include "mx/common/log.h"
+#include "mx/common/qid.h"
+#include "mx/delivery/dsn.h"
+#include "mx/delivery/probe.h"
+#include "mx/delivery/smtp_client.h"
+#include "mx/v1/queue.grpc.pb.h"
+
+namespace mx::delivery {
+namespace {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+
+constexpr const char* kMailer = "esmtp";
+
+template <typename Token>
+auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) {
+  return asio::async_initiate<Token, void(MxAnswer)>(
+      [&resolver, mx](auto handler, std::string n) {
+        auto ex = asio::get_associated_executor(handler);
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        auto done = [h, ex](MxAnswer a) { asio::post(ex, [h, a = std::move(a)]() mutable { (*h)(std::move(a)); }); };
+        if (mx) resolver.ResolveMx(n, std::move(done));
+        else resolver.ResolveHost(n, std::move(done));
+      },
+      token, std::move(name));
+}
+
+// Per-recipient outcome with where it came from.
+struct Outcome {
+  RcptOutcome r;
+  std::string relay;
+};
+
+class Worker final : public DeliveryWorker {
+ public:
+  Worker(const Config& config, std::unique_ptr<Resolver> resolver, const Clock& clock)
+      : config_(config.delivery),
+        hostname_(config.hostname),
+        resolver_(std::move(resolver)),
+        clock_(clock),
+        qids_(clock, RandomQidTag()),
+        work_(asio::make_work_guard(io_)) {
+    client_.helo_name = config_.helo_name;
+    client_.connect_timeout = config_.connect_timeout;
+    client_.greeting_timeout = config_.greeting_timeout;
+    client_.command_timeout = config_.command_timeout;
+    client_.data_timeout = config_.data_timeout;
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    worker_id_ = config.node_name + "/" + host + "/" + std::to_string(getpid());
+    if (!config_.smart_host.empty()) smart_ = ParseRelay(config_.smart_host);
+    if (!config_.fallback_mx_host.empty()) fallback_ = ParseRelay(config_.fallback_mx_host);
+  }
+
+  ~Worker() override { Stop(); }
+
+  void Start() {
+    for (unsigned i = 0; i < std::max(1u, config_.threads); ++i) threads_.emplace_back([this] { io_.run(); });
+    for (const auto& target : config_.queue) {
+      auto shard = std::make_shared<Shard>();
+      shard->stub = v1::Queue::NewStub(MakeChannel(target));
+      shard->target = target;
+      shards_.push_back(shard);
+      pullers_.emplace_back([this, shard] { PullLoop(shard); });
+    }
+    log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(config_.queue.size()) +
+              " queue shard(s)");
+  }
+
+  void Stop() override {
+    if (stopping_.exchange(true)) return;
+    for (auto& s : shards_) {
+      std::lock_guard lock(s->mu);
+      if (s->ctx) s->ctx->TryCancel();
+    }
+    for (auto& t : pullers_) t.join();
+    pullers_.clear();
+    work_.reset();
+    io_.stop();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    resolver_.reset();
+  }
+
+ private:
+  struct Relay {
+    std::string host;
+    uint16_t port = 25;
+    bool literal = false;  // [host]: no MX lookup
+  };
+  struct Shard {
+    std::string target;
+    std::unique_ptr<v1::Queue::Stub> stub;
+    std::mutex mu;  // guards ctx and writes on stream
+    grpc::ClientContext* ctx = nullptr;
+    grpc::ClientReaderWriter<v1::PullRequest, v1::PullResponse>* stream = nullptr;
+  };
+
+  Relay ParseRelay(std::string text) const {
+    Relay r;
+    r.port = config_.smtp_port;
+    if (!text.empty() && text.front() == '[') {
+      r.literal = true;
+      auto close = text.find(']');
+      r.host = text.substr(1, close - 1);
+      text = text.substr(close + 1);
+      if (!text.empty() && text.front() == ':') r.port = static_cast<uint16_t>(std::stoi(text.substr(1)));
+    } else {
+      auto colon = text.rfind(':');
+      r.host = text.substr(0, colon);
+      if (colon != std::string::npos) r.port = static_cast<uint16_t>(std::stoi(text.substr(colon + 1)));
+    }
+    return r;
+  }
+
+  void PullLoop(std::shared_ptr<Shard> shard) {
+    int backoff_ms = 200;
+    while (!stopping_) {
+      grpc::ClientContext ctx;
+      auto stream = shard->stub->Pull(&ctx);
+      {
+        std::lock_guard lock(shard->mu);
+        shard->ctx = &ctx;
+        shard->stream = stream.get();
+        v1::PullRequest first;
+        first.set_worker(worker_id_);
+        int64_t free = static_cast<int64_t>(config_.concurrency) - in_flight_.load();
+        first.set_credits(static_cast<uint32_t>(std::max<int64_t>(free, 0)));
+        stream->Write(first);
+      }
+      v1::PullResponse resp;
+      bool got_any = false;
+      while (stream->Read(&resp)) {
+        got_any = true;
+        backoff_ms = 200;
+        for (auto& m : *resp.mutable_messages()) {
+          in_flight_.fetch_add(1);
+          Probe::Get().InFlight(1);
+          auto msg = std::make_shared<v1::LeasedMessage>(std::move(m));
+          asio::co_spawn(asio::make_strand(io_), DeliverMessage(msg, shard), asio::detached);
+        }
+      }
+      {
+        std::lock_guard lock(shard->mu);
+        shard->ctx = nullptr;
+        shard->stream = nullptr;
+      }
+      auto st = stream->Finish();
+      if (stopping_) break;
+      if (!got_any) log::Warn("pull stream to " + shard->target + " ended: " + st.error_message());
+      std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+      backoff_ms = std::min(backoff_ms * 2, 5000);
+    }
+  }
+
+  void ReturnCredit(const std::shared_ptr<Shard>& shard) {
+    in_flight_.fetch_sub(1);
+    Probe::Get().InFlight(-1);
+    std::lock_guard lock(shard->mu);
+    if (!shard->stream) return;  // the next stream starts with fresh credits
+    v1::PullRequest more;
+    more.set_credits(1);
+    shard->stream->Write(more);
+  }
+
+  // Resolves the hosts to try for domain (or the smart host), in order.
+  awaitable<MxAnswer> Route(const std::string& domain) {
+    if (smart_) {
+      MxAnswer a = co_await AsyncResolve(*resolver_, !smart_->literal, smart_->host, use_awaitable);
+      co_return a;
+    }
+    MxAnswer a = co_await AsyncResolve(*resolver_, true, domain, use_awaitable);
+    co_return a;
+  }
+
+  awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const v1::LeasedMessage& m,
+                                                const std::vector<std::string>& rcpts) {
+    auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
+      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, ""});
+    };
+    MxAnswer route = co_await Route(domain);
+    switch (route.kind) {
+      case MxAnswer::Kind::kNoSuchDomain: co_return all(v1::OUTCOME_BOUNCED, "5.1.2", "550 5.1.2 " + route.error);
+      case MxAnswer::Kind::kNullMx: co_return all(v1::OUTCOME_BOUNCED, "5.1.10", "556 5.1.10 " + route.error);
+      case MxAnswer::Kind::kTempFail: co_return all(v1::OUTCOME_DEFERRED, "4.4.3", route.error);
+      case MxAnswer::Kind::kOk: break;
+    }
+    uint16_t port = smart_ ? smart_->port : config_.smtp_port;
+    std::string last_error = "no usable MX host";
+    auto try_hosts = [&](const MxAnswer& ans, uint16_t p) -> awaitable<std::optional<std::vector<Outcome>>> {
+      for (const auto& host : ans.hosts) {
+        for (const auto& ip : host.addrs) {
+          Attempt at = co_await SmtpTransaction(co_await asio::this_coro::executor, ip, p, client_, m.envelope(),
+                                                m.body(), rcpts);
+          std::string relay = host.name + ". [" + ip + "]";
+          if (at.try_next) {
+            last_error = at.error + " with " + relay;
+            log::Mail(m.envelope().qid(), "relay=" + relay + ": " + at.error + ", trying next host");
+            continue;
+          }
+          std::vector<Outcome> out;
+          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay});
+          co_return out;
+        }
+      }
+      co_return std::nullopt;
+    };
+    if (auto out = co_await try_hosts(route, port)) co_return *out;
+    if (fallback_) {  // FallbackMXhost: after every MX failed
+      MxAnswer fb = co_await AsyncResolve(*resolver_, !fallback_->literal, fallback_->host, use_awaitable);
+      if (fb.kind == MxAnswer::Kind::kOk) {
+        if (auto out = co_await try_hosts(fb, fallback_->port)) co_return *out;
+      }
+    }
+    co_return all(v1::OUTCOME_DEFERRED, "4.4.1", last_error);
+  }
+
+  awaitable<void> DeliverMessage(std::shared_ptr<v1::LeasedMessage> m, std::shared_ptr<Shard> shard) {
+    const auto& env = m->envelope();
+    auto start = std::chrono::steady_clock::now();
+    // Group the leased recipients by destination domain, keeping their order.
+    std::map<std::string, std::vector<int>> by_domain;
+    for (int i = 0; i < m->recipients_size(); ++i) by_domain[DomainOf(m->recipients(i).address())].push_back(i);
+
+    v1::AckRequest ack;
+    ack.set_worker(worker_id_);
+    DsnInput dsn;
+    for (const auto& [domain, idx] : by_domain) {
+      std::vector<std::string> rcpts;
+      for (int i : idx) rcpts.push_back(m->recipients(i).address());
+      auto attempt_start = std::chrono::steady_clock::now();
+      std::vector<Outcome> outs = co_await DeliverDomain(domain, *m, rcpts);
+      int64_t xdelay = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
+                                                                             attempt_start)
+                           .count();
+      for (size_t k = 0; k < idx.size(); ++k) {
+        const auto& rc = m->recipients(idx[k]);
+        const Outcome& o = outs[k];
+        auto* res = ack.add_results();
+        res->set_qid(env.qid());
+        res->set_index(rc.index());
+        res->set_outcome(o.r.outcome);
+        res->set_reply(o.r.reply);
+        res->set_dsn_status(o.r.dsn_status);
+        res->set_relay(o.relay);
+        res->set_mailer(kMailer);
+        if (o.r.outcome == v1::OUTCOME_DELIVERED) res->set_bytes(env.size());
+        const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED ? "Sent"
+                           : o.r.outcome == v1::OUTCOME_DEFERRED ? "Deferred"
+                                                                 : "User unknown";
+        std::string stat_text = o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0
+                                    ? "Service unavailable"
+                                    : stat;
+        log::Mail(env.qid(), "to=<" + rc.address() + ">, delay=" +
+                                 log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
+                                 ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + kMailer +
+                                 ", pri=" + std::to_string(env.priority()) +
+                                 ", relay=" + (o.relay.empty() ? domain : o.relay) + ", dsn=" + o.r.dsn_status +
+                                 ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" +
+                                 o.r.reply + ")");
+        Probe::Get().Delivery(o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
+                              : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
+                                                                    : "bounced",
+                              kMailer, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        if (o.r.outcome == v1::OUTCOME_BOUNCED) {
+          dsn.failed.push_back(FailedRecipient{rc.address(), rc.orcpt(), o.r.dsn_status, o.relay, o.r.reply});
+        }
+      }
+    }
+    if (!dsn.failed.empty()) {
+      dsn.original = env;
+      dsn.original_body = m->body();
+      dsn.reporting_mta = hostname_;
+      dsn.dsn_qid = qids_.Next();
+      dsn.now_unix_us = clock_.NowUnixMicros();
+      v1::NewMessage bounce;
+      if (BuildDsn(dsn, &bounce)) {
+        log::Mail(env.qid(), dsn.dsn_qid + ": DSN: " + dsn.failed.front().diagnostic);
+        *ack.add_dsns() = std::move(bounce);
+        Probe::Get().DsnSent();
+      }
+    }
+    m.reset();  // the body is no longer needed while the ack is in flight
+    // Ack on gRPC's callback thread; the credit returns when it completes.
+    struct Call {
+      grpc::ClientContext ctx;
+      v1::AckRequest req;
+      v1::AckResponse resp;
+    };
+    auto call = std::make_shared<Call>();
+    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    call->req = std::move(ack);
+    shard->stub->async()->Ack(&call->ctx, &call->req, &call->resp, [this, call, shard](grpc::Status s) {
+      if (!s.ok()) {
+        Probe::Get().AckFailed();
+        log::Warn("ack to " + shard->target + " failed (" + s.error_message() +
+                  "); the lease will expire and the recipients be retried");
+      }
+      ReturnCredit(shard);
+    });
+  }
+
+  DeliveryConfig config_;
+  std::string hostname_;
+  std::unique_ptr<Resolver> resolver_;
+  const Clock& clock_;
+  QidGenerator qids_;
+  SmtpClientConfig client_;
+  std::optional<Relay> smart_, fallback_;
+  std::string worker_id_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::vector<std::thread> threads_;
+  std::vector<std::shared_ptr<Shard>> shards_;
+  std::vector<std::thread> pullers_;
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<DeliveryWorker>> StartDelivery(const Config& config, std::unique_ptr<Resolver> resolver,
+                                                      const Clock& clock) {
+  auto w = std::make_unique<Worker>(config, std::move(resolver), clock);
+  w->Start();
+  return std::unique_ptr<DeliveryWorker>(std::move(w));
+}
+
+}  // namespace mx::delivery
