@@ -52,7 +52,9 @@ class Observer final : public SessionObserver {
 };
 
 struct Connection {
-  explicit Connection(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {}
+  explicit Connection(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {
+    timer.expires_at(asio::steady_timer::time_point::max());  // armed per read/write
+  }
   tcp::socket socket;
   asio::steady_timer timer;
   bool timed_out = false;

@@ -1,0 +1,14 @@
+// format.h — sendmail-style text for mxctl (mailq, mailstats). Pure functions,
+// golden-tested.
+#pragma once
+
+#include <string>
+
+#include "mx/v1/control.pb.h"
+
+namespace mx::control {
+
+std::string FormatMailq(const v1::MailqResponse& resp);
+std::string FormatMailstats(const v1::MailstatsResponse& resp);
+
+}  // namespace mx::control

@@ -1,0 +1,71 @@
+// format.cc — mailq and mailstats output in the layout sendmail operators know.
+#include "mx/control/format.h"
+
+#include <ctime>
+
+namespace mx::control {
+namespace {
+
+std::string QTime(int64_t unix_us) {
+  time_t t = static_cast<time_t>(unix_us / 1'000'000);
+  tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof buf, "%a %b %d %H:%M", &tm);
+  return buf;
+}
+
+std::string Kb(uint64_t bytes) { return std::to_string((bytes + 1023) / 1024) + "K"; }
+
+std::string Pad(const std::string& s, size_t width, bool right) {
+  if (s.size() >= width) return s;
+  return right ? std::string(width - s.size(), ' ') + s : s + std::string(width - s.size(), ' ');
+}
+
+}  // namespace
+
+std::string FormatMailq(const v1::MailqResponse& resp) {
+  if (resp.matched() == 0) return "Mail queue is empty\n";
+  std::string out = "\t\tmx queue (" + std::to_string(resp.matched()) +
+                    (resp.matched() == 1 ? " request" : " requests") + ")\n";
+  out += "-----Q-ID----- --Size-- -----Q-Time----- ------------Sender/Recipient-----------\n";
+  for (const auto& m : resp.messages()) {
+    const auto& e = m.envelope();
+    bool leased = false;
+    for (const auto& r : m.recipients()) leased = leased || r.status() == v1::RCPT_LEASED;
+    out += Pad(e.qid() + (leased ? "*" : " "), 15, false) + Pad(std::to_string(e.size()), 8, true) + " " +
+           QTime(e.arrival_unix_us()) + " <" + (e.sender().empty() ? "" : e.sender()) + ">\n";
+    std::string shown_reason;
+    for (const auto& r : m.recipients()) {
+      if (r.status() == v1::RCPT_DEFERRED && !r.last_reply().empty() && r.last_reply() != shown_reason) {
+        out += "                 (Deferred: " + r.last_reply() + ")\n";
+        shown_reason = r.last_reply();
+      }
+      out += "                                         <" + r.address() + ">\n";
+    }
+  }
+  out += "\t\tTotal requests: " + std::to_string(resp.matched()) + "\n";
+  return out;
+}
+
+std::string FormatMailstats(const v1::MailstatsResponse& resp) {
+  std::string out = "Statistics from " + (resp.since_unix_us() ? QTime(resp.since_unix_us()) : std::string("-")) + "\n";
+  out += " M   msgsfr  bytes_from   msgsto    bytes_to  msgsrej msgsdis  Mailer\n";
+  uint64_t t[6] = {};
+  int i = 0;
+  for (const auto& m : resp.mailers()) {
+    out += Pad(std::to_string(i++), 2, true) + " " + Pad(std::to_string(m.msgsfr()), 8, true) + " " +
+           Pad(Kb(m.bytes_from()), 11, true) + " " + Pad(std::to_string(m.msgsto()), 8, true) + " " +
+           Pad(Kb(m.bytes_to()), 11, true) + " " + Pad(std::to_string(m.msgsrej()), 8, true) + " " +
+           Pad(std::to_string(m.msgsdis()), 7, true) + "  " + m.mailer() + "\n";
+    t[0] += m.msgsfr(), t[1] += m.bytes_from(), t[2] += m.msgsto(), t[3] += m.bytes_to(), t[4] += m.msgsrej(),
+        t[5] += m.msgsdis();
+  }
+  out += "=====================================================================\n";
+  out += " T " + Pad(std::to_string(t[0]), 8, true) + " " + Pad(Kb(t[1]), 11, true) + " " +
+         Pad(std::to_string(t[2]), 8, true) + " " + Pad(Kb(t[3]), 11, true) + " " + Pad(std::to_string(t[4]), 8, true) +
+         " " + Pad(std::to_string(t[5]), 7, true) + "\n";
+  return out;
+}
+
+}  // namespace mx::control

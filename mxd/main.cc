@@ -1,0 +1,144 @@
+// mxd — one binary for every role: `mxd ingress|queue|delivery|control|all`.
+//
+// The main only reads the config, starts the roles asked for on the shared
+// skeleton (logging, /metrics, gRPC health + reflection) and waits for a signal:
+// SIGTERM/SIGINT stop the node, SIGHUP is logged (policy reload comes with the
+// policy work).
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/service_type.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "mx/common/clock.h"
+#include "mx/common/config.h"
+#include "mx/common/grpc_server.h"
+#include "mx/common/log.h"
+#include "mx/common/metrics.h"
+#include "mx/control/admin_service.h"
+#include "mx/delivery/resolver.h"
+#include "mx/delivery/worker.h"
+#include "mx/ingress/enqueue_backend.h"
+#include "mx/ingress/server.h"
+#include "mx/queue/service.h"
+
+namespace {
+
+int Usage() {
+  fprintf(stderr,
+          "usage: mxd ROLE [--config FILE]\n"
+          "roles: all (embedded single node), ingress, queue, delivery, control\n"
+          "FILE defaults to /etc/mx/mx.yaml\n");
+  return 64;
+}
+
+int Die(const std::string& what) {
+  mx::log::Error(what);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return Usage();
+  std::string role = argv[1];
+  std::string config_path = "/etc/mx/mx.yaml";
+  for (int i = 2; i < argc; ++i) {
+    if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc) config_path = argv[++i];
+    else return Usage();
+  }
+  bool all = role == "all";
+  bool want_queue = all || role == "queue", want_ingress = all || role == "ingress",
+       want_delivery = all || role == "delivery", want_control = all || role == "control";
+  if (!want_queue && !want_ingress && !want_delivery && !want_control) return Usage();
+
+  // Block the signals we wait for before any thread starts, so all inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto cfg = mx::LoadConfig(config_path);
+  if (!cfg.ok()) return Die("config: " + cfg.status().message());
+  const mx::Config& config = *cfg;
+  mx::log::SetNodeName(config.node_name);
+  mx::log::Level level;
+  if (!mx::log::ParseLevel(config.log_level, &level)) return Die("config: log_level: unknown level");
+  mx::log::SetLevel(level);
+  auto& clock = mx::SystemClock::Instance();
+
+  std::unique_ptr<mx::metrics::Endpoint> metrics;
+  if (!config.metrics_listen.empty()) {
+    auto m = mx::metrics::Endpoint::Start(config.metrics_listen);
+    if (!m.ok()) return Die(m.status().message());
+    metrics = std::move(m).value();
+  }
+
+  std::unique_ptr<mx::queue::QueueNode> queue;
+  std::unique_ptr<grpc::Server> queue_server;
+  if (want_queue) {
+    auto q = mx::queue::StartQueueNode(config.queue, clock);
+    if (!q.ok()) return Die(q.status().message());
+    queue = std::move(q).value();
+    auto s = mx::StartGrpcServer(config.queue.listen, {queue->service()});
+    if (!s.ok()) return Die(s.status().message());
+    queue_server = std::move(s).value();
+    mx::log::Info("queue serving gRPC on " + config.queue.listen);
+  }
+
+  std::unique_ptr<grpc::Service> admin;
+  std::unique_ptr<grpc::Server> control_server;
+  if (want_control) {
+    admin = mx::control::MakeAdminService(config.control.queue);
+    auto s = mx::StartGrpcServer(config.control.listen, {admin.get()});
+    if (!s.ok()) return Die(s.status().message());
+    control_server = std::move(s).value();
+    mx::log::Info("control serving gRPC on " + config.control.listen);
+  }
+
+  std::unique_ptr<mx::delivery::DeliveryWorker> delivery;
+  if (want_delivery) {
+    auto r = mx::delivery::MakeAresResolver(config.delivery.dns_servers,
+                                            std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                config.delivery.dns_timeout));
+    if (!r.ok()) return Die(r.status().message());
+    auto w = mx::delivery::StartDelivery(config, std::move(r).value(), clock);
+    if (!w.ok()) return Die(w.status().message());
+    delivery = std::move(w).value();
+  }
+
+  std::unique_ptr<mx::ingress::IngressServer> ingress;
+  if (want_ingress) {
+    auto backend = mx::ingress::MakeGrpcEnqueueBackend(
+        config.ingress.queue, std::chrono::duration_cast<std::chrono::milliseconds>(config.ingress.enqueue_timeout));
+    auto s = mx::ingress::StartIngress(config, backend, clock);
+    if (!s.ok()) return Die(s.status().message());
+    ingress = std::move(s).value();
+  }
+
+  mx::log::Info("mxd " + role + " started (config " + config_path + ")");
+  for (;;) {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (sig == SIGHUP) {
+      mx::log::Info("SIGHUP: nothing to reload yet");
+      continue;
+    }
+    mx::log::Info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", stopping");
+    break;
+  }
+  // Stop taking mail first, then delivery, then the services that feed them.
+  if (ingress) ingress->Stop();
+  if (delivery) delivery->Stop();
+  auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(3);
+  if (control_server) control_server->Shutdown(deadline);
+  if (queue_server) queue_server->Shutdown(deadline);
+  if (queue) queue->Stop();
+  mx::log::Info("mxd stopped");
+  return 0;
+}
