@@ -61,32 +61,38 @@ uint64_t ParseBytes(const std::string& key, const std::string& text) {
 class Reader {
  public:
   Reader(const YAML::Node& node, std::string path) : node_(node), path_(std::move(path)) {
-    if (node_ && !node_.IsMap()) Fail(path_, "expected a mapping");
+    if (node_.IsDefined() && !node_.IsNull() && !node_.IsMap()) Fail(path_, "expected a mapping");
   }
   ~Reader() noexcept(false) {
-    if (!node_ || std::uncaught_exceptions() > 0) return;
+    if (!node_.IsDefined() || !node_.IsMap() || std::uncaught_exceptions() > 0) return;
     for (const auto& kv : node_) {
       auto k = kv.first.as<std::string>();
       if (!seen_.count(k)) Fail(Key(k), "unknown key");
     }
   }
 
+  // A missing or null key is absent. (Const lookup: yaml-cpp's non-const
+  // operator[] would insert the key.)
   YAML::Node Child(const std::string& k) {
     seen_.insert(k);
-    return node_ ? node_[k] : YAML::Node();
+    if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    const YAML::Node& map = node_;
+    YAML::Node n = map[k];
+    if (!n.IsDefined() || n.IsNull()) return YAML::Node(YAML::NodeType::Undefined);
+    return n;
   }
   std::string Key(const std::string& k) const { return path_.empty() ? k : path_ + "." + k; }
 
   void Str(const std::string& k, std::string* out) {
     auto n = Child(k);
-    if (!n) return;
+    if (!n.IsDefined()) return;
     if (!n.IsScalar()) Fail(Key(k), "expected a string");
     *out = n.as<std::string>();
   }
   template <typename Int>
   void Uint(const std::string& k, Int* out) {
     auto n = Child(k);
-    if (!n) return;
+    if (!n.IsDefined()) return;
     if (!n.IsScalar()) Fail(Key(k), "expected a number");
     auto s = n.as<std::string>();
     uint64_t v = 0;
@@ -98,7 +104,7 @@ class Reader {
   }
   void Int64(const std::string& k, int64_t* out) {
     auto n = Child(k);
-    if (!n) return;
+    if (!n.IsDefined()) return;
     auto s = n.as<std::string>();
     int64_t v = 0;
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -107,18 +113,18 @@ class Reader {
   }
   void Bytes(const std::string& k, uint64_t* out) {
     auto n = Child(k);
-    if (!n) return;
+    if (!n.IsDefined()) return;
     *out = ParseBytes(Key(k), n.as<std::string>());
   }
   template <typename Dur>
   void Duration(const std::string& k, Dur* out) {
     auto n = Child(k);
-    if (!n) return;
+    if (!n.IsDefined()) return;
     *out = std::chrono::duration_cast<Dur>(ParseDuration(Key(k), n.as<std::string>()));
   }
   void StrList(const std::string& k, std::vector<std::string>* out) {
     auto n = Child(k);
-    if (!n) return;
+    if (!n.IsDefined()) return;
     out->clear();
     if (n.IsScalar()) {
       out->push_back(n.as<std::string>());

@@ -207,7 +207,8 @@ class Worker final : public DeliveryWorker {
         for (const auto& ip : host.addrs) {
           Attempt at = co_await SmtpTransaction(co_await asio::this_coro::executor, ip, p, client_, m.envelope(),
                                                 m.body(), rcpts);
-          std::string relay = host.name + ". [" + ip + "]";
+          // sendmail style: "mx.example.com. [192.0.2.1]", or "[192.0.2.1] [192.0.2.1]" for a literal.
+          std::string relay = (host.name == ip ? "[" + ip + "]" : host.name + ".") + " [" + ip + "]";
           if (at.try_next) {
             last_error = at.error + " with " + relay;
             log::Mail(m.envelope().qid(), "relay=" + relay + ": " + at.error + ", trying next host");

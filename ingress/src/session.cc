@@ -68,7 +68,7 @@ void Session::ResetTransaction() {
 bool Session::RelayAllowed(const std::string& rcpt) const {
   if (config_.mynetworks.Contains(client_.addr)) return true;
   auto domain = DomainOf(rcpt);
-  if (domain.empty()) return true;  // postmaster
+  if (domain.empty() || domain == ToLower(config_.hostname)) return true;  // $j is always local (postmaster)
   for (const auto& d : config_.relay_domains) {
     if (domain == d) return true;
   }

@@ -303,6 +303,8 @@ Result<std::unique_ptr<QueueNode>> StartQueueNode(const QueueConfig& config, con
   StateMachineOptions so;
   so.dir = config.data_dir;
   so.sync = true;
+  so.class_factor = config.class_factor;
+  so.recipient_factor = config.recipient_factor;
   so.retry_factor = config.retry_factor;
   auto sm = StateMachine::Open(so);
   if (!sm.ok()) return sm.status();

@@ -202,6 +202,8 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
     env.set_nrcpts(m.recipients_size());
     env.set_pending(m.recipients_size());
     if (env.arrival_unix_us() == 0) env.set_arrival_unix_us(now);
+    env.set_priority(static_cast<int64_t>(env.size()) - env.precedence_class() * options_.class_factor +
+                     static_cast<int64_t>(m.recipients_size()) * options_.recipient_factor);
     b.PutProto(msg_, qid, env);
     b.Put(msg_, keys::Body(qid), m.body());
     ++ctx.counts.messages;

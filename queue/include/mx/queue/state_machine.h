@@ -28,6 +28,10 @@ struct StateMachineOptions {
   // Sync the RocksDB WAL on every apply. True when RocksDB is the durable log
   // (LocalLog); false under Raft, whose log is already fsync'd.
   bool sync = true;
+  // sendmail priority: size - class*ClassFactor + nrcpts*RecipientFactor
+  // (+ attempts*RetryFactor after failures); lower runs first.
+  int64_t class_factor = 1800;
+  int64_t recipient_factor = 30000;
   int64_t retry_factor = 90000;
 };
 

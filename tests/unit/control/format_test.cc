@@ -1,0 +1,56 @@
+// format_test.cc — mailq and mailstats output as golden files.
+#include <gtest/gtest.h>
+
+#include "../golden.h"
+#include "mx/control/format.h"
+
+namespace mx::control {
+namespace {
+
+TEST(Format, EmptyQueue) { EXPECT_EQ(FormatMailq(v1::MailqResponse()), "Mail queue is empty\n"); }
+
+TEST(Format, Mailq) {
+  v1::MailqResponse resp;
+  resp.set_matched(2);
+  auto* m = resp.add_messages();
+  m->mutable_envelope()->set_qid("0Ab3xYzQ1bR2kP");
+  m->mutable_envelope()->set_size(1234);
+  m->mutable_envelope()->set_arrival_unix_us(1'800'000'000'000'000);
+  m->mutable_envelope()->set_sender("alice@example.test");
+  auto* r = m->add_recipients();
+  r->set_address("bob@remote.test");
+  r->set_status(v1::RCPT_DEFERRED);
+  r->set_last_reply("451 4.7.1 Greylisted, try again later");
+  r = m->add_recipients();
+  r->set_address("carol@remote.test");
+  r->set_status(v1::RCPT_DEFERRED);
+  r->set_last_reply("451 4.7.1 Greylisted, try again later");
+  m = resp.add_messages();
+  m->mutable_envelope()->set_qid("0Ab3xYzQ2cS3lQ");
+  m->mutable_envelope()->set_size(99);
+  m->mutable_envelope()->set_arrival_unix_us(1'800'000'100'000'000);
+  r = m->add_recipients();
+  r->set_address("alice@example.test");
+  r->set_status(v1::RCPT_LEASED);
+  test::ExpectGolden("control/mailq.ref", FormatMailq(resp));
+}
+
+TEST(Format, Mailstats) {
+  v1::MailstatsResponse resp;
+  resp.set_since_unix_us(1'800'000'000'000'000);
+  auto* s = resp.add_mailers();
+  s->set_mailer("esmtp");
+  s->set_msgsfr(10);
+  s->set_bytes_from(40960);
+  s->set_msgsto(9);
+  s->set_bytes_to(36864);
+  s->set_msgsrej(2);
+  s = resp.add_mailers();
+  s->set_mailer("local");
+  s->set_msgsfr(1);
+  s->set_bytes_from(2000);
+  test::ExpectGolden("control/mailstats.ref", FormatMailstats(resp));
+}
+
+}  // namespace
+}  // namespace mx::control

@@ -1,0 +1,260 @@
+// state_machine_test.cc — enqueue / lease / ack / defer / tick transitions,
+// idempotent replay and durability across reopen.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "mx/queue/state_machine.h"
+
+namespace mx::queue {
+namespace {
+
+constexpr int64_t kT0 = 1'800'000'000'000'000;
+constexpr int64_t kSec = 1'000'000;
+
+class StateMachineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("mx-sm-" + std::to_string(getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    Open();
+  }
+  void TearDown() override {
+    sm_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void Open() {
+    sm_.reset();
+    StateMachineOptions o;
+    o.dir = dir_.string();
+    o.sync = false;
+    auto r = StateMachine::Open(o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    sm_ = std::move(r).value();
+    index_ = sm_->applied_index();
+  }
+
+  ApplyResult Apply(const v1::QueueCommand& cmd) {
+    std::vector<ApplyResult> res;
+    Status st = sm_->Apply(++index_, {&cmd}, &res);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return res.at(0);
+  }
+
+  static v1::QueueCommand Enqueue(const std::string& qid, std::vector<std::string> rcpts, int64_t now = kT0,
+                                  const std::string& body = "Subject: t\r\n\r\nbody\r\n") {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    auto* m = c.mutable_enqueue()->mutable_message();
+    m->mutable_envelope()->set_qid(qid);
+    m->mutable_envelope()->set_sender("alice@example.test");
+    m->mutable_envelope()->set_size(body.size());
+    m->mutable_envelope()->set_mailer_from("esmtp");
+    m->set_body(body);
+    for (auto& r : rcpts) m->add_recipients()->set_address(r);
+    return c;
+  }
+  static v1::QueueCommand Lease(const std::vector<v1::RcptRef>& items, int64_t now, int64_t expiry) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    c.mutable_lease()->set_worker("w1");
+    c.mutable_lease()->set_expiry_unix_us(expiry);
+    for (const auto& i : items) *c.mutable_lease()->add_items() = i;
+    return c;
+  }
+  static v1::QueueCommand Ack(const std::string& qid, uint32_t index, v1::Outcome outcome, int64_t now,
+                              int64_t next = 0) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    auto* r = c.mutable_ack()->add_results();
+    r->set_qid(qid);
+    r->set_index(index);
+    r->set_outcome(outcome);
+    r->set_reply(outcome == v1::OUTCOME_DEFERRED ? "451 4.7.1 try later" : "250 ok");
+    r->set_mailer("esmtp");
+    r->set_bytes(100);
+    r->set_next_attempt_unix_us(next);
+    return c;
+  }
+  static v1::QueueCommand Tick(int64_t now) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    c.mutable_tick()->set_max_items(100);
+    return c;
+  }
+  v1::RcptStatus StatusOf(const std::string& qid, uint32_t i) {
+    auto r = sm_->GetRecipient(qid, i);
+    return r.ok() ? r->status() : v1::RCPT_STATUS_UNSPECIFIED;
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<StateMachine> sm_;
+  uint64_t index_ = 0;
+};
+
+TEST_F(StateMachineTest, EnqueueMakesRecipientsReadyAndComputesPriority) {
+  auto r = Apply(Enqueue("00000000010000", {"a@x.test", "b@y.test"}));
+  EXPECT_TRUE(r.status.ok());
+  EXPECT_EQ(r.made_ready, 2u);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 2u);
+  auto env = sm_->GetEnvelope("00000000010000");
+  ASSERT_TRUE(env.ok());
+  EXPECT_EQ(env->pending(), 2u);
+  EXPECT_EQ(env->priority(), static_cast<int64_t>(env->size()) + 2 * 30000);
+  EXPECT_EQ(sm_->counts().messages, 1);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_READY], 2);
+  EXPECT_EQ(*sm_->GetBody("00000000010000"), "Subject: t\r\n\r\nbody\r\n");
+}
+
+TEST_F(StateMachineTest, DuplicateQidIsRefusedWithoutChanges) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  auto r = Apply(Enqueue("00000000010000", {"other@x.test"}));
+  EXPECT_EQ(r.status.code(), Code::kAlreadyExists);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
+}
+
+TEST_F(StateMachineTest, ReadyOrderFollowsPriority) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}, kT0, std::string(5000, 'x')));  // big: runs later
+  Apply(Enqueue("00000000020000", {"a@x.test"}, kT0, "small"));
+  auto items = sm_->ReadyItems(10);
+  ASSERT_EQ(items.size(), 2u);
+  EXPECT_EQ(items[0].qid(), "00000000020000");
+}
+
+TEST_F(StateMachineTest, LeaseIsExclusive) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  auto items = sm_->ReadyItems(10);
+  auto first = Apply(Lease(items, kT0, kT0 + 60 * kSec));
+  EXPECT_EQ(first.leased.size(), 1u);
+  auto second = Apply(Lease(items, kT0, kT0 + 60 * kSec));
+  EXPECT_TRUE(second.leased.empty());
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_LEASED);
+  EXPECT_TRUE(sm_->ReadyItems(10).empty());
+}
+
+TEST_F(StateMachineTest, DeliveredAckRemovesTheMessage) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
+  EXPECT_TRUE(sm_->GetEnvelope("00000000010000").ok());  // one recipient still pending
+  EXPECT_EQ(sm_->GetEnvelope("00000000010000")->pending(), 1u);
+  Apply(Ack("00000000010000", 1, v1::OUTCOME_BOUNCED, kT0 + kSec));
+  EXPECT_FALSE(sm_->GetEnvelope("00000000010000").ok());
+  EXPECT_FALSE(sm_->GetBody("00000000010000").ok());
+  EXPECT_EQ(sm_->counts().messages, 0);
+  for (auto n : sm_->counts().by_status) EXPECT_EQ(n, 0);
+  v1::GetStatsResponse stats;
+  sm_->Stats(&stats);
+  ASSERT_EQ(stats.mailers_size(), 1);
+  EXPECT_EQ(stats.mailers(0).msgsfr(), 1u);
+  EXPECT_EQ(stats.mailers(0).msgsto(), 1u);
+  EXPECT_EQ(stats.mailers(0).bytes_to(), 100u);
+}
+
+TEST_F(StateMachineTest, DuplicateAckIsIgnored) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
+  EXPECT_EQ(sm_->GetEnvelope("00000000010000")->pending(), 1u);
+}
+
+TEST_F(StateMachineTest, DeferredReturnsToReadyWhenDue) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 120 * kSec));
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_DEFERRED);
+  auto rc = sm_->GetRecipient("00000000010000", 0);
+  EXPECT_EQ(rc->attempts(), 1u);
+  EXPECT_EQ(rc->last_reply(), "451 4.7.1 try later");
+  EXPECT_EQ(sm_->EarliestScheduled(), kT0 + 120 * kSec);
+
+  EXPECT_EQ(Apply(Tick(kT0 + 119 * kSec)).made_ready, 0u);  // not yet (MinQueueAge)
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_DEFERRED);
+  EXPECT_EQ(Apply(Tick(kT0 + 120 * kSec)).made_ready, 1u);
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_READY);
+  // A retried recipient sorts after fresh mail (RetryFactor).
+  EXPECT_EQ(sm_->GetRecipient("00000000010000", 0)->ready_priority(),
+            sm_->GetEnvelope("00000000010000")->priority() + 90000);
+  EXPECT_EQ(sm_->EarliestScheduled(), INT64_MAX);
+}
+
+TEST_F(StateMachineTest, ExpiredLeaseReturnsToReady) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  EXPECT_EQ(Apply(Tick(kT0 + 59 * kSec)).made_ready, 0u);
+  EXPECT_EQ(Apply(Tick(kT0 + 60 * kSec)).made_ready, 1u);
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_READY);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
+}
+
+TEST_F(StateMachineTest, AckAfterLeaseExpiryStillCounts) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  Apply(Tick(kT0 + 61 * kSec));  // back to ready
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DELIVERED, kT0 + 62 * kSec));
+  EXPECT_FALSE(sm_->GetEnvelope("00000000010000").ok());
+  EXPECT_TRUE(sm_->ReadyItems(10).empty());  // the ready entry went with it
+}
+
+TEST_F(StateMachineTest, BatchSeesItsOwnWrites) {
+  auto enq = Enqueue("00000000010000", {"a@x.test"});
+  v1::RcptRef ref;
+  ref.set_qid("00000000010000");
+  ref.set_index(0);
+  auto l1 = Lease({ref}, kT0, kT0 + kSec);
+  auto l2 = Lease({ref}, kT0, kT0 + kSec);
+  std::vector<ApplyResult> res;
+  ASSERT_TRUE(sm_->Apply(index_ + 1, {&enq, &l1, &l2}, &res).ok());
+  index_ += 3;
+  EXPECT_EQ(res[1].leased.size(), 1u);
+  EXPECT_TRUE(res[2].leased.empty());  // the second lease saw the first in the same batch
+}
+
+TEST_F(StateMachineTest, ReplayedEntriesAreSkippedAndStateSurvivesReopen) {
+  auto enq = Enqueue("00000000010000", {"a@x.test"});
+  Apply(enq);
+  uint64_t applied = sm_->applied_index();
+  Open();  // reopen from disk
+  EXPECT_EQ(sm_->applied_index(), applied);
+  EXPECT_EQ(sm_->counts().messages, 1);
+  // A log replay hands the same entry again: no effect, no duplicate error.
+  std::vector<ApplyResult> res;
+  ASSERT_TRUE(sm_->Apply(applied, {&enq}, &res).ok());
+  EXPECT_TRUE(res[0].status.ok());
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_READY], 1);
+}
+
+TEST_F(StateMachineTest, AckQueuesDsnAtomically) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  auto ack = Ack("00000000010000", 0, v1::OUTCOME_BOUNCED, kT0 + kSec);
+  auto* dsn = ack.mutable_ack()->add_dsns();
+  dsn->mutable_envelope()->set_qid("00000000030000");
+  dsn->mutable_envelope()->set_is_dsn(true);
+  dsn->add_recipients()->set_address("alice@example.test");
+  auto r = Apply(ack);
+  EXPECT_EQ(r.made_ready, 1u);
+  EXPECT_FALSE(sm_->GetEnvelope("00000000010000").ok());
+  ASSERT_TRUE(sm_->GetEnvelope("00000000030000").ok());
+  EXPECT_TRUE(sm_->GetEnvelope("00000000030000")->is_dsn());
+}
+
+TEST_F(StateMachineTest, ListFiltersLikeMailq) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Enqueue("00000000020000", {"b@y.test"}));
+  v1::ListRequest f;
+  f.set_recipient("y.test");
+  v1::ListResponse out;
+  sm_->List(f, &out);
+  ASSERT_EQ(out.messages_size(), 1);
+  EXPECT_EQ(out.messages(0).envelope().qid(), "00000000020000");
+  EXPECT_EQ(out.matched(), 1u);
+}
+
+}  // namespace
+}  // namespace mx::queue
