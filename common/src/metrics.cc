@@ -8,10 +8,16 @@
 
 namespace mx::metrics {
 
-prometheus::Registry& Registry() {
-  static auto* registry = new prometheus::Registry();  // lives as long as the process
+namespace {
+// The exposer holds collectables as weak_ptr, so the registry is owned by a
+// shared_ptr that lives as long as the process.
+const std::shared_ptr<prometheus::Registry>& SharedRegistry() {
+  static auto* registry = new std::shared_ptr<prometheus::Registry>(std::make_shared<prometheus::Registry>());
   return *registry;
 }
+}  // namespace
+
+prometheus::Registry& Registry() { return *SharedRegistry(); }
 
 Endpoint::Endpoint(std::unique_ptr<prometheus::Exposer> exposer) : exposer_(std::move(exposer)) {}
 Endpoint::~Endpoint() = default;
@@ -20,8 +26,7 @@ Result<std::unique_ptr<Endpoint>> Endpoint::Start(const std::string& listen) {
   // prometheus-cpp (civetweb) reports bind failures by throwing; contain it here.
   try {
     auto exposer = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
-    // Registry() outlives the exposer; hand it a non-owning shared_ptr.
-    exposer->RegisterCollectable(std::shared_ptr<prometheus::Registry>(&Registry(), [](auto*) {}));
+    exposer->RegisterCollectable(SharedRegistry());
     return std::unique_ptr<Endpoint>(new Endpoint(std::move(exposer)));
   } catch (const std::exception& e) {
     return Status(Code::kUnavailable, "cannot serve /metrics on " + listen + ": " + e.what());

@@ -1,0 +1,273 @@
+"""Helpers for functional tests: real mxd processes, unbound, SMTP peers.
+
+Everything listens on loopback only and is stopped by the fixture that started it.
+"""
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+BUILD_DIR = Path(os.environ.get("MX_BUILD_DIR", Path(__file__).resolve().parents[2] / "build" / "release"))
+MXD = BUILD_DIR / "mxd" / "mxd"
+MXCTL = BUILD_DIR / "control" / "mxctl"
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
+    """Polls predicate until it returns a truthy value; fails the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class Unbound:
+    """A real DNS server (unbound) on loopback serving local test zones."""
+
+    def __init__(self, workdir: Path, zones: dict, records: list):
+        self.port = free_port()
+        self.dir = workdir
+        lines = [
+            "server:",
+            f"  interface: 127.0.0.1@{self.port}",
+            f"  port: {self.port}",
+            "  do-daemonize: no",
+            '  username: ""',
+            '  chroot: ""',
+            f'  directory: "{workdir}"',
+            '  pidfile: ""',
+            "  use-syslog: no",
+            '  logfile: ""',
+            "  verbosity: 0",
+            "  do-ip6: no",
+            "  access-control: 127.0.0.0/8 allow",
+            '  module-config: "iterator"',
+            "  num-threads: 1",
+        ]
+        for zone, kind in zones.items():
+            lines.append(f'  local-zone: "{zone}." {kind}')
+        for rr in records:
+            lines.append(f'  local-data: "{rr}"')
+        lines += ["remote-control:", "  control-enable: no"]
+        self.conf = workdir / "unbound.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log = open(workdir / "unbound.log", "w")
+        self.proc = subprocess.Popen(["unbound", "-d", "-c", str(self.conf)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._answers, timeout=15, what="unbound to answer")
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("unbound exited: " + (self.dir / "unbound.log").read_text())
+        import dns.resolver  # python3-dnspython
+
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers = ["127.0.0.1"]
+        r.port = self.port
+        r.lifetime = 0.5
+        try:
+            r.resolve("health.check.invalid", "A")
+        except dns.resolver.NXDOMAIN:
+            return True
+        except Exception:
+            return False
+        return True
+
+    @property
+    def server(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Sink:
+    """A scriptable SMTP server (aiosmtpd) that records what it receives.
+
+    rcpt_replies: address -> reply for RCPT (e.g. "550 5.1.1 no such user").
+    tempfail_rcpt: number of first RCPT commands answered 451 4.7.1.
+    """
+
+    def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0):
+        from aiosmtpd.controller import Controller
+
+        self.host = host
+        self.port = port or free_port(host)
+        self.rcpt_replies = rcpt_replies or {}
+        self.tempfail_rcpt = tempfail_rcpt
+        self.messages = []  # (mail_from, [rcpts], content bytes)
+        self.rcpt_log = []  # (address, reply) for every RCPT seen
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                with sink.lock:
+                    if sink.tempfail_rcpt > 0:
+                        sink.tempfail_rcpt -= 1
+                        reply = "451 4.7.1 Greylisted, try again later"
+                    else:
+                        reply = sink.rcpt_replies.get(address, "250 2.1.5 OK")
+                    sink.rcpt_log.append((address, reply))
+                if reply.startswith("250"):
+                    envelope.rcpt_tos.append(address)
+                return reply
+
+            async def handle_DATA(self, server, session, envelope):
+                with sink.lock:
+                    sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+                return "250 2.0.0 Ok: delivered"
+
+        self.controller = Controller(Handler(), hostname=host, port=self.port)
+        self.controller.start()
+
+    def count(self):
+        with self.lock:
+            return len(self.messages)
+
+    def stop(self):
+        self.controller.stop()
+
+
+class Mxd:
+    """An `mxd` process with a generated config."""
+
+    def __init__(self, workdir: Path, role="all", **overrides):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.smtp_port = free_port()
+        self.queue_port = free_port()
+        self.control_port = free_port()
+        self.metrics_port = free_port()
+        self.role = role
+        cfg = {
+            "node_name": "mx-test",
+            "hostname": "mx.mx-test.test",
+            "log_level": "info",
+            "metrics_listen": f"127.0.0.1:{self.metrics_port}",
+            "ingress": {"listen": f"127.0.0.1:{self.smtp_port}", "max_message_size": "1M"},
+            "queue": {
+                "listen": f"127.0.0.1:{self.queue_port}",
+                "data_dir": str(workdir / "queue"),
+                "min_backoff": "1s",
+                "max_backoff": "2s",
+                "tick_interval": "100ms",
+            },
+            "delivery": {"concurrency": 16, "connect_timeout": "3s", "command_timeout": "10s", "data_timeout": "10s"},
+            "control": {"listen": f"127.0.0.1:{self.control_port}"},
+        }
+        for key, value in overrides.items():
+            section, _, name = key.partition("__")
+            if name:
+                cfg[section][name] = value
+            else:
+                cfg[section] = value
+        self.config = workdir / "mx.yaml"
+        self.config.write_text(to_yaml(cfg))
+        self.proc = None
+        self.logfile = workdir / "mxd.log"
+        self.start()
+
+    def start(self):
+        self.log = open(self.logfile, "a")
+        self.proc = subprocess.Popen([str(MXD), self.role, "--config", str(self.config)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self._alive() and port_open("127.0.0.1", self.smtp_port), timeout=20,
+                 what="mxd to listen for SMTP")
+
+    def _alive(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mxd exited with {self.proc.returncode}:\n{self.logtext()}")
+        return True
+
+    def logtext(self):
+        return self.logfile.read_text()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("mxd did not stop on SIGTERM within 15s")
+        self.log.close()
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+    def mxctl(self, *args):
+        out = subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{self.control_port}", *args],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"mxctl {args} failed: {out.stderr}"
+        return out.stdout
+
+    def metrics(self):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+def to_yaml(value, indent=0):
+    """Minimal YAML writer for the config dicts above (strings quoted)."""
+    pad = "  " * indent
+    if isinstance(value, dict):
+        out = ""
+        for k, v in value.items():
+            if isinstance(v, dict):
+                out += f"{pad}{k}:\n{to_yaml(v, indent + 1)}"
+            else:
+                out += f"{pad}{k}: {to_yaml(v)}\n"
+        return out
+    if isinstance(value, list):
+        return "[" + ", ".join(to_yaml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace('"', '\\"') + '"'
+
+
+def metric_value(text, name, labels=None):
+    """Sum of samples of metric `name` whose labels include `labels`."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, val = line.rpartition(" ")
+        metric, _, lbl = head.partition("{")
+        if metric != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in lbl for k, v in labels.items()):
+            continue
+        total += float(val)
+        found = True
+    return total if found else None
