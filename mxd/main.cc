@@ -46,8 +46,10 @@ int main(int argc, char** argv) {
   std::string role = argv[1];
   std::string config_path = "/etc/mx/mx.yaml";
   for (int i = 2; i < argc; ++i) {
-    if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc) config_path = argv[++i];
-    else return Usage();
+    if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "-c")) && i + 1 < argc)
+      config_path = argv[++i];
+    else
+      return Usage();
   }
   bool all = role == "all";
   bool want_queue = all || role == "queue", want_ingress = all || role == "ingress",
@@ -103,9 +105,9 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<mx::delivery::DeliveryWorker> delivery;
   if (want_delivery) {
-    auto r = mx::delivery::MakeAresResolver(config.delivery.dns_servers,
-                                            std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                config.delivery.dns_timeout));
+    auto r = mx::delivery::MakeAresResolver(
+        config.delivery.dns_servers,
+        std::chrono::duration_cast<std::chrono::milliseconds>(config.delivery.dns_timeout));
     if (!r.ok()) return Die(r.status().message());
     auto w = mx::delivery::StartDelivery(config, std::move(r).value(), clock);
     if (!w.ok()) return Die(w.status().message());

@@ -7,8 +7,8 @@
 
 #include <cctype>
 #include <charconv>
-#include <limits>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -33,13 +33,20 @@ std::chrono::microseconds ParseDuration(const std::string& key, const std::strin
   std::from_chars(text.data(), text.data() + i, n);
   std::string unit = text.substr(i);
   uint64_t mult;
-  if (unit.empty() || unit == "s") mult = 1'000'000;
-  else if (unit == "ms") mult = 1'000;
-  else if (unit == "us") mult = 1;
-  else if (unit == "m") mult = 60'000'000;
-  else if (unit == "h") mult = 3'600'000'000ULL;
-  else if (unit == "d") mult = 86'400'000'000ULL;
-  else Fail(key, "unknown duration unit '" + unit + "' (use ms, s, m, h, d)");
+  if (unit.empty() || unit == "s")
+    mult = 1'000'000;
+  else if (unit == "ms")
+    mult = 1'000;
+  else if (unit == "us")
+    mult = 1;
+  else if (unit == "m")
+    mult = 60'000'000;
+  else if (unit == "h")
+    mult = 3'600'000'000ULL;
+  else if (unit == "d")
+    mult = 86'400'000'000ULL;
+  else
+    Fail(key, "unknown duration unit '" + unit + "' (use ms, s, m, h, d)");
   return std::chrono::microseconds(n * mult);
 }
 

@@ -18,21 +18,30 @@ std::string g_node = "mx";
 
 }  // namespace
 
-void SetLevel(Level level) { g_level = static_cast<int>(level); }
+void SetLevel(Level level) {
+  g_level = static_cast<int>(level);
+}
 
 void SetNodeName(std::string name) {
   std::lock_guard lock(g_mu);
   g_node = std::move(name);
 }
 
-bool Enabled(Level level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+bool Enabled(Level level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
 
 bool ParseLevel(std::string_view text, Level* out) {
-  if (text == "debug") *out = Level::kDebug;
-  else if (text == "info") *out = Level::kInfo;
-  else if (text == "warning" || text == "warn") *out = Level::kWarning;
-  else if (text == "error") *out = Level::kError;
-  else return false;
+  if (text == "debug")
+    *out = Level::kDebug;
+  else if (text == "info")
+    *out = Level::kInfo;
+  else if (text == "warning" || text == "warn")
+    *out = Level::kWarning;
+  else if (text == "error")
+    *out = Level::kError;
+  else
+    return false;
   return true;
 }
 
@@ -62,8 +71,7 @@ std::string FormatDelay(int64_t micros) {
   char buf[48];
   if (days > 0) {
     snprintf(buf, sizeof buf, "%lld+%02lld:%02lld:%02lld", static_cast<long long>(days),
-             static_cast<long long>(s / 3600), static_cast<long long>(s / 60 % 60),
-             static_cast<long long>(s % 60));
+             static_cast<long long>(s / 3600), static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
   } else {
     snprintf(buf, sizeof buf, "%02lld:%02lld:%02lld", static_cast<long long>(s / 3600),
              static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));

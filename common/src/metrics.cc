@@ -17,7 +17,9 @@ const std::shared_ptr<prometheus::Registry>& SharedRegistry() {
 }
 }  // namespace
 
-prometheus::Registry& Registry() { return *SharedRegistry(); }
+prometheus::Registry& Registry() {
+  return *SharedRegistry();
+}
 
 Endpoint::Endpoint(std::unique_ptr<prometheus::Exposer> exposer) : exposer_(std::move(exposer)) {}
 Endpoint::~Endpoint() = default;
@@ -34,9 +36,8 @@ Result<std::unique_ptr<Endpoint>> Endpoint::Start(const std::string& listen) {
 }
 
 const std::vector<double>& LatencyBuckets() {
-  static const std::vector<double> buckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                              0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5,
-                                              5,      10,      30};
+  static const std::vector<double> buckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                              0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30};
   return buckets;
 }
 

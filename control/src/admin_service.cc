@@ -39,10 +39,9 @@ class AdminService final : public v1::Admin::Service {
       resp->set_matched(resp->matched() + part.matched());
     }
     // Oldest first across shards (qids are time-ordered).
-    std::sort(resp->mutable_messages()->begin(), resp->mutable_messages()->end(),
-              [](const v1::QueuedMessage& a, const v1::QueuedMessage& b) {
-                return a.envelope().qid() < b.envelope().qid();
-              });
+    std::sort(
+        resp->mutable_messages()->begin(), resp->mutable_messages()->end(),
+        [](const v1::QueuedMessage& a, const v1::QueuedMessage& b) { return a.envelope().qid() < b.envelope().qid(); });
     return grpc::Status::OK;
   }
 

@@ -15,7 +15,9 @@ std::string QTime(int64_t unix_us) {
   return buf;
 }
 
-std::string Kb(uint64_t bytes) { return std::to_string((bytes + 1023) / 1024) + "K"; }
+std::string Kb(uint64_t bytes) {
+  return std::to_string((bytes + 1023) / 1024) + "K";
+}
 
 std::string Pad(const std::string& s, size_t width, bool right) {
   if (s.size() >= width) return s;
@@ -26,8 +28,8 @@ std::string Pad(const std::string& s, size_t width, bool right) {
 
 std::string FormatMailq(const v1::MailqResponse& resp) {
   if (resp.matched() == 0) return "Mail queue is empty\n";
-  std::string out = "\t\tmx queue (" + std::to_string(resp.matched()) +
-                    (resp.matched() == 1 ? " request" : " requests") + ")\n";
+  std::string out =
+      "\t\tmx queue (" + std::to_string(resp.matched()) + (resp.matched() == 1 ? " request" : " requests") + ")\n";
   out += "-----Q-ID----- --Size-- -----Q-Time----- ------------Sender/Recipient-----------\n";
   for (const auto& m : resp.messages()) {
     const auto& e = m.envelope();

@@ -1,6 +1,6 @@
 // mxctl — the operator's tool: mailq and mailstats against the control plane.
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -48,9 +48,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   size_t i = 0;
   for (; i < args.size(); ++i) {
-    if (args[i] == "--server" && i + 1 < args.size()) server = args[++i];
-    else if (args[i] == "-o" && i + 1 < args.size()) output = args[++i];
-    else break;
+    if (args[i] == "--server" && i + 1 < args.size())
+      server = args[++i];
+    else if (args[i] == "-o" && i + 1 < args.size())
+      output = args[++i];
+    else
+      break;
   }
   if (i >= args.size() || (output != "text" && output != "json")) return Usage();
   std::string cmd = args[i++];
@@ -62,17 +65,25 @@ int main(int argc, char** argv) {
     mx::v1::MailqRequest req;
     for (; i < args.size(); ++i) {
       const std::string& a = args[i];
-      auto value = [&](size_t skip) { return a.size() > skip ? a.substr(skip) : (i + 1 < args.size() ? args[++i] : ""); };
-      if (a.rfind("-I", 0) == 0 || a.rfind("-qI", 0) == 0) req.set_qid(value(a[1] == 'q' ? 3 : 2));
-      else if (a.rfind("-S", 0) == 0 || a.rfind("-qS", 0) == 0) req.set_sender(value(a[1] == 'q' ? 3 : 2));
-      else if (a.rfind("-R", 0) == 0 || a.rfind("-qR", 0) == 0) req.set_recipient(value(a[1] == 'q' ? 3 : 2));
-      else return Usage();
+      auto value = [&](size_t skip) {
+        return a.size() > skip ? a.substr(skip) : (i + 1 < args.size() ? args[++i] : "");
+      };
+      if (a.rfind("-I", 0) == 0 || a.rfind("-qI", 0) == 0)
+        req.set_qid(value(a[1] == 'q' ? 3 : 2));
+      else if (a.rfind("-S", 0) == 0 || a.rfind("-qS", 0) == 0)
+        req.set_sender(value(a[1] == 'q' ? 3 : 2));
+      else if (a.rfind("-R", 0) == 0 || a.rfind("-qR", 0) == 0)
+        req.set_recipient(value(a[1] == 'q' ? 3 : 2));
+      else
+        return Usage();
     }
     mx::v1::MailqResponse resp;
     auto st = stub->Mailq(&ctx, req, &resp);
     if (!st.ok()) return Fail(st, server);
-    if (output == "json") PrintJson(resp);
-    else fputs(mx::control::FormatMailq(resp).c_str(), stdout);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatMailq(resp).c_str(), stdout);
     return 0;
   }
   if (cmd == "mailstats") {
@@ -80,8 +91,10 @@ int main(int argc, char** argv) {
     mx::v1::MailstatsResponse resp;
     auto st = stub->Mailstats(&ctx, mx::v1::MailstatsRequest(), &resp);
     if (!st.ok()) return Fail(st, server);
-    if (output == "json") PrintJson(resp);
-    else fputs(mx::control::FormatMailstats(resp).c_str(), stdout);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatMailstats(resp).c_str(), stdout);
     return 0;
   }
   return Usage();

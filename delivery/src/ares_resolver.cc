@@ -21,7 +21,9 @@
 namespace mx::delivery {
 namespace {
 
-bool IsTemporary(int status) { return status != ARES_ENOTFOUND && status != ARES_ENODATA; }
+bool IsTemporary(int status) {
+  return status != ARES_ENOTFOUND && status != ARES_ENODATA;
+}
 
 class AresResolver final : public Resolver {
  public:
@@ -125,8 +127,10 @@ class AresResolver final : public Resolver {
     std::unique_ptr<QueryCtx> ctx(static_cast<QueryCtx*>(arg));
     if (status == ARES_EDESTRUCTION) return;
     Probe::Get().DnsQuery(ctx->is_mx ? "MX" : "A", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
-    if (ctx->is_mx) ctx->self->OnMx(ctx->req, status, abuf, alen);
-    else ctx->self->OnA(ctx->req, ctx->host_index, status, abuf, alen);
+    if (ctx->is_mx)
+      ctx->self->OnMx(ctx->req, status, abuf, alen);
+    else
+      ctx->self->OnA(ctx->req, ctx->host_index, status, abuf, alen);
   }
 
   void OnMx(const std::shared_ptr<Request>& req, int status, unsigned char* abuf, int alen) {

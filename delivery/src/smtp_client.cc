@@ -15,7 +15,7 @@ using asio::ip::tcp;
 
 struct Reply {
   int code = 0;
-  std::string text;             // all lines joined with a space, code prefix kept once
+  std::string text;                // all lines joined with a space, code prefix kept once
   std::vector<std::string> lines;  // texts after "NNN-" / "NNN "
 };
 
@@ -35,8 +35,8 @@ class Conn {
     co_await socket_.async_connect(ep, asio::redirect_error(use_awaitable, ec));
     timer_.cancel();
     if (ec) {
-      *error = timed_out_ ? "Connection timed out" : (ec == asio::error::connection_refused ? "Connection refused"
-                                                                                              : ec.message());
+      *error = timed_out_ ? "Connection timed out"
+                          : (ec == asio::error::connection_refused ? "Connection refused" : ec.message());
       co_return false;
     }
     co_return true;
@@ -256,9 +256,9 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
       }
       // No reply to the final dot means we do not know: defer (never assume delivered).
       if (!co_await c.Read(&r, config.data_timeout)) {
-        finish_accepted(Local(v1::OUTCOME_DEFERRED, "4.4.2",
-                              c.timed_out() ? "timeout waiting for reply to end of data"
-                                            : "lost connection after end of data"));
+        finish_accepted(
+            Local(v1::OUTCOME_DEFERRED, "4.4.2",
+                  c.timed_out() ? "timeout waiting for reply to end of data" : "lost connection after end of data"));
         c.Close();
         co_return a;
       }

@@ -34,8 +34,10 @@ auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) 
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
         auto done = [h, ex](MxAnswer a) { asio::post(ex, [h, a = std::move(a)]() mutable { (*h)(std::move(a)); }); };
-        if (mx) resolver.ResolveMx(n, std::move(done));
-        else resolver.ResolveHost(n, std::move(done));
+        if (mx)
+          resolver.ResolveMx(n, std::move(done));
+        else
+          resolver.ResolveHost(n, std::move(done));
       },
       token, std::move(name));
 }
@@ -246,9 +248,9 @@ class Worker final : public DeliveryWorker {
       for (int i : idx) rcpts.push_back(m->recipients(i).address());
       auto attempt_start = std::chrono::steady_clock::now();
       std::vector<Outcome> outs = co_await DeliverDomain(domain, *m, rcpts);
-      int64_t xdelay = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
-                                                                             attempt_start)
-                           .count();
+      int64_t xdelay =
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - attempt_start)
+              .count();
       for (size_t k = 0; k < idx.size(); ++k) {
         const auto& rc = m->recipients(idx[k]);
         const Outcome& o = outs[k];
@@ -261,19 +263,17 @@ class Worker final : public DeliveryWorker {
         res->set_relay(o.relay);
         res->set_mailer(kMailer);
         if (o.r.outcome == v1::OUTCOME_DELIVERED) res->set_bytes(env.size());
-        const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED ? "Sent"
+        const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED  ? "Sent"
                            : o.r.outcome == v1::OUTCOME_DEFERRED ? "Deferred"
                                                                  : "User unknown";
-        std::string stat_text = o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0
-                                    ? "Service unavailable"
-                                    : stat;
-        log::Mail(env.qid(), "to=<" + rc.address() + ">, delay=" +
-                                 log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
-                                 ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + kMailer +
-                                 ", pri=" + std::to_string(env.priority()) +
-                                 ", relay=" + (o.relay.empty() ? domain : o.relay) + ", dsn=" + o.r.dsn_status +
-                                 ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" +
-                                 o.r.reply + ")");
+        std::string stat_text =
+            o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0 ? "Service unavailable" : stat;
+        log::Mail(env.qid(),
+                  "to=<" + rc.address() +
+                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) + ", xdelay=" +
+                      log::FormatDelay(xdelay) + ", mailer=" + kMailer + ", pri=" + std::to_string(env.priority()) +
+                      ", relay=" + (o.relay.empty() ? domain : o.relay) + ", dsn=" + o.r.dsn_status +
+                      ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
         Probe::Get().Delivery(o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
                               : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
                                                                     : "bounced",

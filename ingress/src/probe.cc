@@ -51,7 +51,9 @@ Probe::Probe() {
                      .Register(reg);
 }
 
-void Probe::OnCommand(std::string_view verb) { commands_->Add({{"verb", std::string(verb)}}).Increment(); }
+void Probe::OnCommand(std::string_view verb) {
+  commands_->Add({{"verb", std::string(verb)}}).Increment();
+}
 
 void Probe::OnReject(RejectReason reason, int code) {
   rejections_->Add({{"reason", RejectReasonName(reason)}, {"code", std::to_string(code)}}).Increment();

@@ -181,7 +181,8 @@ class Server final : public IngressServer {
           uint64_t size = m.body().size();
           Status st = co_await AsyncEnqueue(*backend_, std::move(m), use_awaitable);
           if (st.ok()) {
-            Probe::Get().Accepted(size, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+            Probe::Get().Accepted(size,
+                                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
           }
           step = s.OnEnqueued(st);
         }
@@ -208,8 +209,8 @@ class Server final : public IngressServer {
         if (conn->timed_out) {
           conn->timed_out = false;
           s.OnTimeout();
-          log::Info("timeout after " + std::string(s.in_data() ? "DATA" : "command") + " from " + client.name +
-                    " [" + client.addr + "]");
+          log::Info("timeout after " + std::string(s.in_data() ? "DATA" : "command") + " from " + client.name + " [" +
+                    client.addr + "]");
         } else if (ec != asio::error::eof) {
           log::Debug("read from [" + client.addr + "]: " + ec.message());
         } else if (s.in_data()) {

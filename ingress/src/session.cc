@@ -30,7 +30,9 @@ Session::Session(const SessionConfig& config, ClientInfo client, const Clock& cl
                  SessionObserver* observer)
     : config_(config), client_(std::move(client)), clock_(clock), qids_(qids), observer_(observer) {}
 
-void Session::Start() { Reply("220 " + config_.hostname + " " + config_.greeting); }
+void Session::Start() {
+  Reply("220 " + config_.hostname + " " + config_.greeting);
+}
 
 void Session::Reply(std::string_view text) {
   out_.append(text);
@@ -128,7 +130,8 @@ Session::Step Session::OnCommandLine(std::string_view line) {
         if (key == "SIZE") {
           uint64_t size = 0;
           auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), size);
-          if (ec == std::errc::result_out_of_range) size = UINT64_MAX;
+          if (ec == std::errc::result_out_of_range)
+            size = UINT64_MAX;
           else if (ec != std::errc() || end != value.data() + value.size()) {
             return Reject(RejectReason::kSyntax, "501 5.5.4 Bad SIZE parameter");
           }
@@ -168,8 +171,8 @@ Session::Step Session::OnCommandLine(std::string_view line) {
         return Reject(RejectReason::kTooManyRecipients, "452 4.5.3 Error: too many recipients");
       }
       if (!RelayAllowed(rcpt)) {
-        log::Mail(qid_, "reject: RCPT from " + client_.name + " [" + client_.addr + "]: <" + rcpt +
-                            ">: Relaying denied");
+        log::Mail(qid_,
+                  "reject: RCPT from " + client_.name + " [" + client_.addr + "]: <" + rcpt + ">: Relaying denied");
         return Reject(RejectReason::kRelay, "550 5.7.1 <" + rcpt + ">: Relaying denied");
       }
       rcpts_.push_back(std::move(rcpt));
@@ -196,9 +199,7 @@ Session::Step Session::OnCommandLine(std::string_view line) {
       ResetTransaction();
       Reply("250 2.0.0 Ok");
       return Step::kContinue;
-    case Verb::kNoop:
-      Reply("250 2.0.0 Ok");
-      return Step::kContinue;
+    case Verb::kNoop: Reply("250 2.0.0 Ok"); return Step::kContinue;
     case Verb::kQuit:
       Reply("221 2.0.0 Bye");
       state_ = State::kClosed;
@@ -213,10 +214,8 @@ Session::Step Session::OnCommandLine(std::string_view line) {
     case Verb::kStartTls:
     case Verb::kAuth:
     case Verb::kBdat:
-    case Verb::kEtrn:
-      return Reject(RejectReason::kUnknownCommand, "502 5.5.1 Error: command not implemented");
-    case Verb::kUnknown:
-      break;
+    case Verb::kEtrn: return Reject(RejectReason::kUnknownCommand, "502 5.5.1 Error: command not implemented");
+    case Verb::kUnknown: break;
   }
   return Reject(RejectReason::kUnknownCommand, "500 5.5.2 Error: command not recognized");
 }
@@ -255,8 +254,7 @@ Session::Step Session::OnDataLine(std::string_view raw, bool partial) {
 
 std::string Session::ReceivedHeader() const {
   std::string h = "Received: from " + helo_ + " (" + client_.name + " [" + client_.addr + "])\r\n\tby " +
-                  config_.hostname + " (" + config_.node_name + ") with " + (esmtp_ ? "ESMTP" : "SMTP") + " id " +
-                  qid_;
+                  config_.hostname + " (" + config_.node_name + ") with " + (esmtp_ ? "ESMTP" : "SMTP") + " id " + qid_;
   if (rcpts_.size() == 1) h += "\r\n\tfor <" + rcpts_[0] + ">";
   h += "; " + Rfc5322Date(clock_.NowUnixMicros()) + "\r\n";
   return h;
@@ -310,7 +308,9 @@ Session::Step Session::FinishData() {
   return Step::kEnqueue;
 }
 
-v1::NewMessage Session::TakeMessage() { return std::move(message_); }
+v1::NewMessage Session::TakeMessage() {
+  return std::move(message_);
+}
 
 Session::Step Session::OnEnqueued(const Status& status) {
   Step step = Step::kContinue;

@@ -13,9 +13,9 @@ struct VerbName {
   Verb verb;
 };
 constexpr VerbName kVerbs[] = {
-    {"HELO", Verb::kHelo}, {"EHLO", Verb::kEhlo}, {"MAIL", Verb::kMail},         {"RCPT", Verb::kRcpt},
-    {"DATA", Verb::kData}, {"RSET", Verb::kRset}, {"NOOP", Verb::kNoop},         {"QUIT", Verb::kQuit},
-    {"VRFY", Verb::kVrfy}, {"EXPN", Verb::kExpn}, {"HELP", Verb::kHelp},         {"STARTTLS", Verb::kStartTls},
+    {"HELO", Verb::kHelo}, {"EHLO", Verb::kEhlo}, {"MAIL", Verb::kMail}, {"RCPT", Verb::kRcpt},
+    {"DATA", Verb::kData}, {"RSET", Verb::kRset}, {"NOOP", Verb::kNoop}, {"QUIT", Verb::kQuit},
+    {"VRFY", Verb::kVrfy}, {"EXPN", Verb::kExpn}, {"HELP", Verb::kHelp}, {"STARTTLS", Verb::kStartTls},
     {"AUTH", Verb::kAuth}, {"BDAT", Verb::kBdat}, {"ETRN", Verb::kEtrn},
 };
 
@@ -30,8 +30,7 @@ std::string Upper(std::string_view s) {
 bool ValidMailbox(std::string_view a) {
   if (a.empty() || a.size() > 254) return false;
   for (unsigned char c : a) {
-    if (c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' ||
-        c == '\\') {
+    if (c <= ' ' || c == 0x7f || c == '<' || c == '>' || c == '(' || c == ')' || c == ',' || c == ';' || c == '\\') {
       return false;
     }
   }

@@ -16,7 +16,9 @@ uint64_t GetBe(std::string_view s, int n) {
   return v;
 }
 // Flips the sign bit so signed order equals unsigned byte order.
-uint64_t Ordered(int64_t v) { return static_cast<uint64_t>(v) ^ (1ULL << 63); }
+uint64_t Ordered(int64_t v) {
+  return static_cast<uint64_t>(v) ^ (1ULL << 63);
+}
 
 std::string OrderedKey(int64_t order, std::string_view qid, uint32_t index) {
   std::string k;
@@ -29,9 +31,13 @@ std::string OrderedKey(int64_t order, std::string_view qid, uint32_t index) {
 
 }  // namespace
 
-std::string Body(std::string_view qid) { return std::string(qid) + "/body"; }
+std::string Body(std::string_view qid) {
+  return std::string(qid) + "/body";
+}
 
-std::string RcptPrefix(std::string_view qid) { return std::string(qid) + "/"; }
+std::string RcptPrefix(std::string_view qid) {
+  return std::string(qid) + "/";
+}
 
 std::string Rcpt(std::string_view qid, uint32_t index) {
   std::string k = RcptPrefix(qid);

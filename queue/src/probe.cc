@@ -52,18 +52,12 @@ Probe::Probe() {
   acked_[1] = &acked.Add({{"outcome", "delivered"}});
   acked_[2] = &acked.Add({{"outcome", "deferred"}});
   acked_[3] = &acked.Add({{"outcome", "bounced"}});
-  auto& depth = prometheus::BuildGauge()
-                    .Name("mx_queue_depth_recipients")
-                    .Help("Recipients in the queue by state")
-                    .Register(reg);
+  auto& depth =
+      prometheus::BuildGauge().Name("mx_queue_depth_recipients").Help("Recipients in the queue by state").Register(reg);
   depth_[v1::RCPT_READY] = &depth.Add({{"state", "ready"}});
   depth_[v1::RCPT_LEASED] = &depth.Add({{"state", "leased"}});
   depth_[v1::RCPT_DEFERRED] = &depth.Add({{"state", "deferred"}});
-  messages_ = &prometheus::BuildGauge()
-                   .Name("mx_queue_messages")
-                   .Help("Messages in the queue")
-                   .Register(reg)
-                   .Add({});
+  messages_ = &prometheus::BuildGauge().Name("mx_queue_messages").Help("Messages in the queue").Register(reg).Add({});
   oldest_age_ = &prometheus::BuildGauge()
                      .Name("mx_queue_oldest_message_age_seconds")
                      .Help("Age of the oldest queued message")

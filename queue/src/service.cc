@@ -165,8 +165,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     return grpc::Status::OK;
   }
 
-  grpc::Status RecordStats(grpc::ServerContext*, const v1::RecordStatsRequest* req,
-                           v1::RecordStatsResponse*) override {
+  grpc::Status RecordStats(grpc::ServerContext*, const v1::RecordStatsRequest* req, v1::RecordStatsResponse*) override {
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     for (const auto& d : req->deltas()) {

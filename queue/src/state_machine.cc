@@ -35,7 +35,9 @@ uint64_t DecodeU64(const std::string& s) {
   return v;
 }
 
-bool IsFinal(v1::RcptStatus s) { return s == v1::RCPT_DELIVERED || s == v1::RCPT_BOUNCED; }
+bool IsFinal(v1::RcptStatus s) {
+  return s == v1::RCPT_DELIVERED || s == v1::RCPT_BOUNCED;
+}
 
 }  // namespace
 
@@ -141,14 +143,18 @@ Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptio
 
   std::string v;
   s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kAppliedKey, &v);
-  if (s.ok()) sm->applied_ = DecodeU64(v);
-  else if (!s.IsNotFound()) return FromRocks(s, "read applied index");
+  if (s.ok())
+    sm->applied_ = DecodeU64(v);
+  else if (!s.IsNotFound())
+    return FromRocks(s, "read applied index");
   s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kCountsKey, &v);
   if (s.ok()) {
     for (size_t i = 0; i < 7 && (i + 1) * 8 <= v.size(); ++i) {
       int64_t n = static_cast<int64_t>(DecodeU64(v.substr(i * 8, 8)));
-      if (i == 0) sm->counts_.messages = n;
-      else sm->counts_.by_status[i - 1] = n;
+      if (i == 0)
+        sm->counts_.messages = n;
+      else
+        sm->counts_.by_status[i - 1] = n;
     }
   }
   return sm;

@@ -6,7 +6,9 @@
 namespace mx {
 namespace {
 
-TEST(Rfc5322, Date) { EXPECT_EQ(Rfc5322Date(1'700'000'000'000'000), "Tue, 14 Nov 2023 22:13:20 +0000"); }
+TEST(Rfc5322, Date) {
+  EXPECT_EQ(Rfc5322Date(1'700'000'000'000'000), "Tue, 14 Nov 2023 22:13:20 +0000");
+}
 
 TEST(Rfc5322, ScanHeaders) {
   std::string m =

@@ -7,7 +7,9 @@
 namespace mx::control {
 namespace {
 
-TEST(Format, EmptyQueue) { EXPECT_EQ(FormatMailq(v1::MailqResponse()), "Mail queue is empty\n"); }
+TEST(Format, EmptyQueue) {
+  EXPECT_EQ(FormatMailq(v1::MailqResponse()), "Mail queue is empty\n");
+}
 
 TEST(Format, Mailq) {
   v1::MailqResponse resp;

@@ -39,9 +39,12 @@ std::string Unescape(const std::string& s) {
 std::string Visible(std::string_view s) {
   std::string out;
   for (char c : s) {
-    if (c == '\r') out += "\\r";
-    else if (c == '\n') out += "\\n";
-    else out.push_back(c);
+    if (c == '\r')
+      out += "\\r";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out.push_back(c);
   }
   return out;
 }
@@ -64,8 +67,10 @@ class Runner {
     std::string line, client = "127.0.0.1";
     std::vector<std::string> lines;
     while (std::getline(in, line)) {
-      if (line.rfind("!client ", 0) == 0) client = line.substr(8);
-      else if (line.empty() || line[0] != '#') lines.push_back(line);  // empty lines are DATA content
+      if (line.rfind("!client ", 0) == 0)
+        client = line.substr(8);
+      else if (line.empty() || line[0] != '#')
+        lines.push_back(line);  // empty lines are DATA content
     }
     Session s(config_, ClientInfo{client, "client.test"}, clock_, qids_);
     s.Start();
@@ -119,8 +124,10 @@ class Runner {
     std::string bl;
     while (std::getline(body, bl)) out_ += "B: " + Visible(bl) + "\n";
     Status st;
-    if (next_enqueue_ == "UNAVAILABLE") st = Status(Code::kUnavailable, "no leader");
-    else if (next_enqueue_ == "ALREADY_EXISTS") st = Status(Code::kAlreadyExists, "dup");
+    if (next_enqueue_ == "UNAVAILABLE")
+      st = Status(Code::kUnavailable, "no leader");
+    else if (next_enqueue_ == "ALREADY_EXISTS")
+      st = Status(Code::kAlreadyExists, "dup");
     next_enqueue_ = "OK";
     return s.OnEnqueued(st);
   }
@@ -168,7 +175,9 @@ TEST_P(Dialogue, MatchesGolden) {
 INSTANTIATE_TEST_SUITE_P(Golden, Dialogue, ::testing::ValuesIn(Dialogues()),
                          [](const auto& info) { return info.param; });
 
-TEST(Dialogues, Present) { EXPECT_GE(Dialogues().size(), 8u); }
+TEST(Dialogues, Present) {
+  EXPECT_GE(Dialogues().size(), 8u);
+}
 
 }  // namespace
 }  // namespace mx::ingress

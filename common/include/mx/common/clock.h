@@ -18,8 +18,7 @@ class Clock {
 class SystemClock final : public Clock {
  public:
   int64_t NowUnixMicros() const override {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
   }
   static SystemClock& Instance() {

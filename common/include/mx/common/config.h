@@ -24,12 +24,12 @@ Result<HostPort> ParseHostPort(const std::string& text, uint16_t default_port = 
 
 struct IngressConfig {
   std::string listen = "127.0.0.1:2525";
-  std::string hostname;                      // $j: used in greeting and Received:
-  std::string greeting = "ESMTP";            // SmtpGreetingMessage (no software/version)
+  std::string hostname;                          // $j: used in greeting and Received:
+  std::string greeting = "ESMTP";                // SmtpGreetingMessage (no software/version)
   uint64_t max_message_size = 10 * 1024 * 1024;  // MaxMessageSize
   uint32_t max_recipients_per_message = 100;     // MaxRecipientsPerMessage
   uint32_t max_line_length = 2048;
-  uint32_t max_errors = 10;                  // errors before the session is dropped
+  uint32_t max_errors = 10;                   // errors before the session is dropped
   std::chrono::seconds command_timeout{300};  // Timeout.command
   std::chrono::seconds data_timeout{600};     // Timeout.datablock
   std::chrono::seconds enqueue_timeout{30};
@@ -37,8 +37,8 @@ struct IngressConfig {
   std::vector<std::string> mynetworks = {"127.0.0.0/8", "::1/128"};
   // Domains accepted from anyone (local-host-names and relay-domains).
   std::vector<std::string> relay_domains;
-  std::vector<std::string> queue;            // queue shard addresses (host:port)
-  unsigned threads = 0;                      // io_context threads; 0 = one per core
+  std::vector<std::string> queue;  // queue shard addresses (host:port)
+  unsigned threads = 0;            // io_context threads; 0 = one per core
 };
 
 struct QueueConfig {
@@ -48,11 +48,11 @@ struct QueueConfig {
   uint32_t group_commit_max_commands = 512;
   uint64_t group_commit_max_bytes = 16 * 1024 * 1024;
   std::chrono::microseconds group_commit_linger{0};
-  std::chrono::seconds min_backoff{60};       // first retry delay (MinQueueAge floor)
-  std::chrono::seconds max_backoff{3600};     // cap of the exponential retry delay
+  std::chrono::seconds min_backoff{60};    // first retry delay (MinQueueAge floor)
+  std::chrono::seconds max_backoff{3600};  // cap of the exponential retry delay
   std::chrono::seconds lease_ttl{300};
   std::chrono::milliseconds tick_interval{500};
-  uint32_t pull_batch = 64;                   // max messages per Pull response
+  uint32_t pull_batch = 64;  // max messages per Pull response
   uint64_t pull_batch_bytes = 8 * 1024 * 1024;
   // sendmail priority factors (ClassFactor, RecipientFactor, RetryFactor).
   int64_t class_factor = 1800;
@@ -61,13 +61,13 @@ struct QueueConfig {
 };
 
 struct DeliveryConfig {
-  std::vector<std::string> queue;              // queue shard addresses
-  std::vector<std::string> dns_servers;        // "ip:port"; empty = system resolv.conf
-  std::string helo_name;                       // EHLO name; default: node hostname
-  std::string smart_host;                      // "[host]:port" bypasses MX lookup (SMART_HOST)
-  std::string fallback_mx_host;                // FallbackMXhost
-  uint16_t smtp_port = 25;                     // port of remote MX hosts
-  uint32_t concurrency = 64;                   // messages in flight per worker
+  std::vector<std::string> queue;        // queue shard addresses
+  std::vector<std::string> dns_servers;  // "ip:port"; empty = system resolv.conf
+  std::string helo_name;                 // EHLO name; default: node hostname
+  std::string smart_host;                // "[host]:port" bypasses MX lookup (SMART_HOST)
+  std::string fallback_mx_host;          // FallbackMXhost
+  uint16_t smtp_port = 25;               // port of remote MX hosts
+  uint32_t concurrency = 64;             // messages in flight per worker
   unsigned threads = 1;
   std::chrono::seconds connect_timeout{30};    // Timeout.connect
   std::chrono::seconds greeting_timeout{300};  // Timeout.initial

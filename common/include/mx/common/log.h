@@ -20,14 +20,22 @@ bool ParseLevel(std::string_view text, Level* out);
 
 void Write(Level level, std::string_view qid, std::string_view text);
 
-inline void Info(std::string_view text) { Write(Level::kInfo, {}, text); }
-inline void Warn(std::string_view text) { Write(Level::kWarning, {}, text); }
-inline void Error(std::string_view text) { Write(Level::kError, {}, text); }
+inline void Info(std::string_view text) {
+  Write(Level::kInfo, {}, text);
+}
+inline void Warn(std::string_view text) {
+  Write(Level::kWarning, {}, text);
+}
+inline void Error(std::string_view text) {
+  Write(Level::kError, {}, text);
+}
 inline void Debug(std::string_view text) {
   if (Enabled(Level::kDebug)) Write(Level::kDebug, {}, text);
 }
 // A maillog line about one message.
-inline void Mail(std::string_view qid, std::string_view text) { Write(Level::kInfo, qid, text); }
+inline void Mail(std::string_view qid, std::string_view text) {
+  Write(Level::kInfo, qid, text);
+}
 
 // sendmail's delay format: [d+]HH:MM:SS
 std::string FormatDelay(int64_t micros);

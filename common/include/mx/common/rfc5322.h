@@ -17,7 +17,7 @@ struct HeaderFacts {
   std::string message_id;
   int precedence_class = 0;  // sendmail Precedence classes
   int received_count = 0;
-  size_t header_bytes = 0;   // length of the header block incl. the empty line
+  size_t header_bytes = 0;  // length of the header block incl. the empty line
 };
 HeaderFacts ScanHeaders(std::string_view message);
 

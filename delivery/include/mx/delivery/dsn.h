@@ -11,17 +11,17 @@ namespace mx::delivery {
 struct FailedRecipient {
   std::string address;
   std::string orcpt;
-  std::string status;       // enhanced code, e.g. 5.1.1
-  std::string remote_mta;   // host that answered, or ""
-  std::string diagnostic;   // the remote reply or local reason
+  std::string status;      // enhanced code, e.g. 5.1.1
+  std::string remote_mta;  // host that answered, or ""
+  std::string diagnostic;  // the remote reply or local reason
 };
 
 struct DsnInput {
   v1::Envelope original;
   std::string original_body;
   std::vector<FailedRecipient> failed;
-  std::string reporting_mta;   // our hostname
-  std::string dsn_qid;         // queue id of the DSN itself
+  std::string reporting_mta;  // our hostname
+  std::string dsn_qid;        // queue id of the DSN itself
   int64_t now_unix_us = 0;
 };
 

@@ -33,9 +33,9 @@ struct Attempt {
   // The host could not take the transaction (connect failure, 4xx/5xx greeting,
   // 4xx to MAIL, lost connection before any recipient answer): try the next host.
   bool try_next = false;
-  std::string error;                 // why, when try_next
-  std::vector<RcptOutcome> rcpts;    // one per recipient, when !try_next
-  uint64_t bytes = 0;                // message bytes sent
+  std::string error;               // why, when try_next
+  std::vector<RcptOutcome> rcpts;  // one per recipient, when !try_next
+  uint64_t bytes = 0;              // message bytes sent
 };
 
 // Parses an enhanced status code ("5.1.1") at the start of text; "" if none.

@@ -16,7 +16,10 @@ class Probe final : public SessionObserver {
  public:
   static Probe& Get();
 
-  void SessionOpened() { sessions_->Increment(); active_->Increment(); }
+  void SessionOpened() {
+    sessions_->Increment();
+    active_->Increment();
+  }
   void SessionClosed() { active_->Decrement(); }
   void Accepted(uint64_t bytes, double enqueue_seconds) {
     accepted_->Increment();

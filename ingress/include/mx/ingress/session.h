@@ -36,7 +36,18 @@ struct ClientInfo {
 };
 
 // Why a session rejected something (metrics label; bounded set).
-enum class RejectReason { kSyntax, kSequence, kSize, kRelay, kTooManyRecipients, kBareLf, kQueue, kErrors, kUnknownCommand, kLineLength };
+enum class RejectReason {
+  kSyntax,
+  kSequence,
+  kSize,
+  kRelay,
+  kTooManyRecipients,
+  kBareLf,
+  kQueue,
+  kErrors,
+  kUnknownCommand,
+  kLineLength
+};
 const char* RejectReasonName(RejectReason r);
 
 class SessionObserver {

@@ -8,7 +8,24 @@
 
 namespace mx::ingress {
 
-enum class Verb { kUnknown, kHelo, kEhlo, kMail, kRcpt, kData, kRset, kNoop, kQuit, kVrfy, kExpn, kHelp, kStartTls, kAuth, kBdat, kEtrn };
+enum class Verb {
+  kUnknown,
+  kHelo,
+  kEhlo,
+  kMail,
+  kRcpt,
+  kData,
+  kRset,
+  kNoop,
+  kQuit,
+  kVrfy,
+  kExpn,
+  kHelp,
+  kStartTls,
+  kAuth,
+  kBdat,
+  kEtrn
+};
 
 struct Command {
   Verb verb = Verb::kUnknown;
@@ -22,8 +39,8 @@ Command ParseCommand(std::string_view line);
 // Result of parsing "FROM:<path> params" / "TO:<path> params".
 struct PathArg {
   bool ok = false;
-  std::string error;        // full SMTP reply when !ok
-  std::string address;      // without <>; "" = null path
+  std::string error;                                        // full SMTP reply when !ok
+  std::string address;                                      // without <>; "" = null path
   std::vector<std::pair<std::string, std::string>> params;  // keyword upper-cased, value as given
 };
 // keyword: "FROM" or "TO". allow_null: whether <> is acceptable.

@@ -13,7 +13,10 @@ class Probe {
  public:
   static Probe& Get();
 
-  void Enqueued(double seconds) { enqueue_latency_->Observe(seconds); enqueued_->Increment(); }
+  void Enqueued(double seconds) {
+    enqueue_latency_->Observe(seconds);
+    enqueued_->Increment();
+  }
   void EnqueueRejected() { enqueue_rejected_->Increment(); }
   void Committed(size_t commands, double seconds) {
     commit_batch_->Observe(static_cast<double>(commands));
