@@ -28,6 +28,9 @@ std::string DefaultEnhanced(int code) {
 class Conn {
  public:
   explicit Conn(asio::any_io_executor ex) : socket_(ex), timer_(ex) {}
+  ~Conn() { *alive_ = false; }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
 
   awaitable<bool> Connect(const tcp::endpoint& ep, std::chrono::seconds timeout, std::string* error) {
     Arm(timeout);
@@ -91,10 +94,12 @@ class Conn {
 
  private:
   // Closes the socket if the operation outlives timeout.
+  // The handler may run after the operation finished and even after this Conn
+  // is gone (the expiry raced the completion): it checks `alive` first.
   void Arm(std::chrono::seconds timeout) {
     timer_.expires_after(timeout);
-    timer_.async_wait([this](const boost::system::error_code& ec) {
-      if (!ec) {
+    timer_.async_wait([this, alive = alive_](const boost::system::error_code& ec) {
+      if (!ec && *alive) {
         timed_out_ = true;
         boost::system::error_code ignored;
         socket_.cancel(ignored);
@@ -106,6 +111,7 @@ class Conn {
   asio::steady_timer timer_;
   std::string buf_;
   bool timed_out_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 RcptOutcome FromReply(const Reply& r) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <boost/asio.hpp>
+#include <condition_variable>
 #include <map>
 #include <optional>
 #include <thread>
@@ -92,6 +93,11 @@ class Worker final : public DeliveryWorker {
     }
     for (auto& t : pullers_) t.join();
     pullers_.clear();
+    {
+      // Ack callbacks touch this worker: wait for those in flight (each has a deadline).
+      std::unique_lock lock(acks_mu_);
+      acks_cv_.wait_for(lock, std::chrono::seconds(35), [&] { return acks_in_flight_ == 0; });
+    }
     work_.reset();
     io_.stop();
     for (auto& t : threads_) t.join();
@@ -306,6 +312,10 @@ class Worker final : public DeliveryWorker {
     auto call = std::make_shared<Call>();
     call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
     call->req = std::move(ack);
+    {
+      std::lock_guard lock(acks_mu_);
+      ++acks_in_flight_;
+    }
     shard->stub->async()->Ack(&call->ctx, &call->req, &call->resp, [this, call, shard](grpc::Status s) {
       if (!s.ok()) {
         Probe::Get().AckFailed();
@@ -313,6 +323,8 @@ class Worker final : public DeliveryWorker {
                   "); the lease will expire and the recipients be retried");
       }
       ReturnCredit(shard);
+      std::lock_guard lock(acks_mu_);
+      if (--acks_in_flight_ == 0) acks_cv_.notify_all();
     });
   }
 
@@ -331,6 +343,9 @@ class Worker final : public DeliveryWorker {
   std::vector<std::thread> pullers_;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<bool> stopping_{false};
+  std::mutex acks_mu_;
+  std::condition_variable acks_cv_;
+  int64_t acks_in_flight_ = 0;
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <boost/asio.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <thread>
 
 #include "mx/common/address.h"
@@ -23,15 +24,40 @@ using asio::ip::tcp;
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr size_t kMaxDataLine = 64 * 1024;  // longer DATA lines are passed on in fragments
 
+// Counts enqueues whose callback has not run yet, so Stop() can wait for them
+// before the io_context they post into goes away.
+class InFlight {
+ public:
+  void Add() {
+    std::lock_guard lock(mu_);
+    ++n_;
+  }
+  void Done() {
+    std::lock_guard lock(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  void Wait(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, limit, [&] { return n_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t n_ = 0;
+};
+
 // Awaitable wrapper around the callback-based EnqueueBackend.
 template <typename Token>
-auto AsyncEnqueue(EnqueueBackend& backend, v1::NewMessage message, Token&& token) {
+auto AsyncEnqueue(EnqueueBackend& backend, InFlight& in_flight, v1::NewMessage message, Token&& token) {
   return asio::async_initiate<Token, void(Status)>(
-      [&backend](auto handler, v1::NewMessage m) {
+      [&backend, &in_flight](auto handler, v1::NewMessage m) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        backend.Enqueue(std::move(m), [h, ex](Status st) {
+        in_flight.Add();
+        backend.Enqueue(std::move(m), [h, ex, &in_flight](Status st) {
           asio::post(ex, [h, st = std::move(st)]() mutable { (*h)(std::move(st)); });
+          in_flight.Done();
         });
       },
       token, std::move(message));
@@ -107,6 +133,9 @@ class Server final : public IngressServer {
       boost::system::error_code ec;
       acceptor_.close(ec);
     });
+    // Enqueues in flight end within their deadline; their callbacks post into io_.
+    enqueues_.Wait(std::chrono::duration_cast<std::chrono::milliseconds>(config_.enqueue_timeout) +
+                   std::chrono::seconds(1));
     io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
@@ -179,7 +208,7 @@ class Server final : public IngressServer {
           auto start = std::chrono::steady_clock::now();
           v1::NewMessage m = s.TakeMessage();
           uint64_t size = m.body().size();
-          Status st = co_await AsyncEnqueue(*backend_, std::move(m), use_awaitable);
+          Status st = co_await AsyncEnqueue(*backend_, enqueues_, std::move(m), use_awaitable);
           if (st.ok()) {
             Probe::Get().Accepted(size,
                                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -245,6 +274,7 @@ class Server final : public IngressServer {
   const Clock& clock_;
   QidGenerator qids_;
   Observer observer_;
+  InFlight enqueues_;
   asio::io_context io_;
   tcp::acceptor acceptor_;
   std::vector<std::thread> threads_;
