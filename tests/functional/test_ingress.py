@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from mxtest import free_port, metric_value
+from mxtest import free_port, metric_value, wait_for
 
 
 def test_oversized_size_is_refused_at_mail(mxd_factory):
@@ -30,6 +30,13 @@ def test_message_growing_past_the_limit_is_refused_after_data(mxd_factory):
     text = node.metrics()
     assert metric_value(text, "mx_ingress_rejections_total", {"reason": "size", "code": "552"}) == 1
     assert "Mail queue is empty" in node.mxctl("mailq")
+
+    # The rejection reaches the cluster-wide mailstats as msgsrej.
+    def msgsrej():
+        rows = [l.split() for l in node.mxctl("mailstats").splitlines() if l.endswith("esmtp")]
+        return rows and rows[0][5] == "1"
+
+    wait_for(msgsrej, timeout=10, what="mailstats msgsrej")
 
 
 def test_relaying_is_denied_outside_mynetworks(mxd_factory):
