@@ -224,9 +224,10 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     v1::QueueCommand cmd;
     int64_t now = clock_.NowUnixMicros();
     cmd.set_now_unix_us(now);
-    auto* op = cmd.mutable_lease();
+    const int64_t expiry = now + std::chrono::duration_cast<std::chrono::microseconds>(config_.lease_ttl).count();
+    auto* op = cmd.mutable_lease();  // only valid until cmd is moved into Commit()
     op->set_worker(worker);
-    op->set_expiry_unix_us(now + std::chrono::duration_cast<std::chrono::microseconds>(config_.lease_ttl).count());
+    op->set_expiry_unix_us(expiry);
     std::map<std::string, bool> chosen;
     uint64_t bytes = 0;
     for (auto& c : candidates) {
@@ -253,7 +254,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         lm = resp->add_messages();
         *lm->mutable_envelope() = std::move(env).value();
         *lm->mutable_body() = std::move(body).value();
-        lm->set_lease_expiry_unix_us(op->expiry_unix_us());
+        lm->set_lease_expiry_unix_us(expiry);
       }
       auto rc = sm_->GetRecipient(item.qid(), item.index());
       if (rc.ok()) *lm->add_recipients() = std::move(rc).value();

@@ -84,3 +84,8 @@ def mxd_factory(tmp_path):
     for m in made:
         if m.proc and m.proc.poll() is None:
             m.stop()
+    # Under the asan/tsan presets a sanitizer report in any mxd log fails the test.
+    for m in made:
+        log = m.logtext()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer"):
+            assert marker not in log, f"sanitizer report in {m.logfile}:\n{log[log.index(marker) - 200:][:4000]}"
