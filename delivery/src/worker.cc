@@ -65,7 +65,10 @@ class Worker final : public DeliveryWorker {
     client_.data_timeout = config_.data_timeout;
     char host[256] = {};
     gethostname(host, sizeof host - 1);
-    worker_id_ = config.node_name + "/" + host + "/" + std::to_string(getpid());
+    // node/host/incarnation: the queue voids leases of older incarnations of
+    // node/host/ when this one connects (pid alone repeats: PID 1 in containers).
+    worker_id_ = config.node_name + "/" + host + "/" + std::to_string(getpid()) + "." +
+                 std::to_string(clock.NowUnixMicros() / 1000);
     if (!config_.smart_host.empty()) smart_ = ParseRelay(config_.smart_host);
     if (!config_.fallback_mx_host.empty()) fallback_ = ParseRelay(config_.fallback_mx_host);
   }

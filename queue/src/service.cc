@@ -81,6 +81,19 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first PullRequest must name the worker");
     }
     const std::string worker = first.worker();
+    // Leases of this worker's earlier incarnations (a crashed process) are void.
+    if (auto slash = worker.rfind('/'); slash != std::string::npos && slash > 0) {
+      v1::QueueCommand cmd;
+      cmd.set_now_unix_us(clock_.NowUnixMicros());
+      cmd.mutable_release()->set_owner_prefix(worker.substr(0, slash + 1));
+      cmd.mutable_release()->set_keep_owner(worker);
+      ApplyResult r = Commit(std::move(cmd));
+      if (r.made_ready > 0) {
+        log::Info("released " + std::to_string(r.made_ready) + " recipients leased by earlier incarnations of " +
+                  worker.substr(0, slash));
+        SignalWork();
+      }
+    }
     struct StreamState {
       uint64_t credits = 0;
       bool done = false;

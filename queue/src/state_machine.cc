@@ -14,7 +14,7 @@
 namespace mx::queue {
 namespace {
 
-constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", "stats", "meta"};
+constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", "lease", "stats", "meta"};
 constexpr const char* kAppliedKey = "applied";
 constexpr const char* kCountsKey = "counts";
 constexpr const char* kStatsSinceKey = "stats_since";
@@ -83,6 +83,14 @@ namespace {
 
 // State that one Apply() call accumulates before its single write.
 struct ApplyContext {
+  // Changes to the in-memory indexes, replayed in order once the write succeeded.
+  struct IndexOp {
+    std::set<IndexKey>* index;
+    bool add;
+    IndexKey key;
+  };
+  std::vector<IndexOp> index_ops;
+  int64_t sched_floor = INT64_MIN;
   QueueCounts counts;
   std::map<std::string, v1::MailerStats> stats;
   int64_t retry_factor = 0;
@@ -138,8 +146,9 @@ Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptio
   sm->rcpt_ = sm->handles_[2];
   sm->ready_ = sm->handles_[3];
   sm->sched_ = sm->handles_[4];
-  sm->stats_ = sm->handles_[5];
-  sm->meta_ = sm->handles_[6];
+  sm->lease_ = sm->handles_[5];
+  sm->stats_ = sm->handles_[6];
+  sm->meta_ = sm->handles_[7];
 
   std::string v;
   s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kAppliedKey, &v);
@@ -157,6 +166,15 @@ Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptio
         sm->counts_.by_status[i - 1] = n;
     }
   }
+  // The one full scan of `ready` and `lease`; afterwards they are read from memory.
+  for (auto [cf, index] : {std::pair{sm->ready_, &sm->ready_index_}, std::pair{sm->lease_, &sm->lease_index_}}) {
+    std::unique_ptr<rocksdb::Iterator> it(sm->db_->NewIterator(rocksdb::ReadOptions(), cf));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      keys::Item item;
+      if (keys::Decode(it->key().ToStringView(), &item)) index->insert(IndexKey{item.order, item.qid, item.index});
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "load queue index");
+  }
   return sm;
 }
 
@@ -166,7 +184,7 @@ StateMachine::~StateMachine() {
 }
 
 QueueCounts StateMachine::counts() const {
-  std::lock_guard lock(counts_mu_);
+  std::lock_guard lock(mem_mu_);
   return counts_;
 }
 
@@ -175,15 +193,25 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
   results->assign(commands.size(), ApplyResult{});
   Batch b(*this);
   ApplyContext ctx;
-  ctx.counts = counts();
+  {
+    std::lock_guard lock(mem_mu_);
+    ctx.counts = counts_;
+    ctx.sched_floor = sched_floor_;
+  }
   ctx.retry_factor = options_.retry_factor;
   uint64_t last = applied_.load();
   bool stats_touched = false;
 
   // Recipient transitions shared by the command handlers.
   auto clear_index = [&](const v1::Recipient& r, const std::string& qid) {
-    if (r.status() == v1::RCPT_READY) b.Delete(ready_, keys::Ready(r.ready_priority(), qid, r.index()));
-    if (r.status() == v1::RCPT_LEASED) b.Delete(sched_, keys::Sched(r.lease_expiry_unix_us(), qid, r.index()));
+    if (r.status() == v1::RCPT_READY) {
+      b.Delete(ready_, keys::Ready(r.ready_priority(), qid, r.index()));
+      ctx.index_ops.push_back({&ready_index_, false, IndexKey{r.ready_priority(), qid, r.index()}});
+    }
+    if (r.status() == v1::RCPT_LEASED) {
+      b.Delete(lease_, keys::Lease(r.lease_expiry_unix_us(), qid, r.index()));
+      ctx.index_ops.push_back({&lease_index_, false, IndexKey{r.lease_expiry_unix_us(), qid, r.index()}});
+    }
     if (r.status() == v1::RCPT_DEFERRED) b.Delete(sched_, keys::Sched(r.next_attempt_unix_us(), qid, r.index()));
   };
   auto make_ready = [&](v1::Recipient* r, const std::string& qid, int64_t priority) {
@@ -193,6 +221,7 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
     r->clear_lease_owner();
     r->clear_lease_expiry_unix_us();
     b.Put(ready_, keys::Ready(priority, qid, r->index()), "");
+    ctx.index_ops.push_back({&ready_index_, true, IndexKey{priority, qid, r->index()}});
   };
 
   auto enqueue = [&](const v1::NewMessage& m, int64_t now, ApplyResult* res) -> Status {
@@ -241,7 +270,8 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
       r.set_lease_owner(op.worker());
       r.set_lease_expiry_unix_us(op.expiry_unix_us());
       b.PutProto(rcpt_, key, r);
-      b.Put(sched_, keys::Sched(op.expiry_unix_us(), item.qid(), item.index()), "");
+      b.Put(lease_, keys::Lease(op.expiry_unix_us(), item.qid(), item.index()), "");
+      ctx.index_ops.push_back({&lease_index_, true, IndexKey{op.expiry_unix_us(), item.qid(), item.index()}});
       res->leased.push_back(item);
     }
     return Status::Ok();
@@ -293,6 +323,7 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
           int64_t next = result.next_attempt_unix_us() > now ? result.next_attempt_unix_us() : now;
           r.set_next_attempt_unix_us(next);
           b.Put(sched_, keys::Sched(next, qid, r.index()), "");
+          ctx.sched_floor = std::min(ctx.sched_floor, next);  // a (new) leader's clock may lag
           break;
         }
       }
@@ -327,32 +358,79 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
   };
 
   auto tick = [&](const v1::TickOp& op, int64_t now, ApplyResult* res) -> Status {
-    uint32_t limit = op.max_items() ? op.max_items() : 10000;
-    auto it = b.Iterator(sched_);
+    const uint32_t limit = op.max_items() ? op.max_items() : 10000;
+    // Due deferrals, from disk, starting at the floor (everything below is consumed).
     std::vector<keys::Item> due;
-    for (it->SeekToFirst(); it->Valid() && due.size() < limit; it->Next()) {
-      keys::Item item;
-      if (!keys::Decode(it->key().ToStringView(), &item)) continue;
-      if (item.order > now) break;
-      due.push_back(std::move(item));
+    bool more = false;
+    {
+      auto it = b.Iterator(sched_);
+      for (it->Seek(keys::Sched(ctx.sched_floor)); it->Valid(); it->Next()) {
+        keys::Item item;
+        if (!keys::Decode(it->key().ToStringView(), &item)) continue;
+        if (item.order > now) break;
+        if (due.size() >= limit) {
+          more = true;
+          break;
+        }
+        due.push_back(std::move(item));
+      }
+      if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan sched");
     }
-    if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan sched");
-    it.reset();
+    // Everything before now is consumed unless the limit cut the scan short.
+    ctx.sched_floor = more ? due.back().order : now;
+    for (const auto& item : due) b.Delete(sched_, keys::Sched(item.order, item.qid, item.index));
+    // Expired leases, from the in-memory mirror (validated against the record).
+    {
+      std::lock_guard lock(mem_mu_);
+      for (const auto& k : lease_index_) {
+        if (k.order > now || due.size() >= 2 * static_cast<size_t>(limit)) break;
+        due.push_back(keys::Item{k.order, k.qid, k.index});
+      }
+    }
     for (const auto& item : due) {
-      b.Delete(sched_, keys::Sched(item.order, item.qid, item.index));
       v1::Recipient r;
       bool found = false;
       auto key = keys::Rcpt(item.qid, item.index);
       if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
       if (!found) continue;
-      bool expired_lease = r.status() == v1::RCPT_LEASED && r.lease_expiry_unix_us() <= now;
-      bool retry_due = r.status() == v1::RCPT_DEFERRED && r.next_attempt_unix_us() <= now;
+      bool expired_lease =
+          r.status() == v1::RCPT_LEASED && r.lease_expiry_unix_us() == item.order && r.lease_expiry_unix_us() <= now;
+      bool retry_due =
+          r.status() == v1::RCPT_DEFERRED && r.next_attempt_unix_us() == item.order && r.next_attempt_unix_us() <= now;
       if (!expired_lease && !retry_due) continue;
+      if (expired_lease) clear_index(r, item.qid);
       v1::Envelope env;
       bool env_found = false;
       if (auto st = b.GetProto(msg_, item.qid, &env, &env_found); !st.ok()) return st;
       int64_t priority = env.priority() + static_cast<int64_t>(r.attempts()) * ctx.retry_factor;
       make_ready(&r, item.qid, priority);
+      b.PutProto(rcpt_, key, r);
+      ++res->made_ready;
+    }
+    return Status::Ok();
+  };
+
+  auto release = [&](const v1::ReleaseOp& op, ApplyResult* res) -> Status {
+    if (op.owner_prefix().empty()) return Status::Ok();
+    std::vector<IndexKey> leases;
+    {
+      std::lock_guard lock(mem_mu_);
+      leases.assign(lease_index_.begin(), lease_index_.end());  // bounded by leases in flight
+    }
+    for (const auto& k : leases) {
+      v1::Recipient r;
+      bool found = false;
+      auto key = keys::Rcpt(k.qid, k.index);
+      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
+      if (!found || r.status() != v1::RCPT_LEASED || r.lease_owner() == op.keep_owner() ||
+          r.lease_owner().rfind(op.owner_prefix(), 0) != 0) {
+        continue;
+      }
+      clear_index(r, k.qid);
+      v1::Envelope env;
+      bool env_found = false;
+      if (auto st = b.GetProto(msg_, k.qid, &env, &env_found); !st.ok()) return st;
+      make_ready(&r, k.qid, env.priority() + static_cast<int64_t>(r.attempts()) * ctx.retry_factor);
       b.PutProto(rcpt_, key, r);
       ++res->made_ready;
     }
@@ -370,6 +448,7 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
       case v1::QueueCommand::kLease: st = lease(cmd.lease(), res); break;
       case v1::QueueCommand::kAck: st = ack(cmd.ack(), cmd.now_unix_us(), res); break;
       case v1::QueueCommand::kTick: st = tick(cmd.tick(), cmd.now_unix_us(), res); break;
+      case v1::QueueCommand::kRelease: st = release(cmd.release(), res); break;
       case v1::QueueCommand::kStats:
         for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
         stats_touched = true;
@@ -405,32 +484,44 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
   if (!s.ok()) return FromRocks(s, "queue write");
   applied_ = last;
   {
-    std::lock_guard lock(counts_mu_);
+    std::lock_guard lock(mem_mu_);
     counts_ = ctx.counts;
+    sched_floor_ = ctx.sched_floor;
+    for (auto& op : ctx.index_ops) {
+      if (op.add)
+        op.index->insert(std::move(op.key));
+      else
+        op.index->erase(op.key);
+    }
   }
   return Status::Ok();
 }
 
 std::vector<v1::RcptRef> StateMachine::ReadyItems(size_t max_items) const {
   std::vector<v1::RcptRef> out;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), ready_));
-  for (it->SeekToFirst(); it->Valid() && out.size() < max_items; it->Next()) {
-    keys::Item item;
-    if (!keys::Decode(it->key().ToStringView(), &item)) continue;
+  std::lock_guard lock(mem_mu_);
+  for (const auto& k : ready_index_) {
+    if (out.size() >= max_items) break;
     v1::RcptRef ref;
-    ref.set_qid(std::move(item.qid));
-    ref.set_index(item.index);
+    ref.set_qid(k.qid);
+    ref.set_index(k.index);
     out.push_back(std::move(ref));
   }
   return out;
 }
 
 int64_t StateMachine::EarliestScheduled() const {
+  int64_t earliest = INT64_MAX, floor;
+  {
+    std::lock_guard lock(mem_mu_);
+    if (!lease_index_.empty()) earliest = lease_index_.begin()->order;
+    floor = sched_floor_;
+  }
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), sched_));
-  it->SeekToFirst();
+  it->Seek(keys::Sched(floor));
   keys::Item item;
-  if (it->Valid() && keys::Decode(it->key().ToStringView(), &item)) return item.order;
-  return INT64_MAX;
+  if (it->Valid() && keys::Decode(it->key().ToStringView(), &item)) earliest = std::min(earliest, item.order);
+  return earliest;
 }
 
 int64_t StateMachine::OldestArrival() const {

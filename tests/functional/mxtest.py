@@ -112,13 +112,16 @@ class Sink:
     tempfail_rcpt: number of first RCPT commands answered 451 4.7.1.
     """
 
-    def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0):
+    def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0, slow_data=0, data_delay=0.0):
         from aiosmtpd.controller import Controller
 
         self.host = host
         self.port = port or free_port(host)
         self.rcpt_replies = rcpt_replies or {}
         self.tempfail_rcpt = tempfail_rcpt
+        self.slow_data = slow_data  # the first N DATA replies wait data_delay seconds
+        self.data_delay = data_delay
+        self.data_started = 0
         self.messages = []  # (mail_from, [rcpts], content bytes)
         self.rcpt_log = []  # (address, reply) for every RCPT seen
         self.lock = threading.Lock()
@@ -138,6 +141,14 @@ class Sink:
                 return reply
 
             async def handle_DATA(self, server, session, envelope):
+                with sink.lock:
+                    sink.data_started += 1
+                    slow = sink.slow_data > 0
+                    sink.slow_data -= 1 if slow else 0
+                if slow:
+                    import asyncio
+
+                    await asyncio.sleep(sink.data_delay)
                 with sink.lock:
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
                 return "250 2.0.0 Ok: delivered"

@@ -29,6 +29,26 @@ def test_kill9_with_queued_mail_loses_nothing(dns, sinks, mxd_factory):
     wait_for(lambda: "Mail queue is empty" in node.mxctl("mailq"), what="queue to drain")
 
 
+def test_kill9_during_delivery_is_redelivered_without_waiting_for_the_lease(dns, sinks, mxd_factory):
+    """A delivery in flight at a crash: after restart the worker's old leases are void at once."""
+    port = free_port(MX_GOOD)
+    d = dns(port)
+    node = mxd_factory(delivery__dns_servers=[d.server], delivery__smtp_port=port, queue__lease_ttl="10m")
+    sink = sinks(MX_GOOD, port, slow_data=1, data_delay=30.0)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["inflight@example.test"],
+                   b"Subject: in flight\r\nMessage-ID: <inflight@sender.test>\r\n\r\nx\r\n")
+    wait_for(lambda: sink.data_started == 1, what="the first DATA to start")
+    assert "*" in node.mxctl("mailq").split("<alice@sender.test>")[0]  # leased
+    node.kill9()
+    node.start()
+    # Without releasing the dead incarnation's lease this would take lease_ttl (10 minutes).
+    wait_for(lambda: sink.data_started == 2 and sink.count() >= 1, timeout=20, what="redelivery after restart")
+    assert b"<inflight@sender.test>" in sink.messages[0][2]
+    wait_for(lambda: "Mail queue is empty" in node.mxctl("mailq"), what="queue to drain")
+    assert "released 1 recipients leased by earlier incarnations" in node.logtext()
+
+
 def test_smtp_source_to_smtp_sink_through_mx(dns, mxd_factory, tmp_path):
     """Postfix's own load tools on both sides: smtp-source in, smtp-sink out."""
     port = free_port(MX_GOOD)

@@ -229,6 +229,66 @@ TEST_F(StateMachineTest, ReplayedEntriesAreSkippedAndStateSurvivesReopen) {
   EXPECT_EQ(sm_->counts().by_status[v1::RCPT_READY], 1);
 }
 
+TEST_F(StateMachineTest, LeasesAndReadyIndexAreRebuiltOnReopen) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Enqueue("00000000020000", {"b@x.test"}));
+  Apply(Lease({sm_->ReadyItems(1)}, kT0, kT0 + 60 * kSec));
+  Open();
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
+  EXPECT_EQ(sm_->EarliestScheduled(), kT0 + 60 * kSec);  // the lease, from the lease CF
+  EXPECT_EQ(Apply(Tick(kT0 + 60 * kSec)).made_ready, 1u);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 2u);
+}
+
+TEST_F(StateMachineTest, DeferralBelowTheScanFloorIsStillFound) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Tick(kT0 + 100 * kSec));  // the sched floor moves to T0+100s
+  Apply(Lease(sm_->ReadyItems(10), kT0 + 100 * kSec, kT0 + 160 * kSec));
+  // A new leader whose clock lags stamps an earlier retry time.
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DEFERRED, kT0 + 10 * kSec, kT0 + 20 * kSec));
+  EXPECT_EQ(sm_->EarliestScheduled(), kT0 + 20 * kSec);
+  EXPECT_EQ(Apply(Tick(kT0 + 20 * kSec)).made_ready, 1u);
+}
+
+TEST_F(StateMachineTest, ManyLeasedAndAckedMessagesLeaveNothingBehind) {
+  // The FIFO pattern: every message enqueued, leased, delivered.
+  for (int i = 0; i < 500; ++i) {
+    char qid[15];
+    snprintf(qid, sizeof qid, "%014d", i + 1);
+    Apply(Enqueue(qid, {"a@x.test"}));
+    auto items = sm_->ReadyItems(10);
+    ASSERT_EQ(items.size(), 1u);
+    ASSERT_EQ(Apply(Lease(items, kT0, kT0 + 60 * kSec)).leased.size(), 1u);
+    Apply(Ack(qid, 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
+  }
+  EXPECT_TRUE(sm_->ReadyItems(10).empty());
+  EXPECT_EQ(sm_->EarliestScheduled(), INT64_MAX);
+  EXPECT_EQ(sm_->counts().messages, 0);
+  EXPECT_EQ(Apply(Tick(kT0 + 3600 * kSec)).made_ready, 0u);
+}
+
+TEST_F(StateMachineTest, ReleaseReturnsLeasesOfEarlierIncarnations) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@x.test", "c@x.test"}));
+  auto items = sm_->ReadyItems(10);
+  auto lease = [&](const v1::RcptRef& item, const std::string& owner) {
+    auto c = Lease({item}, kT0, kT0 + 300 * kSec);
+    c.mutable_lease()->set_worker(owner);
+    return Apply(c).leased.size();
+  };
+  ASSERT_EQ(lease(items[0], "node1/host/100"), 1u);  // the crashed process
+  ASSERT_EQ(lease(items[1], "node1/host/200"), 1u);  // its successor
+  ASSERT_EQ(lease(items[2], "node2/host/100"), 1u);  // another node
+  v1::QueueCommand c;
+  c.set_now_unix_us(kT0 + kSec);
+  c.mutable_release()->set_owner_prefix("node1/host/");
+  c.mutable_release()->set_keep_owner("node1/host/200");
+  EXPECT_EQ(Apply(c).made_ready, 1u);
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_READY);
+  EXPECT_EQ(StatusOf("00000000010000", 1), v1::RCPT_LEASED);
+  EXPECT_EQ(StatusOf("00000000010000", 2), v1::RCPT_LEASED);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
+}
+
 TEST_F(StateMachineTest, AckQueuesDsnAtomically) {
   Apply(Enqueue("00000000010000", {"a@x.test"}));
   Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));

@@ -4,7 +4,8 @@
 //          qid "/body"                 -> body bytes (BlobDB)
 //   rcpt   qid "/" be32(index)         -> Recipient
 //   ready  be64(priority^sign) qid be32(index) -> ""   (QueueSortOrder order)
-//   sched  be64(unix_us) qid be32(index)       -> ""   (next attempt or lease expiry)
+//   sched  be64(unix_us) qid be32(index)       -> ""   (next attempt of a deferred recipient)
+//   lease  be64(unix_us) qid be32(index)       -> ""   (lease expiry of a leased recipient)
 //   stats  mailer                      -> MailerStats
 //   meta   "applied" | "counts" | "stats_since"
 //
@@ -23,6 +24,10 @@ std::string RcptPrefix(std::string_view qid);
 std::string Ready(int64_t priority, std::string_view qid, uint32_t index);
 std::string Sched(int64_t unix_us, std::string_view qid, uint32_t index);
 std::string Sched(int64_t unix_us);  // lower bound for seeks
+// lease keys share the sched encoding.
+inline std::string Lease(int64_t unix_us, std::string_view qid, uint32_t index) {
+  return Sched(unix_us, qid, index);
+}
 
 struct Item {
   int64_t order = 0;  // priority (ready) or time (sched)

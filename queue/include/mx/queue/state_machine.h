@@ -15,7 +15,9 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "mx/common/result.h"
@@ -42,6 +44,14 @@ struct ApplyResult {
   uint32_t made_ready = 0;          // recipients that became ready
 };
 
+// An entry of an ordered recipient index: (priority or time, qid, index).
+struct IndexKey {
+  int64_t order = 0;
+  std::string qid;  // 14 characters: fits the small-string buffer, no allocation
+  uint32_t index = 0;
+  bool operator<(const IndexKey& o) const { return std::tie(order, qid, index) < std::tie(o.order, o.qid, o.index); }
+};
+
 struct QueueCounts {
   int64_t messages = 0;
   std::array<int64_t, 6> by_status{};  // indexed by v1::RcptStatus
@@ -64,7 +74,7 @@ class StateMachine {
   // ---- reads of committed state (any thread) ----
   // Up to max_items ready recipients in sort order.
   std::vector<v1::RcptRef> ReadyItems(size_t max_items) const;
-  // Time of the earliest sched entry, or INT64_MAX.
+  // Time of the earliest deferred retry or lease expiry, or INT64_MAX.
   int64_t EarliestScheduled() const;
   // Arrival time (from the qid) of the oldest queued message, or 0 if empty.
   int64_t OldestArrival() const;
@@ -82,11 +92,21 @@ class StateMachine {
   rocksdb::DB* db_ = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle *msg_ = nullptr, *rcpt_ = nullptr, *ready_ = nullptr, *sched_ = nullptr,
-                              *stats_ = nullptr, *meta_ = nullptr;
+                              *lease_ = nullptr, *stats_ = nullptr, *meta_ = nullptr;
   StateMachineOptions options_;
   std::atomic<uint64_t> applied_{0};
-  mutable std::mutex counts_mu_;
+
+  // Committed state kept in memory, updated after each successful write:
+  // counters, and mirrors of the `ready` and `lease` column families. A queue
+  // used as a FIFO leaves a trail of tombstones at the front of those CFs, so
+  // they are never scanned from RocksDB after Open(). Deferred recipients
+  // (`sched`) stay on disk only; sched_floor_ is a time below which every
+  // sched entry is already consumed, so scans start there.
+  mutable std::mutex mem_mu_;
   QueueCounts counts_;
+  std::set<IndexKey> ready_index_;
+  std::set<IndexKey> lease_index_;
+  int64_t sched_floor_ = INT64_MIN;
 };
 
 }  // namespace mx::queue
