@@ -224,6 +224,18 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
     ctx.index_ops.push_back({&ready_index_, true, IndexKey{priority, qid, r->index()}});
   };
 
+  // Back to ready after a deferral or a lost lease: retried mail sorts after
+  // fresh mail by attempts x RetryFactor. The caller cleared the old index entry.
+  auto requeue = [&](v1::Recipient* r, const std::string& qid, ApplyResult* res) -> Status {
+    v1::Envelope env;
+    bool found = false;
+    if (auto st = b.GetProto(msg_, qid, &env, &found); !st.ok()) return st;
+    make_ready(r, qid, env.priority() + static_cast<int64_t>(r->attempts()) * ctx.retry_factor);
+    b.PutProto(rcpt_, keys::Rcpt(qid, r->index()), *r);
+    ++res->made_ready;
+    return Status::Ok();
+  };
+
   auto enqueue = [&](const v1::NewMessage& m, int64_t now, ApplyResult* res) -> Status {
     const auto& qid = m.envelope().qid();
     std::string existing;
@@ -399,13 +411,7 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
           r.status() == v1::RCPT_DEFERRED && r.next_attempt_unix_us() == item.order && r.next_attempt_unix_us() <= now;
       if (!expired_lease && !retry_due) continue;
       if (expired_lease) clear_index(r, item.qid);
-      v1::Envelope env;
-      bool env_found = false;
-      if (auto st = b.GetProto(msg_, item.qid, &env, &env_found); !st.ok()) return st;
-      int64_t priority = env.priority() + static_cast<int64_t>(r.attempts()) * ctx.retry_factor;
-      make_ready(&r, item.qid, priority);
-      b.PutProto(rcpt_, key, r);
-      ++res->made_ready;
+      if (auto st = requeue(&r, item.qid, res); !st.ok()) return st;
     }
     return Status::Ok();
   };
@@ -427,12 +433,7 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
         continue;
       }
       clear_index(r, k.qid);
-      v1::Envelope env;
-      bool env_found = false;
-      if (auto st = b.GetProto(msg_, k.qid, &env, &env_found); !st.ok()) return st;
-      make_ready(&r, k.qid, env.priority() + static_cast<int64_t>(r.attempts()) * ctx.retry_factor);
-      b.PutProto(rcpt_, key, r);
-      ++res->made_ready;
+      if (auto st = requeue(&r, k.qid, res); !st.ok()) return st;
     }
     return Status::Ok();
   };
