@@ -26,7 +26,7 @@ struct IngressConfig {
   std::string listen = "127.0.0.1:2525";
   std::string hostname;                          // $j: used in greeting and Received:
   std::string greeting = "ESMTP";                // SmtpGreetingMessage (no software/version)
-  uint64_t max_message_size = 10 * 1024 * 1024;  // MaxMessageSize
+  uint64_t max_message_size = 10ULL << 20;  // MaxMessageSize
   uint32_t max_recipients_per_message = 100;     // MaxRecipientsPerMessage
   uint32_t max_line_length = 2048;
   uint32_t max_errors = 10;                   // errors before the session is dropped
@@ -46,14 +46,14 @@ struct QueueConfig {
   std::string data_dir = "/var/lib/mx/queue";
   uint32_t shard = 0;
   uint32_t group_commit_max_commands = 512;
-  uint64_t group_commit_max_bytes = 16 * 1024 * 1024;
+  uint64_t group_commit_max_bytes = 16ULL << 20;
   std::chrono::microseconds group_commit_linger{0};
   std::chrono::seconds min_backoff{60};    // first retry delay (MinQueueAge floor)
   std::chrono::seconds max_backoff{3600};  // cap of the exponential retry delay
   std::chrono::seconds lease_ttl{300};
   std::chrono::milliseconds tick_interval{500};
   uint32_t pull_batch = 64;  // max messages per Pull response
-  uint64_t pull_batch_bytes = 8 * 1024 * 1024;
+  uint64_t pull_batch_bytes = 8ULL << 20;
   // sendmail priority factors (ClassFactor, RecipientFactor, RetryFactor).
   int64_t class_factor = 1800;
   int64_t recipient_factor = 30000;

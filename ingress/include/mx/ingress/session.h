@@ -22,7 +22,7 @@ namespace mx::ingress {
 struct SessionConfig {
   std::string hostname = "localhost";
   std::string greeting = "ESMTP";
-  uint64_t max_message_size = 10 * 1024 * 1024;
+  uint64_t max_message_size = 10ULL << 20;
   uint32_t max_recipients = 100;
   uint32_t max_errors = 10;
   CidrList mynetworks;
