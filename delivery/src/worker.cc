@@ -148,6 +148,8 @@ class Worker final : public DeliveryWorker {
         std::lock_guard lock(shard->mu);
         shard->ctx = &ctx;
         shard->stream = stream.get();
+        // Stop() may have run its cancel loop before this stream existed.
+        if (stopping_) ctx.TryCancel();
         v1::PullRequest first;
         first.set_worker(worker_id_);
         int64_t free = static_cast<int64_t>(config_.concurrency) - in_flight_.load();

@@ -131,8 +131,20 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         std::lock_guard lock(pull_mu_);
         st.credits -= std::min<uint64_t>(st.credits, resp.messages_size());
       }
-      // Leases that fail to reach the worker expire and return to ready.
-      if (!stream->Write(resp)) break;
+      if (!stream->Write(resp)) {
+        // The worker may not have them: back to ready now, not after lease_ttl.
+        v1::QueueCommand cmd;
+        cmd.set_now_unix_us(clock_.NowUnixMicros());
+        for (const auto& m : resp.messages()) {
+          for (const auto& r : m.recipients()) {
+            auto* item = cmd.mutable_release()->add_items();
+            item->set_qid(m.envelope().qid());
+            item->set_index(r.index());
+          }
+        }
+        if (Commit(std::move(cmd)).made_ready > 0) SignalWork();
+        break;
+      }
     }
     ctx->TryCancel();  // unblocks the reader's Read
     reader.join();

@@ -5,6 +5,7 @@
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/write_batch_with_index.h>
 
+#include <algorithm>
 #include <map>
 
 #include "mx/common/log.h"
@@ -417,23 +418,28 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
   };
 
   auto release = [&](const v1::ReleaseOp& op, ApplyResult* res) -> Status {
-    if (op.owner_prefix().empty()) return Status::Ok();
-    std::vector<IndexKey> leases;
-    {
+    std::vector<v1::RcptRef> candidates(op.items().begin(), op.items().end());
+    if (!op.owner_prefix().empty()) {
       std::lock_guard lock(mem_mu_);
-      leases.assign(lease_index_.begin(), lease_index_.end());  // bounded by leases in flight
+      for (const auto& k : lease_index_) {  // bounded by leases in flight
+        v1::RcptRef ref;
+        ref.set_qid(k.qid);
+        ref.set_index(k.index);
+        candidates.push_back(std::move(ref));
+      }
     }
-    for (const auto& k : leases) {
+    for (const auto& c : candidates) {
       v1::Recipient r;
       bool found = false;
-      auto key = keys::Rcpt(k.qid, k.index);
-      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
-      if (!found || r.status() != v1::RCPT_LEASED || r.lease_owner() == op.keep_owner() ||
-          r.lease_owner().rfind(op.owner_prefix(), 0) != 0) {
-        continue;
-      }
-      clear_index(r, k.qid);
-      if (auto st = requeue(&r, k.qid, res); !st.ok()) return st;
+      if (auto st = b.GetProto(rcpt_, keys::Rcpt(c.qid(), c.index()), &r, &found); !st.ok()) return st;
+      if (!found || r.status() != v1::RCPT_LEASED) continue;
+      bool by_owner = !op.owner_prefix().empty() && r.lease_owner() != op.keep_owner() &&
+                      r.lease_owner().rfind(op.owner_prefix(), 0) == 0;
+      bool by_item = std::any_of(op.items().begin(), op.items().end(),
+                                 [&](const v1::RcptRef& i) { return i.qid() == c.qid() && i.index() == c.index(); });
+      if (!by_owner && !by_item) continue;
+      clear_index(r, c.qid());
+      if (auto st = requeue(&r, c.qid(), res); !st.ok()) return st;
     }
     return Status::Ok();
   };

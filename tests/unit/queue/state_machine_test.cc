@@ -289,6 +289,19 @@ TEST_F(StateMachineTest, ReleaseReturnsLeasesOfEarlierIncarnations) {
   EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
 }
 
+TEST_F(StateMachineTest, ReleaseOfUndeliveredHandout) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@x.test"}));
+  auto items = sm_->ReadyItems(10);
+  ASSERT_EQ(Apply(Lease(items, kT0, kT0 + 300 * kSec)).leased.size(), 2u);
+  v1::QueueCommand c;
+  c.set_now_unix_us(kT0 + kSec);
+  *c.mutable_release()->add_items() = items[1];
+  EXPECT_EQ(Apply(c).made_ready, 1u);
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_LEASED);
+  EXPECT_EQ(StatusOf("00000000010000", 1), v1::RCPT_READY);
+  EXPECT_EQ(Apply(c).made_ready, 0u);  // idempotent
+}
+
 TEST_F(StateMachineTest, AckQueuesDsnAtomically) {
   Apply(Enqueue("00000000010000", {"a@x.test"}));
   Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
