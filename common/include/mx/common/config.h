@@ -24,10 +24,10 @@ Result<HostPort> ParseHostPort(const std::string& text, uint16_t default_port = 
 
 struct IngressConfig {
   std::string listen = "127.0.0.1:2525";
-  std::string hostname;                          // $j: used in greeting and Received:
-  std::string greeting = "ESMTP";                // SmtpGreetingMessage (no software/version)
-  uint64_t max_message_size = 10ULL << 20;  // MaxMessageSize
-  uint32_t max_recipients_per_message = 100;     // MaxRecipientsPerMessage
+  std::string hostname;                       // $j: used in greeting and Received:
+  std::string greeting = "ESMTP";             // SmtpGreetingMessage (no software/version)
+  uint64_t max_message_size = 10ULL << 20;    // MaxMessageSize
+  uint32_t max_recipients_per_message = 100;  // MaxRecipientsPerMessage
   uint32_t max_line_length = 2048;
   uint32_t max_errors = 10;                   // errors before the session is dropped
   std::chrono::seconds command_timeout{300};  // Timeout.command
