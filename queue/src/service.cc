@@ -126,11 +126,12 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       if (ctx->IsCancelled()) break;
       v1::PullResponse resp;
       LeaseMessages(worker, static_cast<uint32_t>(std::min<uint64_t>(credits, config_.pull_batch)), &resp);
-      if (resp.messages_size() == 0) continue;
+      if (resp.messages_size() == 0) continue;  // nothing ready: wait for a work signal
       {
         std::lock_guard lock(pull_mu_);
         st.credits -= std::min<uint64_t>(st.credits, resp.messages_size());
       }
+      seen_gen = ~0ULL;  // more may be ready (a backlog): lease again as soon as credits allow
       if (!stream->Write(resp)) {
         // The worker may not have them: back to ready now, not after lease_ttl.
         v1::QueueCommand cmd;
