@@ -246,12 +246,11 @@ Config Parse(const YAML::Node& root) {
   if (c.queue.group_commit_max_commands == 0) Fail("queue.group_commit_max_commands", "must be > 0");
   if (c.queue.pull_batch == 0) Fail("queue.pull_batch", "must be > 0");
   if (c.delivery.concurrency == 0) Fail("delivery.concurrency", "must be > 0");
-  if (!c.delivery.smart_host.empty()) {
-    auto s = c.delivery.smart_host;
-    if (s.front() == '[') {
-      auto close = s.find(']');
-      if (close == std::string::npos) Fail("delivery.smart_host", "missing ']'");
-    }
+  // "[host]:port" (no MX lookup), "host:port" or "host" (port: delivery.smtp_port).
+  for (auto [key, value] : {std::pair{"delivery.smart_host", &c.delivery.smart_host},
+                            std::pair{"delivery.fallback_mx_host", &c.delivery.fallback_mx_host}}) {
+    if (value->empty()) continue;
+    if (auto hp = ParseHostPort(*value, c.delivery.smtp_port); !hp.ok()) Fail(key, hp.status().message());
   }
   return c;
 }

@@ -89,7 +89,11 @@ class Worker final : public DeliveryWorker {
   }
 
   void Stop() override {
-    if (stopping_.exchange(true)) return;
+    {
+      std::lock_guard lock(stop_mu_);
+      if (stopping_.exchange(true)) return;
+      stop_cv_.notify_all();
+    }
     for (auto& s : shards_) {
       std::lock_guard lock(s->mu);
       if (s->ctx) s->ctx->TryCancel();
@@ -122,21 +126,10 @@ class Worker final : public DeliveryWorker {
     grpc::ClientReaderWriter<v1::PullRequest, v1::PullResponse>* stream = nullptr;
   };
 
-  Relay ParseRelay(std::string text) const {
-    Relay r;
-    r.port = config_.smtp_port;
-    if (!text.empty() && text.front() == '[') {
-      r.literal = true;
-      auto close = text.find(']');
-      r.host = text.substr(1, close - 1);
-      text = text.substr(close + 1);
-      if (!text.empty() && text.front() == ':') r.port = static_cast<uint16_t>(std::stoi(text.substr(1)));
-    } else {
-      auto colon = text.rfind(':');
-      r.host = text.substr(0, colon);
-      if (colon != std::string::npos) r.port = static_cast<uint16_t>(std::stoi(text.substr(colon + 1)));
-    }
-    return r;
+  // Validated by ParseConfig: "[host]:port" skips the MX lookup.
+  Relay ParseRelay(const std::string& text) const {
+    auto hp = ParseHostPort(text, config_.smtp_port);
+    return Relay{hp.ok() ? hp->host : text, hp.ok() ? hp->port : config_.smtp_port, text.front() == '['};
   }
 
   void PullLoop(std::shared_ptr<Shard> shard) {
@@ -176,7 +169,10 @@ class Worker final : public DeliveryWorker {
       auto st = stream->Finish();
       if (stopping_) break;
       if (!got_any) log::Warn("pull stream to " + shard->target + " ended: " + st.error_message());
-      std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+      {
+        std::unique_lock lock(stop_mu_);  // a reconnect pause that Stop() cuts short
+        stop_cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_.load(); });
+      }
       backoff_ms = std::min(backoff_ms * 2, 5000);
     }
   }
@@ -348,6 +344,8 @@ class Worker final : public DeliveryWorker {
   std::vector<std::thread> pullers_;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
   std::mutex acks_mu_;
   std::condition_variable acks_cv_;
   int64_t acks_in_flight_ = 0;

@@ -42,6 +42,9 @@ TEST(Config, BadValuesAreNamed) {
   c = ParseConfig("queue:\n  min_backoff: 1h\n  max_backoff: 1m\n");
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("queue.max_backoff"), std::string::npos);
+  c = ParseConfig("delivery:\n  smart_host: \"[10.0.0.1]:smtp\"\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("delivery.smart_host"), std::string::npos);
   c = ParseConfig("ingress: [1, 2\n");
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("YAML"), std::string::npos);
