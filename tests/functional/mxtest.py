@@ -10,6 +10,9 @@ import threading
 import time
 from pathlib import Path
 
+# Postfix's smtp-source/smtp-sink and unbound live in /usr/sbin, which a non-root PATH lacks.
+os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+
 BUILD_DIR = Path(os.environ.get("MX_BUILD_DIR", Path(__file__).resolve().parents[2] / "build" / "release"))
 MXD = BUILD_DIR / "mxd" / "mxd"
 MXCTL = BUILD_DIR / "control" / "mxctl"
