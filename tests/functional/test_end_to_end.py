@@ -1,5 +1,6 @@
 """One message through mxd all: SMTP in, durable queue, MX lookup, SMTP out."""
 import email
+import json
 import smtplib
 import subprocess
 
@@ -150,6 +151,14 @@ def test_unreachable_destination_is_deferred_not_bounced(dns, sinks, mxd_factory
     q = wait_for(lambda: (lambda t: t if "Deferred: Connection refused" in t else None)(node.mxctl("mailq")),
                  what="deferral with the connection error")
     assert "<z@down.test>" in q
+    # The same through -o json, for scripts; filters narrow it like mailq -qR.
+    data = json.loads(node.mxctl("-o", "json", "mailq", "-R", "down.test"))
+    assert data["matched"] == "1"  # uint64 is a string in proto3 JSON
+    rcpt = data["messages"][0]["recipients"][0]
+    assert rcpt["address"] == "z@down.test"
+    assert rcpt["status"] in ("RCPT_DEFERRED", "RCPT_READY", "RCPT_LEASED")
+    assert "Connection refused" in rcpt["last_reply"]
+    assert json.loads(node.mxctl("-o", "json", "mailq", "-R", "nobody.test")).get("matched", "0") == "0"
 
 
 def test_metrics_are_served(dns, sinks, mxd_factory):
