@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "mx/common/address.h"
+#include "mx/common/async_call.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
@@ -305,13 +306,7 @@ class Worker final : public DeliveryWorker {
     }
     m.reset();  // the body is no longer needed while the ack is in flight
     // Ack on gRPC's callback thread; the credit returns when it completes.
-    struct Call {
-      grpc::ClientContext ctx;
-      v1::AckRequest req;
-      v1::AckResponse resp;
-    };
-    auto call = std::make_shared<Call>();
-    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto call = AsyncCall<v1::AckRequest, v1::AckResponse>::WithDeadline(std::chrono::seconds(30));
     call->req = std::move(ack);
     {
       std::lock_guard lock(acks_mu_);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <functional>
 
+#include "mx/common/async_call.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/ingress/enqueue_backend.h"
@@ -20,13 +21,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend {
   }
 
   void Enqueue(v1::NewMessage message, Done done) override {
-    struct Call {
-      grpc::ClientContext ctx;
-      v1::EnqueueRequest req;
-      v1::EnqueueResponse resp;
-    };
-    auto call = std::make_shared<Call>();
-    call->ctx.set_deadline(std::chrono::system_clock::now() + deadline_);
+    auto call = AsyncCall<v1::EnqueueRequest, v1::EnqueueResponse>::WithDeadline(deadline_);
     size_t shard = std::hash<std::string>()(message.envelope().qid()) % stubs_.size();
     call->req.mutable_message()->Swap(&message);
     stubs_[shard]->async()->Enqueue(&call->ctx, &call->req, &call->resp,
@@ -37,13 +32,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend {
   }
 
   void RecordStats(const v1::MailerStats& delta) override {
-    struct Call {
-      grpc::ClientContext ctx;
-      v1::RecordStatsRequest req;
-      v1::RecordStatsResponse resp;
-    };
-    auto call = std::make_shared<Call>();
-    call->ctx.set_deadline(std::chrono::system_clock::now() + deadline_);
+    auto call = AsyncCall<v1::RecordStatsRequest, v1::RecordStatsResponse>::WithDeadline(deadline_);
     *call->req.add_deltas() = delta;
     stubs_[0]->async()->RecordStats(&call->ctx, &call->req, &call->resp, [call](grpc::Status s) {
       if (!s.ok()) log::Warn("mailstats report failed: " + s.error_message());

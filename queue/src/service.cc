@@ -254,7 +254,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     auto* op = cmd.mutable_lease();  // only valid until cmd is moved into Commit()
     op->set_worker(worker);
     op->set_expiry_unix_us(expiry);
-    std::map<std::string, bool> chosen;
+    std::map<std::string, v1::Envelope> chosen;  // envelopes read once, reused for the response
     uint64_t bytes = 0;
     for (auto& c : candidates) {
       if (!chosen.count(c.qid())) {
@@ -263,7 +263,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         if (!env.ok()) continue;
         if (!chosen.empty() && bytes + env->size() > config_.pull_batch_bytes) continue;
         bytes += env->size();
-        chosen[c.qid()] = true;
+        chosen.emplace(c.qid(), std::move(env).value());
       }
       *op->add_items() = c;
     }
@@ -271,19 +271,18 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     if (!r.status.ok() || r.leased.empty()) return;
     Probe::Get().Leased(r.leased.size());
     std::map<std::string, v1::LeasedMessage*> by_qid;
-    for (const auto& item : r.leased) {
-      auto& lm = by_qid[item.qid()];
+    for (size_t i = 0; i < r.leased.size(); ++i) {
+      const auto& qid = r.leased[i].qid();
+      auto& lm = by_qid[qid];
       if (!lm) {
-        auto env = sm_->GetEnvelope(item.qid());
-        auto body = sm_->GetBody(item.qid());
-        if (!env.ok() || !body.ok()) continue;  // lease expires; retried later
+        auto body = sm_->GetBody(qid);
+        if (!body.ok()) continue;  // lease expires; retried later
         lm = resp->add_messages();
-        *lm->mutable_envelope() = std::move(env).value();
+        *lm->mutable_envelope() = std::move(chosen[qid]);
         *lm->mutable_body() = std::move(body).value();
         lm->set_lease_expiry_unix_us(expiry);
       }
-      auto rc = sm_->GetRecipient(item.qid(), item.index());
-      if (rc.ok()) *lm->add_recipients() = std::move(rc).value();
+      *lm->add_recipients() = std::move(r.leased_rcpts[i]);
     }
   }
 

@@ -286,6 +286,7 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
       b.Put(lease_, keys::Lease(op.expiry_unix_us(), item.qid(), item.index()), "");
       ctx.index_ops.push_back({&lease_index_, true, IndexKey{op.expiry_unix_us(), item.qid(), item.index()}});
       res->leased.push_back(item);
+      res->leased_rcpts.push_back(std::move(r));
     }
     return Status::Ok();
   };

@@ -40,8 +40,9 @@ struct StateMachineOptions {
 // What applying one command produced.
 struct ApplyResult {
   Status status;
-  std::vector<v1::RcptRef> leased;  // LeaseOp: the items actually leased
-  uint32_t made_ready = 0;          // recipients that became ready
+  std::vector<v1::RcptRef> leased;          // LeaseOp: the items actually leased
+  std::vector<v1::Recipient> leased_rcpts;  // ... and their records as leased
+  uint32_t made_ready = 0;                  // recipients that became ready
 };
 
 // An entry of an ordered recipient index: (priority or time, qid, index).
