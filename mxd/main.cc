@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Service> admin;
   std::unique_ptr<grpc::Server> control_server;
   if (want_control) {
-    admin = mx::control::MakeAdminService(config.control.queue);
+    admin = mx::control::MakeAdminService(config.control.queue, config.queue.shards);
     auto s = mx::StartGrpcServer(config.control.listen, {admin.get()});
     if (!s.ok()) return Die(s.status().message());
     control_server = std::move(s).value();
@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<mx::ingress::IngressServer> ingress;
   if (want_ingress) {
     auto backend = mx::ingress::MakeGrpcEnqueueBackend(
-        config.ingress.queue, std::chrono::duration_cast<std::chrono::milliseconds>(config.ingress.enqueue_timeout));
+        config.ingress.queue, config.queue.shards,
+        std::chrono::duration_cast<std::chrono::milliseconds>(config.ingress.enqueue_timeout));
     auto s = mx::ingress::StartIngress(config, backend, clock);
     if (!s.ok()) return Die(s.status().message());
     ingress = std::move(s).value();

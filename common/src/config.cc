@@ -129,6 +129,17 @@ class Reader {
     if (!n.IsDefined()) return;
     *out = std::chrono::duration_cast<Dur>(ParseDuration(Key(k), n.as<std::string>()));
   }
+  void Bool(const std::string& k, bool* out) {
+    auto n = Child(k);
+    if (!n.IsDefined()) return;
+    auto v = n.as<std::string>();
+    if (v == "true" || v == "yes" || v == "on")
+      *out = true;
+    else if (v == "false" || v == "no" || v == "off")
+      *out = false;
+    else
+      Fail(Key(k), "expected true or false, got '" + v + "'");
+  }
   void StrList(const std::string& k, std::vector<std::string>* out) {
     auto n = Child(k);
     if (!n.IsDefined()) return;
@@ -182,7 +193,32 @@ Config Parse(const YAML::Node& root) {
       Reader q(r.Child("queue"), "queue");
       q.Str("listen", &c.queue.listen);
       q.Str("data_dir", &c.queue.data_dir);
-      q.Uint("shard", &c.queue.shard);
+      q.Uint("shards", &c.queue.shards);
+      q.Uint("node_id", &c.queue.node_id);
+      q.Str("raft_listen", &c.queue.raft_listen);
+      q.Bool("join", &c.queue.join);
+      q.Duration("election_timeout", &c.queue.election_timeout);
+      q.Duration("heartbeat_timeout", &c.queue.heartbeat_timeout);
+      q.Uint("snapshot_threshold", &c.queue.snapshot_threshold);
+      q.Uint("snapshot_trailing", &c.queue.snapshot_trailing);
+      q.Uint("max_inflight_entries", &c.queue.max_inflight_entries);
+      if (auto peers = q.Child("peers"); peers.IsDefined()) {
+        if (!peers.IsSequence()) Fail("queue.peers", "expected a list of {id, grpc, raft}");
+        size_t i = 0;
+        for (const auto& p : peers) {
+          const std::string key = "queue.peers[" + std::to_string(i++) + "]";
+          Reader pr(p, key);
+          QueuePeer peer;
+          pr.Uint("id", &peer.id);
+          pr.Str("grpc", &peer.grpc);
+          pr.Str("raft", &peer.raft);
+          if (peer.id == 0) Fail(key + ".id", "must be > 0");
+          if (peer.grpc.empty() || peer.raft.empty()) Fail(key, "needs grpc and raft addresses");
+          CheckHostPort(key + ".grpc", peer.grpc);
+          CheckHostPort(key + ".raft", peer.raft);
+          c.queue.peers.push_back(std::move(peer));
+        }
+      }
       q.Uint("group_commit_max_commands", &c.queue.group_commit_max_commands);
       q.Bytes("group_commit_max_bytes", &c.queue.group_commit_max_bytes);
       q.Duration("group_commit_linger", &c.queue.group_commit_linger);
@@ -227,10 +263,37 @@ Config Parse(const YAML::Node& root) {
   for (const auto& s : c.delivery.dns_servers) CheckHostPort("delivery.dns_servers", s);
   if (c.ingress.hostname.empty()) c.ingress.hostname = c.hostname;
   if (c.delivery.helo_name.empty()) c.delivery.helo_name = c.hostname;
-  // In a single node every role reaches the local queue by default.
-  if (c.ingress.queue.empty()) c.ingress.queue = {c.queue.listen};
-  if (c.delivery.queue.empty()) c.delivery.queue = {c.queue.listen};
-  if (c.control.queue.empty()) c.control.queue = {c.queue.listen};
+  CheckHostPort("queue.raft_listen", c.queue.raft_listen);
+  if (c.queue.shards == 0 || c.queue.shards > 256) Fail("queue.shards", "must be between 1 and 256");
+  if (c.queue.node_id == 0) Fail("queue.node_id", "must be > 0");
+  if (c.queue.peers.empty() && !c.queue.join) {
+    c.queue.peers.push_back(QueuePeer{c.queue.node_id, c.queue.listen, c.queue.raft_listen});
+  }
+  {
+    std::set<uint64_t> ids;
+    for (const auto& p : c.queue.peers) {
+      if (!ids.insert(p.id).second) Fail("queue.peers", "duplicate id " + std::to_string(p.id));
+      if (ParseHostPort(p.raft)->port + c.queue.shards - 1 > 65535) {
+        Fail("queue.peers", "raft port of node " + std::to_string(p.id) + " leaves no room for every shard");
+      }
+    }
+  }
+  if (ParseHostPort(c.queue.raft_listen)->port + c.queue.shards - 1 > 65535) {
+    Fail("queue.raft_listen", "port leaves no room for every shard (shard s listens on port + s)");
+  }
+  if (c.queue.heartbeat_timeout.count() <= 0 || c.queue.election_timeout <= 2 * c.queue.heartbeat_timeout) {
+    Fail("queue.election_timeout", "must be more than twice queue.heartbeat_timeout");
+  }
+  if (c.queue.snapshot_threshold == 0) Fail("queue.snapshot_threshold", "must be > 0");
+  if (c.queue.max_inflight_entries == 0) Fail("queue.max_inflight_entries", "must be > 0");
+  // Clients reach the queue through the peers by default (in a single node,
+  // the local queue).
+  std::vector<std::string> seeds;
+  for (const auto& p : c.queue.peers) seeds.push_back(p.grpc);
+  if (seeds.empty()) seeds.push_back(c.queue.listen);
+  if (c.ingress.queue.empty()) c.ingress.queue = seeds;
+  if (c.delivery.queue.empty()) c.delivery.queue = seeds;
+  if (c.control.queue.empty()) c.control.queue = seeds;
   if (auto nets = CidrList::Parse(c.ingress.mynetworks); !nets.ok()) {
     Fail("ingress.mynetworks", nets.status().message());
   }

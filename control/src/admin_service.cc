@@ -1,12 +1,15 @@
-// admin_service.cc — Admin RPCs answered from the queue shards.
+// admin_service.cc — Admin RPCs answered from the queue shards' leaders.
 #include "mx/control/admin_service.h"
 
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <thread>
 
 #include "mx/common/grpc_server.h"
+#include "mx/queue/client.h"
 #include "mx/v1/control.grpc.pb.h"
 #include "mx/v1/queue.grpc.pb.h"
 
@@ -17,9 +20,7 @@ constexpr auto kShardDeadline = std::chrono::seconds(10);
 
 class AdminService final : public v1::Admin::Service {
  public:
-  explicit AdminService(const std::vector<std::string>& queues) {
-    for (const auto& q : queues) shards_.push_back({q, v1::Queue::NewStub(MakeChannel(q))});
-  }
+  AdminService(const std::vector<std::string>& queues, uint32_t shards) : router_(queues, shards) {}
 
   grpc::Status Mailq(grpc::ServerContext*, const v1::MailqRequest* req, v1::MailqResponse* resp) override {
     v1::ListRequest list;
@@ -27,14 +28,12 @@ class AdminService final : public v1::Admin::Service {
     list.set_sender(req->sender());
     list.set_recipient(req->recipient());
     list.set_limit(req->limit());
-    for (auto& s : shards_) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + kShardDeadline);
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      list.set_shard(shard);
       v1::ListResponse part;
-      auto st = s.stub->List(&ctx, list, &part);
-      if (!st.ok()) {
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "queue shard " + s.target + ": " + st.error_message());
-      }
+      auto st = CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->List(ctx, list, &part); });
+      if (!st.ok()) return st;
       for (auto& m : *part.mutable_messages()) *resp->add_messages() = std::move(m);
       resp->set_matched(resp->matched() + part.matched());
     }
@@ -48,14 +47,13 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status Mailstats(grpc::ServerContext*, const v1::MailstatsRequest*, v1::MailstatsResponse* resp) override {
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;
-    for (auto& s : shards_) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + kShardDeadline);
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      v1::GetStatsRequest req;
+      req.set_shard(shard);
       v1::GetStatsResponse part;
-      auto st = s.stub->GetStats(&ctx, v1::GetStatsRequest(), &part);
-      if (!st.ok()) {
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "queue shard " + s.target + ": " + st.error_message());
-      }
+      auto st = CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->GetStats(ctx, req, &part); });
+      if (!st.ok()) return st;
       if (part.since_unix_us() && (since == 0 || part.since_unix_us() < since)) since = part.since_unix_us();
       for (const auto& m : part.mailers()) {
         auto& t = sum[m.mailer()];
@@ -73,18 +71,91 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ClusterStatus(grpc::ServerContext*, const v1::ClusterStatusRequest*,
+                             v1::ClusterStatusResponse* resp) override {
+    resp->set_shards(router_.shards());
+    // Every node known: the configured ones and those the members tables name.
+    std::set<std::string> asked;
+    std::vector<std::string> todo = router_.Addresses();
+    while (!todo.empty()) {
+      std::string address = todo.back();
+      todo.pop_back();
+      if (!asked.insert(address).second) continue;
+      auto stub = v1::Queue::NewStub(MakeChannel(address));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+      v1::GetReplicaStatusResponse node;
+      auto st = stub->GetReplicaStatus(&ctx, v1::GetReplicaStatusRequest(), &node);
+      if (!st.ok()) {
+        auto* u = resp->add_unreachable();
+        u->set_address(address);
+        u->set_error(st.error_message());
+        continue;
+      }
+      for (const auto& r : node.replicas()) {
+        if (!r.leader_address().empty()) todo.push_back(r.leader_address());
+      }
+      *resp->add_nodes() = std::move(node);
+    }
+    std::sort(resp->mutable_nodes()->begin(), resp->mutable_nodes()->end(),
+              [](const auto& a, const auto& b) { return a.node_id() < b.node_id(); });
+    return grpc::Status::OK;
+  }
+
+  grpc::Status AddReplica(grpc::ServerContext*, const v1::AddReplicaRequest* req,
+                          v1::AddReplicaResponse* resp) override {
+    if (req->shard() >= router_.shards()) return BadShard(req->shard());
+    return CallLeader(
+        req->shard(),
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->AddReplica(ctx, *req, resp); },
+        std::chrono::minutes(3));
+  }
+
+  grpc::Status RemoveReplica(grpc::ServerContext*, const v1::RemoveReplicaRequest* req,
+                             v1::RemoveReplicaResponse* resp) override {
+    if (req->shard() >= router_.shards()) return BadShard(req->shard());
+    return CallLeader(
+        req->shard(),
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->RemoveReplica(ctx, *req, resp); },
+        std::chrono::minutes(3));
+  }
+
  private:
-  struct Shard {
-    std::string target;
-    std::unique_ptr<v1::Queue::Stub> stub;
-  };
-  std::vector<Shard> shards_;
+  grpc::Status BadShard(uint32_t shard) const {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no shard " + std::to_string(shard) + " (the cluster has " +
+                                                                std::to_string(router_.shards()) + ")");
+  }
+
+  // Calls the shard's leader, following leader hints; bounded by kShardDeadline
+  // of retries (an election takes about two election timeouts).
+  template <typename Fn>
+  grpc::Status CallLeader(uint32_t shard, Fn call, std::chrono::seconds per_call = kShardDeadline) {
+    const auto give_up = std::chrono::steady_clock::now() + kShardDeadline;
+    grpc::Status st;
+    for (int attempt = 0;; ++attempt) {
+      auto target = router_.Leader(shard);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + per_call);
+      st = call(target.stub, &ctx);
+      bool new_leader = router_.Observe(shard, target.address, ctx, st);
+      if (st.ok() || (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                      st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)) {
+        return st;
+      }
+      if (std::chrono::steady_clock::now() >= give_up) break;
+      if (!new_leader) std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 100 << attempt)));
+    }
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "queue shard " + std::to_string(shard) + " has no reachable leader: " + st.error_message());
+  }
+
+  queue::QueueRouter router_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues) {
-  return std::make_unique<AdminService>(queues);
+std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards) {
+  return std::make_unique<AdminService>(queues, shards);
 }
 
 }  // namespace mx::control

@@ -1,6 +1,11 @@
 // format.cc — mailq and mailstats output in the layout sendmail operators know.
 #include "mx/control/format.h"
 
+#include <algorithm>
+#include <map>
+#include <tuple>
+#include <vector>
+
 #include <ctime>
 
 namespace mx::control {
@@ -67,6 +72,53 @@ std::string FormatMailstats(const v1::MailstatsResponse& resp) {
   out += " T " + Pad(std::to_string(t[0]), 8, true) + " " + Pad(Kb(t[1]), 11, true) + " " +
          Pad(std::to_string(t[2]), 8, true) + " " + Pad(Kb(t[3]), 11, true) + " " + Pad(std::to_string(t[4]), 8, true) +
          " " + Pad(std::to_string(t[5]), 7, true) + "\n";
+  return out;
+}
+
+std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
+  // One row per replica, grouped by shard; lag is how far its applied index
+  // trails the highest commit index any replica of the shard reports.
+  struct Row {
+    uint32_t shard;
+    uint64_t node;
+    const v1::ReplicaStatus* r;
+    std::string address;
+  };
+  std::vector<Row> rows;
+  std::map<uint32_t, uint64_t> commit;
+  for (const auto& n : resp.nodes()) {
+    for (const auto& r : n.replicas()) {
+      rows.push_back(Row{r.shard(), n.node_id(), &r, n.address()});
+      commit[r.shard()] = std::max(commit[r.shard()], r.commit_index());
+    }
+  }
+  std::sort(rows.begin(), rows.end(),
+            [](const Row& a, const Row& b) { return std::tie(a.shard, a.node) < std::tie(b.shard, b.node); });
+  std::string out = "Shards: " + std::to_string(resp.shards()) + "\n";
+  out += Pad("shard", 6, false) + Pad("node", 6, false) + Pad("role", 10, false) + Pad("term", 6, true) +
+         Pad("commit", 10, true) + Pad("applied", 10, true) + Pad("lag", 7, true) + Pad("snapshot", 10, true) +
+         Pad("messages", 10, true) + "  address\n";
+  for (const auto& row : rows) {
+    const auto& r = *row.r;
+    uint64_t lag = commit[row.shard] > r.applied_index() ? commit[row.shard] - r.applied_index() : 0;
+    out += Pad(std::to_string(row.shard), 6, false) + Pad(std::to_string(row.node), 6, false) +
+           Pad(r.role(), 10, false) + Pad(std::to_string(r.term()), 6, true) +
+           Pad(std::to_string(r.commit_index()), 10, true) + Pad(std::to_string(r.applied_index()), 10, true) +
+           Pad(std::to_string(lag), 7, true) + Pad(std::to_string(r.snapshot_index()), 10, true) +
+           Pad(std::to_string(r.messages()), 10, true) + "  " + row.address + "\n";
+  }
+  for (const auto& n : resp.nodes()) {
+    for (const auto& r : n.replicas()) {
+      if (r.role() != "leader") continue;
+      out += "shard " + std::to_string(r.shard()) + " leader " + std::to_string(r.node_id()) + " members:";
+      for (const auto& m : r.members()) {
+        out += " " + std::to_string(m.id()) + "(" + m.role() + ", " + m.raft_address() + ", behind " +
+               std::to_string(r.last_index() > m.match_index() ? r.last_index() - m.match_index() : 0) + ")";
+      }
+      out += "\n";
+    }
+  }
+  for (const auto& u : resp.unreachable()) out += "unreachable: " + u.address() + " (" + u.error() + ")\n";
   return out;
 }
 

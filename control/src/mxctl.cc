@@ -19,6 +19,10 @@ int Usage() {
           "commands:\n"
           "  mailq [-I qid] [-S sender] [-R recipient]   list queued messages\n"
           "  mailstats                                   per-mailer statistics\n"
+          "  cluster status                              every shard's replicas: leader, term, indexes, lag\n"
+          "  queue add-replica --shard N --id ID --grpc HOST:PORT --raft HOST:PORT\n"
+          "                                              add a queue replica to shard N's Raft group\n"
+          "  queue remove-replica --shard N --id ID      remove a replica from shard N\n"
           "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401.\n");
   return 64;  // EX_USAGE
 }
@@ -95,6 +99,66 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatMailstats(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "cluster") {
+    if (i + 1 != args.size() || args[i] != "status") return Usage();
+    mx::v1::ClusterStatusResponse resp;
+    auto st = stub->ClusterStatus(&ctx, mx::v1::ClusterStatusRequest(), &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatClusterStatus(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "queue") {
+    if (i >= args.size()) return Usage();
+    std::string sub = args[i++];
+    std::string shard, id, grpc_addr, raft_addr;
+    for (; i < args.size(); ++i) {
+      if (i + 1 >= args.size()) return Usage();
+      if (args[i] == "--shard")
+        shard = args[++i];
+      else if (args[i] == "--id")
+        id = args[++i];
+      else if (args[i] == "--grpc")
+        grpc_addr = args[++i];
+      else if (args[i] == "--raft")
+        raft_addr = args[++i];
+      else
+        return Usage();
+    }
+    auto number = [](const std::string& s, uint64_t* out) {
+      char* end = nullptr;
+      *out = strtoull(s.c_str(), &end, 10);
+      return !s.empty() && end && *end == '\0';
+    };
+    uint64_t shard_n = 0, id_n = 0;
+    if (!number(shard, &shard_n) || !number(id, &id_n) || id_n == 0) return Usage();
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(3));
+    grpc::Status st;
+    if (sub == "add-replica") {
+      if (grpc_addr.empty() || raft_addr.empty()) return Usage();
+      mx::v1::AddReplicaRequest req;
+      req.set_shard(static_cast<uint32_t>(shard_n));
+      req.set_node_id(id_n);
+      req.set_grpc_address(grpc_addr);
+      req.set_raft_address(raft_addr);
+      mx::v1::AddReplicaResponse resp;
+      st = stub->AddReplica(&ctx, req, &resp);
+    } else if (sub == "remove-replica") {
+      mx::v1::RemoveReplicaRequest req;
+      req.set_shard(static_cast<uint32_t>(shard_n));
+      req.set_node_id(id_n);
+      mx::v1::RemoveReplicaResponse resp;
+      st = stub->RemoveReplica(&ctx, req, &resp);
+    } else {
+      return Usage();
+    }
+    if (!st.ok()) return Fail(st, server);
+    printf("shard %llu: %s node %llu\n", static_cast<unsigned long long>(shard_n),
+           sub == "add-replica" ? "added" : "removed", static_cast<unsigned long long>(id_n));
     return 0;
   }
   return Usage();

@@ -1,6 +1,7 @@
 // worker.cc — Pull → resolve → SMTP → Ack loop of the delivery role.
 #include "mx/delivery/worker.h"
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #include "mx/delivery/dsn.h"
 #include "mx/delivery/probe.h"
 #include "mx/delivery/smtp_client.h"
+#include "mx/queue/client.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::delivery {
@@ -54,6 +56,7 @@ class Worker final : public DeliveryWorker {
  public:
   Worker(const Config& config, std::unique_ptr<Resolver> resolver, const Clock& clock)
       : config_(config.delivery),
+        router_(config.delivery.queue, config.queue.shards),
         hostname_(config.hostname),
         resolver_(std::move(resolver)),
         clock_(clock),
@@ -78,15 +81,17 @@ class Worker final : public DeliveryWorker {
 
   void Start() {
     for (unsigned i = 0; i < std::max(1u, config_.threads); ++i) threads_.emplace_back([this] { io_.run(); });
-    for (const auto& target : config_.queue) {
+    // Each shard gets an equal share of the concurrency as Pull credits.
+    const uint32_t n = router_.shards();
+    for (uint32_t id = 0; id < n; ++id) {
       auto shard = std::make_shared<Shard>();
-      shard->stub = v1::Queue::NewStub(MakeChannel(target));
-      shard->target = target;
+      shard->id = id;
+      shard->budget = std::max<int64_t>(1, config_.concurrency / n);
       shards_.push_back(shard);
       pullers_.emplace_back([this, shard] { PullLoop(shard); });
     }
-    log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(config_.queue.size()) +
-              " queue shard(s)");
+    log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(n) + " queue shard(s) via " +
+              std::to_string(config_.queue.size()) + " queue node(s)");
   }
 
   void Stop() override {
@@ -120,8 +125,9 @@ class Worker final : public DeliveryWorker {
     bool literal = false;  // [host]: no MX lookup
   };
   struct Shard {
-    std::string target;
-    std::unique_ptr<v1::Queue::Stub> stub;
+    uint32_t id = 0;
+    int64_t budget = 0;  // max messages in flight from this shard
+    std::atomic<int64_t> in_flight{0};
     std::mutex mu;  // guards ctx and writes on stream
     grpc::ClientContext* ctx = nullptr;
     grpc::ClientReaderWriter<v1::PullRequest, v1::PullResponse>* stream = nullptr;
@@ -133,11 +139,13 @@ class Worker final : public DeliveryWorker {
     return Relay{hp.ok() ? hp->host : text, hp.ok() ? hp->port : config_.smtp_port, text.front() == '['};
   }
 
+  // One Pull stream at a time to the shard's leader; follows leader changes.
   void PullLoop(std::shared_ptr<Shard> shard) {
     int backoff_ms = 200;
     while (!stopping_) {
       grpc::ClientContext ctx;
-      auto stream = shard->stub->Pull(&ctx);
+      auto target = router_.Leader(shard->id);
+      auto stream = target.stub->Pull(&ctx);
       {
         std::lock_guard lock(shard->mu);
         shard->ctx = &ctx;
@@ -146,7 +154,8 @@ class Worker final : public DeliveryWorker {
         if (stopping_) ctx.TryCancel();
         v1::PullRequest first;
         first.set_worker(worker_id_);
-        int64_t free = static_cast<int64_t>(config_.concurrency) - in_flight_.load();
+        first.set_shard(shard->id);
+        int64_t free = shard->budget - shard->in_flight.load();
         first.set_credits(static_cast<uint32_t>(std::max<int64_t>(free, 0)));
         stream->Write(first);
       }
@@ -156,7 +165,7 @@ class Worker final : public DeliveryWorker {
         got_any = true;
         backoff_ms = 200;
         for (auto& m : *resp.mutable_messages()) {
-          in_flight_.fetch_add(1);
+          shard->in_flight.fetch_add(1);
           Probe::Get().InFlight(1);
           auto msg = std::make_shared<v1::LeasedMessage>(std::move(m));
           asio::co_spawn(asio::make_strand(io_), DeliverMessage(msg, shard), asio::detached);
@@ -169,17 +178,25 @@ class Worker final : public DeliveryWorker {
       }
       auto st = stream->Finish();
       if (stopping_) break;
-      if (!got_any) log::Warn("pull stream to " + shard->target + " ended: " + st.error_message());
+      if (router_.Observe(shard->id, target.address, ctx, st)) {
+        log::Info("shard " + std::to_string(shard->id) + ": following the leader to " +
+                  router_.Leader(shard->id).address);
+        continue;  // a new leader is known: reconnect at once
+      }
+      if (!got_any) {
+        log::Warn("pull stream for shard " + std::to_string(shard->id) + " to " + target.address +
+                  " ended: " + st.error_message());
+      }
       {
         std::unique_lock lock(stop_mu_);  // a reconnect pause that Stop() cuts short
         stop_cv_.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return stopping_.load(); });
       }
-      backoff_ms = std::min(backoff_ms * 2, 5000);
+      backoff_ms = std::min(backoff_ms * 2, 2000);
     }
   }
 
   void ReturnCredit(const std::shared_ptr<Shard>& shard) {
-    in_flight_.fetch_sub(1);
+    shard->in_flight.fetch_sub(1);
     Probe::Get().InFlight(-1);
     std::lock_guard lock(shard->mu);
     if (!shard->stream) return;  // the next stream starts with fresh credits
@@ -306,25 +323,66 @@ class Worker final : public DeliveryWorker {
     }
     m.reset();  // the body is no longer needed while the ack is in flight
     // Ack on gRPC's callback thread; the credit returns when it completes.
-    auto call = AsyncCall<v1::AckRequest, v1::AckResponse>::WithDeadline(std::chrono::seconds(30));
-    call->req = std::move(ack);
+    auto op = std::make_shared<AckOp>();
+    op->req = std::move(ack);
+    op->req.set_shard(shard->id);
+    op->shard = shard;
+    op->deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
     {
       std::lock_guard lock(acks_mu_);
       ++acks_in_flight_;
     }
-    shard->stub->async()->Ack(&call->ctx, &call->req, &call->resp, [this, call, shard](grpc::Status s) {
-      if (!s.ok()) {
-        Probe::Get().AckFailed();
-        log::Warn("ack to " + shard->target + " failed (" + s.error_message() +
-                  "); the lease will expire and the recipients be retried");
-      }
-      ReturnCredit(shard);
-      std::lock_guard lock(acks_mu_);
-      if (--acks_in_flight_ == 0) acks_cv_.notify_all();
-    });
+    SendAck(op);
+  }
+
+  // An Ack and its retries: the leases live in the replicated state, so a new
+  // leader accepts acks for leases its predecessor handed out.
+  struct AckOp {
+    v1::AckRequest req;
+    v1::AckResponse resp;
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::shared_ptr<Shard> shard;
+    std::string address;
+    std::chrono::system_clock::time_point deadline;
+    grpc::Alarm alarm;
+    int attempts = 0;
+  };
+
+  void SendAck(const std::shared_ptr<AckOp>& op) {
+    auto target = router_.Leader(op->shard->id);
+    op->address = target.address;
+    op->ctx = std::make_unique<grpc::ClientContext>();
+    op->ctx->set_deadline(std::min(op->deadline, std::chrono::system_clock::now() + std::chrono::seconds(5)));
+    ++op->attempts;
+    target.stub->async()->Ack(op->ctx.get(), &op->req, &op->resp, [this, op](grpc::Status s) { AckDone(op, s); });
+  }
+
+  void AckDone(const std::shared_ptr<AckOp>& op, const grpc::Status& s) {
+    const bool new_leader = router_.Observe(op->shard->id, op->address, *op->ctx, s);
+    const bool retryable =
+        s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    const auto now = std::chrono::system_clock::now();
+    if (!s.ok() && retryable && !stopping_ && now < op->deadline) {
+      if (new_leader) return SendAck(op);
+      op->alarm.Set(std::min(op->deadline, now + std::chrono::milliseconds(100 << std::min(op->attempts, 4))),
+                    [this, op](bool fired) {
+                      if (fired) return SendAck(op);
+                      AckDone(op, grpc::Status(grpc::StatusCode::CANCELLED, "ack retry cancelled"));
+                    });
+      return;
+    }
+    if (!s.ok()) {
+      Probe::Get().AckFailed();
+      log::Warn("ack to shard " + std::to_string(op->shard->id) + " failed (" + s.error_message() +
+                "); the lease will expire and the recipients be retried");
+    }
+    ReturnCredit(op->shard);
+    std::lock_guard lock(acks_mu_);
+    if (--acks_in_flight_ == 0) acks_cv_.notify_all();
   }
 
   DeliveryConfig config_;
+  queue::QueueRouter router_;
   std::string hostname_;
   std::unique_ptr<Resolver> resolver_;
   const Clock& clock_;
@@ -337,7 +395,6 @@ class Worker final : public DeliveryWorker {
   std::vector<std::thread> threads_;
   std::vector<std::shared_ptr<Shard>> shards_;
   std::vector<std::thread> pullers_;
-  std::atomic<int64_t> in_flight_{0};
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

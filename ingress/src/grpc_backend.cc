@@ -1,54 +1,115 @@
-// grpc_backend.cc — Enqueue over gRPC's callback API (never blocks the caller).
+// grpc_backend.cc — Enqueue over gRPC's callback API (never blocks the caller),
+// with leader discovery and bounded retries.
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 
 #include "mx/common/async_call.h"
-#include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/ingress/enqueue_backend.h"
+#include "mx/queue/client.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::ingress {
 namespace {
 
-class GrpcEnqueueBackend final : public EnqueueBackend {
+using SysClock = std::chrono::system_clock;
+
+// Longest single attempt: a leader that stopped answering (SIGSTOP, partition)
+// is given up on after this and the next replica is asked.
+constexpr auto kAttemptTimeout = std::chrono::seconds(3);
+
+class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_shared_from_this<GrpcEnqueueBackend> {
  public:
-  GrpcEnqueueBackend(const std::vector<std::string>& targets, std::chrono::milliseconds deadline)
-      : deadline_(deadline) {
-    for (const auto& t : targets) stubs_.push_back(v1::Queue::NewStub(MakeChannel(t)));
-  }
+  GrpcEnqueueBackend(const std::vector<std::string>& targets, uint32_t shards, std::chrono::milliseconds deadline)
+      : router_(targets, shards), deadline_(deadline) {}
 
   void Enqueue(v1::NewMessage message, Done done) override {
-    auto call = AsyncCall<v1::EnqueueRequest, v1::EnqueueResponse>::WithDeadline(deadline_);
-    size_t shard = std::hash<std::string>()(message.envelope().qid()) % stubs_.size();
-    call->req.mutable_message()->Swap(&message);
-    stubs_[shard]->async()->Enqueue(&call->ctx, &call->req, &call->resp,
-                                    [call, done = std::move(done)](grpc::Status s) {
-                                      if (s.ok()) return done(Status::Ok());
-                                      done(Status(static_cast<Code>(s.error_code()), s.error_message()));
-                                    });
+    auto op = std::make_shared<Op>();
+    op->done = std::move(done);
+    op->deadline = SysClock::now() + deadline_;
+    const uint32_t n = router_.shards();
+    op->shard = static_cast<uint32_t>(std::hash<std::string>()(message.envelope().qid()) % n);
+    for (uint32_t i = 0; i < n && !router_.Healthy(op->shard); ++i) op->shard = (op->shard + 1) % n;
+    op->req.mutable_message()->Swap(&message);
+    Send(op);
   }
 
   void RecordStats(const v1::MailerStats& delta) override {
     auto call = AsyncCall<v1::RecordStatsRequest, v1::RecordStatsResponse>::WithDeadline(deadline_);
     *call->req.add_deltas() = delta;
-    stubs_[0]->async()->RecordStats(&call->ctx, &call->req, &call->resp, [call](grpc::Status s) {
-      if (!s.ok()) log::Warn("mailstats report failed: " + s.error_message());
-    });
+    auto target = router_.Leader(0);
+    target.stub->async()->RecordStats(&call->ctx, &call->req, &call->resp,
+                                      [this, call, address = target.address](grpc::Status s) {
+                                        router_.Observe(0, address, call->ctx, s);
+                                        if (!s.ok()) log::Warn("mailstats report failed: " + s.error_message());
+                                      });
   }
 
  private:
+  struct Op {
+    v1::EnqueueRequest req;
+    v1::EnqueueResponse resp;
+    std::unique_ptr<grpc::ClientContext> ctx;
+    Done done;
+    SysClock::time_point deadline;
+    uint32_t shard = 0;
+    std::string address;
+    int failures = 0;  // consecutive failures without a leader hint
+    grpc::Alarm alarm;
+  };
+
+  void Send(const std::shared_ptr<Op>& op) {
+    auto target = router_.Leader(op->shard);
+    op->address = target.address;
+    op->ctx = std::make_unique<grpc::ClientContext>();
+    op->ctx->set_deadline(std::min(op->deadline, SysClock::now() + kAttemptTimeout));
+    op->req.set_shard(op->shard);
+    auto self = shared_from_this();
+    target.stub->async()->Enqueue(op->ctx.get(), &op->req, &op->resp,
+                                  [self, op](grpc::Status s) { self->Completed(op, s); });
+  }
+
+  void Completed(const std::shared_ptr<Op>& op, const grpc::Status& s) {
+    // ALREADY_EXISTS: an earlier attempt committed after all (its answer was lost).
+    if (s.ok() || s.error_code() == grpc::StatusCode::ALREADY_EXISTS) return op->done(Status::Ok());
+    const bool new_leader = router_.Observe(op->shard, op->address, *op->ctx, s);
+    const bool retryable =
+        s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    const auto now = SysClock::now();
+    if (!retryable || now >= op->deadline) {
+      return op->done(Status(static_cast<Code>(s.error_code()), s.error_message()));
+    }
+    if (new_leader) {
+      op->failures = 0;
+      return Send(op);
+    }
+    // No leader known here: after two failures on one shard, try the next one
+    // (its leader may be fine); back off meanwhile so an election can finish.
+    if (++op->failures >= 2 && router_.shards() > 1) {
+      op->shard = (op->shard + 1) % router_.shards();
+      op->failures = 0;
+    }
+    auto backoff = std::chrono::milliseconds(std::min(1000, 50 << std::min(op->failures, 4)));
+    auto self = shared_from_this();
+    op->alarm.Set(std::min(op->deadline, now + backoff), [self, op](bool fired) {
+      if (fired) return self->Send(op);
+      op->done(Status(Code::kUnavailable, "enqueue cancelled"));
+    });
+  }
+
+  queue::QueueRouter router_;
   std::chrono::milliseconds deadline_;
-  std::vector<std::unique_ptr<v1::Queue::Stub>> stubs_;
 };
 
 }  // namespace
 
-std::shared_ptr<EnqueueBackend> MakeGrpcEnqueueBackend(const std::vector<std::string>& targets,
+std::shared_ptr<EnqueueBackend> MakeGrpcEnqueueBackend(const std::vector<std::string>& targets, uint32_t shards,
                                                        std::chrono::milliseconds deadline) {
-  return std::make_shared<GrpcEnqueueBackend>(targets, deadline);
+  return std::make_shared<GrpcEnqueueBackend>(targets, shards, deadline);
 }
 
 }  // namespace mx::ingress

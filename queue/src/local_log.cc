@@ -81,8 +81,9 @@ class LocalLog final : public CommandLog {
       Status st = sm_.Apply(next_index_, cmds, &results);
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (st.ok()) {
-        next_index_ += batch.size();
-        Probe::Get().Committed(batch.size(), secs);
+        ++next_index_;  // the batch is one log entry
+        Probe::Get().Batched(batch.size());
+        Probe::Get().EntryCommitted(secs);
         for (size_t i = 0; i < batch.size(); ++i) batch[i].done(results[i]);
       } else {
         log::Error("queue commit failed: " + st.ToString());

@@ -32,12 +32,12 @@ Probe::Probe() {
                           .Add({}, metrics::LatencyBuckets());
   commit_batch_ = &prometheus::BuildHistogram()
                        .Name("mx_queue_commit_batch_commands")
-                       .Help("Commands per group-committed write")
+                       .Help("Commands per group-committed log entry")
                        .Register(reg)
                        .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256, 512});
   commit_latency_ = &prometheus::BuildHistogram()
                          .Name("mx_queue_commit_latency_seconds")
-                         .Help("Duration of one durable apply of a command batch")
+                         .Help("Time from proposing a log entry to its commit on a quorum and local apply")
                          .Register(reg)
                          .Add({}, metrics::LatencyBuckets());
   leased_ = &prometheus::BuildCounter()
@@ -52,25 +52,51 @@ Probe::Probe() {
   acked_[1] = &acked.Add({{"outcome", "delivered"}});
   acked_[2] = &acked.Add({{"outcome", "deferred"}});
   acked_[3] = &acked.Add({{"outcome", "bounced"}});
-  auto& depth =
-      prometheus::BuildGauge().Name("mx_queue_depth_recipients").Help("Recipients in the queue by state").Register(reg);
-  depth_[v1::RCPT_READY] = &depth.Add({{"state", "ready"}});
-  depth_[v1::RCPT_LEASED] = &depth.Add({{"state", "leased"}});
-  depth_[v1::RCPT_DEFERRED] = &depth.Add({{"state", "deferred"}});
-  messages_ = &prometheus::BuildGauge().Name("mx_queue_messages").Help("Messages in the queue").Register(reg).Add({});
+  depth_ = &prometheus::BuildGauge()
+                .Name("mx_queue_depth_recipients")
+                .Help("Recipients in the queue by state (this replica's view)")
+                .Register(reg);
+  messages_ = &prometheus::BuildGauge().Name("mx_queue_messages").Help("Messages in the queue").Register(reg);
   oldest_age_ = &prometheus::BuildGauge()
                      .Name("mx_queue_oldest_message_age_seconds")
                      .Help("Age of the oldest queued message")
-                     .Register(reg)
-                     .Add({});
+                     .Register(reg);
+  leader_changes_ = &prometheus::BuildCounter()
+                         .Name("mx_queue_raft_leader_changes_total")
+                         .Help("Times this replica gained or lost leadership of its shard")
+                         .Register(reg);
+  is_leader_ =
+      &prometheus::BuildGauge().Name("mx_queue_raft_is_leader").Help("1 if this replica leads its shard").Register(reg);
+  term_ = &prometheus::BuildGauge().Name("mx_queue_raft_term").Help("Current Raft term").Register(reg);
+  commit_index_ =
+      &prometheus::BuildGauge().Name("mx_queue_raft_commit_index").Help("Highest committed log index").Register(reg);
+  applied_index_ = &prometheus::BuildGauge()
+                        .Name("mx_queue_raft_applied_index")
+                        .Help("Highest log index applied to the state machine")
+                        .Register(reg);
 }
 
-void Probe::SetCounts(const QueueCounts& counts, int64_t oldest_age_seconds) {
-  for (int s : {v1::RCPT_READY, v1::RCPT_LEASED, v1::RCPT_DEFERRED}) {
-    depth_[s]->Set(static_cast<double>(counts.by_status[s]));
+void Probe::LeaderChanged(uint32_t shard) {
+  leader_changes_->Add({{"shard", std::to_string(shard)}}).Increment();
+}
+
+void Probe::SetRaft(uint32_t shard, bool leader, uint64_t term, uint64_t commit_index, uint64_t applied_index) {
+  const std::map<std::string, std::string> l{{"shard", std::to_string(shard)}};
+  is_leader_->Add(l).Set(leader ? 1 : 0);
+  term_->Add(l).Set(static_cast<double>(term));
+  commit_index_->Add(l).Set(static_cast<double>(commit_index));
+  applied_index_->Add(l).Set(static_cast<double>(applied_index));
+}
+
+void Probe::SetCounts(uint32_t shard, const QueueCounts& counts, int64_t oldest_age_seconds) {
+  const std::string sh = std::to_string(shard);
+  static constexpr std::pair<int, const char*> kStates[] = {
+      {v1::RCPT_READY, "ready"}, {v1::RCPT_LEASED, "leased"}, {v1::RCPT_DEFERRED, "deferred"}};
+  for (auto [s, name] : kStates) {
+    depth_->Add({{"state", name}, {"shard", sh}}).Set(static_cast<double>(counts.by_status[s]));
   }
-  messages_->Set(static_cast<double>(counts.messages));
-  oldest_age_->Set(static_cast<double>(oldest_age_seconds));
+  messages_->Add({{"shard", sh}}).Set(static_cast<double>(counts.messages));
+  oldest_age_->Add({{"shard", sh}}).Set(static_cast<double>(oldest_age_seconds));
 }
 
 }  // namespace mx::queue

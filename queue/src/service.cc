@@ -1,46 +1,135 @@
-// service.cc — the mx.v1.Queue gRPC service: Enqueue, Pull leases, Ack, admin reads.
+// service.cc — the mx.v1.Queue gRPC service over the shard replicas of a node.
 #include "mx/queue/service.h"
 
 #include <grpcpp/grpcpp.h>
 
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <map>
 #include <random>
 #include <thread>
 
+#include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
-#include "mx/queue/command_log.h"
+#include "mx/queue/client.h"
 #include "mx/queue/probe.h"
+#include "mx/queue/raft_log.h"
 #include "mx/queue/state_machine.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::queue {
 namespace {
 
+namespace fs = std::filesystem;
+
+constexpr size_t kSnapshotChunk = 1 << 20;
+
 grpc::Status ToGrpc(const Status& s) {
   if (s.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), s.message());
 }
 
-class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
- public:
-  QueueServiceImpl(const QueueConfig& config, const Clock& clock, std::unique_ptr<StateMachine> sm)
-      : config_(config), clock_(clock), sm_(std::move(sm)) {
-    LocalLogOptions lo;
-    lo.max_commands = config.group_commit_max_commands;
-    lo.max_bytes = config.group_commit_max_bytes;
-    lo.linger = config.group_commit_linger;
-    log_ = MakeLocalLog(*sm_, lo);
-    ticker_ = std::thread([this] { TickLoop(); });
+// host:port with the port moved up by `shard` (shard s's Raft transport).
+std::string ShardAddress(const std::string& hostport, uint32_t shard) {
+  auto hp = ParseHostPort(hostport);
+  HostPort out = *hp;
+  out.port = static_cast<uint16_t>(out.port + shard);
+  return out.ToString();
+}
+
+// Fetches a snapshot's checkpoint files from the replica that took it.
+Status FetchSnapshotFiles(const v1::SnapshotManifest& m, const std::string& dir) {
+  if (m.source_address().empty()) return Status(Code::kFailedPrecondition, "snapshot names no source address");
+  auto stub = v1::Queue::NewStub(MakeChannel(m.source_address()));
+  for (const auto& f : m.files()) {
+    const fs::path path = fs::path(dir) / f.name();
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    uint64_t offset = 0;
+    for (int attempt = 0; offset < f.size() || attempt == 0; ++attempt) {
+      if (attempt >= 5) return Status(Code::kUnavailable, "fetching " + f.name() + " failed 5 times");
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+      v1::FetchSnapshotRequest req;
+      req.set_shard(m.shard());
+      req.set_index(m.index());
+      req.set_file(f.name());
+      req.set_offset(offset);
+      auto reader = stub->FetchSnapshot(&ctx, req);
+      v1::FetchSnapshotChunk chunk;
+      while (reader->Read(&chunk)) {
+        out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+        offset += chunk.data().size();
+      }
+      auto st = reader->Finish();
+      if (!out) return Status(Code::kUnavailable, "writing " + path.string() + " failed");
+      if (st.ok() && offset >= f.size()) break;
+      if (!st.ok() && st.error_code() == grpc::StatusCode::NOT_FOUND) {
+        return Status(Code::kNotFound, "source no longer has snapshot " + std::to_string(m.index()));
+      }
+      if (!st.ok()) log::Warn("snapshot fetch of " + f.name() + " interrupted: " + st.error_message() + "; resuming");
+    }
+    out.close();
   }
-  ~QueueServiceImpl() override { Stop(); }
+  return Status::Ok();
+}
 
-  grpc::Service* service() override { return this; }
+// One shard replica hosted by this node.
+class Shard {
+ public:
+  Shard(uint32_t id, const QueueConfig& config, const Clock& clock, std::map<uint64_t, std::string> peers)
+      : id_(id), config_(config), clock_(clock), peers_(std::move(peers)), tag_("shard " + std::to_string(id)) {}
+  ~Shard() { Stop(); }
 
-  void Stop() override {
+  mx::Status Start() {
+    const fs::path base = fs::path(config_.data_dir) / ("shard-" + std::to_string(id_));
+    std::error_code ec;
+    fs::create_directories(base, ec);
+    if (ec) return mx::Status(Code::kUnavailable, "cannot create " + base.string() + ": " + ec.message());
+    StateMachineOptions so;
+    so.dir = (base / "db").string();
+    so.sync = false;  // the Raft log is the durable record
+    so.class_factor = config_.class_factor;
+    so.recipient_factor = config_.recipient_factor;
+    so.retry_factor = config_.retry_factor;
+    auto sm = StateMachine::Open(so);
+    if (!sm.ok()) return sm.status();
+    sm_ = std::move(sm).value();
+
+    RaftLogOptions ro;
+    ro.shard = id_;
+    ro.node_id = config_.node_id;
+    ro.raft_bind = ShardAddress(config_.raft_listen, id_);
+    ro.raft_address = ro.raft_bind;
+    for (const auto& p : config_.peers) {
+      if (p.id == config_.node_id) ro.raft_address = ShardAddress(p.raft, id_);
+      if (!config_.join) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id_)});
+    }
+    ro.grpc_address = SelfAddress();
+    ro.dir = (base / "raft").string();
+    ro.snapshot_dir = (base / "snapshots").string();
+    ro.election_timeout_ms = static_cast<unsigned>(config_.election_timeout.count());
+    ro.heartbeat_timeout_ms = static_cast<unsigned>(config_.heartbeat_timeout.count());
+    ro.snapshot_threshold = config_.snapshot_threshold;
+    ro.snapshot_trailing = config_.snapshot_trailing;
+    ro.max_batch_commands = config_.group_commit_max_commands;
+    ro.max_batch_bytes = config_.group_commit_max_bytes;
+    ro.linger = config_.group_commit_linger;
+    ro.max_inflight_entries = config_.max_inflight_entries;
+    snapshot_dir_ = ro.snapshot_dir;
+    auto log = StartRaftLog(ro, *sm_, &FetchSnapshotFiles);
+    if (!log.ok()) return log.status();
+    log_ = std::move(log).value();
+    log_->OnLeadershipChange([this](bool) { SignalWork(); });
+    log::Info(tag_ + " opened " + so.dir + " at applied index " + std::to_string(sm_->applied_index()) + ", " +
+              std::to_string(sm_->counts().messages) + " messages");
+    ticker_ = std::thread([this] { TickLoop(); });
+    return mx::Status::Ok();
+  }
+
+  void Stop() {
     {
       std::lock_guard lock(pull_mu_);
       if (stopping_) return;
@@ -48,23 +137,55 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       pull_cv_.notify_all();
     }
     if (ticker_.joinable()) ticker_.join();
-    log_->Stop();
+    if (log_) log_->Stop();
   }
 
-  grpc::Status Enqueue(grpc::ServerContext*, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp) override {
+  StateMachine& sm() { return *sm_; }
+  RaftLog& log() { return *log_; }
+  const std::string& snapshot_dir() const { return snapshot_dir_; }
+
+  // gRPC address of a queue node: the replicated member table, then the config.
+  std::string AddressOf(uint64_t node_id) const {
+    if (node_id == 0) return "";
+    auto members = sm_->Members();
+    if (auto it = members.find(node_id); it != members.end()) return it->second;
+    if (auto it = peers_.find(node_id); it != peers_.end()) return it->second;
+    return "";
+  }
+  std::string SelfAddress() const {
+    auto it = peers_.find(config_.node_id);
+    return it != peers_.end() ? it->second : config_.listen;
+  }
+
+  // UNAVAILABLE with the leader's address, when this replica is not the leader.
+  grpc::Status NotLeader(grpc::ServerContext* ctx, const std::string& why = "") const {
+    std::string leader = AddressOf(log_->LeaderId());
+    if (!leader.empty() && log_->LeaderId() != config_.node_id) ctx->AddTrailingMetadata(kLeaderMetadataKey, leader);
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        (why.empty() ? tag_ + ": this replica is not the leader" : why) +
+                            (leader.empty() ? "; no leader known" : "; leader is " + leader));
+  }
+  // Maps a failed commit to a gRPC status, with the leader hint if leadership moved.
+  grpc::Status CommitFailed(grpc::ServerContext* ctx, const mx::Status& st) const {
+    if (st.code() == Code::kUnavailable) return NotLeader(ctx, st.message());
+    return ToGrpc(st);
+  }
+
+  grpc::Status Enqueue(grpc::ServerContext* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp) {
     auto start = std::chrono::steady_clock::now();
     const auto& m = req->message();
     if (auto st = ValidateNewMessage(m); !st.ok()) {
       Probe::Get().EnqueueRejected();
       return ToGrpc(st);
     }
+    if (!log_->IsLeader()) return NotLeader(ctx);
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     *cmd.mutable_enqueue()->mutable_message() = m;
     ApplyResult r = Commit(std::move(cmd));
     if (!r.status.ok()) {
       Probe::Get().EnqueueRejected();
-      return ToGrpc(r.status);
+      return CommitFailed(ctx, r.status);
     }
     SignalWork();
     resp->set_qid(m.envelope().qid());
@@ -73,13 +194,12 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     return grpc::Status::OK;
   }
 
-  grpc::Status Pull(grpc::ServerContext* ctx,
-                    grpc::ServerReaderWriter<v1::PullResponse, v1::PullRequest>* stream) override {
-    v1::PullRequest first;
-    if (!stream->Read(&first)) return grpc::Status::OK;
+  grpc::Status Pull(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::PullResponse, v1::PullRequest>* stream,
+                    const v1::PullRequest& first) {
     if (first.worker().empty()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first PullRequest must name the worker");
     }
+    if (!log_->IsLeader()) return NotLeader(ctx);
     const std::string worker = first.worker();
     // Leases of this worker's earlier incarnations (a crashed process) are void.
     if (auto slash = worker.rfind('/'); slash != std::string::npos && slash > 0) {
@@ -88,9 +208,10 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       cmd.mutable_release()->set_owner_prefix(worker.substr(0, slash + 1));
       cmd.mutable_release()->set_keep_owner(worker);
       ApplyResult r = Commit(std::move(cmd));
+      if (!r.status.ok()) return CommitFailed(ctx, r.status);
       if (r.made_ready > 0) {
-        log::Info("released " + std::to_string(r.made_ready) + " recipients leased by earlier incarnations of " +
-                  worker.substr(0, slash));
+        log::Info(tag_ + ": released " + std::to_string(r.made_ready) +
+                  " recipients leased by earlier incarnations of " + worker.substr(0, slash));
         SignalWork();
       }
     }
@@ -99,7 +220,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       bool done = false;
     } st;
     st.credits = first.credits();
-    log::Info("pull stream opened by worker " + worker);
+    log::Info(tag_ + ": pull stream opened by worker " + worker);
     std::thread reader([&] {
       v1::PullRequest r;
       while (stream->Read(&r)) {
@@ -111,6 +232,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       st.done = true;
       pull_cv_.notify_all();
     });
+    grpc::Status result = grpc::Status::OK;
     uint64_t seen_gen = ~0ULL;
     for (;;) {
       uint64_t credits;
@@ -124,6 +246,11 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         seen_gen = work_gen_;
       }
       if (ctx->IsCancelled()) break;
+      if (!log_->IsLeader()) {
+        // The worker reconnects to the new leader, which knows every lease.
+        result = NotLeader(ctx, tag_ + ": leadership moved");
+        break;
+      }
       v1::PullResponse resp;
       LeaseMessages(worker, static_cast<uint32_t>(std::min<uint64_t>(credits, config_.pull_batch)), &resp);
       if (resp.messages_size() == 0) continue;  // nothing ready: wait for a work signal
@@ -149,11 +276,11 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     }
     ctx->TryCancel();  // unblocks the reader's Read
     reader.join();
-    log::Info("pull stream closed by worker " + worker);
-    return grpc::Status::OK;
+    log::Info(tag_ + ": pull stream closed by worker " + worker);
+    return result;
   }
 
-  grpc::Status Ack(grpc::ServerContext*, const v1::AckRequest* req, v1::AckResponse*) override {
+  grpc::Status Ack(grpc::ServerContext* ctx, const v1::AckRequest* req) {
     int64_t now = clock_.NowUnixMicros();
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(now);
@@ -162,6 +289,12 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
       if (r.qid().empty() || r.outcome() == v1::OUTCOME_UNSPECIFIED) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "every result needs a qid and an outcome");
       }
+    }
+    for (const auto& d : req->dsns()) {
+      if (auto st = ValidateNewMessage(d); !st.ok()) return ToGrpc(st);
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    for (const auto& r : req->results()) {
       auto* out = op->add_results();
       *out = r;
       if (r.outcome() == v1::OUTCOME_DEFERRED) {
@@ -169,52 +302,94 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         uint32_t attempts = rc.ok() ? rc->attempts() : 0;
         out->set_next_attempt_unix_us(now + Backoff(attempts));
       }
-      Probe::Get().Acked(r.outcome());
     }
-    for (const auto& d : req->dsns()) {
-      if (auto st = ValidateNewMessage(d); !st.ok()) return ToGrpc(st);
-      *op->add_dsns() = d;
-    }
+    for (const auto& d : req->dsns()) *op->add_dsns() = d;
     ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) return ToGrpc(r.status);
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    for (const auto& res : req->results()) Probe::Get().Acked(res.outcome());
     if (r.made_ready > 0) SignalWork();
     return grpc::Status::OK;
   }
 
-  grpc::Status List(grpc::ServerContext*, const v1::ListRequest* req, v1::ListResponse* resp) override {
-    sm_->List(*req, resp);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetStats(grpc::ServerContext*, const v1::GetStatsRequest*, v1::GetStatsResponse* resp) override {
-    sm_->Stats(resp);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status RecordStats(grpc::ServerContext*, const v1::RecordStatsRequest* req, v1::RecordStatsResponse*) override {
+  grpc::Status RecordStats(grpc::ServerContext* ctx, const v1::RecordStatsRequest* req) {
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     for (const auto& d : req->deltas()) {
       if (d.mailer().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "mailer is required");
       *cmd.mutable_stats()->add_deltas() = d;
     }
-    return ToGrpc(Commit(std::move(cmd)).status);
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    ApplyResult r = Commit(std::move(cmd));
+    return r.status.ok() ? grpc::Status::OK : CommitFailed(ctx, r.status);
+  }
+
+  // Membership: record the gRPC address (replicated), then change Raft's configuration.
+  grpc::Status AddReplica(grpc::ServerContext* ctx, const v1::AddReplicaRequest* req) {
+    if (req->node_id() == 0 || req->grpc_address().empty() || req->raft_address().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "node_id, grpc_address and raft_address are required");
+    }
+    if (!ParseHostPort(req->grpc_address()).ok() || !ParseHostPort(req->raft_address()).ok()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "addresses must be host:port");
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    cmd.mutable_member()->set_node_id(req->node_id());
+    cmd.mutable_member()->set_grpc_address(req->grpc_address());
+    if (auto r = Commit(std::move(cmd)); !r.status.ok()) return CommitFailed(ctx, r.status);
+    mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_->AddVoter(req->node_id(), req->raft_address(), d); });
+    if (!st.ok()) return ToGrpc(st);
+    log::Info(tag_ + ": added node " + std::to_string(req->node_id()) + " (" + req->raft_address() + ") as a voter");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req) {
+    if (req->node_id() == 0) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "node_id is required");
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_->RemoveServer(req->node_id(), d); });
+    if (!st.ok()) return ToGrpc(st);
+    log::Info(tag_ + ": removed node " + std::to_string(req->node_id()));
+    if (log_->IsLeader()) {
+      v1::QueueCommand cmd;
+      cmd.set_now_unix_us(clock_.NowUnixMicros());
+      cmd.mutable_member()->set_node_id(req->node_id());
+      cmd.mutable_member()->set_removed(true);
+      Commit(std::move(cmd));  // best effort: the address entry is only a hint
+    }
+    return grpc::Status::OK;
+  }
+
+  v1::ReplicaStatus ReplicaStatus() const {
+    auto s = log_->GetStatus();
+    s.set_leader_address(AddressOf(s.leader_id()));
+    return s;
   }
 
  private:
-  Status ValidateNewMessage(const v1::NewMessage& m) const {
+  mx::Status ValidateNewMessage(const v1::NewMessage& m) const {
     const auto& env = m.envelope();
     if (QidGenerator::TimeOf(env.qid()) < 0) {
-      return Status(Code::kInvalidArgument, "envelope.qid '" + env.qid() + "' is not a valid queue id");
+      return mx::Status(Code::kInvalidArgument, "envelope.qid '" + env.qid() + "' is not a valid queue id");
     }
-    if (m.recipients_size() == 0) return Status(Code::kInvalidArgument, "a message needs at least one recipient");
+    if (m.recipients_size() == 0) return mx::Status(Code::kInvalidArgument, "a message needs at least one recipient");
     for (const auto& r : m.recipients()) {
-      if (r.address().empty()) return Status(Code::kInvalidArgument, "empty recipient address");
+      if (r.address().empty()) return mx::Status(Code::kInvalidArgument, "empty recipient address");
     }
     if (env.size() != m.body().size()) {
-      return Status(Code::kInvalidArgument, "envelope.size does not match the body length");
+      return mx::Status(Code::kInvalidArgument, "envelope.size does not match the body length");
     }
-    return Status::Ok();
+    return mx::Status::Ok();
+  }
+
+  template <typename Fn>
+  mx::Status WaitChange(Fn start) {
+    auto p = std::make_shared<std::promise<mx::Status>>();
+    auto f = p->get_future();
+    start([p](const mx::Status& st) { p->set_value(st); });
+    if (f.wait_for(std::chrono::minutes(2)) != std::future_status::ready) {
+      return mx::Status(Code::kDeadlineExceeded, "membership change did not finish within 2 minutes");
+    }
+    return f.get();
   }
 
   // Exponential retry delay after `attempts` earlier failures, with jitter,
@@ -286,7 +461,8 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     }
   }
 
-  // Returns due deferred recipients and expired leases to ready; refreshes gauges.
+  // Leader: returns due deferred recipients and expired leases to ready.
+  // Every replica: refreshes its gauges.
   void TickLoop() {
     for (;;) {
       {
@@ -295,7 +471,7 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         if (stopping_) return;
       }
       int64_t now = clock_.NowUnixMicros();
-      if (sm_->EarliestScheduled() <= now) {
+      if (log_->IsLeader() && sm_->EarliestScheduled() <= now) {
         v1::QueueCommand cmd;
         cmd.set_now_unix_us(now);
         cmd.mutable_tick()->set_max_items(10000);
@@ -303,14 +479,18 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
         if (r.status.ok() && r.made_ready > 0) SignalWork();
       }
       int64_t oldest = sm_->OldestArrival();
-      Probe::Get().SetCounts(sm_->counts(), oldest > 0 ? (now - oldest) / 1'000'000 : 0);
+      Probe::Get().SetCounts(id_, sm_->counts(), oldest > 0 ? (now - oldest) / 1'000'000 : 0);
     }
   }
 
+  const uint32_t id_;
   QueueConfig config_;
   const Clock& clock_;
+  const std::map<uint64_t, std::string> peers_;  // from the config: node id -> gRPC address
+  const std::string tag_;
+  std::string snapshot_dir_;
   std::unique_ptr<StateMachine> sm_;
-  std::unique_ptr<CommandLog> log_;
+  std::unique_ptr<RaftLog> log_;
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
@@ -319,23 +499,149 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
   std::thread ticker_;
 };
 
+class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
+ public:
+  QueueServiceImpl(const QueueConfig& config, const Clock& clock) : config_(config) {
+    std::map<uint64_t, std::string> peers;
+    for (const auto& p : config.peers) peers[p.id] = p.grpc;
+    for (uint32_t s = 0; s < config.shards; ++s) shards_.push_back(std::make_unique<Shard>(s, config, clock, peers));
+  }
+  ~QueueServiceImpl() override { Stop(); }
+
+  Status Start() {
+    for (auto& s : shards_) {
+      if (auto st = s->Start(); !st.ok()) return st;
+    }
+    return Status::Ok();
+  }
+
+  grpc::Service* service() override { return this; }
+  void Stop() override {
+    for (auto& s : shards_) s->Stop();
+  }
+
+  grpc::Status Enqueue(grpc::ServerContext* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->Enqueue(ctx, req, resp) : err;
+  }
+
+  grpc::Status Pull(grpc::ServerContext* ctx,
+                    grpc::ServerReaderWriter<v1::PullResponse, v1::PullRequest>* stream) override {
+    v1::PullRequest first;
+    if (!stream->Read(&first)) return grpc::Status::OK;
+    grpc::Status err;
+    auto* s = Find(first.shard(), &err);
+    return s ? s->Pull(ctx, stream, first) : err;
+  }
+
+  grpc::Status Ack(grpc::ServerContext* ctx, const v1::AckRequest* req, v1::AckResponse*) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->Ack(ctx, req) : err;
+  }
+
+  grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req, v1::ListResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    if (!s) return err;
+    if (!s->log().IsLeader()) return s->NotLeader(ctx);
+    s->sm().List(*req, resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetStats(grpc::ServerContext* ctx, const v1::GetStatsRequest* req, v1::GetStatsResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    if (!s) return err;
+    if (!s->log().IsLeader()) return s->NotLeader(ctx);
+    s->sm().Stats(resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status RecordStats(grpc::ServerContext* ctx, const v1::RecordStatsRequest* req,
+                           v1::RecordStatsResponse*) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->RecordStats(ctx, req) : err;
+  }
+
+  grpc::Status FetchSnapshot(grpc::ServerContext* ctx, const v1::FetchSnapshotRequest* req,
+                             grpc::ServerWriter<v1::FetchSnapshotChunk>* writer) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    if (!s) return err;
+    const auto& name = req->file();
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad snapshot file name '" + name + "'");
+    }
+    const fs::path path = fs::path(s->snapshot_dir()) / std::to_string(req->index()) / name;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "no file " + name + " in snapshot " + std::to_string(req->index()) + " (pruned?)");
+    }
+    in.seekg(static_cast<std::streamoff>(req->offset()));
+    std::string buf(kSnapshotChunk, '\0');
+    v1::FetchSnapshotChunk chunk;
+    while (!ctx->IsCancelled()) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      auto n = in.gcount();
+      if (n <= 0) break;
+      chunk.set_data(buf.data(), static_cast<size_t>(n));
+      if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "fetcher went away");
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetReplicaStatus(grpc::ServerContext*, const v1::GetReplicaStatusRequest*,
+                                v1::GetReplicaStatusResponse* resp) override {
+    resp->set_node_id(config_.node_id);
+    for (auto& s : shards_) {
+      *resp->add_replicas() = s->ReplicaStatus();
+      if (resp->address().empty()) resp->set_address(s->SelfAddress());
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status AddReplica(grpc::ServerContext* ctx, const v1::AddReplicaRequest* req,
+                          v1::AddReplicaResponse*) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->AddReplica(ctx, req) : err;
+  }
+
+  grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req,
+                             v1::RemoveReplicaResponse*) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->RemoveReplica(ctx, req) : err;
+  }
+
+ private:
+  Shard* Find(uint32_t shard, grpc::Status* err) {
+    if (shard >= shards_.size()) {
+      *err =
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no shard " + std::to_string(shard) + " (this cluster has " +
+                                                               std::to_string(shards_.size()) + ")");
+      return nullptr;
+    }
+    return shards_[shard].get();
+  }
+
+  QueueConfig config_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<QueueNode>> StartQueueNode(const QueueConfig& config, const Clock& clock) {
-  std::error_code ec;
-  std::filesystem::create_directories(config.data_dir, ec);
-  if (ec) return Status(Code::kUnavailable, "cannot create queue.data_dir " + config.data_dir + ": " + ec.message());
-  StateMachineOptions so;
-  so.dir = config.data_dir;
-  so.sync = true;
-  so.class_factor = config.class_factor;
-  so.recipient_factor = config.recipient_factor;
-  so.retry_factor = config.retry_factor;
-  auto sm = StateMachine::Open(so);
-  if (!sm.ok()) return sm.status();
-  log::Info("queue shard " + std::to_string(config.shard) + " opened " + config.data_dir + " at applied index " +
-            std::to_string((*sm)->applied_index()) + ", " + std::to_string((*sm)->counts().messages) + " messages");
-  return std::unique_ptr<QueueNode>(new QueueServiceImpl(config, clock, std::move(sm).value()));
+  auto node = std::make_unique<QueueServiceImpl>(config, clock);
+  if (auto st = node->Start(); !st.ok()) {
+    node->Stop();
+    return st;
+  }
+  return std::unique_ptr<QueueNode>(std::move(node));
 }
 
 }  // namespace mx::queue

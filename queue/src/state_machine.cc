@@ -3,9 +3,11 @@
 
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
+#include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/utilities/write_batch_with_index.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 
 #include "mx/common/log.h"
@@ -19,6 +21,7 @@ constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", 
 constexpr const char* kAppliedKey = "applied";
 constexpr const char* kCountsKey = "counts";
 constexpr const char* kStatsSinceKey = "stats_since";
+constexpr const char* kMemberPrefix = "member/";
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -121,7 +124,18 @@ void AddStats(v1::MailerStats* into, const v1::MailerStats& d) {
 Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptions& options) {
   auto sm = std::unique_ptr<StateMachine>(new StateMachine());
   sm->options_ = options;
+  // A crash in the middle of ReplaceFrom() leaves the previous store at dir.old.
+  std::error_code ec;
+  const std::string old_dir = options.dir + ".old";
+  if (!std::filesystem::exists(options.dir, ec) && std::filesystem::exists(old_dir, ec)) {
+    std::filesystem::rename(old_dir, options.dir, ec);
+    if (ec) return Status(Code::kInternal, "recover " + old_dir + ": " + ec.message());
+  }
+  if (auto st = sm->OpenDb(); !st.ok()) return st;
+  return sm;
+}
 
+Status StateMachine::OpenDb() {
   rocksdb::DBOptions db_opts;
   db_opts.create_if_missing = true;
   db_opts.create_missing_column_families = true;
@@ -141,47 +155,108 @@ Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptio
     }
     cfs.emplace_back(name, o);
   }
-  auto s = rocksdb::DB::Open(db_opts, options.dir, cfs, &sm->handles_, &sm->db_);
-  if (!s.ok()) return FromRocks(s, ("open queue store " + options.dir).c_str());
-  sm->msg_ = sm->handles_[1];
-  sm->rcpt_ = sm->handles_[2];
-  sm->ready_ = sm->handles_[3];
-  sm->sched_ = sm->handles_[4];
-  sm->lease_ = sm->handles_[5];
-  sm->stats_ = sm->handles_[6];
-  sm->meta_ = sm->handles_[7];
+  auto s = rocksdb::DB::Open(db_opts, options_.dir, cfs, &handles_, &db_);
+  if (!s.ok()) return FromRocks(s, ("open queue store " + options_.dir).c_str());
+  msg_ = handles_[1];
+  rcpt_ = handles_[2];
+  ready_ = handles_[3];
+  sched_ = handles_[4];
+  lease_ = handles_[5];
+  stats_ = handles_[6];
+  meta_ = handles_[7];
 
+  std::lock_guard lock(mem_mu_);
+  counts_ = QueueCounts{};
+  ready_index_.clear();
+  lease_index_.clear();
+  members_.clear();
+  sched_floor_ = INT64_MIN;
+  applied_ = 0;
   std::string v;
-  s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kAppliedKey, &v);
+  s = db_->Get(rocksdb::ReadOptions(), meta_, kAppliedKey, &v);
   if (s.ok())
-    sm->applied_ = DecodeU64(v);
+    applied_ = DecodeU64(v);
   else if (!s.IsNotFound())
     return FromRocks(s, "read applied index");
-  s = sm->db_->Get(rocksdb::ReadOptions(), sm->meta_, kCountsKey, &v);
+  s = db_->Get(rocksdb::ReadOptions(), meta_, kCountsKey, &v);
   if (s.ok()) {
     for (size_t i = 0; i < 7 && (i + 1) * 8 <= v.size(); ++i) {
       int64_t n = static_cast<int64_t>(DecodeU64(v.substr(i * 8, 8)));
       if (i == 0)
-        sm->counts_.messages = n;
+        counts_.messages = n;
       else
-        sm->counts_.by_status[i - 1] = n;
+        counts_.by_status[i - 1] = n;
     }
   }
   // The one full scan of `ready` and `lease`; afterwards they are read from memory.
-  for (auto [cf, index] : {std::pair{sm->ready_, &sm->ready_index_}, std::pair{sm->lease_, &sm->lease_index_}}) {
-    std::unique_ptr<rocksdb::Iterator> it(sm->db_->NewIterator(rocksdb::ReadOptions(), cf));
+  for (auto [cf, index] : {std::pair{ready_, &ready_index_}, std::pair{lease_, &lease_index_}}) {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       keys::Item item;
       if (keys::Decode(it->key().ToStringView(), &item)) index->insert(IndexKey{item.order, item.qid, item.index});
     }
     if (!it->status().ok()) return FromRocks(it->status(), "load queue index");
   }
-  return sm;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(kMemberPrefix); it->Valid() && it->key().starts_with(kMemberPrefix); it->Next()) {
+    uint64_t id = DecodeU64(it->key().ToString().substr(std::string_view(kMemberPrefix).size()));
+    members_[id] = it->value().ToString();
+  }
+  return FromRocks(it->status(), "load members");
+}
+
+void StateMachine::CloseDb() {
+  for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+  handles_.clear();
+  delete db_;
+  db_ = nullptr;
 }
 
 StateMachine::~StateMachine() {
-  for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
-  delete db_;
+  if (db_) CloseDb();
+}
+
+Result<std::vector<std::pair<std::string, uint64_t>>> StateMachine::CreateCheckpoint(const std::string& dir) const {
+  std::shared_lock db_lock(db_mu_);
+  rocksdb::Checkpoint* raw = nullptr;
+  auto s = rocksdb::Checkpoint::Create(db_, &raw);
+  if (!s.ok()) return FromRocks(s, "checkpoint");
+  std::unique_ptr<rocksdb::Checkpoint> cp(raw);
+  // log_size_for_flush 0: memtables are flushed, so the checkpoint needs no WAL replay.
+  s = cp->CreateCheckpoint(dir, /*log_size_for_flush=*/0);
+  if (!s.ok()) return FromRocks(s, ("checkpoint to " + dir).c_str());
+  std::vector<std::pair<std::string, uint64_t>> files;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.is_regular_file()) files.emplace_back(e.path().filename().string(), e.file_size());
+  }
+  if (ec) return Status(Code::kInternal, "list checkpoint " + dir + ": " + ec.message());
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+Status StateMachine::ReplaceFrom(const std::string& checkpoint_dir) {
+  std::unique_lock db_lock(db_mu_);
+  const std::string old_dir = options_.dir + ".old";
+  CloseDb();
+  std::error_code ec;
+  std::filesystem::remove_all(old_dir, ec);
+  std::filesystem::rename(options_.dir, old_dir, ec);
+  if (ec) return Status(Code::kInternal, "move aside " + options_.dir + ": " + ec.message());
+  std::filesystem::rename(checkpoint_dir, options_.dir, ec);
+  if (ec) {
+    std::filesystem::rename(old_dir, options_.dir, ec);
+    if (auto st = OpenDb(); !st.ok()) return st;
+    return Status(Code::kInternal, "install checkpoint " + checkpoint_dir + ": " + ec.message());
+  }
+  if (auto st = OpenDb(); !st.ok()) return st;
+  std::filesystem::remove_all(old_dir, ec);
+  return Status::Ok();
+}
+
+std::map<uint64_t, std::string> StateMachine::Members() const {
+  std::lock_guard lock(mem_mu_);
+  return members_;
 }
 
 QueueCounts StateMachine::counts() const {
@@ -189,9 +264,11 @@ QueueCounts StateMachine::counts() const {
   return counts_;
 }
 
-Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::QueueCommand*>& commands,
+Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueCommand*>& commands,
                            std::vector<ApplyResult>* results) {
   results->assign(commands.size(), ApplyResult{});
+  std::shared_lock db_lock(db_mu_);
+  if (index <= applied_.load()) return Status::Ok();  // replayed entry: already applied
   Batch b(*this);
   ApplyContext ctx;
   {
@@ -200,8 +277,8 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
     ctx.sched_floor = sched_floor_;
   }
   ctx.retry_factor = options_.retry_factor;
-  uint64_t last = applied_.load();
   bool stats_touched = false;
+  std::vector<std::pair<uint64_t, std::string>> member_ops;  // "" = removed
 
   // Recipient transitions shared by the command handlers.
   auto clear_index = [&](const v1::Recipient& r, const std::string& qid) {
@@ -446,8 +523,6 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
   };
 
   for (size_t i = 0; i < commands.size(); ++i) {
-    uint64_t index = first_index + i;
-    if (index <= last) continue;  // replayed entry: already applied
     const auto& cmd = *commands[i];
     auto* res = &(*results)[i];
     Status st;
@@ -461,10 +536,19 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
         for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
         stats_touched = true;
         break;
+      case v1::QueueCommand::kMember: {
+        const auto& m = cmd.member();
+        std::string key = kMemberPrefix + EncodeU64(m.node_id());
+        if (m.removed())
+          b.Delete(meta_, key);
+        else
+          b.Put(meta_, key, m.grpc_address());
+        member_ops.emplace_back(m.node_id(), m.removed() ? "" : m.grpc_address());
+        break;
+      }
       default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
     }
     if (!st.ok()) return st;  // storage failure: nothing written
-    last = index;
   }
 
   if (stats_touched) {
@@ -484,15 +568,21 @@ Status StateMachine::Apply(uint64_t first_index, const std::vector<const v1::Que
   std::string counts_blob = EncodeU64(static_cast<uint64_t>(ctx.counts.messages));
   for (auto n : ctx.counts.by_status) counts_blob += EncodeU64(static_cast<uint64_t>(n));
   b.Put(meta_, kCountsKey, counts_blob);
-  b.Put(meta_, kAppliedKey, EncodeU64(last));
+  b.Put(meta_, kAppliedKey, EncodeU64(index));
 
   rocksdb::WriteOptions wo;
   wo.sync = options_.sync;
   auto s = db_->Write(wo, b.write_batch());
   if (!s.ok()) return FromRocks(s, "queue write");
-  applied_ = last;
+  applied_ = index;
   {
     std::lock_guard lock(mem_mu_);
+    for (auto& [id, address] : member_ops) {
+      if (address.empty())
+        members_.erase(id);
+      else
+        members_[id] = address;
+    }
     counts_ = ctx.counts;
     sched_floor_ = ctx.sched_floor;
     for (auto& op : ctx.index_ops) {
@@ -525,6 +615,7 @@ int64_t StateMachine::EarliestScheduled() const {
     if (!lease_index_.empty()) earliest = lease_index_.begin()->order;
     floor = sched_floor_;
   }
+  std::shared_lock db_lock(db_mu_);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), sched_));
   it->Seek(keys::Sched(floor));
   keys::Item item;
@@ -533,6 +624,7 @@ int64_t StateMachine::EarliestScheduled() const {
 }
 
 int64_t StateMachine::OldestArrival() const {
+  std::shared_lock db_lock(db_mu_);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), msg_));
   it->SeekToFirst();
   if (!it->Valid()) return 0;
@@ -542,6 +634,7 @@ int64_t StateMachine::OldestArrival() const {
 }
 
 Result<v1::Envelope> StateMachine::GetEnvelope(const std::string& qid) const {
+  std::shared_lock db_lock(db_mu_);
   std::string v;
   auto s = db_->Get(rocksdb::ReadOptions(), msg_, qid, &v);
   if (s.IsNotFound()) return Status(Code::kNotFound, "no message " + qid);
@@ -552,6 +645,7 @@ Result<v1::Envelope> StateMachine::GetEnvelope(const std::string& qid) const {
 }
 
 Result<std::string> StateMachine::GetBody(const std::string& qid) const {
+  std::shared_lock db_lock(db_mu_);
   std::string v;
   auto s = db_->Get(rocksdb::ReadOptions(), msg_, keys::Body(qid), &v);
   if (s.IsNotFound()) return Status(Code::kNotFound, "no body for " + qid);
@@ -560,6 +654,11 @@ Result<std::string> StateMachine::GetBody(const std::string& qid) const {
 }
 
 Result<v1::Recipient> StateMachine::GetRecipient(const std::string& qid, uint32_t index) const {
+  std::shared_lock db_lock(db_mu_);
+  return GetRecipientUnlocked(qid, index);
+}
+
+Result<v1::Recipient> StateMachine::GetRecipientUnlocked(const std::string& qid, uint32_t index) const {
   std::string v;
   auto s = db_->Get(rocksdb::ReadOptions(), rcpt_, keys::Rcpt(qid, index), &v);
   if (s.IsNotFound()) return Status(Code::kNotFound, "no recipient " + qid);
@@ -570,15 +669,21 @@ Result<v1::Recipient> StateMachine::GetRecipient(const std::string& qid, uint32_
 }
 
 std::vector<v1::Recipient> StateMachine::GetRecipients(const std::string& qid, uint32_t nrcpts) const {
+  std::shared_lock db_lock(db_mu_);
+  return GetRecipientsUnlocked(qid, nrcpts);
+}
+
+std::vector<v1::Recipient> StateMachine::GetRecipientsUnlocked(const std::string& qid, uint32_t nrcpts) const {
   std::vector<v1::Recipient> out;
   for (uint32_t i = 0; i < nrcpts; ++i) {
-    auto r = GetRecipient(qid, i);
+    auto r = GetRecipientUnlocked(qid, i);
     if (r.ok()) out.push_back(std::move(r).value());
   }
   return out;
 }
 
 void StateMachine::List(const v1::ListRequest& filter, v1::ListResponse* out) const {
+  std::shared_lock db_lock(db_mu_);
   uint32_t limit = filter.limit() ? filter.limit() : 1000;
   uint64_t matched = 0;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), msg_));
@@ -590,7 +695,7 @@ void StateMachine::List(const v1::ListRequest& filter, v1::ListResponse* out) co
     v1::Envelope env;
     if (!env.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
     if (!filter.sender().empty() && env.sender().find(filter.sender()) == std::string::npos) continue;
-    auto rcpts = GetRecipients(qid, env.nrcpts());
+    auto rcpts = GetRecipientsUnlocked(qid, env.nrcpts());
     if (!filter.recipient().empty()) {
       bool any = false;
       for (const auto& r : rcpts) any = any || r.address().find(filter.recipient()) != std::string::npos;
@@ -608,6 +713,7 @@ void StateMachine::List(const v1::ListRequest& filter, v1::ListResponse* out) co
 }
 
 void StateMachine::Stats(v1::GetStatsResponse* out) const {
+  std::shared_lock db_lock(db_mu_);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), stats_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     v1::MailerStats s;

@@ -175,6 +175,7 @@ class Mxd:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.smtp_port = free_port()
         self.queue_port = free_port()
+        self.raft_port = free_port()
         self.control_port = free_port()
         self.metrics_port = free_port()
         self.role = role
@@ -186,6 +187,7 @@ class Mxd:
             "ingress": {"listen": f"127.0.0.1:{self.smtp_port}", "max_message_size": "1M"},
             "queue": {
                 "listen": f"127.0.0.1:{self.queue_port}",
+                "raft_listen": f"127.0.0.1:{self.raft_port}",
                 "data_dir": str(workdir / "queue"),
                 "min_backoff": "1s",
                 "max_backoff": "2s",

@@ -25,6 +25,7 @@ class StateMachineTest : public ::testing::Test {
   void TearDown() override {
     sm_.reset();
     std::filesystem::remove_all(dir_);
+    std::filesystem::remove_all(dir_.string() + "-cp");
   }
   void Open() {
     sm_.reset();
@@ -208,8 +209,7 @@ TEST_F(StateMachineTest, BatchSeesItsOwnWrites) {
   auto l1 = Lease({ref}, kT0, kT0 + kSec);
   auto l2 = Lease({ref}, kT0, kT0 + kSec);
   std::vector<ApplyResult> res;
-  ASSERT_TRUE(sm_->Apply(index_ + 1, {&enq, &l1, &l2}, &res).ok());
-  index_ += 3;
+  ASSERT_TRUE(sm_->Apply(++index_, {&enq, &l1, &l2}, &res).ok());
   EXPECT_EQ(res[1].leased.size(), 1u);
   EXPECT_TRUE(res[2].leased.empty());  // the second lease saw the first in the same batch
 }
@@ -227,6 +227,33 @@ TEST_F(StateMachineTest, ReplayedEntriesAreSkippedAndStateSurvivesReopen) {
   EXPECT_TRUE(res[0].status.ok());
   EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
   EXPECT_EQ(sm_->counts().by_status[v1::RCPT_READY], 1);
+}
+
+TEST_F(StateMachineTest, CheckpointReplacesTheStoreAndReloadsIndexes) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@x.test"}));
+  v1::QueueCommand member;
+  member.mutable_member()->set_node_id(7);
+  member.mutable_member()->set_grpc_address("127.0.0.7:7400");
+  Apply(member);
+  const uint64_t at = sm_->applied_index();
+  auto cp_dir = dir_.string() + "-cp";  // beside the store, as Raft snapshots are
+  auto files = sm_->CreateCheckpoint(cp_dir);
+  ASSERT_TRUE(files.ok()) << files.status().ToString();
+  EXPECT_FALSE(files->empty());
+  // Later changes exist only in the live store ...
+  Apply(Enqueue("00000000020000", {"c@x.test"}));
+  Apply(Lease(sm_->ReadyItems(1), kT0, kT0 + 60 * kSec));
+  ASSERT_EQ(sm_->counts().messages, 2);
+  // ... and are gone once the checkpoint replaces it.
+  ASSERT_TRUE(sm_->ReplaceFrom(cp_dir).ok());
+  EXPECT_EQ(sm_->applied_index(), at);
+  EXPECT_EQ(sm_->counts().messages, 1);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 2u);
+  EXPECT_EQ(sm_->EarliestScheduled(), INT64_MAX);  // no lease survived
+  EXPECT_EQ(sm_->Members().at(7), "127.0.0.7:7400");
+  EXPECT_FALSE(std::filesystem::exists(cp_dir));  // moved, not copied
+  Open();                                         // and the replacement is what a restart finds
+  EXPECT_EQ(sm_->applied_index(), at);
 }
 
 TEST_F(StateMachineTest, LeasesAndReadyIndexAreRebuiltOnReopen) {

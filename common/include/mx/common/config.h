@@ -37,14 +37,35 @@ struct IngressConfig {
   std::vector<std::string> mynetworks = {"127.0.0.0/8", "::1/128"};
   // Domains accepted from anyone (local-host-names and relay-domains).
   std::vector<std::string> relay_domains;
-  std::vector<std::string> queue;  // queue shard addresses (host:port)
+  std::vector<std::string> queue;  // queue node gRPC addresses to start from (default: queue.peers)
   unsigned threads = 0;            // io_context threads; 0 = one per core
 };
 
+// A queue replica as the rest of the cluster reaches it.
+struct QueuePeer {
+  uint64_t id = 0;   // Raft server id, unique in the cluster, never reused
+  std::string grpc;  // queue gRPC address (host:port)
+  std::string raft;  // Raft address of shard 0; shard s uses port + s
+};
+
 struct QueueConfig {
-  std::string listen = "127.0.0.1:7400";
+  std::string listen = "127.0.0.1:7400";  // gRPC
   std::string data_dir = "/var/lib/mx/queue";
-  uint32_t shard = 0;
+  // Cluster-wide: every role of every node must agree on shards and peers.
+  uint32_t shards = 1;
+  // The replicas that bootstrap every shard (3 in a cluster). Default: this
+  // node alone, as in `mxd all`.
+  std::vector<QueuePeer> peers;
+  uint64_t node_id = 1;                        // this replica's id (in peers unless joining)
+  std::string raft_listen = "127.0.0.1:7500";  // bind address of shard 0's Raft transport
+  // Start with an empty shard and wait to be added (mxctl queue add-replica)
+  // instead of bootstrapping from peers.
+  bool join = false;
+  std::chrono::milliseconds election_timeout{1000};
+  std::chrono::milliseconds heartbeat_timeout{100};
+  uint32_t snapshot_threshold = 8192;  // log entries between snapshots
+  uint32_t snapshot_trailing = 2048;   // entries kept behind a snapshot for slow followers
+  uint32_t max_inflight_entries = 4;   // uncommitted entries before proposals wait (group commit)
   uint32_t group_commit_max_commands = 512;
   uint64_t group_commit_max_bytes = 16ULL << 20;
   std::chrono::microseconds group_commit_linger{0};
@@ -61,7 +82,7 @@ struct QueueConfig {
 };
 
 struct DeliveryConfig {
-  std::vector<std::string> queue;        // queue shard addresses
+  std::vector<std::string> queue;        // queue node gRPC addresses (default: queue.peers)
   std::vector<std::string> dns_servers;  // "ip:port"; empty = system resolv.conf
   std::string helo_name;                 // EHLO name; default: node hostname
   std::string smart_host;                // "[host]:port" bypasses MX lookup (SMART_HOST)

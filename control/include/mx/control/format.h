@@ -10,5 +10,7 @@ namespace mx::control {
 
 std::string FormatMailq(const v1::MailqResponse& resp);
 std::string FormatMailstats(const v1::MailstatsResponse& resp);
+// `mxctl cluster status`: every replica of every shard, leader first.
+std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp);
 
 }  // namespace mx::control

@@ -24,9 +24,15 @@ class EnqueueBackend {
   virtual void RecordStats(const v1::MailerStats& delta) = 0;
 };
 
-// Enqueues over gRPC to the queue shards at `targets`, picking a shard per
-// message by its qid. deadline bounds each call.
-std::shared_ptr<EnqueueBackend> MakeGrpcEnqueueBackend(const std::vector<std::string>& targets,
+// Enqueues over gRPC to the leader of one of `shards` shards, found from the
+// queue node addresses in `targets`. The shard is picked by the qid's hash,
+// skipping shards whose leader last failed. A call that fails because the
+// replica is not (or no longer) the leader, or is unreachable, is retried:
+// at once when the replica named the new leader, else with backoff; a retry
+// that finds the message already committed counts as success. `deadline`
+// bounds the whole Enqueue, retries included: then done gets the error and
+// the session answers 451 4.3.0 — never 250 without a quorum commit.
+std::shared_ptr<EnqueueBackend> MakeGrpcEnqueueBackend(const std::vector<std::string>& targets, uint32_t shards,
                                                        std::chrono::milliseconds deadline);
 
 }  // namespace mx::ingress

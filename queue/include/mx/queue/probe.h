@@ -2,8 +2,12 @@
 #pragma once
 
 #include <prometheus/counter.h>
+#include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
+
+#include <cstdint>
+#include <string>
 
 namespace mx::queue {
 
@@ -18,15 +22,17 @@ class Probe {
     enqueued_->Increment();
   }
   void EnqueueRejected() { enqueue_rejected_->Increment(); }
-  void Committed(size_t commands, double seconds) {
-    commit_batch_->Observe(static_cast<double>(commands));
-    commit_latency_->Observe(seconds);
-  }
+  // One log entry proposed with `commands` group-committed commands.
+  void Batched(size_t commands) { commit_batch_->Observe(static_cast<double>(commands)); }
+  // Time from proposing an entry to its commit and local apply.
+  void EntryCommitted(double seconds) { commit_latency_->Observe(seconds); }
+  void LeaderChanged(uint32_t shard);
+  void SetRaft(uint32_t shard, bool leader, uint64_t term, uint64_t commit_index, uint64_t applied_index);
   void Leased(size_t recipients) { leased_->Increment(static_cast<double>(recipients)); }
   void Acked(int outcome) {
     if (outcome >= 1 && outcome <= 3) acked_[outcome]->Increment();
   }
-  void SetCounts(const QueueCounts& counts, int64_t oldest_age_seconds);
+  void SetCounts(uint32_t shard, const QueueCounts& counts, int64_t oldest_age_seconds);
 
  private:
   Probe();
@@ -37,9 +43,14 @@ class Probe {
   prometheus::Histogram* commit_latency_;
   prometheus::Counter* leased_;
   prometheus::Counter* acked_[4] = {};
-  prometheus::Gauge* depth_[6] = {};
-  prometheus::Gauge* messages_;
-  prometheus::Gauge* oldest_age_;
+  prometheus::Family<prometheus::Gauge>* depth_;
+  prometheus::Family<prometheus::Gauge>* messages_;
+  prometheus::Family<prometheus::Gauge>* oldest_age_;
+  prometheus::Family<prometheus::Counter>* leader_changes_;
+  prometheus::Family<prometheus::Gauge>* is_leader_;
+  prometheus::Family<prometheus::Gauge>* term_;
+  prometheus::Family<prometheus::Gauge>* commit_index_;
+  prometheus::Family<prometheus::Gauge>* applied_index_;
 };
 
 }  // namespace mx::queue

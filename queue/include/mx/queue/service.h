@@ -1,8 +1,12 @@
-// service.h — the queue shard's gRPC service (mx.v1.Queue) and its scheduler.
+// service.h — a queue node: the replicas of every shard it hosts, and the
+// mx.v1.Queue gRPC service in front of them.
 //
-// Owns: the state machine, the command log, lease handout (Pull), the tick that
-// returns due deferred recipients and expired leases to ready. Blocking work
-// (RocksDB, waiting for commit) happens on gRPC's threads and the log's thread,
+// Each hosted shard is a StateMachine replicated by a RaftLog. Only a shard's
+// leader answers Enqueue, Pull, Ack and reads; the others answer UNAVAILABLE
+// with the leader's address in the "mx-leader" trailing metadata. The leader
+// runs the scheduler: lease handout (Pull) and the tick that returns due
+// deferred recipients and expired leases to ready. Blocking work (RocksDB,
+// waiting for commit) happens on gRPC's threads and the Raft loop threads,
 // never on an Asio event loop.
 #pragma once
 
@@ -22,7 +26,7 @@ class QueueNode {
  public:
   virtual ~QueueNode() = default;
   virtual grpc::Service* service() = 0;
-  // Stops the tick thread, ends Pull streams and closes the log.
+  // Stops the tick threads, ends Pull streams and closes every shard's log.
   virtual void Stop() = 0;
 };
 

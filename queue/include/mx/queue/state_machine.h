@@ -13,9 +13,11 @@
 
 #include <array>
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -63,11 +65,22 @@ class StateMachine {
   static Result<std::unique_ptr<StateMachine>> Open(const StateMachineOptions& options);
   ~StateMachine();
 
-  // Applies commands with consecutive log indexes first_index, first_index+1, ...
-  // in one atomic write. Commands at or below the applied index are skipped
-  // (their result is OK with no effect).
-  [[nodiscard]] Status Apply(uint64_t first_index, const std::vector<const v1::QueueCommand*>& commands,
+  // Applies the commands of log entry `index` in one atomic write that also
+  // records `index` as applied. An entry at or below the applied index is a
+  // replay and is skipped (every result OK with no effect).
+  [[nodiscard]] Status Apply(uint64_t index, const std::vector<const v1::QueueCommand*>& commands,
                              std::vector<ApplyResult>* results);
+
+  // A RocksDB checkpoint of the committed state in `dir` (which must not
+  // exist): hard links where possible, memtables flushed first. Returns the
+  // files (name, size). Safe while readers run; Apply() must not run meanwhile
+  // (the Raft loop calls both).
+  Result<std::vector<std::pair<std::string, uint64_t>>> CreateCheckpoint(const std::string& dir) const;
+  // Replaces the whole store with the checkpoint in checkpoint_dir (moved, not
+  // copied) and reloads the in-memory indexes. Readers wait meanwhile.
+  [[nodiscard]] Status ReplaceFrom(const std::string& checkpoint_dir);
+  // Queue replicas recorded by MemberOp: node id -> gRPC address.
+  std::map<uint64_t, std::string> Members() const;
 
   uint64_t applied_index() const { return applied_.load(); }
   QueueCounts counts() const;
@@ -89,7 +102,13 @@ class StateMachine {
  private:
   class Batch;
   StateMachine() = default;
+  Status OpenDb();
+  void CloseDb();
+  Result<v1::Recipient> GetRecipientUnlocked(const std::string& qid, uint32_t index) const;
+  std::vector<v1::Recipient> GetRecipientsUnlocked(const std::string& qid, uint32_t nrcpts) const;
 
+  // Held shared by every reader and by Apply(), exclusively by ReplaceFrom().
+  mutable std::shared_mutex db_mu_;
   rocksdb::DB* db_ = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle *msg_ = nullptr, *rcpt_ = nullptr, *ready_ = nullptr, *sched_ = nullptr,
@@ -108,6 +127,7 @@ class StateMachine {
   std::set<IndexKey> ready_index_;
   std::set<IndexKey> lease_index_;
   int64_t sched_floor_ = INT64_MIN;
+  std::map<uint64_t, std::string> members_;
 };
 
 }  // namespace mx::queue

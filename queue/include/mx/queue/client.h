@@ -1,0 +1,62 @@
+// client.h — how ingress, delivery and control reach each shard's leader.
+//
+// QueueRouter keeps one channel per queue node address and, per shard, the
+// address believed to lead it. A replica that is not the leader answers
+// UNAVAILABLE with the leader's address in the "mx-leader" trailing metadata;
+// Observe() follows that hint, or moves on to the next known address when the
+// target is unreachable or knows no leader. Callers bound their retries with
+// deadlines; the router only remembers. Thread-safe.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mx/v1/queue.grpc.pb.h"
+
+namespace mx::queue {
+
+constexpr const char* kLeaderMetadataKey = "mx-leader";
+
+class QueueRouter {
+ public:
+  QueueRouter(std::vector<std::string> seeds, uint32_t shards);
+
+  uint32_t shards() const { return static_cast<uint32_t>(shards_.size()); }
+
+  struct Target {
+    v1::Queue::Stub* stub;
+    std::string address;
+  };
+  // The replica believed to lead `shard`.
+  Target Leader(uint32_t shard);
+  // Learns from a call to `address` for `shard` that ended with `status`.
+  // Returns true when a different leader is now known, so retrying at once
+  // makes sense; false when the caller should back off before retrying.
+  bool Observe(uint32_t shard, const std::string& address, const grpc::ClientContext& ctx, const grpc::Status& status);
+  // Whether the last call to the shard's presumed leader succeeded (or none
+  // failed): ingress prefers such shards.
+  bool Healthy(uint32_t shard) const;
+  // Every address known (seeds and learnt leaders).
+  std::vector<std::string> Addresses() const;
+
+ private:
+  struct ShardState {
+    std::string leader;
+    size_t cursor = 0;
+    bool healthy = true;
+  };
+  v1::Queue::Stub* StubFor(const std::string& address);  // mu_ held
+
+  mutable std::mutex mu_;
+  std::vector<std::string> addresses_;
+  std::map<std::string, std::unique_ptr<v1::Queue::Stub>> stubs_;
+  std::vector<ShardState> shards_;
+};
+
+}  // namespace mx::queue

@@ -1,0 +1,186 @@
+// fsm.cc — QueueFsm: libraft FSM callbacks over the StateMachine.
+#include "fsm.h"
+
+#include <cstring>
+#include <filesystem>
+
+#include "mx/common/log.h"
+
+namespace mx::queue::raft {
+
+namespace fs = std::filesystem;
+
+QueueFsm::QueueFsm(StateMachine& sm, Options options, SnapshotFetcher fetch)
+    : sm_(sm), options_(std::move(options)), fetch_(std::move(fetch)) {
+  fsm_.version = 1;
+  fsm_.data = this;
+  fsm_.apply = &QueueFsm::Apply;
+  fsm_.snapshot = &QueueFsm::Snapshot;
+  fsm_.restore = &QueueFsm::Restore;
+}
+
+namespace {
+
+// libraft's on-disk log pads entries to 8 bytes and a payload whose length is
+// not a multiple of 8 corrupts the segment (seen as "non-zero trail" and lost
+// entries on restart). Payloads are therefore framed: an 8-byte little-endian
+// length, the protobuf, zero padding to a multiple of 8.
+raft_buffer Frame(const google::protobuf::MessageLite& m) {
+  const size_t n = m.ByteSizeLong();
+  raft_buffer buf;
+  buf.len = (8 + n + 7) & ~size_t{7};
+  buf.base = raft_malloc(buf.len);
+  if (!buf.base) return buf;
+  auto* p = static_cast<uint8_t*>(buf.base);
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(static_cast<uint64_t>(n) >> (8 * i));
+  m.SerializeWithCachedSizesToArray(p + 8);
+  std::memset(p + 8 + n, 0, buf.len - 8 - n);
+  return buf;
+}
+
+bool Unframe(const raft_buffer& buf, google::protobuf::MessageLite* m) {
+  if (buf.len < 8) return false;
+  const auto* p = static_cast<const uint8_t*>(buf.base);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(p[i]) << (8 * i);
+  if (n > buf.len - 8) return false;
+  return m->ParseFromArray(p + 8, static_cast<int>(n));
+}
+
+}  // namespace
+
+raft_buffer QueueFsm::Encode(const v1::QueueEntry& entry) {
+  return Frame(entry);
+}
+
+int QueueFsm::Apply(raft_fsm* fsm, const raft_buffer* buf, void** result) {
+  auto* self = static_cast<QueueFsm*>(fsm->data);
+  *result = nullptr;
+  const uint64_t index = self->raft_->last_applied + 1;
+  v1::QueueEntry entry;
+  if (!Unframe(*buf, &entry)) {
+    // libraft checksums entries, so this is a bug, not disk corruption:
+    // skipping keeps every replica identical (all skip it).
+    log::Error("shard " + std::to_string(self->options_.shard) + ": undecodable log entry " + std::to_string(index) +
+               " skipped");
+    return 0;
+  }
+  std::vector<const v1::QueueCommand*> cmds;
+  cmds.reserve(entry.commands_size());
+  for (const auto& c : entry.commands()) cmds.push_back(&c);
+  std::vector<ApplyResult>* results = self->result_sink ? self->result_sink(index) : nullptr;
+  if (!results) results = &self->scratch_;
+  Status st = self->sm_.Apply(index, cmds, results);
+  if (!st.ok()) {
+    // Nothing was written; libraft retries the entry on the next commit.
+    log::Error("shard " + std::to_string(self->options_.shard) + ": apply of entry " + std::to_string(index) +
+               " failed: " + st.ToString());
+    return RAFT_IOERR;
+  }
+  return 0;
+}
+
+int QueueFsm::Snapshot(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs) {
+  auto* self = static_cast<QueueFsm*>(fsm->data);
+  const uint64_t index = self->sm_.applied_index();
+  const fs::path dir = fs::path(self->options_.snapshot_dir) / std::to_string(index);
+  std::error_code ec;
+  fs::create_directories(self->options_.snapshot_dir, ec);
+  fs::remove_all(dir, ec);
+  auto files = self->sm_.CreateCheckpoint(dir.string());
+  if (!files.ok()) {
+    log::Error("shard " + std::to_string(self->options_.shard) + ": snapshot failed: " + files.status().ToString());
+    return RAFT_IOERR;
+  }
+  v1::SnapshotManifest m;
+  m.set_shard(self->options_.shard);
+  m.set_index(index);
+  m.set_source_node_id(self->options_.node_id);
+  m.set_source_address(self->options_.grpc_address);
+  for (const auto& [name, size] : *files) {
+    auto* f = m.add_files();
+    f->set_name(name);
+    f->set_size(size);
+  }
+  auto* arr = static_cast<raft_buffer*>(raft_malloc(sizeof(raft_buffer)));
+  if (!arr) return RAFT_NOMEM;
+  arr[0] = Frame(m);
+  if (!arr[0].base) {
+    raft_free(arr);
+    return RAFT_NOMEM;
+  }
+  *bufs = arr;
+  *n_bufs = 1;
+  self->last_snapshot_index_ = index;
+  self->PruneSnapshots(index);
+  log::Info("shard " + std::to_string(self->options_.shard) + ": snapshot at index " + std::to_string(index) + " (" +
+            std::to_string(files->size()) + " checkpoint files)");
+  return 0;
+}
+
+void QueueFsm::PruneSnapshots(uint64_t newest) {
+  std::vector<uint64_t> indexes;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(options_.snapshot_dir, ec)) {
+    const auto name = e.path().filename().string();
+    if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos)
+      indexes.push_back(std::stoull(name));
+  }
+  std::sort(indexes.rbegin(), indexes.rend());
+  for (size_t i = 0; i < indexes.size(); ++i) {
+    if (i >= options_.keep_snapshots && indexes[i] < newest) {
+      fs::remove_all(fs::path(options_.snapshot_dir) / std::to_string(indexes[i]), ec);
+    }
+  }
+}
+
+int QueueFsm::Restore(raft_fsm* fsm, raft_buffer* buf) {
+  auto* self = static_cast<QueueFsm*>(fsm->data);
+  const std::string shard = "shard " + std::to_string(self->options_.shard);
+  v1::SnapshotManifest m;
+  if (!Unframe(*buf, &m)) {
+    log::Error(shard + ": undecodable snapshot manifest");
+    return RAFT_MALFORMED;
+  }
+  // Our own snapshot at startup, or a replica already this far along: the
+  // store already holds this state (and maybe more, which the log replay skips).
+  if (self->sm_.applied_index() >= m.index()) {
+    self->last_snapshot_index_ = std::max(self->last_snapshot_index_, m.index());
+    raft_free(buf->base);
+    return 0;
+  }
+  log::Info(shard + ": installing snapshot " + std::to_string(m.index()) + " from node " +
+            std::to_string(m.source_node_id()) + " (" + m.source_address() + "), local applied index " +
+            std::to_string(self->sm_.applied_index()));
+  const fs::path incoming = fs::path(self->options_.snapshot_dir) / ("incoming-" + std::to_string(m.index()));
+  std::error_code ec;
+  fs::remove_all(incoming, ec);
+  fs::create_directories(incoming, ec);
+  if (ec) {
+    log::Error(shard + ": cannot create " + incoming.string() + ": " + ec.message());
+    return RAFT_IOERR;
+  }
+  Status st = self->fetch_ ? self->fetch_(m, incoming.string())
+                           : Status(Code::kUnimplemented, "no snapshot fetcher configured");
+  if (st.ok()) {
+    for (const auto& f : m.files()) {
+      auto size = fs::file_size(incoming / f.name(), ec);
+      if (ec || size != f.size()) {
+        st = Status(Code::kDataLoss, "snapshot file " + f.name() + " has the wrong size");
+        break;
+      }
+    }
+  }
+  if (st.ok()) st = self->sm_.ReplaceFrom(incoming.string());
+  if (!st.ok()) {
+    log::Error(shard + ": snapshot install failed (the leader retries): " + st.ToString());
+    fs::remove_all(incoming, ec);
+    return RAFT_IOERR;
+  }
+  self->last_snapshot_index_ = m.index();
+  log::Info(shard + ": installed snapshot " + std::to_string(m.index()));
+  raft_free(buf->base);
+  return 0;
+}
+
+}  // namespace mx::queue::raft

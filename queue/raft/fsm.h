@@ -1,0 +1,65 @@
+// fsm.h — the queue state machine as a libraft FSM (internal to queue/raft/).
+//
+// Entries are serialized v1::QueueEntry batches; the entry's Raft index is the
+// StateMachine's applied index. Snapshots are manifests of RocksDB checkpoints
+// (see SnapshotManifest in queue.proto): taking one hard-links the store into
+// snapshots/<index>/; installing one fetches the listed files from the replica
+// that took it, in chunks, and swaps the store. The state never passes through
+// memory whole.
+//
+// Every callback runs on the Raft loop thread.
+#pragma once
+
+// raft.h (libraft 0.15) has no extern "C" guards of its own.
+extern "C" {
+#include <raft.h>
+}
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "mx/queue/raft_log.h"
+#include "mx/queue/state_machine.h"
+
+namespace mx::queue::raft {
+
+class QueueFsm {
+ public:
+  struct Options {
+    uint32_t shard = 0;
+    uint64_t node_id = 0;
+    std::string grpc_address;  // where FetchSnapshot reaches this replica
+    std::string snapshot_dir;  // checkpoints live in snapshot_dir/<index>
+    unsigned keep_snapshots = 2;
+  };
+  QueueFsm(StateMachine& sm, Options options, SnapshotFetcher fetch);
+
+  raft_fsm* fsm() { return &fsm_; }
+  // The raft instance driving this FSM: apply reads its last_applied to learn
+  // the entry's index (libraft 0.15 does not pass it).
+  void Attach(struct raft* r) { raft_ = r; }
+  // Leader side: where the results of entry `index` go (nullptr: nobody waits).
+  std::function<std::vector<ApplyResult>*(uint64_t index)> result_sink;
+
+  uint64_t last_snapshot_index() const { return last_snapshot_index_; }
+
+  // Encodes commands as one entry payload in raft_malloc'd memory.
+  static raft_buffer Encode(const v1::QueueEntry& entry);
+
+ private:
+  static int Apply(raft_fsm* fsm, const raft_buffer* buf, void** result);
+  static int Snapshot(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs);
+  static int Restore(raft_fsm* fsm, raft_buffer* buf);
+  void PruneSnapshots(uint64_t keep_from);
+
+  StateMachine& sm_;
+  Options options_;
+  SnapshotFetcher fetch_;
+  raft_fsm fsm_{};
+  struct raft* raft_ = nullptr;
+  uint64_t last_snapshot_index_ = 0;
+  std::vector<ApplyResult> scratch_;
+};
+
+}  // namespace mx::queue::raft

@@ -1,0 +1,491 @@
+// raft_log.cc — RaftLog: libraft + libuv on a dedicated thread.
+#include "mx/queue/raft_log.h"
+
+#include <uv.h>
+
+#include "fsm.h"  // raft.h, in extern "C"
+extern "C" {
+#include <raft/uv.h>
+}
+
+#include <atomic>
+#include <deque>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "mx/common/log.h"
+#include "mx/queue/probe.h"
+
+namespace mx::queue {
+namespace {
+
+using raft::QueueFsm;
+
+const char* RoleName(int role) {
+  switch (role) {
+    case RAFT_VOTER: return "voter";
+    case RAFT_STANDBY: return "standby";
+    case RAFT_SPARE: return "spare";
+  }
+  return "unknown";
+}
+
+const char* StateName(int state) {
+  switch (state) {
+    case RAFT_LEADER: return "leader";
+    case RAFT_FOLLOWER: return "follower";
+    case RAFT_CANDIDATE: return "candidate";
+  }
+  return "unavailable";
+}
+
+class RaftLogImpl final : public RaftLog {
+ public:
+  RaftLogImpl(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch)
+      : options_(options),
+        sm_(sm),
+        fsm_(sm, QueueFsm::Options{options.shard, options.node_id, options.grpc_address, options.snapshot_dir, 2},
+             std::move(fetch)),
+        tag_("shard " + std::to_string(options.shard) + ": ") {}
+
+  ~RaftLogImpl() override { Stop(); }
+
+  Status Start() {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.dir, ec);
+    if (ec) return Status(Code::kUnavailable, "cannot create " + options_.dir + ": " + ec.message());
+    if (int rv = uv_loop_init(&loop_); rv != 0) return Status(Code::kInternal, "uv_loop_init failed");
+    loop_ready_ = true;
+    uv_async_init(&loop_, &wake_, &RaftLogImpl::OnWake);
+    wake_.data = this;
+    uv_timer_init(&loop_, &poll_);
+    poll_.data = this;
+    uv_timer_init(&loop_, &linger_);
+    linger_.data = this;
+    if (int rv = raft_uv_tcp_init(&transport_, &loop_); rv != 0) return Fail("raft_uv_tcp_init", rv);
+    transport_ready_ = true;
+    const std::string bind = options_.raft_bind.empty() ? options_.raft_address : options_.raft_bind;
+    if (int rv = raft_uv_tcp_set_bind_address(&transport_, bind.c_str()); rv != 0) {
+      return Fail("bind address " + bind, rv);
+    }
+    if (int rv = raft_uv_init(&io_, &loop_, options_.dir.c_str(), &transport_); rv != 0) {
+      return Status(Code::kUnavailable, tag_ + "raft log " + options_.dir + ": " + io_.errmsg);
+    }
+    io_ready_ = true;
+    raft_uv_set_connect_retry_delay(&io_, 200);
+    if (int rv = raft_init(&raft_, &io_, fsm_.fsm(), options_.node_id, options_.raft_address.c_str()); rv != 0) {
+      return Fail("raft_init", rv);
+    }
+    raft_ready_ = true;
+    raft_.data = this;
+    fsm_.Attach(&raft_);
+    fsm_.result_sink = [this](uint64_t index) -> std::vector<ApplyResult>* {
+      auto it = inflight_.find(index);
+      return it == inflight_.end() ? nullptr : &it->second->results;
+    };
+    raft_set_election_timeout(&raft_, options_.election_timeout_ms);
+    raft_set_heartbeat_timeout(&raft_, options_.heartbeat_timeout_ms);
+    raft_set_snapshot_threshold(&raft_, options_.snapshot_threshold);
+    raft_set_snapshot_trailing(&raft_, options_.snapshot_trailing);
+    raft_set_pre_vote(&raft_, true);
+    if (!options_.bootstrap.empty()) {
+      raft_configuration conf;
+      raft_configuration_init(&conf);
+      for (const auto& p : options_.bootstrap) {
+        if (int rv = raft_configuration_add(&conf, p.id, p.raft_address.c_str(), RAFT_VOTER); rv != 0) {
+          raft_configuration_close(&conf);
+          return Fail("bootstrap configuration", rv);
+        }
+      }
+      int rv = raft_bootstrap(&raft_, &conf);
+      raft_configuration_close(&conf);
+      if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) return Fail("raft_bootstrap", rv);
+      if (rv == 0) log::Info(tag_ + "bootstrapped a new Raft group of " + std::to_string(options_.bootstrap.size()));
+    }
+    if (int rv = raft_start(&raft_); rv != 0) return Fail("raft_start", rv);
+    started_ = true;
+    uv_timer_start(&poll_, &RaftLogImpl::OnPoll, 0, 50);
+    RefreshStatus();
+    thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+    return Status::Ok();
+  }
+
+  // ---- CommandLog ----
+
+  void Propose(v1::QueueCommand cmd, Done done) override {
+    {
+      std::lock_guard lock(mu_);
+      if (!stopping_) {
+        size_t bytes = cmd.ByteSizeLong();
+        pending_.push_back(Pending{std::move(cmd), std::move(done), bytes});
+        uv_async_send(&wake_);
+        return;
+      }
+    }
+    ApplyResult r;
+    r.status = Status(Code::kUnavailable, "queue is shutting down");
+    done(r);
+  }
+
+  bool IsLeader() const override { return leader_.load(); }
+  uint64_t LeaderId() const override { return leader_id_.load(); }
+
+  void Stop() override {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    if (thread_.joinable()) {
+      uv_async_send(&wake_);
+      thread_.join();
+    } else if (loop_ready_) {
+      // Start() failed part way: close what was opened, on this thread.
+      BeginClose();
+      uv_run(&loop_, UV_RUN_DEFAULT);
+    }
+    if (loop_ready_) uv_loop_close(&loop_);
+    loop_ready_ = false;
+    FailAll(Status(Code::kUnavailable, "queue is shutting down"));
+  }
+
+  // ---- RaftLog ----
+
+  v1::ReplicaStatus GetStatus() const override {
+    std::lock_guard lock(status_mu_);
+    return status_;
+  }
+
+  void OnLeadershipChange(std::function<void(bool)> fn) override {
+    std::lock_guard lock(mu_);
+    on_leadership_ = std::move(fn);
+  }
+
+  void AddVoter(uint64_t id, const std::string& raft_address, ChangeDone done) override {
+    RunOnLoop([this, id, raft_address, done = std::move(done)]() mutable {
+      auto* op = new ChangeOp{this, id, RAFT_VOTER, std::move(done)};
+      op->req.data = op;
+      int rv = raft_add(&raft_, &op->req, id, raft_address.c_str(), &RaftLogImpl::OnAdded);
+      if (rv != 0) op->Finish(ChangeError("add server", rv));
+    });
+  }
+
+  void RemoveServer(uint64_t id, ChangeDone done) override {
+    RunOnLoop([this, id, done = std::move(done)]() mutable {
+      auto* op = new ChangeOp{this, id, 0, std::move(done)};
+      op->req.data = op;
+      int rv = raft_remove(&raft_, &op->req, id, &RaftLogImpl::OnChanged);
+      if (rv != 0) op->Finish(ChangeError("remove server", rv));
+    });
+  }
+
+ private:
+  struct Pending {
+    v1::QueueCommand cmd;
+    Done done;
+    size_t bytes;
+  };
+  // One proposed entry, from raft_apply until its callback.
+  struct Inflight {
+    struct raft_apply req {};
+    RaftLogImpl* self = nullptr;
+    uint64_t index = 0;
+    std::vector<Done> dones;
+    std::vector<ApplyResult> results;
+    std::chrono::steady_clock::time_point start;
+  };
+  struct ChangeOp {
+    RaftLogImpl* self;
+    uint64_t id;
+    int then_assign;  // role to assign after raft_add, 0 = none
+    ChangeDone done;
+    raft_change req{};
+    void Finish(const Status& st) {
+      done(st);
+      delete this;
+    }
+  };
+
+  Status Fail(const std::string& what, int rv) {
+    std::string detail = raft_ready_ ? raft_errmsg(&raft_) : "";
+    return Status(Code::kUnavailable,
+                  tag_ + what + ": " + raft_strerror(rv) + (detail.empty() ? "" : " (" + detail + ")"));
+  }
+  Status ChangeError(const std::string& what, int rv) {
+    Code code = rv == RAFT_NOTLEADER ? Code::kUnavailable : Code::kFailedPrecondition;
+    return Status(code, tag_ + what + ": " + raft_strerror(rv) + " (" + raft_errmsg(&raft_) + ")");
+  }
+
+  void RunOnLoop(std::function<void()> fn) {
+    {
+      std::lock_guard lock(mu_);
+      if (!stopping_) {
+        tasks_.push_back(std::move(fn));
+        uv_async_send(&wake_);
+        return;
+      }
+    }
+  }
+
+  static void OnAdded(raft_change* req, int status) {
+    auto* op = static_cast<ChangeOp*>(req->data);
+    if (status != 0) return op->Finish(op->self->ChangeError("add server", status));
+    // Added as a spare; now promote. libraft catches the log up first.
+    int role = op->then_assign;
+    op->then_assign = 0;
+    int rv = raft_assign(&op->self->raft_, &op->req, op->id, role, &RaftLogImpl::OnChanged);
+    if (rv != 0) op->Finish(op->self->ChangeError("assign role", rv));
+  }
+  static void OnChanged(raft_change* req, int status) {
+    auto* op = static_cast<ChangeOp*>(req->data);
+    op->Finish(status == 0 ? Status::Ok() : op->self->ChangeError("membership change", status));
+  }
+
+  static void OnWake(uv_async_t* h) {
+    auto* self = static_cast<RaftLogImpl*>(h->data);
+    std::vector<std::function<void()>> tasks;
+    bool stopping;
+    {
+      std::lock_guard lock(self->mu_);
+      tasks.swap(self->tasks_);
+      stopping = self->stopping_;
+    }
+    if (stopping) return self->BeginClose();
+    for (auto& t : tasks) t();
+    self->Flush(false);
+  }
+
+  static void OnPoll(uv_timer_t* h) { static_cast<RaftLogImpl*>(h->data)->RefreshStatus(); }
+  static void OnLinger(uv_timer_t* h) { static_cast<RaftLogImpl*>(h->data)->Flush(true); }
+
+  // Turns waiting proposals into Raft entries (loop thread).
+  void Flush(bool linger_expired) {
+    if (closing_) return;
+    if (raft_state(&raft_) != RAFT_LEADER) {
+      FailPending(NotLeader());
+      return;
+    }
+    for (;;) {
+      std::vector<Pending> batch;
+      {
+        std::lock_guard lock(mu_);
+        if (pending_.empty() || inflight_.size() >= options_.max_inflight_entries) return;
+        if (options_.linger.count() > 0 && !linger_expired && pending_.size() < options_.max_batch_commands) {
+          if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&linger_))) {
+            uv_timer_start(&linger_, &RaftLogImpl::OnLinger,
+                           std::max<uint64_t>(1, static_cast<uint64_t>(options_.linger.count() / 1000)), 0);
+          }
+          return;
+        }
+        size_t bytes = 0;
+        while (!pending_.empty() && batch.size() < options_.max_batch_commands &&
+               (batch.empty() || bytes + pending_.front().bytes <= options_.max_batch_bytes)) {
+          bytes += pending_.front().bytes;
+          batch.push_back(std::move(pending_.front()));
+          pending_.pop_front();
+        }
+      }
+      linger_expired = false;
+      uv_timer_stop(&linger_);
+      v1::QueueEntry entry;
+      auto f = std::make_unique<Inflight>();
+      f->self = this;
+      f->req.data = f.get();
+      f->start = std::chrono::steady_clock::now();
+      for (auto& p : batch) {
+        entry.add_commands()->Swap(&p.cmd);
+        f->dones.push_back(std::move(p.done));
+      }
+      raft_buffer buf = QueueFsm::Encode(entry);
+      if (!buf.base) {
+        FailDones(f->dones, Status(Code::kResourceExhausted, "out of memory"));
+        continue;
+      }
+      int rv = raft_apply(&raft_, &f->req, &buf, 1, &RaftLogImpl::OnApplied);
+      if (rv != 0) {
+        raft_free(buf.base);
+        FailDones(f->dones, rv == RAFT_NOTLEADER ? NotLeader() : Fail("propose", rv));
+        continue;
+      }
+      f->index = f->req.index ? f->req.index : raft_last_index(&raft_);
+      Probe::Get().Batched(batch.size());
+      auto* raw = f.release();
+      inflight_[raw->index] = raw;
+    }
+  }
+
+  static void OnApplied(struct raft_apply* req, int status, void*) {
+    auto* f = static_cast<Inflight*>(req->data);
+    auto* self = f->self;
+    self->inflight_.erase(f->index);
+    if (status == 0) {
+      Probe::Get().EntryCommitted(std::chrono::duration<double>(std::chrono::steady_clock::now() - f->start).count());
+      for (size_t i = 0; i < f->dones.size(); ++i) {
+        f->dones[i](i < f->results.size() ? f->results[i] : ApplyResult{});
+      }
+    } else {
+      // Leadership was lost before commit: the entry may still commit under
+      // the next leader, so the caller must treat the outcome as unknown.
+      self->FailDones(f->dones, Status(Code::kUnavailable, self->tag_ + "leadership lost before commit (" +
+                                                               raft_strerror(status) + "); outcome unknown"));
+    }
+    delete f;
+    self->Flush(false);
+  }
+
+  Status NotLeader() const { return Status(Code::kUnavailable, tag_ + "not the leader"); }
+
+  void FailDones(std::vector<Done>& dones, const Status& st) {
+    ApplyResult r;
+    r.status = st;
+    for (auto& d : dones) d(r);
+    dones.clear();
+  }
+  void FailPending(const Status& st) {
+    std::deque<Pending> pending;
+    {
+      std::lock_guard lock(mu_);
+      pending.swap(pending_);
+    }
+    ApplyResult r;
+    r.status = st;
+    for (auto& p : pending) p.done(r);
+  }
+  void FailAll(const Status& st) {
+    FailPending(st);
+    for (auto& [index, f] : inflight_) {
+      FailDones(f->dones, st);
+      delete f;
+    }
+    inflight_.clear();
+  }
+
+  void RefreshStatus() {
+    if (closing_) return;
+    int state = raft_state(&raft_);
+    raft_id leader_id = 0;
+    const char* leader_address = nullptr;
+    raft_leader(&raft_, &leader_id, &leader_address);
+    v1::ReplicaStatus s;
+    s.set_shard(options_.shard);
+    s.set_node_id(options_.node_id);
+    s.set_role(StateName(state));
+    s.set_term(raft_.current_term);
+    s.set_leader_id(leader_id);
+    s.set_commit_index(raft_.commit_index);
+    s.set_applied_index(raft_last_applied(&raft_));
+    s.set_last_index(raft_last_index(&raft_));
+    s.set_snapshot_index(fsm_.last_snapshot_index());
+    s.set_messages(sm_.counts().messages);
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      const auto& srv = raft_.configuration.servers[i];
+      auto* m = s.add_members();
+      m->set_id(srv.id);
+      m->set_raft_address(srv.address);
+      m->set_role(RoleName(srv.role));
+      if (state == RAFT_LEADER && raft_.leader_state.progress) {
+        m->set_match_index(srv.id == options_.node_id ? raft_last_index(&raft_)
+                                                      : raft_.leader_state.progress[i].match_index);
+      }
+    }
+    {
+      std::lock_guard lock(status_mu_);
+      status_ = std::move(s);
+    }
+    bool leader = state == RAFT_LEADER;
+    leader_id_ = leader_id;
+    Probe::Get().SetRaft(options_.shard, leader, raft_.current_term, raft_.commit_index, raft_last_applied(&raft_));
+    if (leader != leader_.exchange(leader)) {
+      log::Info(tag_ + (leader ? "became leader in term " : "lost leadership in term ") +
+                std::to_string(raft_.current_term));
+      Probe::Get().LeaderChanged(options_.shard);
+      if (leader) {
+        // Commit an entry of the new term at once, so entries of earlier terms
+        // are known committed and applied here before we schedule from them.
+        using Barrier = struct raft_barrier;
+        auto* b = new Barrier{};
+        b->data = this;
+        if (raft_barrier(&raft_, b, [](Barrier* req, int) { delete req; }) != 0) delete b;
+      }
+      std::function<void(bool)> fn;
+      {
+        std::lock_guard lock(mu_);
+        fn = on_leadership_;
+      }
+      if (fn) fn(leader);
+      if (!leader) FailPending(NotLeader());
+    }
+  }
+
+  void BeginClose() {
+    if (closing_) return;
+    closing_ = true;
+    leader_ = false;
+    FailPending(Status(Code::kUnavailable, "queue is shutting down"));
+    uv_timer_stop(&poll_);
+    uv_timer_stop(&linger_);
+    if (raft_ready_) {
+      raft_close(&raft_, &RaftLogImpl::OnRaftClosed);
+    } else {
+      CloseHandles();
+    }
+  }
+
+  static void OnRaftClosed(struct ::raft* r) {
+    auto* self = static_cast<RaftLogImpl*>(r->data);
+    self->CloseHandles();
+  }
+
+  void CloseHandles() {
+    if (io_ready_) raft_uv_close(&io_);
+    if (transport_ready_) raft_uv_tcp_close(&transport_);
+    io_ready_ = transport_ready_ = false;
+    for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&wake_), reinterpret_cast<uv_handle_t*>(&poll_),
+                           reinterpret_cast<uv_handle_t*>(&linger_)}) {
+      if (!uv_is_closing(h)) uv_close(h, nullptr);
+    }
+  }
+
+  RaftLogOptions options_;
+  StateMachine& sm_;
+  QueueFsm fsm_;
+  const std::string tag_;
+
+  uv_loop_t loop_{};
+  uv_async_t wake_{};
+  uv_timer_t poll_{};
+  uv_timer_t linger_{};
+  raft_uv_transport transport_{};
+  raft_io io_{};
+  struct ::raft raft_ {};
+  bool loop_ready_ = false, transport_ready_ = false, io_ready_ = false, raft_ready_ = false, started_ = false;
+  bool closing_ = false;  // loop thread only
+  std::thread thread_;
+
+  std::mutex mu_;
+  std::deque<Pending> pending_;
+  std::vector<std::function<void()>> tasks_;
+  std::function<void(bool)> on_leadership_;
+  bool stopping_ = false;
+
+  std::unordered_map<uint64_t, Inflight*> inflight_;  // loop thread only
+  std::atomic<bool> leader_{false};
+  std::atomic<uint64_t> leader_id_{0};
+  mutable std::mutex status_mu_;
+  v1::ReplicaStatus status_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<RaftLog>> StartRaftLog(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch) {
+  auto log = std::make_unique<RaftLogImpl>(options, sm, std::move(fetch));
+  if (auto st = log->Start(); !st.ok()) {
+    log->Stop();
+    return st;
+  }
+  return std::unique_ptr<RaftLog>(std::move(log));
+}
+
+}  // namespace mx::queue

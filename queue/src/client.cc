@@ -1,0 +1,71 @@
+// client.cc — QueueRouter: leader discovery for queue clients.
+#include "mx/queue/client.h"
+
+#include <algorithm>
+
+#include "mx/common/grpc_server.h"
+
+namespace mx::queue {
+
+QueueRouter::QueueRouter(std::vector<std::string> seeds, uint32_t shards)
+    : addresses_(std::move(seeds)), shards_(std::max<uint32_t>(shards, 1)) {
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    // Start shards on different seeds so a cold start spreads the probing.
+    shards_[s].cursor = addresses_.empty() ? 0 : s % addresses_.size();
+    if (!addresses_.empty()) shards_[s].leader = addresses_[shards_[s].cursor];
+  }
+}
+
+v1::Queue::Stub* QueueRouter::StubFor(const std::string& address) {
+  auto& stub = stubs_[address];
+  if (!stub) stub = v1::Queue::NewStub(MakeChannel(address));
+  return stub.get();
+}
+
+QueueRouter::Target QueueRouter::Leader(uint32_t shard) {
+  std::lock_guard lock(mu_);
+  auto& st = shards_.at(shard);
+  return Target{StubFor(st.leader), st.leader};
+}
+
+bool QueueRouter::Observe(uint32_t shard, const std::string& address, const grpc::ClientContext& ctx,
+                          const grpc::Status& status) {
+  std::lock_guard lock(mu_);
+  auto& st = shards_.at(shard);
+  const auto code = status.error_code();
+  if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::DEADLINE_EXCEEDED) {
+    // The replica answered as leader (OK, or an error about the request itself).
+    if (st.leader == address) st.healthy = true;
+    return false;
+  }
+  std::string hint;
+  const auto& md = ctx.GetServerTrailingMetadata();
+  if (auto it = md.find(kLeaderMetadataKey); it != md.end()) hint.assign(it->second.data(), it->second.size());
+  if (st.leader != address) return !st.leader.empty();  // someone already moved on: retry there
+  if (!hint.empty() && hint != address) {
+    st.leader = hint;
+    st.healthy = true;
+    if (std::find(addresses_.begin(), addresses_.end(), hint) == addresses_.end()) addresses_.push_back(hint);
+    return true;
+  }
+  // Unreachable, or a replica that knows no leader (an election is running):
+  // try the next address after a pause.
+  st.healthy = false;
+  if (!addresses_.empty()) {
+    st.cursor = (st.cursor + 1) % addresses_.size();
+    st.leader = addresses_[st.cursor];
+  }
+  return false;
+}
+
+bool QueueRouter::Healthy(uint32_t shard) const {
+  std::lock_guard lock(mu_);
+  return shards_.at(shard).healthy;
+}
+
+std::vector<std::string> QueueRouter::Addresses() const {
+  std::lock_guard lock(mu_);
+  return addresses_;
+}
+
+}  // namespace mx::queue
