@@ -39,6 +39,7 @@ void PrintJson(const Msg& m) {
   google::protobuf::util::JsonPrintOptions opts;
   opts.add_whitespace = true;
   opts.preserve_proto_field_names = true;
+  opts.always_print_primitive_fields = true;  // shard 0, index 0: explicit for scripts
   (void)google::protobuf::util::MessageToJsonString(m, &out, opts);
   printf("%s\n", out.c_str());
 }

@@ -104,7 +104,9 @@ class RaftLogImpl final : public RaftLog {
       if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) return Fail("raft_bootstrap", rv);
       if (rv == 0) log::Info(tag_ + "bootstrapped a new Raft group of " + std::to_string(options_.bootstrap.size()));
     }
-    if (int rv = raft_start(&raft_); rv != 0) return Fail("raft_start", rv);
+    if (int rv = raft_start(&raft_); rv != 0) {
+      return Fail("start (listening on " + bind + ", log in " + options_.dir + ")", rv);
+    }
     started_ = true;
     uv_timer_start(&poll_, &RaftLogImpl::OnPoll, 0, 50);
     RefreshStatus();
@@ -210,6 +212,7 @@ class RaftLogImpl final : public RaftLog {
 
   Status Fail(const std::string& what, int rv) {
     std::string detail = raft_ready_ ? raft_errmsg(&raft_) : "";
+    if (detail.empty() && io_ready_) detail = io_.errmsg;
     return Status(Code::kUnavailable,
                   tag_ + what + ": " + raft_strerror(rv) + (detail.empty() ? "" : " (" + detail + ")"));
   }

@@ -1,0 +1,254 @@
+"""A multi-process mx cluster on loopback: 3 queue replicas x N shards,
+ingress and delivery processes and a control node, each a real `mxd` process
+with its own config and log. Used by scripts/cluster, the functional tests and
+bench/run.
+
+Layout for base port B (every address on 127.0.0.1):
+  queue node i (1..Q):  gRPC B+10*i, Raft B+100+20*i (+shard), metrics B+200+i
+  ingress j (1..I):     SMTP B+300+j, metrics B+220+j
+  delivery j (1..D):    metrics B+240+j
+  control:              gRPC B+400, metrics B+260
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _port_open(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _yaml(value, indent=0):
+    pad = "  " * indent
+    if isinstance(value, dict):
+        out = ""
+        for k, v in value.items():
+            if isinstance(v, dict):
+                out += f"{pad}{k}:\n{_yaml(v, indent + 1)}"
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                out += f"{pad}{k}:\n"
+                for item in v:
+                    out += f"{pad}  - {{" + ", ".join(f"{ik}: {_yaml(iv)}" for ik, iv in item.items()) + "}\n"
+            else:
+                out += f"{pad}{k}: {_yaml(v)}\n"
+        return out
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace('"', '\\"') + '"'
+
+
+class Proc:
+    """One mxd process of the cluster."""
+
+    def __init__(self, cluster, name, role, config, ready_port):
+        self.cluster, self.name, self.role = cluster, name, role
+        self.dir = cluster.dir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "mx.yaml"
+        self.config.write_text(_yaml(config))
+        self.cfg = config
+        self.ready_port = ready_port
+        self.logfile = self.dir / "mxd.log"
+        self.proc = None
+        self.stopped = False  # SIGSTOPped
+
+    def start(self, wait=True):
+        log = open(self.logfile, "a")
+        self.proc = subprocess.Popen([str(self.cluster.mxd), self.role, "--config", str(self.config)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.ready_port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logtext()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not listen on {self.ready_port} within {timeout}s")
+            time.sleep(0.05)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def sigstop(self):
+        self.proc.send_signal(signal.SIGSTOP)
+        self.stopped = True
+
+    def sigcont(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.stopped = False
+
+    def stop(self, timeout=20):
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        if self.stopped:
+            self.sigcont()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"{self.name} did not stop on SIGTERM within {timeout}s")
+
+    def logtext(self):
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+
+class Cluster:
+    def __init__(self, workdir, base_port=21000, shards=1, queue_nodes=3, ingress=2, delivery=2,
+                 build_dir=None, delivery_cfg=None, queue_cfg=None, ingress_cfg=None, log_level="info"):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        build = Path(build_dir or os.environ.get("MX_BUILD_DIR", ROOT / "build" / "release"))
+        self.mxd = build / "mxd" / "mxd"
+        self.mxctl_bin = build / "control" / "mxctl"
+        self.base, self.shards = base_port, shards
+        b = base_port
+        self.peers = [{"id": i, "grpc": f"127.0.0.1:{b + 10 * i}", "raft": f"127.0.0.1:{b + 100 + 20 * i}"}
+                      for i in range(1, queue_nodes + 1)]
+        common = {"hostname": "mx.cluster.test", "log_level": log_level}
+        queue_common = {"shards": shards, "peers": self.peers, "election_timeout": "1s",
+                        "heartbeat_timeout": "100ms", "min_backoff": "1s", "max_backoff": "4s",
+                        "tick_interval": "100ms", "lease_ttl": "30s"}
+        queue_common.update(queue_cfg or {})
+        self.queue, self.ingress, self.delivery = [], [], []
+        for p in self.peers:
+            i = p["id"]
+            cfg = dict(common, node_name=f"queue-{i}", metrics_listen=f"127.0.0.1:{b + 200 + i}",
+                       queue=dict(queue_common, node_id=i, listen=p["grpc"], raft_listen=p["raft"],
+                                  data_dir=str(self.dir / f"queue-{i}" / "data")))
+            self.queue.append(Proc(self, f"queue-{i}", "queue", cfg, b + 10 * i))
+        for j in range(1, ingress + 1):
+            cfg = dict(common, node_name=f"ingress-{j}", metrics_listen=f"127.0.0.1:{b + 220 + j}",
+                       queue={"shards": shards, "peers": self.peers},
+                       ingress=dict({"listen": f"127.0.0.1:{b + 300 + j}", "enqueue_timeout": "10s"},
+                                    **(ingress_cfg or {})))
+            self.ingress.append(Proc(self, f"ingress-{j}", "ingress", cfg, b + 300 + j))
+        for j in range(1, delivery + 1):
+            cfg = dict(common, node_name=f"delivery-{j}", metrics_listen=f"127.0.0.1:{b + 240 + j}",
+                       queue={"shards": shards, "peers": self.peers},
+                       delivery=dict({"concurrency": 32}, **(delivery_cfg or {})))
+            self.delivery.append(Proc(self, f"delivery-{j}", "delivery", cfg, b + 240 + j))
+        cfg = dict(common, node_name="control", metrics_listen=f"127.0.0.1:{b + 260}",
+                   queue={"shards": shards, "peers": self.peers}, control={"listen": f"127.0.0.1:{b + 400}"})
+        self.control = Proc(self, "control", "control", cfg, b + 400)
+
+    @property
+    def procs(self):
+        return self.queue + self.ingress + self.delivery + [self.control]
+
+    def smtp_ports(self):
+        return [p.ready_port for p in self.ingress]
+
+    def start(self):
+        for p in self.queue:
+            p.start(wait=False)
+        for p in self.queue:
+            p.wait_ready()
+        for p in [self.control] + self.delivery + self.ingress:
+            p.start()
+        self.wait_leaders()
+
+    def stop(self):
+        errors = []
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except RuntimeError as e:
+                errors.append(str(e))
+        return errors
+
+    def mxctl(self, *args, check=True, timeout=60):
+        out = subprocess.run([str(self.mxctl_bin), "--server", f"127.0.0.1:{self.base + 400}", *args],
+                             capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"mxctl {args} failed: {out.stderr}")
+        return out
+
+    def status(self):
+        import json
+        return json.loads(self.mxctl("-o", "json", "cluster", "status").stdout)
+
+    def leaders(self):
+        """shard -> node id of the replica that says it leads (with the highest term)."""
+        best = {}
+        for node in self.status().get("nodes", []):
+            for r in node.get("replicas", []):
+                if r.get("role") == "leader":
+                    term = int(r.get("term", 0))
+                    shard = int(r.get("shard", 0))
+                    if shard not in best or term > best[shard][0]:
+                        best[shard] = (term, int(node["node_id"]))
+        return {s: v[1] for s, v in best.items()}
+
+    def wait_leaders(self, timeout=30, exclude=()):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                leaders = self.leaders()
+                if len(leaders) == self.shards and not set(leaders.values()) & set(exclude):
+                    return leaders
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no leader for every shard within {timeout}s")
+            time.sleep(0.1)
+
+    def queue_node(self, node_id):
+        return self.queue[node_id - 1]
+
+
+def main():
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run a local mx cluster on loopback until Ctrl-C.")
+    ap.add_argument("--dir", default="/tmp/mx-cluster")
+    ap.add_argument("--shards", type=int, default=3)
+    ap.add_argument("--ingress", type=int, default=2)
+    ap.add_argument("--delivery", type=int, default=2)
+    ap.add_argument("--base-port", type=int, default=21000)
+    ap.add_argument("--smart-host", default="[127.0.0.1]:2526",
+                    help="relay everything here ('' delivers by MX)")
+    args = ap.parse_args()
+    delivery = {"smart_host": args.smart_host} if args.smart_host else {}
+    c = Cluster(args.dir, base_port=args.base_port, shards=args.shards, ingress=args.ingress,
+                delivery=args.delivery, delivery_cfg=delivery)
+    c.start()
+    print(f"mx cluster up in {args.dir}: {args.shards} shard(s) x 3 queue replicas")
+    print("  SMTP:     " + ", ".join(f"127.0.0.1:{p}" for p in c.smtp_ports()))
+    print(f"  mxctl:    {c.mxctl_bin} --server 127.0.0.1:{args.base_port + 400} cluster status")
+    print(f"  logs:     {args.dir}/<process>/mxd.log")
+    print(c.mxctl("cluster", "status").stdout)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for e in c.stop():
+            print(e)
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    main()

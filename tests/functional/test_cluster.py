@@ -1,0 +1,282 @@
+"""A real multi-process cluster (3 queue replicas, ingress, delivery, control):
+replicas are killed, stopped and restarted under SMTP load, and every message
+that got a 250 must reach the destination."""
+import random
+import re
+import smtplib
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MX_GOOD
+from mxtest import free_port, port_open, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from mxcluster import Cluster  # noqa: E402
+
+QUEUED = re.compile(r"queued as (\S+)")
+
+
+def free_base():
+    """A base port whose whole cluster layout (see mxcluster.py) is free."""
+    offsets = [10, 20, 30] + [100 + 20 * i + s for i in (1, 2, 3) for s in range(3)] + \
+              [201, 202, 203, 221, 222, 241, 242, 260, 301, 302, 400]
+    for _ in range(50):
+        # Below the kernel's ephemeral range (32768+), where outgoing
+        # connections would otherwise take our ports.
+        base = random.randrange(20000, 32000, 500)
+        if not any(port_open("127.0.0.1", base + o) for o in offsets):
+            return base
+    raise AssertionError("no free port range for a cluster")
+
+
+class Load:
+    """SMTP clients (smtplib) sending uniquely identified messages through the
+    ingress nodes; remembers which got 250, when, and with which queue id."""
+
+    def __init__(self, ports, threads=4, rcpt="user@implicit.test"):
+        self.ports, self.rcpt = ports, rcpt
+        self.accepted = {}  # Message-ID -> (qid, time)
+        self.failures = []  # (time, reply)
+        self.lock = threading.Lock()
+        self.running = True
+        self.n = 0
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _next_id(self, worker):
+        with self.lock:
+            self.n += 1
+            return f"<load-{worker}-{self.n}@cluster.test>"
+
+    def _run(self, worker):
+        port = self.ports[worker % len(self.ports)]
+        conn = None
+        while self.running:
+            try:
+                if conn is None:
+                    conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+                    conn.ehlo("load.test")
+                msgid = self._next_id(worker)
+                body = (f"Message-ID: {msgid}\r\nSubject: load\r\n\r\n" + ("x" * 76 + "\r\n") * 26).encode()
+                conn.mail("load@sender.test")
+                conn.rcpt(self.rcpt)
+                code, reply = conn.data(body)
+                if code == 250:
+                    qid = QUEUED.search(reply.decode()).group(1)
+                    with self.lock:
+                        self.accepted[msgid] = (qid, time.monotonic())
+                else:
+                    with self.lock:
+                        self.failures.append((time.monotonic(), f"{code} {reply.decode()}"))
+                    conn.rset()
+            except (smtplib.SMTPException, OSError) as e:
+                with self.lock:
+                    self.failures.append((time.monotonic(), repr(e)))
+                conn = None
+                time.sleep(0.05)
+
+    def count(self):
+        with self.lock:
+            return len(self.accepted)
+
+    def stop(self):
+        self.running = False
+        for t in self.threads:
+            t.join(60)
+
+    def gap_around(self, t):
+        """Last 250 before t to first 250 after t, in seconds."""
+        with self.lock:
+            times = sorted(v[1] for v in self.accepted.values())
+        before = [x for x in times if x <= t]
+        after = [x for x in times if x > t]
+        if not before or not after:
+            return None
+        return after[0] - before[-1]
+
+
+def delivered_ids(sink):
+    ids = []
+    with sink.lock:
+        for _, _, content in sink.messages:
+            m = re.search(rb"^Message-ID: (\S+)", content, re.M | re.I)
+            if m:
+                ids.append(m.group(1).decode())
+    return ids
+
+
+def assert_all_delivered(load, sink, timeout=90):
+    """Every message answered 250 reached the sink; returns the duplicates."""
+    accepted = set(load.accepted)
+
+    def missing():
+        return accepted - set(delivered_ids(sink))
+
+    try:
+        wait_for(lambda: not missing(), timeout=timeout, interval=0.5, what="every accepted message to arrive")
+    except AssertionError:
+        lost = sorted(missing())
+        raise AssertionError(f"{len(lost)} of {len(accepted)} accepted messages lost, e.g. "
+                             f"{[(m, load.accepted[m][0]) for m in lost[:5]]}")
+    ids = delivered_ids(sink)
+    return len(ids) - len(set(ids))
+
+
+@pytest.fixture
+def cluster_env(tmp_path, dns, sinks):
+    made = []
+    port = free_port(MX_GOOD)
+    d = dns(port)
+    sink = sinks(MX_GOOD, port)
+
+    def make(**kw):
+        c = Cluster(tmp_path / f"cluster{len(made)}", base_port=free_base(),
+                    delivery_cfg={"dns_servers": [d.server], "smtp_port": port, "connect_timeout": "3s"}, **kw)
+        made.append(c)
+        c.start()
+        return c
+
+    yield make, sink
+    for c in made:
+        errors = c.stop()
+        for p in c.procs:
+            log = p.logtext()
+            for marker in ("ERROR: AddressSanitizer", "runtime error:", "WARNING: ThreadSanitizer"):
+                assert marker not in log, f"sanitizer report in {p.logfile}"
+        assert not errors, errors
+
+
+def report(request, **values):
+    for k, v in values.items():
+        request.node.user_properties.append((k, v))
+    print(" ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def test_kill_leader_then_follower_under_load_loses_nothing(cluster_env, request):
+    make, sink = cluster_env
+    c = make(shards=1)
+    load = Load(c.smtp_ports(), threads=4)
+    try:
+        wait_for(lambda: load.count() >= 40, timeout=30, what="load to get going")
+        leader = c.leaders()[0]
+        t_kill = time.monotonic()
+        c.queue_node(leader).kill9()
+        new_leader = c.wait_leaders(exclude=[leader])[0]
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 40, timeout=30, what="250s from the new leader")
+        failover = load.gap_around(t_kill)
+        # The old leader comes back as a follower and catches up.
+        c.queue_node(leader).start()
+        wait_for(lambda: load.count() >= n + 80, timeout=30, what="more 250s")
+        # Later a follower dies: the two others still form a quorum.
+        follower = next(i for i in (1, 2, 3) if i != new_leader)
+        t_kill2 = time.monotonic()
+        c.queue_node(follower).kill9()
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 40, timeout=30, what="250s with a follower down")
+        follower_gap = load.gap_around(t_kill2)
+        c.queue_node(follower).start()
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 20, timeout=30, what="250s after the restart")
+    finally:
+        load.stop()
+    dups = assert_all_delivered(load, sink)
+    report(request, accepted=len(load.accepted), duplicates=dups, failover_s=round(failover, 3),
+           follower_kill_gap_s=round(follower_gap, 3), temp_failures=len(load.failures))
+    assert failover < 10, f"failover took {failover:.1f}s"
+    # Every replica converges to the same applied state.
+    wait_for(lambda: len({(r["applied_index"], r.get("messages", "0")) for n in c.status()["nodes"]
+                          for r in n["replicas"]}) == 1, timeout=30, what="replicas to converge")
+
+
+def test_sharded_cluster_spreads_mail_and_survives_losing_a_leader(cluster_env, request):
+    make, sink = cluster_env
+    c = make(shards=3)
+    before = {int(r.get("shard", 0)): int(r.get("commit_index", 0)) for n in c.status()["nodes"] for r in n["replicas"]}
+    load = Load(c.smtp_ports(), threads=4)
+    try:
+        wait_for(lambda: load.count() >= 60, timeout=30, what="load to get going")
+        victim = c.leaders()[0]
+        c.queue_node(victim).kill9()
+        c.wait_leaders(exclude=[victim])
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 60, timeout=30, what="250s after losing a leader")
+        c.queue_node(victim).start()
+    finally:
+        load.stop()
+    dups = assert_all_delivered(load, sink)
+    after = {}
+    for n in c.status()["nodes"]:
+        for r in n["replicas"]:
+            s = int(r.get("shard", 0))
+            after[s] = max(after.get(s, 0), int(r.get("commit_index", 0)))
+    # Ingress spread the messages and delivery pulled from every shard.
+    assert all(after[s] - before.get(s, 0) >= 10 for s in range(3)), (before, after)
+    report(request, accepted=len(load.accepted), duplicates=dups, temp_failures=len(load.failures))
+
+
+def test_replica_behind_the_compacted_log_catches_up_by_snapshot(cluster_env):
+    make, sink = cluster_env
+    c = make(shards=1, queue_cfg={"snapshot_threshold": 32, "snapshot_trailing": 8})
+    leader = c.leaders()[0]
+    lagging = next(i for i in (1, 2, 3) if i != leader)
+    c.queue_node(lagging).kill9()
+    load = Load(c.smtp_ports(), threads=2)
+    try:
+        wait_for(lambda: load.count() >= 120, timeout=60, what="enough traffic to compact the log")
+    finally:
+        load.stop()
+    assert_all_delivered(load, sink)
+    leader_log = c.queue_node(leader).logtext()
+    assert "snapshot at index" in leader_log
+    c.queue_node(lagging).start()
+    wait_for(lambda: "installed snapshot" in c.queue_node(lagging).logtext(), timeout=30,
+             what="the restarted replica to install a snapshot")
+
+    def caught_up():
+        rows = {int(n["node_id"]): n["replicas"][0] for n in c.status()["nodes"]}
+        return lagging in rows and int(rows[lagging].get("applied_index", 0)) >= \
+            int(rows[leader].get("commit_index", 0)) > 0
+
+    wait_for(caught_up, timeout=30, what="the snapshot-installed replica to catch up")
+    # Its state is real: make it the only survivor besides one other and keep going.
+    c.queue_node(leader).kill9()
+    c.wait_leaders(exclude=[leader])
+    load2 = Load(c.smtp_ports(), threads=2)
+    try:
+        wait_for(lambda: load2.count() >= 20, timeout=30, what="250s after the leader died")
+    finally:
+        load2.stop()
+    assert_all_delivered(load2, sink)
+
+
+def test_minority_never_acknowledges_a_write(cluster_env):
+    make, sink = cluster_env
+    c = make(shards=1, ingress=1, ingress_cfg={"enqueue_timeout": "4s"})
+    leader = c.leaders()[0]
+    followers = [i for i in (1, 2, 3) if i != leader]
+    for f in followers:
+        c.queue_node(f).sigstop()
+    try:
+        with smtplib.SMTP("127.0.0.1", c.smtp_ports()[0], timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("minority@sender.test")
+            s.rcpt("user@implicit.test")
+            code, reply = s.data(b"Message-ID: <minority@cluster.test>\r\nSubject: m\r\n\r\nx\r\n")
+        assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
+    finally:
+        for f in followers:
+            c.queue_node(f).sigcont()
+    c.wait_leaders()
+    with smtplib.SMTP("127.0.0.1", c.smtp_ports()[0], timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail("majority@sender.test")
+        s.rcpt("user@implicit.test")
+        code, reply = s.data(b"Message-ID: <majority@cluster.test>\r\nSubject: m\r\n\r\nx\r\n")
+    assert code == 250, (code, reply)
+    wait_for(lambda: "<majority@cluster.test>" in delivered_ids(sink), what="delivery after quorum returns")
