@@ -178,6 +178,7 @@ int QueueFsm::Restore(raft_fsm* fsm, raft_buffer* buf) {
     return RAFT_IOERR;
   }
   self->last_snapshot_index_ = m.index();
+  ++self->installs_;
   log::Info(shard + ": installed snapshot " + std::to_string(m.index()));
   raft_free(buf->base);
   return 0;

@@ -43,6 +43,8 @@ class QueueFsm {
   std::function<std::vector<ApplyResult>*(uint64_t index)> result_sink;
 
   uint64_t last_snapshot_index() const { return last_snapshot_index_; }
+  // Snapshots installed from another replica (fetched, not our own).
+  uint64_t installs() const { return installs_; }
 
   // Encodes commands as one entry payload in raft_malloc'd memory.
   static raft_buffer Encode(const v1::QueueEntry& entry);
@@ -59,6 +61,7 @@ class QueueFsm {
   raft_fsm fsm_{};
   struct raft* raft_ = nullptr;
   uint64_t last_snapshot_index_ = 0;
+  uint64_t installs_ = 0;
   std::vector<ApplyResult> scratch_;
 };
 

@@ -254,6 +254,24 @@ Status StateMachine::ReplaceFrom(const std::string& checkpoint_dir) {
   return Status::Ok();
 }
 
+uint64_t StateMachine::Digest() const {
+  std::shared_lock db_lock(db_mu_);
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a
+  auto mix = [&](rocksdb::Slice s) {
+    for (size_t i = 0; i < s.size(); ++i) h = (h ^ static_cast<unsigned char>(s[i])) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL;  // separator
+  };
+  for (auto* cf : handles_) {
+    mix(cf->GetName());
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      mix(it->key());
+      mix(it->value());
+    }
+  }
+  return h;
+}
+
 std::map<uint64_t, std::string> StateMachine::Members() const {
   std::lock_guard lock(mem_mu_);
   return members_;

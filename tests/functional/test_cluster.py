@@ -89,15 +89,15 @@ class Load:
         for t in self.threads:
             t.join(60)
 
-    def gap_around(self, t):
-        """Last 250 before t to first 250 after t, in seconds."""
+    def gap_around(self, t, window=20.0):
+        """The failover time: the longest stretch without a 250 that starts
+        within a second before t (replies already in flight at a kill still
+        arrive after it, so the first 250 after t is not the end of the outage)."""
         with self.lock:
             times = sorted(v[1] for v in self.accepted.values())
-        before = [x for x in times if x <= t]
-        after = [x for x in times if x > t]
-        if not before or not after:
-            return None
-        return after[0] - before[-1]
+        times = [x for x in times if t - 1.0 <= x <= t + window]
+        gaps = [b - a for a, b in zip(times, times[1:]) if a <= t + window]
+        return max(gaps) if gaps else None
 
 
 def delivered_ids(sink):

@@ -79,6 +79,9 @@ class StateMachine {
   // Replaces the whole store with the checkpoint in checkpoint_dir (moved, not
   // copied) and reloads the in-memory indexes. Readers wait meanwhile.
   [[nodiscard]] Status ReplaceFrom(const std::string& checkpoint_dir);
+  // A 64-bit hash of every key and value in every column family: replicas at
+  // the same applied index must have equal digests.
+  uint64_t Digest() const;
   // Queue replicas recorded by MemberOp: node id -> gRPC address.
   std::map<uint64_t, std::string> Members() const;
 
