@@ -125,6 +125,7 @@ class Shard {
     log_->OnLeadershipChange([this](bool) { SignalWork(); });
     log::Info(tag_ + " opened " + so.dir + " at applied index " + std::to_string(sm_->applied_index()) + ", " +
               std::to_string(sm_->counts().messages) + " messages");
+    Probe::Get().SetCounts(id_, sm_->counts(), 0);  // the gauges exist from the start
     ticker_ = std::thread([this] { TickLoop(); });
     return mx::Status::Ok();
   }
@@ -158,7 +159,7 @@ class Shard {
   }
 
   // UNAVAILABLE with the leader's address, when this replica is not the leader.
-  grpc::Status NotLeader(grpc::ServerContext* ctx, const std::string& why = "") const {
+  grpc::Status NotLeader(grpc::ServerContextBase* ctx, const std::string& why = "") const {
     std::string leader = AddressOf(log_->LeaderId());
     if (!leader.empty() && log_->LeaderId() != config_.node_id) ctx->AddTrailingMetadata(kLeaderMetadataKey, leader);
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -166,32 +167,38 @@ class Shard {
                             (leader.empty() ? "; no leader known" : "; leader is " + leader));
   }
   // Maps a failed commit to a gRPC status, with the leader hint if leadership moved.
-  grpc::Status CommitFailed(grpc::ServerContext* ctx, const mx::Status& st) const {
+  grpc::Status CommitFailed(grpc::ServerContextBase* ctx, const mx::Status& st) const {
     if (st.code() == Code::kUnavailable) return NotLeader(ctx, st.message());
     return ToGrpc(st);
   }
 
-  grpc::Status Enqueue(grpc::ServerContext* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp) {
+  using Finish = std::function<void(const grpc::Status&)>;
+
+  // Asynchronous: `finish` runs once the entry is committed and applied (on the
+  // Raft loop thread), so no gRPC thread waits for the quorum.
+  void Enqueue(grpc::ServerContextBase* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp, Finish finish) {
     auto start = std::chrono::steady_clock::now();
     const auto& m = req->message();
     if (auto st = ValidateNewMessage(m); !st.ok()) {
       Probe::Get().EnqueueRejected();
-      return ToGrpc(st);
+      return finish(ToGrpc(st));
     }
-    if (!log_->IsLeader()) return NotLeader(ctx);
+    if (!log_->IsLeader()) return finish(NotLeader(ctx));
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     *cmd.mutable_enqueue()->mutable_message() = m;
-    ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) {
-      Probe::Get().EnqueueRejected();
-      return CommitFailed(ctx, r.status);
-    }
-    SignalWork();
-    resp->set_qid(m.envelope().qid());
-    resp->set_commit_index(sm_->applied_index());
-    Probe::Get().Enqueued(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    return grpc::Status::OK;
+    log_->Propose(std::move(cmd), [this, ctx, resp, start, finish = std::move(finish),
+                                   qid = m.envelope().qid()](const ApplyResult& r) {
+      if (!r.status.ok()) {
+        Probe::Get().EnqueueRejected();
+        return finish(CommitFailed(ctx, r.status));
+      }
+      SignalWork();
+      resp->set_qid(qid);
+      resp->set_commit_index(sm_->applied_index());
+      Probe::Get().Enqueued(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      finish(grpc::Status::OK);
+    });
   }
 
   grpc::Status Pull(grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::PullResponse, v1::PullRequest>* stream,
@@ -280,20 +287,20 @@ class Shard {
     return result;
   }
 
-  grpc::Status Ack(grpc::ServerContext* ctx, const v1::AckRequest* req) {
+  void Ack(grpc::ServerContextBase* ctx, const v1::AckRequest* req, Finish finish) {
     int64_t now = clock_.NowUnixMicros();
-    v1::QueueCommand cmd;
-    cmd.set_now_unix_us(now);
-    auto* op = cmd.mutable_ack();
     for (const auto& r : req->results()) {
       if (r.qid().empty() || r.outcome() == v1::OUTCOME_UNSPECIFIED) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "every result needs a qid and an outcome");
+        return finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "every result needs a qid and an outcome"));
       }
     }
     for (const auto& d : req->dsns()) {
-      if (auto st = ValidateNewMessage(d); !st.ok()) return ToGrpc(st);
+      if (auto st = ValidateNewMessage(d); !st.ok()) return finish(ToGrpc(st));
     }
-    if (!log_->IsLeader()) return NotLeader(ctx);
+    if (!log_->IsLeader()) return finish(NotLeader(ctx));
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(now);
+    auto* op = cmd.mutable_ack();
     for (const auto& r : req->results()) {
       auto* out = op->add_results();
       *out = r;
@@ -304,11 +311,12 @@ class Shard {
       }
     }
     for (const auto& d : req->dsns()) *op->add_dsns() = d;
-    ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) return CommitFailed(ctx, r.status);
-    for (const auto& res : req->results()) Probe::Get().Acked(res.outcome());
-    if (r.made_ready > 0) SignalWork();
-    return grpc::Status::OK;
+    log_->Propose(std::move(cmd), [this, ctx, req, finish = std::move(finish)](const ApplyResult& r) {
+      if (!r.status.ok()) return finish(CommitFailed(ctx, r.status));
+      for (const auto& res : req->results()) Probe::Get().Acked(res.outcome());
+      if (r.made_ready > 0) SignalWork();
+      finish(grpc::Status::OK);
+    });
   }
 
   grpc::Status RecordStats(grpc::ServerContext* ctx, const v1::RecordStatsRequest* req) {
@@ -499,7 +507,11 @@ class Shard {
   std::thread ticker_;
 };
 
-class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
+// Enqueue and Ack use gRPC's callback API (they finish when the Raft entry
+// commits); the other methods are synchronous.
+using QueueServiceBase = v1::Queue::WithCallbackMethod_Enqueue<v1::Queue::WithCallbackMethod_Ack<v1::Queue::Service>>;
+
+class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
  public:
   QueueServiceImpl(const QueueConfig& config, const Clock& clock) : config_(config) {
     std::map<uint64_t, std::string> peers;
@@ -520,10 +532,16 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     for (auto& s : shards_) s->Stop();
   }
 
-  grpc::Status Enqueue(grpc::ServerContext* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp) override {
+  grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* ctx, const v1::EnqueueRequest* req,
+                                    v1::EnqueueResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
     grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->Enqueue(ctx, req, resp) : err;
+    if (auto* s = Find(req->shard(), &err)) {
+      s->Enqueue(ctx, req, resp, [reactor](const grpc::Status& st) { reactor->Finish(st); });
+    } else {
+      reactor->Finish(err);
+    }
+    return reactor;
   }
 
   grpc::Status Pull(grpc::ServerContext* ctx,
@@ -535,10 +553,16 @@ class QueueServiceImpl final : public v1::Queue::Service, public QueueNode {
     return s ? s->Pull(ctx, stream, first) : err;
   }
 
-  grpc::Status Ack(grpc::ServerContext* ctx, const v1::AckRequest* req, v1::AckResponse*) override {
+  grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
+                                v1::AckResponse*) override {
+    auto* reactor = ctx->DefaultReactor();
     grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->Ack(ctx, req) : err;
+    if (auto* s = Find(req->shard(), &err)) {
+      s->Ack(ctx, req, [reactor](const grpc::Status& st) { reactor->Finish(st); });
+    } else {
+      reactor->Finish(err);
+    }
+    return reactor;
   }
 
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req, v1::ListResponse* resp) override {
