@@ -153,6 +153,20 @@ class Cluster:
         cfg = dict(common, node_name="control", metrics_listen=f"127.0.0.1:{b + 260}",
                    queue={"shards": shards, "peers": self.peers}, control={"listen": f"127.0.0.1:{b + 400}"})
         self.control = Proc(self, "control", "control", cfg, b + 400)
+        self._common, self._queue_common = common, queue_common
+
+    def add_queue_node(self, node_id):
+        """A new queue node that joins (no bootstrap) and waits to be added
+        with `mxctl queue add-replica`. Returns its Proc (not started)."""
+        b = self.base
+        grpc, raft = f"127.0.0.1:{b + 10 * node_id}", f"127.0.0.1:{b + 100 + 20 * node_id}"
+        cfg = dict(self._common, node_name=f"queue-{node_id}", metrics_listen=f"127.0.0.1:{b + 200 + node_id}",
+                   queue=dict(self._queue_common, node_id=node_id, listen=grpc, raft_listen=raft, join=True,
+                              data_dir=str(self.dir / f"queue-{node_id}" / "data")))
+        p = Proc(self, f"queue-{node_id}", "queue", cfg, b + 10 * node_id)
+        p.grpc, p.raft = grpc, raft
+        self.queue.append(p)
+        return p
 
     @property
     def procs(self):

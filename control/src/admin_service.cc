@@ -94,6 +94,9 @@ class AdminService final : public v1::Admin::Service {
       }
       for (const auto& r : node.replicas()) {
         if (!r.leader_address().empty()) todo.push_back(r.leader_address());
+        for (const auto& m : r.members()) {
+          if (!m.grpc_address().empty()) todo.push_back(m.grpc_address());
+        }
       }
       *resp->add_nodes() = std::move(node);
     }

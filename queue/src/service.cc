@@ -370,6 +370,7 @@ class Shard {
   v1::ReplicaStatus ReplicaStatus() const {
     auto s = log_->GetStatus();
     s.set_leader_address(AddressOf(s.leader_id()));
+    for (auto& m : *s.mutable_members()) m.set_grpc_address(AddressOf(m.id()));
     return s;
   }
 

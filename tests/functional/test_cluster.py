@@ -22,8 +22,8 @@ QUEUED = re.compile(r"queued as (\S+)")
 
 def free_base():
     """A base port whose whole cluster layout (see mxcluster.py) is free."""
-    offsets = [10, 20, 30] + [100 + 20 * i + s for i in (1, 2, 3) for s in range(3)] + \
-              [201, 202, 203, 221, 222, 241, 242, 260, 301, 302, 400]
+    offsets = [10, 20, 30, 40] + [100 + 20 * i + s for i in (1, 2, 3, 4) for s in range(3)] + \
+              [201, 202, 203, 204, 221, 222, 241, 242, 260, 301, 302, 400]
     for _ in range(50):
         # Below the kernel's ephemeral range (32768+), where outgoing
         # connections would otherwise take our ports.
@@ -280,3 +280,41 @@ def test_minority_never_acknowledges_a_write(cluster_env):
         code, reply = s.data(b"Message-ID: <majority@cluster.test>\r\nSubject: m\r\n\r\nx\r\n")
     assert code == 250, (code, reply)
     wait_for(lambda: "<majority@cluster.test>" in delivered_ids(sink), what="delivery after quorum returns")
+
+
+def test_replace_a_replica_with_mxctl_add_and_remove(cluster_env):
+    make, sink = cluster_env
+    c = make(shards=1)
+    load = Load(c.smtp_ports(), threads=2)
+    try:
+        wait_for(lambda: load.count() >= 30, timeout=30, what="traffic before the change")
+        new = c.add_queue_node(4)
+        new.start()
+        out = c.mxctl("queue", "add-replica", "--shard", "0", "--id", "4", "--grpc", new.grpc, "--raft", new.raft)
+        assert "added node 4" in out.stdout
+
+        def voter_caught_up():
+            rows = {int(n["node_id"]): n["replicas"][0] for n in c.status()["nodes"]}
+            leader = next(r for r in rows.values() if r["role"] == "leader")
+            members = {int(m["id"]): m["role"] for m in leader["members"]}
+            return members.get(4) == "voter" and 4 in rows and \
+                int(rows[4]["applied_index"]) >= int(leader["commit_index"]) - 50
+
+        wait_for(voter_caught_up, timeout=30, what="node 4 to become a caught-up voter")
+        # Replace node 1: remove it from the group, then stop it for good.
+        victim = 1
+        out = c.mxctl("queue", "remove-replica", "--shard", "0", "--id", str(victim))
+        assert f"removed node {victim}" in out.stdout
+        c.queue_node(victim).stop()
+        c.wait_leaders(exclude=[victim])
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 30, timeout=30, what="250s after the replacement")
+    finally:
+        load.stop()
+    assert_all_delivered(load, sink)
+    leader = next(r for n in c.status()["nodes"] for r in n["replicas"] if r["role"] == "leader")
+    assert sorted(int(m["id"]) for m in leader["members"]) == [2, 3, 4]
+    # Bad requests get precise errors.
+    bad = c.mxctl("queue", "add-replica", "--shard", "7", "--id", "9", "--grpc", "127.0.0.1:1", "--raft",
+                  "127.0.0.1:2", check=False)
+    assert bad.returncode != 0 and "no shard 7" in bad.stderr
