@@ -140,8 +140,11 @@ int main(int argc, char** argv) {
   if (delivery) delivery->Stop();
   auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(3);
   if (control_server) control_server->Shutdown(deadline);
-  if (queue_server) queue_server->Shutdown(deadline);
+  // The queue first: closing the Raft logs answers every pending Enqueue/Ack
+  // at once (UNAVAILABLE, so clients retry on the next leader) instead of
+  // letting the server's shutdown deadline cancel them.
   if (queue) queue->Stop();
+  if (queue_server) queue_server->Shutdown(deadline);
   mx::log::Info("mxd stopped");
   return 0;
 }

@@ -318,3 +318,4 @@ def test_replace_a_replica_with_mxctl_add_and_remove(cluster_env):
     bad = c.mxctl("queue", "add-replica", "--shard", "7", "--id", "9", "--grpc", "127.0.0.1:1", "--raft",
                   "127.0.0.1:2", check=False)
     assert bad.returncode != 0 and "no shard 7" in bad.stderr
+
