@@ -58,7 +58,8 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     SysClock::time_point deadline;
     uint32_t shard = 0;
     std::string address;
-    int failures = 0;  // consecutive failures without a leader hint
+    int failures = 0;        // consecutive failures without a leader hint
+    bool ambiguous = false;  // an attempt may have reached the log: stay on this shard
     grpc::Alarm alarm;
   };
 
@@ -77,6 +78,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     // ALREADY_EXISTS: an earlier attempt committed after all (its answer was lost).
     if (s.ok() || s.error_code() == grpc::StatusCode::ALREADY_EXISTS) return op->done(Status::Ok());
     const bool new_leader = router_.Observe(op->shard, op->address, *op->ctx, s);
+    if (!queue::CertainlyNotApplied(*op->ctx, s)) op->ambiguous = true;
     const bool retryable =
         s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
     const auto now = SysClock::now();
@@ -88,8 +90,11 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
       return Send(op);
     }
     // No leader known here: after two failures on one shard, try the next one
-    // (its leader may be fine); back off meanwhile so an election can finish.
-    if (++op->failures >= 2 && router_.shards() > 1) {
+    // (its leader may be fine) — but only while no attempt could have reached
+    // this shard's log: a message that may be committed here is retried here
+    // (ALREADY_EXISTS then confirms it), never duplicated on another shard.
+    // Back off meanwhile so an election can finish.
+    if (++op->failures >= 2 && router_.shards() > 1 && !op->ambiguous) {
       op->shard = (op->shard + 1) % router_.shards();
       op->failures = 0;
     }

@@ -35,7 +35,7 @@ bool QueueRouter::Observe(uint32_t shard, const std::string& address, const grpc
   const auto code = status.error_code();
   if (code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::DEADLINE_EXCEEDED) {
     // The replica answered as leader (OK, or an error about the request itself).
-    if (st.leader == address) st.healthy = true;
+    if (st.leader == address) st.failed_at = {};
     return false;
   }
   std::string hint;
@@ -44,13 +44,13 @@ bool QueueRouter::Observe(uint32_t shard, const std::string& address, const grpc
   if (st.leader != address) return !st.leader.empty();  // someone already moved on: retry there
   if (!hint.empty() && hint != address) {
     st.leader = hint;
-    st.healthy = true;
+    st.failed_at = {};
     if (std::find(addresses_.begin(), addresses_.end(), hint) == addresses_.end()) addresses_.push_back(hint);
     return true;
   }
   // Unreachable, or a replica that knows no leader (an election is running):
   // try the next address after a pause.
-  st.healthy = false;
+  st.failed_at = std::chrono::steady_clock::now();
   if (!addresses_.empty()) {
     st.cursor = (st.cursor + 1) % addresses_.size();
     st.leader = addresses_[st.cursor];
@@ -58,9 +58,20 @@ bool QueueRouter::Observe(uint32_t shard, const std::string& address, const grpc
   return false;
 }
 
+bool CertainlyNotApplied(const grpc::ClientContext& ctx, const grpc::Status& status) {
+  if (status.ok()) return false;
+  if (ctx.GetServerTrailingMetadata().count(kRejectedMetadataKey)) return true;
+  // gRPC's words for a call that never got a connection.
+  return status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+         status.error_message().find("failed to connect") != std::string::npos;
+}
+
 bool QueueRouter::Healthy(uint32_t shard) const {
+  constexpr auto kAvoidFor = std::chrono::seconds(2);
   std::lock_guard lock(mu_);
-  return shards_.at(shard).healthy;
+  const auto failed_at = shards_.at(shard).failed_at;
+  return failed_at == std::chrono::steady_clock::time_point{} ||
+         std::chrono::steady_clock::now() - failed_at > kAvoidFor;
 }
 
 std::vector<std::string> QueueRouter::Addresses() const {

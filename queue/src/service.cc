@@ -159,16 +159,19 @@ class Shard {
   }
 
   // UNAVAILABLE with the leader's address, when this replica is not the leader.
-  grpc::Status NotLeader(grpc::ServerContextBase* ctx, const std::string& why = "") const {
+  // Unless `proposed`, the request was refused before it reached the log, which
+  // the client learns from kRejectedMetadataKey (it may then go elsewhere).
+  grpc::Status NotLeader(grpc::ServerContextBase* ctx, const std::string& why = "", bool proposed = false) const {
     std::string leader = AddressOf(log_->LeaderId());
     if (!leader.empty() && log_->LeaderId() != config_.node_id) ctx->AddTrailingMetadata(kLeaderMetadataKey, leader);
+    if (!proposed) ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         (why.empty() ? tag_ + ": this replica is not the leader" : why) +
                             (leader.empty() ? "; no leader known" : "; leader is " + leader));
   }
   // Maps a failed commit to a gRPC status, with the leader hint if leadership moved.
   grpc::Status CommitFailed(grpc::ServerContextBase* ctx, const mx::Status& st) const {
-    if (st.code() == Code::kUnavailable) return NotLeader(ctx, st.message());
+    if (st.code() == Code::kUnavailable) return NotLeader(ctx, st.message(), /*proposed=*/true);
     return ToGrpc(st);
   }
 

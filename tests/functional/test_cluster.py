@@ -37,8 +37,8 @@ class Load:
     """SMTP clients (smtplib) sending uniquely identified messages through the
     ingress nodes; remembers which got 250, when, and with which queue id."""
 
-    def __init__(self, ports, threads=4, rcpt="user@implicit.test"):
-        self.ports, self.rcpt = ports, rcpt
+    def __init__(self, ports, threads=4, rcpt="user@implicit.test", tag="load"):
+        self.ports, self.rcpt, self.tag = ports, rcpt, tag
         self.accepted = {}  # Message-ID -> (qid, time)
         self.failures = []  # (time, reply)
         self.lock = threading.Lock()
@@ -51,7 +51,7 @@ class Load:
     def _next_id(self, worker):
         with self.lock:
             self.n += 1
-            return f"<load-{worker}-{self.n}@cluster.test>"
+            return f"<{self.tag}-{worker}-{self.n}@cluster.test>"
 
     def _run(self, worker):
         port = self.ports[worker % len(self.ports)]
@@ -111,7 +111,12 @@ def delivered_ids(sink):
 
 
 def assert_all_delivered(load, sink, timeout=90):
-    """Every message answered 250 reached the sink; returns the duplicates."""
+    """Every message answered 250 reached the sink; returns the duplicates.
+
+    Killing queue replicas must not cause duplicates beyond the odd delivery
+    whose Ack outlived every retry: Acks follow the new leader, and an ingress
+    retry of a message that may already be in a shard's log stays on that
+    shard (ALREADY_EXISTS), so at most 0.5 % are tolerated."""
     accepted = set(load.accepted)
 
     def missing():
@@ -124,7 +129,9 @@ def assert_all_delivered(load, sink, timeout=90):
         raise AssertionError(f"{len(lost)} of {len(accepted)} accepted messages lost, e.g. "
                              f"{[(m, load.accepted[m][0]) for m in lost[:5]]}")
     ids = delivered_ids(sink)
-    return len(ids) - len(set(ids))
+    dups = len(ids) - len(set(ids))
+    assert dups <= len(accepted) // 200, f"{dups} duplicate deliveries of {len(accepted)}"
+    return dups
 
 
 @pytest.fixture
@@ -247,7 +254,7 @@ def test_replica_behind_the_compacted_log_catches_up_by_snapshot(cluster_env):
     # Its state is real: make it the only survivor besides one other and keep going.
     c.queue_node(leader).kill9()
     c.wait_leaders(exclude=[leader])
-    load2 = Load(c.smtp_ports(), threads=2)
+    load2 = Load(c.smtp_ports(), threads=2, tag="after")
     try:
         wait_for(lambda: load2.count() >= 20, timeout=30, what="250s after the leader died")
     finally:

@@ -22,6 +22,14 @@
 namespace mx::queue {
 
 constexpr const char* kLeaderMetadataKey = "mx-leader";
+// Set on UNAVAILABLE answers given before the request reached the Raft log:
+// the request certainly had no effect.
+constexpr const char* kRejectedMetadataKey = "mx-rejected";
+
+// Whether a failed call certainly had no effect on the queue: refused before
+// the log, or never connected. Otherwise (a timeout, a connection lost
+// mid-call, leadership lost after proposing) the command may still commit.
+bool CertainlyNotApplied(const grpc::ClientContext& ctx, const grpc::Status& status);
 
 class QueueRouter {
  public:
@@ -39,8 +47,8 @@ class QueueRouter {
   // Returns true when a different leader is now known, so retrying at once
   // makes sense; false when the caller should back off before retrying.
   bool Observe(uint32_t shard, const std::string& address, const grpc::ClientContext& ctx, const grpc::Status& status);
-  // Whether the last call to the shard's presumed leader succeeded (or none
-  // failed): ingress prefers such shards.
+  // False for a couple of seconds after a call to the shard found no leader:
+  // ingress prefers other shards meanwhile, then tries this one again.
   bool Healthy(uint32_t shard) const;
   // Every address known (seeds and learnt leaders).
   std::vector<std::string> Addresses() const;
@@ -49,7 +57,7 @@ class QueueRouter {
   struct ShardState {
     std::string leader;
     size_t cursor = 0;
-    bool healthy = true;
+    std::chrono::steady_clock::time_point failed_at{};  // epoch: never failed
   };
   v1::Queue::Stub* StubFor(const std::string& address);  // mu_ held
 
