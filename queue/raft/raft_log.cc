@@ -166,21 +166,29 @@ class RaftLogImpl final : public RaftLog {
   }
 
   void AddVoter(uint64_t id, const std::string& raft_address, ChangeDone done) override {
-    RunOnLoop([this, id, raft_address, done = std::move(done)]() mutable {
-      auto* op = new ChangeOp{this, id, RAFT_VOTER, std::move(done)};
-      op->req.data = op;
-      int rv = raft_add(&raft_, &op->req, id, raft_address.c_str(), &RaftLogImpl::OnAdded);
-      if (rv != 0) op->Finish(ChangeError("add server", rv));
-    });
+    auto shared = std::make_shared<ChangeDone>(std::move(done));
+    if (!RunOnLoop([this, id, raft_address, shared]() mutable {
+          ChangeDone done = std::move(*shared);
+          auto* op = new ChangeOp{this, id, RAFT_VOTER, std::move(done)};
+          op->req.data = op;
+          int rv = raft_add(&raft_, &op->req, id, raft_address.c_str(), &RaftLogImpl::OnAdded);
+          if (rv != 0) op->Finish(ChangeError("add server", rv));
+        })) {
+      (*shared)(Status(Code::kUnavailable, tag_ + "shutting down"));
+    }
   }
 
   void RemoveServer(uint64_t id, ChangeDone done) override {
-    RunOnLoop([this, id, done = std::move(done)]() mutable {
-      auto* op = new ChangeOp{this, id, 0, std::move(done)};
-      op->req.data = op;
-      int rv = raft_remove(&raft_, &op->req, id, &RaftLogImpl::OnChanged);
-      if (rv != 0) op->Finish(ChangeError("remove server", rv));
-    });
+    auto shared = std::make_shared<ChangeDone>(std::move(done));
+    if (!RunOnLoop([this, id, shared]() mutable {
+          ChangeDone done = std::move(*shared);
+          auto* op = new ChangeOp{this, id, 0, std::move(done)};
+          op->req.data = op;
+          int rv = raft_remove(&raft_, &op->req, id, &RaftLogImpl::OnChanged);
+          if (rv != 0) op->Finish(ChangeError("remove server", rv));
+        })) {
+      (*shared)(Status(Code::kUnavailable, tag_ + "shutting down"));
+    }
   }
 
  private:
@@ -221,15 +229,13 @@ class RaftLogImpl final : public RaftLog {
     return Status(code, tag_ + what + ": " + raft_strerror(rv) + " (" + raft_errmsg(&raft_) + ")");
   }
 
-  void RunOnLoop(std::function<void()> fn) {
-    {
-      std::lock_guard lock(mu_);
-      if (!stopping_) {
-        tasks_.push_back(std::move(fn));
-        uv_async_send(&wake_);
-        return;
-      }
-    }
+  // False when stopping: fn will not run.
+  bool RunOnLoop(std::function<void()> fn) {
+    std::lock_guard lock(mu_);
+    if (stopping_) return false;
+    tasks_.push_back(std::move(fn));
+    uv_async_send(&wake_);
+    return true;
   }
 
   static void OnAdded(raft_change* req, int status) {
@@ -255,8 +261,10 @@ class RaftLogImpl final : public RaftLog {
       tasks.swap(self->tasks_);
       stopping = self->stopping_;
     }
+    if (!self->closing_) {
+      for (auto& t : tasks) t();  // before closing: raft_close cancels what they start
+    }
     if (stopping) return self->BeginClose();
-    for (auto& t : tasks) t();
     self->Flush(false);
   }
 
