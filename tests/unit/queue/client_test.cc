@@ -1,0 +1,52 @@
+// client_test.cc — QueueRouter's memory of shard leaders, without a server.
+#include <gtest/gtest.h>
+
+#include "mx/queue/client.h"
+
+namespace mx::queue {
+namespace {
+
+const grpc::Status kUnreachable(grpc::StatusCode::UNAVAILABLE,
+                                "failed to connect to all addresses; last error: Connection refused");
+
+TEST(QueueRouterTest, ShardsStartOnDifferentSeedsAndRotateWhenUnreachable) {
+  QueueRouter r({"a:1", "b:1", "c:1"}, 2);
+  EXPECT_EQ(r.Leader(0).address, "a:1");
+  EXPECT_EQ(r.Leader(1).address, "b:1");
+  grpc::ClientContext ctx;
+  EXPECT_FALSE(r.Observe(0, "a:1", ctx, kUnreachable));  // no new leader known: back off
+  EXPECT_EQ(r.Leader(0).address, "b:1");
+  EXPECT_FALSE(r.Healthy(0));
+  EXPECT_TRUE(r.Healthy(1));
+  grpc::ClientContext ok_ctx;
+  r.Observe(0, "b:1", ok_ctx, grpc::Status::OK);
+  EXPECT_TRUE(r.Healthy(0));
+  EXPECT_EQ(r.Leader(0).address, "b:1");
+}
+
+TEST(QueueRouterTest, ErrorsAboutTheRequestDoNotMoveTheLeader) {
+  QueueRouter r({"a:1", "b:1"}, 1);
+  grpc::ClientContext ctx;
+  EXPECT_FALSE(r.Observe(0, "a:1", ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad qid")));
+  EXPECT_EQ(r.Leader(0).address, "a:1");
+  EXPECT_TRUE(r.Healthy(0));
+}
+
+TEST(QueueRouterTest, AStaleFailureAfterSomeoneMovedOnRetriesAtOnce) {
+  QueueRouter r({"a:1", "b:1"}, 1);
+  grpc::ClientContext c1, c2;
+  r.Observe(0, "a:1", c1, kUnreachable);               // moves to b:1
+  EXPECT_TRUE(r.Observe(0, "a:1", c2, kUnreachable));  // an older call to a:1: b:1 is already current
+  EXPECT_EQ(r.Leader(0).address, "b:1");
+}
+
+TEST(QueueRouterTest, OnlyRefusalsAndFailedConnectsAreCertainlyNotApplied) {
+  grpc::ClientContext ctx;
+  EXPECT_TRUE(CertainlyNotApplied(ctx, kUnreachable));
+  EXPECT_FALSE(CertainlyNotApplied(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, "Socket closed")));
+  EXPECT_FALSE(CertainlyNotApplied(ctx, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded")));
+  EXPECT_FALSE(CertainlyNotApplied(ctx, grpc::Status::OK));
+}
+
+}  // namespace
+}  // namespace mx::queue
