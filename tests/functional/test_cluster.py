@@ -262,6 +262,36 @@ def test_replica_behind_the_compacted_log_catches_up_by_snapshot(cluster_env):
     assert_all_delivered(load2, sink)
 
 
+def test_stalled_leader_is_replaced_and_never_acknowledges_after_resuming(cluster_env, request):
+    """SIGSTOP the leader for longer than the election timeout (a long GC or VM
+    pause): the others elect a new leader and mail keeps flowing; the old one
+    resumes as a deposed leader and must not lose or duplicate anything."""
+    make, sink = cluster_env
+    c = make(shards=1)
+    load = Load(c.smtp_ports(), threads=4)
+    try:
+        wait_for(lambda: load.count() >= 40, timeout=30, what="load to get going")
+        stalled = c.leaders()[0]
+        t_stop = time.monotonic()
+        c.queue_node(stalled).sigstop()
+        try:
+            c.wait_leaders(exclude=[stalled])
+            n = load.count()
+            wait_for(lambda: load.count() >= n + 40, timeout=30, what="250s while the old leader is stalled")
+        finally:
+            c.queue_node(stalled).sigcont()
+        stall_gap = load.gap_around(t_stop)
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 40, timeout=30, what="250s after the old leader resumed")
+    finally:
+        load.stop()
+    dups = assert_all_delivered(load, sink)
+    # The resumed replica rejoined as a follower and caught up.
+    wait_for(lambda: len({r["applied_index"] for n in c.status()["nodes"] for r in n["replicas"]}) == 1,
+             timeout=30, what="the resumed replica to catch up")
+    report(request, accepted=len(load.accepted), duplicates=dups, stall_failover_s=round(stall_gap, 3))
+
+
 def test_minority_never_acknowledges_a_write(cluster_env):
     make, sink = cluster_env
     c = make(shards=1, ingress=1, ingress_cfg={"enqueue_timeout": "4s"})
