@@ -202,6 +202,7 @@ Config Parse(const YAML::Node& root) {
       q.Uint("snapshot_threshold", &c.queue.snapshot_threshold);
       q.Uint("snapshot_trailing", &c.queue.snapshot_trailing);
       q.Uint("max_inflight_entries", &c.queue.max_inflight_entries);
+      q.Bool("balance_leaders", &c.queue.balance_leaders);
       if (auto peers = q.Child("peers"); peers.IsDefined()) {
         if (!peers.IsSequence()) Fail("queue.peers", "expected a list of {id, grpc, raft}");
         size_t i = 0;

@@ -407,6 +407,10 @@ class RaftLogImpl final : public RaftLog {
     }
     bool leader = state == RAFT_LEADER;
     leader_id_ = leader_id;
+    if (leader && ++polls_since_balance_ >= kBalanceEveryPolls) {
+      polls_since_balance_ = 0;
+      MaybeHandOver();
+    }
     Probe::Get().SetRaft(options_.shard, leader, raft_.current_term, raft_.commit_index, raft_last_applied(&raft_));
     if (leader != leader_.exchange(leader)) {
       log::Info(tag_ + (leader ? "became leader in term " : "lost leadership in term ") +
@@ -427,6 +431,34 @@ class RaftLogImpl final : public RaftLog {
       }
       if (fn) fn(leader);
       if (!leader) FailPending(NotLeader());
+    }
+  }
+
+  // Leader only: hands leadership to the preferred replica once it is a voter
+  // that has every entry (so the handover costs no catch-up).
+  void MaybeHandOver() {
+    const uint64_t want = options_.preferred_leader;
+    if (want == 0 || want == options_.node_id || transfer_in_flight_ || !raft_.leader_state.progress) return;
+    const raft_index last = raft_last_index(&raft_);
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      const auto& srv = raft_.configuration.servers[i];
+      if (srv.id != want) continue;
+      if (srv.role != RAFT_VOTER || raft_.leader_state.progress[i].match_index < last) return;
+      using Transfer = struct raft_transfer;
+      auto* t = new Transfer{};
+      t->data = this;
+      int rv = raft_transfer(&raft_, t, want, [](Transfer* req) {
+        auto* self = static_cast<RaftLogImpl*>(req->data);
+        self->transfer_in_flight_ = false;
+        delete req;
+      });
+      if (rv != 0) {
+        delete t;
+        return;
+      }
+      transfer_in_flight_ = true;
+      log::Info(tag_ + "handing leadership to its preferred replica " + std::to_string(want));
+      return;
     }
   }
 
@@ -472,7 +504,10 @@ class RaftLogImpl final : public RaftLog {
   raft_io io_{};
   struct ::raft raft_ {};
   bool loop_ready_ = false, transport_ready_ = false, io_ready_ = false, raft_ready_ = false, started_ = false;
-  bool closing_ = false;  // loop thread only
+  bool closing_ = false;                              // loop thread only
+  static constexpr unsigned kBalanceEveryPolls = 60;  // 3 s at 50 ms
+  unsigned polls_since_balance_ = 0;                  // loop thread only
+  bool transfer_in_flight_ = false;                   // loop thread only
   std::thread thread_;
 
   std::mutex mu_;

@@ -118,6 +118,10 @@ class Shard {
     ro.max_batch_bytes = config_.group_commit_max_bytes;
     ro.linger = config_.group_commit_linger;
     ro.max_inflight_entries = config_.max_inflight_entries;
+    // Shard s prefers the (s mod n)-th configured peer as its leader.
+    if (config_.balance_leaders && !config_.peers.empty()) {
+      ro.preferred_leader = config_.peers[id_ % config_.peers.size()].id;
+    }
     snapshot_dir_ = ro.snapshot_dir;
     auto log = StartRaftLog(ro, *sm_, &FetchSnapshotFiles);
     if (!log.ok()) return log.status();

@@ -204,6 +204,8 @@ def test_kill_leader_then_follower_under_load_loses_nothing(cluster_env, request
 def test_sharded_cluster_spreads_mail_and_survives_losing_a_leader(cluster_env, request):
     make, sink = cluster_env
     c = make(shards=3)
+    # Each shard's leadership moves to its preferred replica (peers[s % 3]).
+    wait_for(lambda: c.leaders() == {0: 1, 1: 2, 2: 3}, timeout=30, what="leaders to spread over the nodes")
     before = {int(r.get("shard", 0)): int(r.get("commit_index", 0)) for n in c.status()["nodes"] for r in n["replicas"]}
     load = Load(c.smtp_ports(), threads=4)
     try:

@@ -66,6 +66,7 @@ struct QueueConfig {
   uint32_t snapshot_threshold = 8192;  // log entries between snapshots
   uint32_t snapshot_trailing = 2048;   // entries kept behind a snapshot for slow followers
   uint32_t max_inflight_entries = 4;   // uncommitted entries before proposals wait (group commit)
+  bool balance_leaders = true;         // shard s prefers peers[s % n] as leader
   uint32_t group_commit_max_commands = 512;
   uint64_t group_commit_max_bytes = 16ULL << 20;
   std::chrono::microseconds group_commit_linger{0};

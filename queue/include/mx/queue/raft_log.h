@@ -48,6 +48,10 @@ struct RaftLogOptions {
   uint64_t max_batch_bytes = 16 << 20;
   std::chrono::microseconds linger{0};
   unsigned max_inflight_entries = 4;
+  // The replica that should lead this shard when it is a caught-up voter (0:
+  // none). Spreading shards' leaders over the nodes spreads the leaders' work;
+  // the leader hands over with raft_transfer, checked every few seconds.
+  uint64_t preferred_leader = 0;
 };
 
 // Copies the checkpoint files a snapshot manifest lists into dir.
