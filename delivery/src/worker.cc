@@ -359,8 +359,13 @@ class Worker final : public DeliveryWorker {
 
   void AckDone(const std::shared_ptr<AckOp>& op, const grpc::Status& s) {
     const bool new_leader = router_.Observe(op->shard->id, op->address, *op->ctx, s);
-    const bool retryable =
-        s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    // Acks are idempotent (a recipient already final ignores a second one), so
+    // anything but a verdict on the request itself is worth another try:
+    // e.g. CANCELLED from a queue replica shutting down mid-call.
+    const auto code = s.error_code();
+    const bool retryable = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                           code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::ABORTED ||
+                           code == grpc::StatusCode::UNKNOWN || code == grpc::StatusCode::INTERNAL;
     const auto now = std::chrono::system_clock::now();
     if (!s.ok() && retryable && !stopping_ && now < op->deadline) {
       if (new_leader) return SendAck(op);

@@ -79,8 +79,12 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     if (s.ok() || s.error_code() == grpc::StatusCode::ALREADY_EXISTS) return op->done(Status::Ok());
     const bool new_leader = router_.Observe(op->shard, op->address, *op->ctx, s);
     if (!queue::CertainlyNotApplied(*op->ctx, s)) op->ambiguous = true;
-    const bool retryable =
-        s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    // A retry of the same qid is safe (ALREADY_EXISTS if it committed), so any
+    // failure of the transport or of the replica (CANCELLED when it shuts down
+    // mid-call) is retried; verdicts on the message itself are not.
+    const auto code = s.error_code();
+    const bool retryable = code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                           code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::ABORTED;
     const auto now = SysClock::now();
     if (!retryable || now >= op->deadline) {
       return op->done(Status(static_cast<Code>(s.error_code()), s.error_message()));
