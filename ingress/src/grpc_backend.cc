@@ -43,8 +43,8 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     *call->req.add_deltas() = delta;
     auto target = router_.Leader(0);
     target.stub->async()->RecordStats(&call->ctx, &call->req, &call->resp,
-                                      [this, call, address = target.address](grpc::Status s) {
-                                        router_.Observe(0, address, call->ctx, s);
+                                      [self = shared_from_this(), call, address = target.address](grpc::Status s) {
+                                        self->router_.Observe(0, address, call->ctx, s);
                                         if (!s.ok()) log::Warn("mailstats report failed: " + s.error_message());
                                       });
   }
