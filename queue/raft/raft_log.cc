@@ -169,8 +169,19 @@ class RaftLogImpl final : public RaftLog {
     auto shared = std::make_shared<ChangeDone>(std::move(done));
     if (!RunOnLoop([this, id, raft_address, shared]() mutable {
           ChangeDone done = std::move(*shared);
+          // Idempotent, so that a retried request (the answer to the first was
+          // lost in a leader change) succeeds: already a voter is done, already
+          // a member only needs the promotion.
+          const int role = RoleOf(id);
+          if (role == RAFT_VOTER) return done(Status::Ok());
           auto* op = new ChangeOp{this, id, RAFT_VOTER, std::move(done)};
           op->req.data = op;
+          if (role >= 0) {
+            op->then_assign = 0;
+            int rv = raft_assign(&raft_, &op->req, id, RAFT_VOTER, &RaftLogImpl::OnChanged);
+            if (rv != 0) op->Finish(ChangeError("assign role", rv));
+            return;
+          }
           int rv = raft_add(&raft_, &op->req, id, raft_address.c_str(), &RaftLogImpl::OnAdded);
           if (rv != 0) op->Finish(ChangeError("add server", rv));
         })) {
@@ -182,6 +193,7 @@ class RaftLogImpl final : public RaftLog {
     auto shared = std::make_shared<ChangeDone>(std::move(done));
     if (!RunOnLoop([this, id, shared]() mutable {
           ChangeDone done = std::move(*shared);
+          if (RoleOf(id) < 0) return done(Status::Ok());  // already removed (a retried request)
           auto* op = new ChangeOp{this, id, 0, std::move(done)};
           op->req.data = op;
           int rv = raft_remove(&raft_, &op->req, id, &RaftLogImpl::OnChanged);
@@ -225,8 +237,16 @@ class RaftLogImpl final : public RaftLog {
                   tag_ + what + ": " + raft_strerror(rv) + (detail.empty() ? "" : " (" + detail + ")"));
   }
   Status ChangeError(const std::string& what, int rv) {
-    Code code = rv == RAFT_NOTLEADER ? Code::kUnavailable : Code::kFailedPrecondition;
+    Code code = rv == RAFT_NOTLEADER || rv == RAFT_LEADERSHIPLOST ? Code::kUnavailable : Code::kFailedPrecondition;
     return Status(code, tag_ + what + ": " + raft_strerror(rv) + " (" + raft_errmsg(&raft_) + ")");
+  }
+
+  // Role of server id in the current configuration, -1 if it is not a member.
+  int RoleOf(uint64_t id) const {
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      if (raft_.configuration.servers[i].id == id) return raft_.configuration.servers[i].role;
+    }
+    return -1;
   }
 
   // False when stopping: fn will not run.
