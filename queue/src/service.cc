@@ -90,7 +90,6 @@ class Shard {
     if (ec) return mx::Status(Code::kUnavailable, "cannot create " + base.string() + ": " + ec.message());
     StateMachineOptions so;
     so.dir = (base / "db").string();
-    so.sync = false;  // the Raft log is the durable record
     so.class_factor = config_.class_factor;
     so.recipient_factor = config_.recipient_factor;
     so.retry_factor = config_.retry_factor;

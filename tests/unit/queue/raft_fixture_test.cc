@@ -35,7 +35,6 @@ class RaftFixtureTest : public ::testing::Test {
       fs::create_directories(r.dir);
       StateMachineOptions o;
       o.dir = (r.dir / "db").string();
-      o.sync = false;
       auto sm = StateMachine::Open(o);
       ASSERT_TRUE(sm.ok()) << sm.status().ToString();
       r.sm = std::move(sm).value();

@@ -31,7 +31,6 @@ class StateMachineTest : public ::testing::Test {
     sm_.reset();
     StateMachineOptions o;
     o.dir = dir_.string();
-    o.sync = false;
     auto r = StateMachine::Open(o);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     sm_ = std::move(r).value();

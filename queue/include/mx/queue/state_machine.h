@@ -29,9 +29,6 @@ namespace mx::queue {
 
 struct StateMachineOptions {
   std::string dir;
-  // Sync the RocksDB WAL on every apply. False under Raft, whose log is already
-  // fsync'd and is replayed after a crash (the applied index makes that safe).
-  bool sync = true;
   // sendmail priority: size - class*ClassFactor + nrcpts*RecipientFactor
   // (+ attempts*RetryFactor after failures); lower runs first.
   int64_t class_factor = 1800;
