@@ -10,6 +10,7 @@ Layout for base port B (every address on 127.0.0.1):
   control:              gRPC B+400, metrics B+260
 """
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _port_open(port, host="127.0.0.1"):
+def port_open(host, port):
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
@@ -27,22 +28,44 @@ def _port_open(port, host="127.0.0.1"):
         return False
 
 
-def _yaml(value, indent=0):
+def layout_offsets(queue_nodes=3, shards=1, ingress=2, delivery=2):
+    """Every port offset the layout above uses."""
+    out = [400, 260]
+    for i in range(1, queue_nodes + 1):
+        out += [10 * i, 200 + i] + [100 + 20 * i + s for s in range(shards)]
+    out += [300 + j for j in range(1, ingress + 1)] + [220 + j for j in range(1, ingress + 1)]
+    out += [240 + j for j in range(1, delivery + 1)]
+    return out
+
+
+def free_base(**layout):
+    """A base port whose whole layout is free. Below the kernel's ephemeral
+    range (32768+), where outgoing connections would otherwise take our ports."""
+    offsets = layout_offsets(**layout)
+    for _ in range(50):
+        base = random.randrange(20000, 32000, 500)
+        if not any(port_open("127.0.0.1", base + o) for o in offsets):
+            return base
+    raise RuntimeError("no free port range for a cluster")
+
+
+def to_yaml(value, indent=0):
+    """Minimal YAML writer for mx.yaml dicts (strings quoted)."""
     pad = "  " * indent
     if isinstance(value, dict):
         out = ""
         for k, v in value.items():
             if isinstance(v, dict):
-                out += f"{pad}{k}:\n{_yaml(v, indent + 1)}"
+                out += f"{pad}{k}:\n{to_yaml(v, indent + 1)}"
             elif isinstance(v, list) and v and isinstance(v[0], dict):
                 out += f"{pad}{k}:\n"
                 for item in v:
-                    out += f"{pad}  - {{" + ", ".join(f"{ik}: {_yaml(iv)}" for ik, iv in item.items()) + "}\n"
+                    out += f"{pad}  - {{" + ", ".join(f"{ik}: {to_yaml(iv)}" for ik, iv in item.items()) + "}\n"
             else:
-                out += f"{pad}{k}: {_yaml(v)}\n"
+                out += f"{pad}{k}: {to_yaml(v)}\n"
         return out
     if isinstance(value, list):
-        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+        return "[" + ", ".join(to_yaml(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -58,7 +81,7 @@ class Proc:
         self.dir = cluster.dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "mx.yaml"
-        self.config.write_text(_yaml(config))
+        self.config.write_text(to_yaml(config))
         self.cfg = config
         self.ready_port = ready_port
         self.logfile = self.dir / "mxd.log"
@@ -75,7 +98,7 @@ class Proc:
 
     def wait_ready(self, timeout=30):
         deadline = time.monotonic() + timeout
-        while not _port_open(self.ready_port):
+        while not port_open("127.0.0.1", self.ready_port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logtext()[-3000:]}")
             if time.monotonic() > deadline:

@@ -8,7 +8,12 @@ import socket
 import subprocess
 import threading
 import time
+import sys
 from pathlib import Path
+
+# The cluster launcher's helpers serve the single-node fixtures too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from mxcluster import port_open, to_yaml  # noqa: E402,F401
 
 # Postfix's smtp-source/smtp-sink and unbound live in /usr/sbin, which a non-root PATH lacks.
 os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
@@ -34,14 +39,6 @@ def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def port_open(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class Unbound:
@@ -250,26 +247,6 @@ class Mxd:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
-
-
-def to_yaml(value, indent=0):
-    """Minimal YAML writer for the config dicts above (strings quoted)."""
-    pad = "  " * indent
-    if isinstance(value, dict):
-        out = ""
-        for k, v in value.items():
-            if isinstance(v, dict):
-                out += f"{pad}{k}:\n{to_yaml(v, indent + 1)}"
-            else:
-                out += f"{pad}{k}: {to_yaml(v)}\n"
-        return out
-    if isinstance(value, list):
-        return "[" + ", ".join(to_yaml(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return '"' + str(value).replace('"', '\\"') + '"'
 
 
 def metric_value(text, name, labels=None):

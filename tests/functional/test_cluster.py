@@ -1,36 +1,23 @@
 """A real multi-process cluster (3 queue replicas, ingress, delivery, control):
 replicas are killed, stopped and restarted under SMTP load, and every message
 that got a 250 must reach the destination."""
-import random
 import re
 import smtplib
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import MX_GOOD
-from mxtest import free_port, port_open, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from mxcluster import Cluster  # noqa: E402
+from mxtest import free_port, wait_for  # puts scripts/ on sys.path
+from mxcluster import Cluster, free_base  # noqa: E402
 
 QUEUED = re.compile(r"queued as (\S+)")
 
 
-def free_base():
-    """A base port whose whole cluster layout (see mxcluster.py) is free."""
-    offsets = [10, 20, 30, 40] + [100 + 20 * i + s for i in (1, 2, 3, 4) for s in range(3)] + \
-              [201, 202, 203, 204, 221, 222, 241, 242, 260, 301, 302, 400]
-    for _ in range(50):
-        # Below the kernel's ephemeral range (32768+), where outgoing
-        # connections would otherwise take our ports.
-        base = random.randrange(20000, 32000, 500)
-        if not any(port_open("127.0.0.1", base + o) for o in offsets):
-            return base
-    raise AssertionError("no free port range for a cluster")
+def cluster_base():
+    """A free base port for a cluster that may grow a 4th queue node."""
+    return free_base(queue_nodes=4, shards=3)
 
 
 class Load:
@@ -142,7 +129,7 @@ def cluster_env(tmp_path, dns, sinks):
     sink = sinks(MX_GOOD, port)
 
     def make(**kw):
-        c = Cluster(tmp_path / f"cluster{len(made)}", base_port=free_base(),
+        c = Cluster(tmp_path / f"cluster{len(made)}", base_port=cluster_base(),
                     delivery_cfg={"dns_servers": [d.server], "smtp_port": port, "connect_timeout": "3s"}, **kw)
         made.append(c)
         c.start()
