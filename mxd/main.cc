@@ -2,8 +2,7 @@
 //
 // The main only reads the config, starts the roles asked for on the shared
 // skeleton (logging, /metrics, gRPC health + reflection) and waits for a signal:
-// SIGTERM/SIGINT stop the node, SIGHUP is logged (policy reload comes with the
-// policy work).
+// SIGTERM/SIGINT stop the node, SIGHUP reloads the ingress policy.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/service_type.h>
 #include <signal.h>
@@ -129,7 +128,16 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&signals, &sig);
     if (sig == SIGHUP) {
-      mx::log::Info("SIGHUP: nothing to reload yet");
+      // Policy reload: mx.yaml and the map files it names. Anything invalid
+      // is refused whole and the running policy stays.
+      auto fresh = mx::LoadConfig(config_path);
+      if (!fresh.ok()) {
+        mx::log::Error("SIGHUP: reload refused, previous policy stays in force: " + fresh.status().message());
+      } else if (ingress) {
+        if (auto st = ingress->Reload(*fresh); st.ok()) mx::log::Info("SIGHUP: policy reloaded");
+      } else {
+        mx::log::Info("SIGHUP: no ingress role on this node; nothing to reload");
+      }
       continue;
     }
     mx::log::Info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", stopping");

@@ -7,6 +7,7 @@
 
 #include <cctype>
 #include <charconv>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -118,6 +119,15 @@ class Reader {
     if (ec != std::errc() || p != s.data() + s.size()) Fail(Key(k), "expected an integer, got '" + s + "'");
     *out = v;
   }
+  void Double(const std::string& k, double* out) {
+    auto n = Child(k);
+    if (!n.IsDefined()) return;
+    auto s = n.as<std::string>();
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || *end != '\0' || v < 0) Fail(Key(k), "expected a non-negative number, got '" + s + "'");
+    *out = v;
+  }
   void Bytes(const std::string& k, uint64_t* out) {
     auto n = Child(k);
     if (!n.IsDefined()) return;
@@ -186,6 +196,43 @@ Config Parse(const YAML::Node& root) {
       in.Duration("enqueue_timeout", &c.ingress.enqueue_timeout);
       in.StrList("mynetworks", &c.ingress.mynetworks);
       in.StrList("relay_domains", &c.ingress.relay_domains);
+      in.Str("relay_domains_file", &c.ingress.relay_domains_file);
+      in.StrList("local_domains", &c.ingress.local_domains);
+      in.Str("local_domains_file", &c.ingress.local_domains_file);
+      in.Str("access_map", &c.ingress.access_map);
+      in.Str("aliases", &c.ingress.aliases);
+      in.Str("virtusertable", &c.ingress.virtusertable);
+      if (auto hc = in.Child("header_checks"); hc.IsDefined()) {
+        if (!hc.IsSequence()) Fail("ingress.header_checks", "expected a list of {header, match, pattern, reply}");
+        size_t i = 0;
+        for (const auto& h : hc) {
+          const std::string key = "ingress.header_checks[" + std::to_string(i++) + "]";
+          Reader hr(h, key);
+          HeaderCheck check;
+          hr.Str("header", &check.header);
+          hr.Str("match", &check.match);
+          hr.Str("pattern", &check.pattern);
+          hr.Str("reply", &check.reply);
+          if (check.header.empty() || check.pattern.empty() || check.reply.empty()) {
+            Fail(key, "needs header, pattern and reply");
+          }
+          if (check.match != "exact" && check.match != "prefix" && check.match != "regex") {
+            Fail(key + ".match", "expected exact, prefix or regex, got '" + check.match + "'");
+          }
+          c.ingress.header_checks.push_back(std::move(check));
+        }
+      }
+      in.StrList("privacy_options", &c.ingress.privacy_options);
+      in.Uint("max_hop_count", &c.ingress.max_hop_count);
+      in.Uint("max_connections", &c.ingress.max_connections);
+      in.Uint("max_connections_per_ip", &c.ingress.max_connections_per_ip);
+      in.Uint("connection_rate_per_ip", &c.ingress.connection_rate_per_ip);
+      in.Double("refuse_la", &c.ingress.refuse_la);
+      in.Double("queue_la", &c.ingress.queue_la);
+      in.Str("tls_cert_file", &c.ingress.tls_cert_file);
+      in.Str("tls_key_file", &c.ingress.tls_key_file);
+      in.Str("auth_users_file", &c.ingress.auth_users_file);
+      in.Bool("auth_over_plaintext", &c.ingress.auth_over_plaintext);
       in.StrList("queue", &c.ingress.queue);
       in.Uint("threads", &c.ingress.threads);
     }
@@ -229,6 +276,7 @@ Config Parse(const YAML::Node& root) {
       q.Duration("tick_interval", &c.queue.tick_interval);
       q.Uint("pull_batch", &c.queue.pull_batch);
       q.Bytes("pull_batch_bytes", &c.queue.pull_batch_bytes);
+      q.Bytes("min_free_disk", &c.queue.min_free_disk);
       q.Int64("class_factor", &c.queue.class_factor);
       q.Int64("recipient_factor", &c.queue.recipient_factor);
       q.Int64("retry_factor", &c.queue.retry_factor);
@@ -303,6 +351,15 @@ Config Parse(const YAML::Node& root) {
     Fail("ingress.max_message_size", "at most 48M is supported");
   }
   if (c.ingress.max_recipients_per_message == 0) Fail("ingress.max_recipients_per_message", "must be > 0");
+  for (const auto& p : c.ingress.privacy_options) {
+    if (p != "novrfy" && p != "noexpn" && p != "public") {
+      Fail("ingress.privacy_options", "unknown option '" + p + "' (novrfy, noexpn, public)");
+    }
+  }
+  if (c.ingress.tls_cert_file.empty() != c.ingress.tls_key_file.empty()) {
+    Fail("ingress.tls_cert_file", "tls_cert_file and tls_key_file go together");
+  }
+  if (c.ingress.max_hop_count == 0) Fail("ingress.max_hop_count", "must be > 0");
   if (c.ingress.max_line_length < 512) Fail("ingress.max_line_length", "must be >= 512 (RFC 5321)");
   if (c.queue.min_backoff.count() <= 0) Fail("queue.min_backoff", "must be > 0");
   if (c.queue.max_backoff < c.queue.min_backoff) Fail("queue.max_backoff", "must be >= queue.min_backoff");
@@ -378,6 +435,8 @@ Result<Config> LoadConfig(const std::string& path) {
   ss << in.rdbuf();
   auto r = ParseConfig(ss.str());
   if (!r.ok()) return Status(r.status().code(), path + ": " + r.status().message());
+  auto slash = path.rfind('/');
+  r->config_dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
   return r;
 }
 

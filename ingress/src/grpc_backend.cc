@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <mutex>
 
 #include "mx/common/async_call.h"
 #include "mx/common/log.h"
@@ -49,7 +50,52 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
                                       });
   }
 
+  void RunQueue(const std::string& domain, std::function<void(Result<uint64_t>)> done) override {
+    auto run = std::make_shared<Run>();
+    run->done = std::move(done);
+    run->pending = router_.shards();
+    run->filter.set_domain(domain);
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) SendRun(run, shard, 0);
+  }
+
  private:
+  // One queue run over every shard; done fires when the last shard answered.
+  struct Run {
+    std::mutex mu;
+    v1::RunOp filter;
+    uint32_t pending = 0;
+    uint64_t made_ready = 0;
+    Status error;
+    std::function<void(Result<uint64_t>)> done;
+  };
+
+  void SendRun(const std::shared_ptr<Run>& run, uint32_t shard, int attempt) {
+    auto call = AsyncCall<v1::RunQueueRequest, v1::RunQueueResponse>::WithDeadline(std::chrono::seconds(5));
+    call->req.set_shard(shard);
+    *call->req.mutable_filter() = run->filter;
+    auto target = router_.Leader(shard);
+    target.stub->async()->RunQueue(
+        &call->ctx, &call->req, &call->resp,
+        [self = shared_from_this(), call, run, shard, attempt, address = target.address](grpc::Status s) {
+          // A queue run is idempotent: retrying on the leader named in the answer is safe.
+          if (self->router_.Observe(shard, address, call->ctx, s) && attempt < 3) {
+            return self->SendRun(run, shard, attempt + 1);
+          }
+          std::unique_lock lock(run->mu);
+          if (s.ok())
+            run->made_ready += call->resp.made_ready();
+          else if (run->error.ok())
+            run->error =
+                Status(static_cast<Code>(s.error_code()), "shard " + std::to_string(shard) + ": " + s.error_message());
+          if (--run->pending > 0) return;
+          lock.unlock();
+          if (run->error.ok())
+            run->done(run->made_ready);
+          else
+            run->done(run->error);
+        });
+  }
+
   struct Op {
     v1::EnqueueRequest req;
     v1::EnqueueResponse resp;

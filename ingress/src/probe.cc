@@ -49,6 +49,32 @@ Probe::Probe() {
                      .Name("mx_ingress_rejections_total")
                      .Help("SMTP rejections by reason and reply code")
                      .Register(reg);
+  discarded_ = &prometheus::BuildCounter()
+                    .Name("mx_ingress_messages_discarded_total")
+                    .Help("Messages accepted and dropped by a DISCARD verdict (mailstats msgsdis)")
+                    .Register(reg)
+                    .Add({});
+  auth_ = &prometheus::BuildCounter().Name("mx_ingress_auth_total").Help("SMTP AUTH attempts by result").Register(reg);
+  tls_ = &prometheus::BuildCounter()
+              .Name("mx_ingress_tls_handshakes_total")
+              .Help("STARTTLS handshakes by result")
+              .Register(reg);
+  reloads_ = &prometheus::BuildCounter()
+                  .Name("mx_ingress_policy_reloads_total")
+                  .Help("Policy reloads by result (a failed reload keeps the old policy)")
+                  .Register(reg);
+}
+
+void Probe::OnAuth(bool ok) {
+  auth_->Add({{"result", ok ? "ok" : "failed"}}).Increment();
+}
+
+void Probe::TlsHandshake(bool ok) {
+  tls_->Add({{"result", ok ? "ok" : "failed"}}).Increment();
+}
+
+void Probe::PolicyReload(bool ok) {
+  reloads_->Add({{"result", ok ? "ok" : "error"}}).Increment();
 }
 
 void Probe::OnCommand(std::string_view verb) {

@@ -1,12 +1,17 @@
-// server.cc — Asio coroutine driver for Session: accept, read lines, write
-// replies, enforce timeouts, await the queue's commit.
+// server.cc — Asio coroutine driver for Session: accept (connection limits,
+// load shedding), read lines, write replies, enforce timeouts, STARTTLS, AUTH
+// verification off the I/O threads, await the queue's commit.
 #include "mx/ingress/server.h"
 
+#include <stdlib.h>
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 
 #include <atomic>
 #include <condition_variable>
+#include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "mx/common/address.h"
 #include "mx/common/log.h"
@@ -63,50 +68,150 @@ auto AsyncEnqueue(EnqueueBackend& backend, InFlight& in_flight, v1::NewMessage m
       token, std::move(message));
 }
 
-// Forwards session events to the probe and counts mailstats rejections.
+// Forwards session events to the probe and counts mailstats rejections and discards.
 class Observer final : public SessionObserver {
  public:
   void OnCommand(std::string_view verb) override { Probe::Get().OnCommand(verb); }
   void OnReject(RejectReason reason, int code) override {
     Probe::Get().OnReject(reason, code);
-    if (reason == RejectReason::kSize || reason == RejectReason::kRelay || reason == RejectReason::kBareLf ||
-        reason == RejectReason::kTooManyRecipients) {
-      rejected.fetch_add(1, std::memory_order_relaxed);
+    // mailstats msgsrej counts refused messages/recipients, not protocol errors.
+    switch (reason) {
+      case RejectReason::kSize:
+      case RejectReason::kRelay:
+      case RejectReason::kBareLf:
+      case RejectReason::kTooManyRecipients:
+      case RejectReason::kAccess:
+      case RejectReason::kUserUnknown:
+      case RejectReason::kRedirect:
+      case RejectReason::kHeader:
+      case RejectReason::kHops:
+      case RejectReason::kDnsbl: rejected.fetch_add(1, std::memory_order_relaxed); break;
+      default: break;
     }
   }
+  void OnAuth(bool ok) override { Probe::Get().OnAuth(ok); }
+  void OnDiscard() override {
+    Probe::Get().OnDiscard();
+    discarded.fetch_add(1, std::memory_order_relaxed);
+  }
   std::atomic<uint64_t> rejected{0};
+  std::atomic<uint64_t> discarded{0};
 };
+
+// Admission per client IP: open connections and new connections per minute
+// (FEATURE(conncontrol) / FEATURE(ratecontrol)); plus the total.
+class ConnectionLimiter {
+ public:
+  enum class Verdict { kOk, kTotal, kPerIp, kRate };
+
+  Verdict Admit(const std::string& ip, const IngressConfig& cfg, int64_t now_s) {
+    std::lock_guard lock(mu_);
+    if (cfg.max_connections && total_ >= cfg.max_connections) return Verdict::kTotal;
+    Client& c = clients_[ip];
+    if (now_s / 60 != c.minute) {
+      c.previous = now_s / 60 == c.minute + 1 ? c.current : 0;
+      c.current = 0;
+      c.minute = now_s / 60;
+    }
+    if (cfg.max_connections_per_ip && c.active >= cfg.max_connections_per_ip) return Verdict::kPerIp;
+    if (cfg.connection_rate_per_ip) {
+      // Sliding one-minute window: this minute plus the unexpired share of the last.
+      double elapsed = static_cast<double>(now_s % 60) / 60.0;
+      double rate = c.current + c.previous * (1.0 - elapsed);
+      if (rate >= cfg.connection_rate_per_ip) return Verdict::kRate;
+    }
+    ++c.current;
+    ++c.active;
+    ++total_;
+    if (++admitted_ % 1024 == 0) Sweep(now_s);
+    return Verdict::kOk;
+  }
+
+  void Release(const std::string& ip) {
+    std::lock_guard lock(mu_);
+    --total_;
+    if (auto it = clients_.find(ip); it != clients_.end() && it->second.active > 0) --it->second.active;
+  }
+
+ private:
+  struct Client {
+    uint32_t active = 0;
+    int64_t minute = 0;
+    uint32_t current = 0, previous = 0;
+  };
+  // Forgets idle clients whose counts no longer matter, bounding memory.
+  void Sweep(int64_t now_s) {
+    std::erase_if(clients_, [&](const auto& kv) { return kv.second.active == 0 && kv.second.minute + 1 < now_s / 60; });
+  }
+
+  std::mutex mu_;
+  uint32_t total_ = 0;
+  uint64_t admitted_ = 0;
+  std::unordered_map<std::string, Client> clients_;
+};
+
+// The 1-minute load average, read at most once a second.
+class LoadMonitor {
+ public:
+  double Get(int64_t now_us) {
+    if (now_us - sampled_us_.load(std::memory_order_relaxed) > 1'000'000) {
+      double la[1] = {0};
+      if (getloadavg(la, 1) == 1) load_.store(la[0], std::memory_order_relaxed);
+      sampled_us_.store(now_us, std::memory_order_relaxed);
+    }
+    return load_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<int64_t> sampled_us_{0};
+  std::atomic<double> load_{0};
+};
+
+using TlsStream = asio::ssl::stream<tcp::socket&>;
 
 struct Connection {
   explicit Connection(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {
     timer.expires_at(asio::steady_timer::time_point::max());  // armed per read/write
   }
   tcp::socket socket;
+  std::shared_ptr<asio::ssl::context> tls_context;  // keeps the context alive while tls is
+  std::unique_ptr<TlsStream> tls;                   // after STARTTLS
   asio::steady_timer timer;
   bool timed_out = false;
 };
+
+// Builds the STARTTLS context from the configured certificate and key.
+Result<std::shared_ptr<asio::ssl::context>> MakeTlsContext(const IngressConfig& cfg, const std::string& dir) {
+  if (cfg.tls_cert_file.empty()) return std::shared_ptr<asio::ssl::context>();
+  auto path = [&](const std::string& p) { return p.front() == '/' ? p : dir + "/" + p; };
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                   asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1 |
+                   asio::ssl::context::single_dh_use);
+  boost::system::error_code ec;
+  ctx->use_certificate_chain_file(path(cfg.tls_cert_file), ec);
+  if (ec)
+    return Status(Code::kInvalidArgument, "ingress.tls_cert_file: " + path(cfg.tls_cert_file) + ": " + ec.message());
+  ctx->use_private_key_file(path(cfg.tls_key_file), asio::ssl::context::pem, ec);
+  if (ec)
+    return Status(Code::kInvalidArgument, "ingress.tls_key_file: " + path(cfg.tls_key_file) + ": " + ec.message());
+  return ctx;
+}
 
 class Server final : public IngressServer {
  public:
   Server(const Config& config, std::shared_ptr<EnqueueBackend> backend, const Clock& clock)
       : config_(config.ingress),
+        node_name_(config.node_name),
         backend_(std::move(backend)),
         clock_(clock),
         qids_(clock, RandomQidTag()),
-        acceptor_(io_) {
-    session_config_.hostname = config.ingress.hostname;
-    session_config_.greeting = config.ingress.greeting;
-    session_config_.max_message_size = config.ingress.max_message_size;
-    session_config_.max_recipients = config.ingress.max_recipients_per_message;
-    session_config_.max_errors = config.ingress.max_errors;
-    session_config_.node_name = config.node_name;
-    session_config_.mynetworks = *CidrList::Parse(config.ingress.mynetworks);  // validated by ParseConfig
-    for (const auto& d : config.ingress.relay_domains) session_config_.relay_domains.push_back(ToLower(d));
-  }
+        acceptor_(io_) {}
 
   ~Server() override { Stop(); }
 
-  Status Listen() {
+  Status Listen(const Config& config) {
+    if (auto st = Reload(config); !st.ok()) return st;
     auto hp = ParseHostPort(config_.listen);
     if (!hp.ok()) return hp.status();
     boost::system::error_code ec;
@@ -127,6 +232,26 @@ class Server final : public IngressServer {
     return Status::Ok();
   }
 
+  Status Reload(const Config& config) override {
+    auto policy = Policy::Load(config.ingress, config.config_dir);
+    auto tls = policy.ok() ? MakeTlsContext(config.ingress, config.config_dir)
+                           : Result<std::shared_ptr<asio::ssl::context>>(policy.status());
+    if (!policy.ok() || !tls.ok()) {
+      Probe::Get().PolicyReload(false);
+      Status st = policy.ok() ? tls.status() : policy.status();
+      if (policy_.load()) log::Error("policy reload refused, previous policy stays in force: " + st.message());
+      return st;
+    }
+    if (policy_.load() && (config.ingress.listen != config_.listen || config.ingress.threads != config_.threads)) {
+      log::Warn("policy reload: ingress.listen and ingress.threads take effect at restart");
+    }
+    policy_.store(*policy);
+    tls_.store(*tls);
+    Probe::Get().PolicyReload(true);
+    log::Info("policy loaded: " + (*policy)->Describe() + ((*tls) ? " starttls=on" : " starttls=off"));
+    return Status::Ok();
+  }
+
   void Stop() override {
     if (stopped_.exchange(true)) return;
     asio::post(io_, [this] {
@@ -139,6 +264,7 @@ class Server final : public IngressServer {
     io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    auth_pool_.join();
     {
       std::lock_guard lock(stats_mu_);
       stats_cv_.notify_all();
@@ -160,9 +286,70 @@ class Server final : public IngressServer {
         continue;
       }
       auto conn = std::make_shared<Connection>(std::move(socket));
-      asio::co_spawn(strand, Watchdog(conn), asio::detached);
-      asio::co_spawn(strand, Serve(conn), asio::detached);
+      asio::co_spawn(strand, Admit(conn), asio::detached);
     }
+  }
+
+  // Connection limits and load shedding, then the session. A refused client
+  // gets a 421 at once and the connection is closed (never a silent hang).
+  awaitable<void> Admit(std::shared_ptr<Connection> conn) {
+    boost::system::error_code ec;
+    auto remote = conn->socket.remote_endpoint(ec);
+    std::string ip = ec ? "unknown" : remote.address().to_string();
+    if (remote.address().is_v6() && remote.address().to_v6().is_v4_mapped()) {
+      ip = asio::ip::make_address_v4(asio::ip::v4_mapped, remote.address().to_v6()).to_string();
+    }
+    auto policy = policy_.load();
+    const IngressConfig& cfg = policy->settings();
+    const int64_t now_us = clock_.NowUnixMicros();
+    const double load = cfg.refuse_la > 0 || cfg.queue_la > 0 ? load_.Get(now_us) : 0;
+    std::string refusal;
+    RejectReason reason = RejectReason::kConnLimit;
+    if (cfg.refuse_la > 0 && load >= cfg.refuse_la) {
+      refusal = "421 4.3.2 " + cfg.hostname + " Too busy, try again later";
+      reason = RejectReason::kLoad;
+      log::Info("refused connection from [" + ip + "]: load average " + std::to_string(load) + " >= RefuseLA " +
+                std::to_string(cfg.refuse_la));
+    } else {
+      switch (limiter_.Admit(ip, cfg, now_us / 1'000'000)) {
+        case ConnectionLimiter::Verdict::kOk: break;
+        case ConnectionLimiter::Verdict::kTotal:
+          refusal = "421 4.3.2 " + cfg.hostname + " Too many connections, try again later";
+          log::Info("refused connection from [" + ip + "]: max_connections " + std::to_string(cfg.max_connections));
+          break;
+        case ConnectionLimiter::Verdict::kPerIp:
+          refusal = "421 4.7.0 " + cfg.hostname + " Error: too many connections from " + ip;
+          log::Info("refused connection from [" + ip + "]: max_connections_per_ip " +
+                    std::to_string(cfg.max_connections_per_ip));
+          break;
+        case ConnectionLimiter::Verdict::kRate:
+          refusal = "421 4.7.0 " + cfg.hostname + " Error: too many connections from " + ip;
+          reason = RejectReason::kRate;
+          log::Info("refused connection from [" + ip + "]: connection_rate_per_ip " +
+                    std::to_string(cfg.connection_rate_per_ip) + "/min");
+          break;
+      }
+    }
+    if (!refusal.empty()) {
+      Probe::Get().OnReject(reason, 421);
+      refusal += "\r\n";
+      conn->timer.expires_after(std::chrono::seconds(10));
+      co_spawn(conn->socket.get_executor(), Watchdog(conn), asio::detached);
+      co_await asio::async_write(conn->socket, asio::buffer(refusal), asio::redirect_error(use_awaitable, ec));
+      conn->socket.shutdown(tcp::socket::shutdown_both, ec);
+      conn->socket.close(ec);
+      conn->timer.cancel();
+      co_return;
+    }
+    SessionOptions opts;
+    opts.node_name = node_name_;
+    opts.tls_available = tls_.load() != nullptr;
+    opts.auth_available = policy->auth_users() != nullptr;
+    opts.queue_only = cfg.queue_la > 0 && load >= cfg.queue_la;
+    opts.storage_low = storage_low_until_us_.load(std::memory_order_relaxed) > now_us;
+    asio::co_spawn(conn->socket.get_executor(), Watchdog(conn), asio::detached);
+    co_await Serve(conn, std::move(policy), std::move(opts), ip);
+    limiter_.Release(ip);
   }
 
   // Cancels the connection's I/O when its deadline passes.
@@ -182,42 +369,125 @@ class Server final : public IngressServer {
     if (s.output().empty()) co_return;
     conn.timer.expires_after(config_.command_timeout);
     boost::system::error_code ec;
-    co_await asio::async_write(conn.socket, asio::buffer(s.output()), asio::redirect_error(use_awaitable, ec));
+    if (conn.tls) {
+      co_await asio::async_write(*conn.tls, asio::buffer(s.output()), asio::redirect_error(use_awaitable, ec));
+    } else {
+      co_await asio::async_write(conn.socket, asio::buffer(s.output()), asio::redirect_error(use_awaitable, ec));
+    }
     s.output().clear();
   }
 
-  awaitable<void> Serve(std::shared_ptr<Connection> conn) {
+  // Carries out what the session asked for; returns the step after it.
+  awaitable<Session::Step> Perform(Connection& conn, Session& s, Session::Step step, const Policy& policy) {
+    switch (step) {
+      case Session::Step::kEnqueue: {
+        conn.timer.expires_at(asio::steady_timer::time_point::max());
+        auto start = std::chrono::steady_clock::now();
+        v1::NewMessage m = s.TakeMessage();
+        uint64_t size = m.body().size();
+        Status st = co_await AsyncEnqueue(*backend_, enqueues_, std::move(m), use_awaitable);
+        if (st.ok()) {
+          Probe::Get().Accepted(size, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+          storage_low_until_us_.store(0, std::memory_order_relaxed);
+        } else if (st.code() == Code::kResourceExhausted) {
+          // MinFreeBlocks: refuse new transactions at MAIL for a while.
+          storage_low_until_us_.store(clock_.NowUnixMicros() + 10'000'000, std::memory_order_relaxed);
+        }
+        co_return s.OnEnqueued(st);
+      }
+      case Session::Step::kAuthenticate: {
+        conn.timer.expires_after(config_.command_timeout);
+        const AuthUsers* users = policy.auth_users();
+        std::string user = s.auth_user(), password = s.auth_password();
+        // crypt(3) is slow by design: verify on the auth pool, not an I/O thread.
+        bool ok = co_await asio::co_spawn(
+            auth_pool_,
+            [users, user = std::move(user), password = std::move(password)]() -> awaitable<bool> {
+              co_return users && users->Verify(user, password);
+            },
+            use_awaitable);
+        co_return s.OnAuthResult(ok);
+      }
+      case Session::Step::kEtrn: {
+        Result<uint64_t> r = co_await AsyncRunQueue(s.etrn_domain());
+        co_return s.OnEtrnResult(r);
+      }
+      case Session::Step::kDiscard: co_return Session::Step::kContinue;
+      default: co_return step;
+    }
+  }
+
+  awaitable<Result<uint64_t>> AsyncRunQueue(const std::string& domain) {
+    auto ex = co_await asio::this_coro::executor;
+    co_return co_await asio::async_initiate<decltype(use_awaitable), void(Result<uint64_t>)>(
+        [this, ex, domain](auto handler) {
+          auto h = std::make_shared<decltype(handler)>(std::move(handler));
+          enqueues_.Add();
+          backend_->RunQueue(domain, [this, h, ex](Result<uint64_t> r) {
+            asio::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+            enqueues_.Done();
+          });
+        },
+        use_awaitable);
+  }
+
+  // RFC 3207: the 220 is out; anything the client pipelined after STARTTLS is
+  // dropped (CVE-2011-0411), then the handshake runs under the command timeout.
+  awaitable<bool> StartTls(Connection& conn, const std::string& ip) {
+    auto ctx = tls_.load();
+    if (!ctx) co_return false;
+    conn.tls_context = ctx;
+    conn.tls = std::make_unique<TlsStream>(conn.socket, *ctx);
+    conn.timer.expires_after(config_.command_timeout);
+    boost::system::error_code ec;
+    co_await conn.tls->async_handshake(asio::ssl::stream_base::server, asio::redirect_error(use_awaitable, ec));
+    Probe::Get().TlsHandshake(!ec);
+    if (ec) {
+      log::Info("STARTTLS handshake with [" + ip + "] failed: " + ec.message());
+      co_return false;
+    }
+    const SSL* ssl = conn.tls->native_handle();
+    log::Debug("STARTTLS with [" + ip + "]: " + SSL_get_version(ssl) + " " + SSL_get_cipher_name(ssl));
+    co_return true;
+  }
+
+  awaitable<void> Serve(std::shared_ptr<Connection> conn, std::shared_ptr<const Policy> policy, SessionOptions opts,
+                        std::string ip) {
     Probe::Get().SessionOpened();
     ClientInfo client;
     boost::system::error_code ec;
-    auto remote = conn->socket.remote_endpoint(ec);
-    client.addr = ec ? "unknown" : remote.address().to_string();
+    client.addr = ip;
     client.name = "unknown";
-    Session s(session_config_, client, clock_, qids_, &observer_);
-    s.Start();
+    const Policy& pol = *policy;
+    Verdict connect = pol.CheckConnect(client);
+    Session s(std::move(policy), std::move(opts), client, clock_, qids_, &observer_);
+    s.Start(connect);
     std::string buf;
     bool open = true;
     while (open) {
       size_t pos = 0;
+      bool tls_restart = false;
       for (size_t nl; open && (nl = buf.find('\n', pos)) != std::string::npos;) {
         std::string_view line(buf.data() + pos, nl + 1 - pos);
         pos = nl + 1;
         Session::Step step = s.OnLine(line);
-        if (step == Session::Step::kEnqueue) {
-          conn->timer.expires_at(asio::steady_timer::time_point::max());
-          auto start = std::chrono::steady_clock::now();
-          v1::NewMessage m = s.TakeMessage();
-          uint64_t size = m.body().size();
-          Status st = co_await AsyncEnqueue(*backend_, enqueues_, std::move(m), use_awaitable);
-          if (st.ok()) {
-            Probe::Get().Accepted(size,
-                                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        while (step != Session::Step::kContinue && step != Session::Step::kClose && step != Session::Step::kStartTls) {
+          step = co_await Perform(*conn, s, step, pol);
+        }
+        if (step == Session::Step::kStartTls) {
+          co_await Write(*conn, s);
+          buf.clear();  // never let plaintext pipelined before TLS count after it
+          if (conn->timed_out || !co_await StartTls(*conn, ip)) {
+            open = false;
+          } else {
+            s.OnTlsStarted();
+            tls_restart = true;
           }
-          step = s.OnEnqueued(st);
+          break;
         }
         if (step == Session::Step::kClose) open = false;
       }
-      buf.erase(0, pos);
+      if (!tls_restart) buf.erase(0, pos);
       if (!open) break;
       size_t limit = s.in_data() ? kMaxDataLine : config_.max_line_length;
       if (buf.size() > limit) {
@@ -231,24 +501,34 @@ class Server final : public IngressServer {
       conn->timer.expires_after(s.in_data() ? config_.data_timeout : config_.command_timeout);
       size_t old = buf.size();
       buf.resize(old + kReadChunk);
-      size_t n = co_await conn->socket.async_read_some(asio::buffer(buf.data() + old, kReadChunk),
-                                                       asio::redirect_error(use_awaitable, ec));
+      size_t n = 0;
+      if (conn->tls) {
+        n = co_await conn->tls->async_read_some(asio::buffer(buf.data() + old, kReadChunk),
+                                                asio::redirect_error(use_awaitable, ec));
+      } else {
+        n = co_await conn->socket.async_read_some(asio::buffer(buf.data() + old, kReadChunk),
+                                                  asio::redirect_error(use_awaitable, ec));
+      }
       buf.resize(old + n);
       if (ec) {
         if (conn->timed_out) {
           conn->timed_out = false;
           s.OnTimeout();
-          log::Info("timeout after " + std::string(s.in_data() ? "DATA" : "command") + " from " + client.name + " [" +
-                    client.addr + "]");
-        } else if (ec != asio::error::eof) {
+          log::Mail(s.log_id(), "timeout after " + std::string(s.in_data() ? "DATA" : "command") + " from " +
+                                    client.name + " [" + client.addr + "]");
+        } else if (ec != asio::error::eof && ec != asio::ssl::error::stream_truncated) {
           log::Debug("read from [" + client.addr + "]: " + ec.message());
         } else if (s.in_data()) {
-          log::Info("lost input channel from " + client.name + " [" + client.addr + "] during DATA");
+          log::Mail(s.log_id(), "lost input channel from " + client.name + " [" + client.addr + "] during DATA");
         }
         break;
       }
     }
     co_await Write(*conn, s);
+    if (conn->tls && !conn->timed_out) {
+      conn->timer.expires_after(std::chrono::seconds(5));
+      co_await conn->tls->async_shutdown(asio::redirect_error(use_awaitable, ec));
+    }
     conn->socket.shutdown(tcp::socket::shutdown_both, ec);
     conn->socket.close(ec);
     conn->timer.cancel();
@@ -259,23 +539,30 @@ class Server final : public IngressServer {
     std::unique_lock lock(stats_mu_);
     while (!stopped_) {
       stats_cv_.wait_for(lock, std::chrono::seconds(1));
-      uint64_t n = observer_.rejected.exchange(0);
-      if (n == 0) continue;
+      uint64_t rej = observer_.rejected.exchange(0), dis = observer_.discarded.exchange(0);
+      if (rej == 0 && dis == 0) continue;
       v1::MailerStats d;
       d.set_mailer("esmtp");
-      d.set_msgsrej(n);
+      d.set_msgsrej(rej);
+      d.set_msgsdis(dis);
       backend_->RecordStats(d);
     }
   }
 
-  IngressConfig config_;
-  SessionConfig session_config_;
+  IngressConfig config_;  // listen, threads and timeouts: fixed at start
+  std::string node_name_;
+  std::atomic<std::shared_ptr<const Policy>> policy_;
+  std::atomic<std::shared_ptr<asio::ssl::context>> tls_;
   std::shared_ptr<EnqueueBackend> backend_;
   const Clock& clock_;
   QidGenerator qids_;
   Observer observer_;
+  ConnectionLimiter limiter_;
+  LoadMonitor load_;
+  std::atomic<int64_t> storage_low_until_us_{0};
   InFlight enqueues_;
   asio::io_context io_;
+  asio::thread_pool auth_pool_{1};
   tcp::acceptor acceptor_;
   std::vector<std::thread> threads_;
   std::atomic<bool> stopped_{false};
@@ -290,7 +577,7 @@ class Server final : public IngressServer {
 Result<std::unique_ptr<IngressServer>> StartIngress(const Config& config, std::shared_ptr<EnqueueBackend> backend,
                                                     const Clock& clock) {
   auto server = std::make_unique<Server>(config, std::move(backend), clock);
-  if (auto st = server->Listen(); !st.ok()) return st;
+  if (auto st = server->Listen(config); !st.ok()) return st;
   return std::unique_ptr<IngressServer>(std::move(server));
 }
 

@@ -2,6 +2,7 @@
 #include "mx/queue/service.h"
 
 #include <grpcpp/grpcpp.h>
+#include <sys/statvfs.h>
 
 #include <condition_variable>
 #include <filesystem>
@@ -93,6 +94,8 @@ class Shard {
     so.class_factor = config_.class_factor;
     so.recipient_factor = config_.recipient_factor;
     so.retry_factor = config_.retry_factor;
+    so.queue_only_delay_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.min_backoff).count();
+    base_dir_ = base.string();
     auto sm = StateMachine::Open(so);
     if (!sm.ok()) return sm.status();
     sm_ = std::move(sm).value();
@@ -190,6 +193,10 @@ class Shard {
       return finish(ToGrpc(st));
     }
     if (!log_->IsLeader()) return finish(NotLeader(ctx));
+    if (auto st = CheckFreeDisk(); !st.ok()) {
+      Probe::Get().EnqueueRejected();
+      return finish(ToGrpc(st));
+    }
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     *cmd.mutable_enqueue()->mutable_message() = m;
@@ -373,6 +380,21 @@ class Shard {
     return grpc::Status::OK;
   }
 
+  grpc::Status RunQueue(grpc::ServerContext* ctx, const v1::RunQueueRequest* req, v1::RunQueueResponse* resp) {
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    *cmd.mutable_run() = req->filter();
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    resp->set_made_ready(r.made_ready);
+    if (r.made_ready) SignalWork();
+    log::Info(tag_ + ": queue run (domain='" + req->filter().domain() + "' qid~'" + req->filter().qid_substring() +
+              "' sender~'" + req->filter().sender_substring() + "' rcpt~'" + req->filter().rcpt_substring() +
+              "'): " + std::to_string(r.made_ready) + " recipients ready");
+    return grpc::Status::OK;
+  }
+
   v1::ReplicaStatus ReplicaStatus() const {
     auto s = log_->GetStatus();
     s.set_leader_address(AddressOf(s.leader_id()));
@@ -381,6 +403,24 @@ class Shard {
   }
 
  private:
+  // MinFreeBlocks: refuse new mail (RESOURCE_EXHAUSTED → 452 4.3.1) while the
+  // queue's file system has less than min_free_disk free; checked once a second.
+  mx::Status CheckFreeDisk() {
+    if (config_.min_free_disk == 0) return mx::Status::Ok();
+    const int64_t now = clock_.NowUnixMicros();
+    if (now - disk_checked_us_.load(std::memory_order_relaxed) > 1'000'000) {
+      disk_checked_us_.store(now, std::memory_order_relaxed);
+      struct statvfs v {};
+      if (statvfs(base_dir_.c_str(), &v) == 0) {
+        disk_free_.store(static_cast<uint64_t>(v.f_bavail) * v.f_frsize, std::memory_order_relaxed);
+      }
+    }
+    uint64_t free = disk_free_.load(std::memory_order_relaxed);
+    if (free >= config_.min_free_disk) return mx::Status::Ok();
+    return mx::Status(Code::kResourceExhausted, tag_ + ": " + std::to_string(free >> 20) +
+                                                    " MiB free on the queue disk, below queue.min_free_disk");
+  }
+
   mx::Status ValidateNewMessage(const v1::NewMessage& m) const {
     const auto& env = m.envelope();
     if (QidGenerator::TimeOf(env.qid()) < 0) {
@@ -503,6 +543,9 @@ class Shard {
   const Clock& clock_;
   const std::map<uint64_t, std::string> peers_;  // from the config: node id -> gRPC address
   const std::string tag_;
+  std::string base_dir_;
+  std::atomic<int64_t> disk_checked_us_{0};
+  std::atomic<uint64_t> disk_free_{UINT64_MAX};
   std::string snapshot_dir_;
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<RaftLog> log_;
@@ -647,6 +690,12 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->RemoveReplica(ctx, req) : err;
+  }
+
+  grpc::Status RunQueue(grpc::ServerContext* ctx, const v1::RunQueueRequest* req, v1::RunQueueResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->RunQueue(ctx, req, resp) : err;
   }
 
  private:

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 
+#include "mx/common/address.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
 #include "mx/queue/keys.h"
@@ -354,9 +355,19 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       v1::Recipient r = m.recipients(i);
       r.set_index(i);
       r.set_status(v1::RCPT_STATUS_UNSPECIFIED);
-      make_ready(&r, qid, env.priority());
+      if (env.queue_only()) {  // QueueLA: deferred until the next queue run
+        const int64_t next = env.arrival_unix_us() + options_.queue_only_delay_us;
+        ctx.Move(v1::RCPT_STATUS_UNSPECIFIED, v1::RCPT_DEFERRED);
+        r.set_status(v1::RCPT_DEFERRED);
+        r.set_next_attempt_unix_us(next);
+        r.set_last_reply("queued only: system load above QueueLA");
+        b.Put(sched_, keys::Sched(next, qid, i), "");
+        ctx.sched_floor = std::min(ctx.sched_floor, next);
+      } else {
+        make_ready(&r, qid, env.priority());
+        ++res->made_ready;
+      }
       b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
-      ++res->made_ready;
     }
     auto& st = ctx.Stats(env.mailer_from());
     st.set_msgsfr(st.msgsfr() + 1);
@@ -513,6 +524,45 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
     return Status::Ok();
   };
 
+  // A queue run: every deferred recipient (the sched index) is checked
+  // against the filters; O(deferred), like sendmail's -qR.
+  auto run = [&](const v1::RunOp& op, ApplyResult* res) -> Status {
+    const std::string domain = ToLower(op.domain());
+    std::vector<keys::Item> deferred;
+    {
+      auto it = b.Iterator(sched_);
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        keys::Item item;
+        if (keys::Decode(it->key().ToStringView(), &item)) deferred.push_back(std::move(item));
+      }
+      if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan sched");
+    }
+    for (const auto& item : deferred) {
+      if (!op.qid_substring().empty() && item.qid.find(op.qid_substring()) == std::string::npos) continue;
+      v1::Recipient r;
+      bool found = false;
+      if (auto st = b.GetProto(rcpt_, keys::Rcpt(item.qid, item.index), &r, &found); !st.ok()) return st;
+      if (!found || r.status() != v1::RCPT_DEFERRED || r.next_attempt_unix_us() != item.order) continue;
+      if (!op.rcpt_substring().empty() && r.address().find(op.rcpt_substring()) == std::string::npos) continue;
+      if (!domain.empty()) {
+        auto at = r.address().rfind('@');
+        std::string d = ToLower(at == std::string::npos ? std::string() : r.address().substr(at + 1));
+        bool match =
+            d == domain || (d.size() > domain.size() && d.ends_with(domain) && d[d.size() - domain.size() - 1] == '.');
+        if (!match) continue;
+      }
+      if (!op.sender_substring().empty()) {
+        v1::Envelope env;
+        bool have = false;
+        if (auto st = b.GetProto(msg_, item.qid, &env, &have); !st.ok()) return st;
+        if (!have || env.sender().find(op.sender_substring()) == std::string::npos) continue;
+      }
+      clear_index(r, item.qid);
+      if (auto st = requeue(&r, item.qid, res); !st.ok()) return st;
+    }
+    return Status::Ok();
+  };
+
   auto release = [&](const v1::ReleaseOp& op, ApplyResult* res) -> Status {
     std::vector<v1::RcptRef> candidates(op.items().begin(), op.items().end());
     if (!op.owner_prefix().empty()) {
@@ -550,6 +600,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       case v1::QueueCommand::kAck: st = ack(cmd.ack(), cmd.now_unix_us(), res); break;
       case v1::QueueCommand::kTick: st = tick(cmd.tick(), cmd.now_unix_us(), res); break;
       case v1::QueueCommand::kRelease: st = release(cmd.release(), res); break;
+      case v1::QueueCommand::kRun: st = run(cmd.run(), res); break;
       case v1::QueueCommand::kStats:
         for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
         stats_touched = true;

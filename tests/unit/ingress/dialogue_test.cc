@@ -3,7 +3,14 @@
 // Each dialogues/NAME.in is replayed through ingress::Session exactly as the
 // server feeds it: every line is sent with CRLF, except directives:
 //   !client IP          client address (before the first line; default 127.0.0.1)
-//   !enqueue CODE       the next Enqueue answers with this status (OK, UNAVAILABLE, ALREADY_EXISTS)
+//   !enqueue CODE       the next Enqueue answers with this status (OK, UNAVAILABLE, ALREADY_EXISTS,
+//                       RESOURCE_EXHAUSTED)
+//   !tls-unavailable    no certificate: STARTTLS not offered (before the first line)
+//   !queue-only         the session runs under QueueLA
+//   !storage-low        the queue refused for lack of disk lately
+//   !junk-limit N       max_junk_commands
+// STARTTLS "succeeds" at once; AUTH checks the users file; ETRN reports 2
+// recipients for relay.test and none otherwise.
 //   !raw TEXT           send TEXT with \r \n \\ escapes decoded and no CRLF added
 //   !timeout            the idle timer fires
 // Lines starting with # are comments; empty lines are sent as empty lines.
@@ -49,31 +56,69 @@ std::string Visible(std::string_view s) {
   return out;
 }
 
+// The policy every dialogue runs against: small limits, relay domains
+// local.test and relay.test, a local domain corp.test with aliases, a virtual
+// domain virtual.test, an access map, AUTH users and header rules (files
+// under dialogues/maps/).
+std::shared_ptr<const Policy> TestPolicy() {
+  IngressConfig c;
+  c.hostname = "mx.test";
+  c.greeting = "ESMTP ready";
+  c.max_message_size = 400;
+  c.max_recipients_per_message = 3;
+  c.max_errors = 10;
+  c.mynetworks = {"127.0.0.0/8"};
+  c.relay_domains = {"local.test", "relay.test"};
+  c.local_domains = {"corp.test"};
+  c.access_map = "access";
+  c.aliases = "aliases";
+  c.virtusertable = "virtusertable";
+  c.auth_users_file = "users";
+  c.auth_over_plaintext = false;
+  c.header_checks = {
+      {"Subject", "regex", "^((re|fwd?): *)*ILOVEYOU", "501 5.7.1 Subject ILOVEYOU: LoveLetter virus"},
+      {"Content-Disposition", "exact", "Multipart message", "550 5.7.1 Sircam virus detected"},
+      {"Content-Type", "regex", "boundary=\"?====_ABC1234567890DEF_====", "550 5.7.1 Nimda virus detected"},
+      {"X-Mailer", "prefix", "BadMailer", "550 5.7.1 Mailer not accepted"},
+  };
+  c.max_hop_count = 5;
+  auto p = Policy::Load(c, test::DataPath("ingress/dialogues/maps"));
+  EXPECT_TRUE(p.ok()) << p.status().ToString();
+  return p.ok() ? *p : nullptr;
+}
+
 class Runner {
  public:
-  explicit Runner(const std::string& script) : script_(script) {
-    config_.hostname = "mx.test";
-    config_.greeting = "ESMTP ready";
-    config_.max_message_size = 400;
-    config_.max_recipients = 3;
-    config_.max_errors = 10;
-    config_.mynetworks = *CidrList::Parse({"127.0.0.0/8"});
-    config_.relay_domains = {"local.test"};
-    config_.node_name = "mx-test";
-  }
+  explicit Runner(const std::string& script) : script_(script) {}
 
   std::string Run() {
     std::istringstream in(script_);
     std::string line, client = "127.0.0.1";
     std::vector<std::string> lines;
+    SessionOptions opts;
+    opts.node_name = "mx-test";
+    opts.tls_available = true;
+    opts.auth_available = true;
     while (std::getline(in, line)) {
       if (line.rfind("!client ", 0) == 0)
         client = line.substr(8);
+      else if (line == "!tls-unavailable")
+        opts.tls_available = false;
+      else if (line == "!queue-only")
+        opts.queue_only = true;
+      else if (line == "!storage-low")
+        opts.storage_low = true;
+      else if (line.rfind("!junk-limit ", 0) == 0)
+        opts.max_junk_commands = static_cast<uint32_t>(std::stoul(line.substr(12)));
       else if (line.empty() || line[0] != '#')
         lines.push_back(line);  // empty lines are DATA content
     }
-    Session s(config_, ClientInfo{client, "client.test"}, clock_, qids_);
-    s.Start();
+    auto policy = TestPolicy();
+    if (!policy) return "no policy";
+    ClientInfo info{client, "client.test"};
+    Verdict connect = policy->CheckConnect(info);
+    Session s(policy, opts, info, clock_, qids_);
+    s.Start(connect);
     Flush(s);
     for (const auto& l : lines) {
       std::string raw;
@@ -100,7 +145,27 @@ class Runner {
         pos = end;
         out_ += (s.in_data() ? "D: " : "C: ") + Visible(piece) + "\n";
         auto step = s.OnLine(piece, nl == std::string::npos);
-        if (step == Session::Step::kEnqueue) step = Enqueue(s);
+        while (step != Session::Step::kContinue && step != Session::Step::kClose) {
+          if (step == Session::Step::kEnqueue) {
+            step = Enqueue(s);
+          } else if (step == Session::Step::kDiscard) {
+            out_ += "-- discarded --\n";
+            step = Session::Step::kContinue;
+          } else if (step == Session::Step::kStartTls) {
+            Flush(s);
+            out_ += "-- tls handshake --\n";
+            s.OnTlsStarted();
+            step = Session::Step::kContinue;
+          } else if (step == Session::Step::kAuthenticate) {
+            bool ok = policy->auth_users()->Verify(s.auth_user(), s.auth_password());
+            out_ += "-- auth " + s.auth_user() + (ok ? " ok" : " failed") + " --\n";
+            step = s.OnAuthResult(ok);
+          } else if (step == Session::Step::kEtrn) {
+            out_ += "-- queue run " + s.etrn_domain() + " --\n";
+            step =
+                s.OnEtrnResult(s.etrn_domain() == "relay.test" ? Result<uint64_t>(2) : Result<uint64_t>(uint64_t{0}));
+          }
+        }
         Flush(s);
         if (step == Session::Step::kClose) {
           out_ += "-- closed --\n";
@@ -118,7 +183,16 @@ class Runner {
     const auto& e = m.envelope();
     out_ += "Q: qid=" + e.qid() + " from=<" + e.sender() + "> size=" + std::to_string(e.size()) +
             " class=" + std::to_string(e.precedence_class()) + " body=" + e.body_type() + " rcpts=";
-    for (const auto& r : m.recipients()) out_ += "<" + r.address() + ">";
+    for (const auto& r : m.recipients()) {
+      out_ += "<" + r.address() + ">";
+      if (r.notify() || !r.orcpt().empty()) {
+        out_ += "[notify=" + std::to_string(r.notify()) + (r.orcpt().empty() ? "" : " orcpt=" + r.orcpt()) + "]";
+      }
+    }
+    if (!e.ret().empty()) out_ += " ret=" + e.ret();
+    if (!e.envid().empty()) out_ += " envid=" + e.envid();
+    if (!e.auth_id().empty()) out_ += " auth=" + e.auth_id();
+    if (e.queue_only()) out_ += " queue-only";
     out_ += "\n";
     std::istringstream body(m.body());
     std::string bl;
@@ -128,6 +202,8 @@ class Runner {
       st = Status(Code::kUnavailable, "no leader");
     else if (next_enqueue_ == "ALREADY_EXISTS")
       st = Status(Code::kAlreadyExists, "dup");
+    else if (next_enqueue_ == "RESOURCE_EXHAUSTED")
+      st = Status(Code::kResourceExhausted, "disk");
     next_enqueue_ = "OK";
     return s.OnEnqueued(st);
   }
@@ -143,7 +219,6 @@ class Runner {
   }
 
   std::string script_;
-  SessionConfig config_;
   FakeClock clock_{1'800'000'000'000'000};
   QidGenerator qids_{clock_, 1234};
   std::string out_;

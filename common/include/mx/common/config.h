@@ -22,6 +22,14 @@ struct HostPort {
 // "host:port", "[v6]:port"; default_port when the port is absent (0: required).
 Result<HostPort> ParseHostPort(const std::string& text, uint16_t default_port = 0);
 
+// One header rule (sendmail's H*: $>ruleset checks, Postfix header_checks).
+struct HeaderCheck {
+  std::string header;           // header name, case-insensitive
+  std::string match = "regex";  // exact | prefix | regex (POSIX extended, case-insensitive)
+  std::string pattern;
+  std::string reply;  // "550 5.7.1 text"
+};
+
 struct IngressConfig {
   std::string listen = "127.0.0.1:2525";
   std::string hostname;                       // $j: used in greeting and Received:
@@ -35,10 +43,35 @@ struct IngressConfig {
   std::chrono::seconds enqueue_timeout{30};
   // Clients that may relay to any domain (Postfix mynetworks, sendmail access RELAY).
   std::vector<std::string> mynetworks = {"127.0.0.0/8", "::1/128"};
-  // Domains accepted from anyone (local-host-names and relay-domains).
+  // Domains we relay for from anyone (sendmail relay-domains, the
+  // secondary-MX role); subdomains match too.
   std::vector<std::string> relay_domains;
-  std::vector<std::string> queue;  // queue node gRPC addresses to start from (default: queue.peers)
-  unsigned threads = 0;            // io_context threads; 0 = one per core
+  std::string relay_domains_file;  // relay-domains (class R file)
+  // Domains whose users we know (sendmail $=w: local-host-names); recipients
+  // there are rewritten by virtusertable and aliases or refused as unknown.
+  // The node's hostname is always local.
+  std::vector<std::string> local_domains;
+  std::string local_domains_file;  // local-host-names (class w file)
+  // Map files in sendmail formats; relative paths are relative to mx.yaml.
+  std::string access_map;     // FEATURE(access_db)
+  std::string aliases;        // AliasFile
+  std::string virtusertable;  // FEATURE(virtusertable)
+  std::vector<HeaderCheck> header_checks;
+  std::vector<std::string> privacy_options = {"novrfy", "noexpn"};  // PrivacyOptions
+  uint32_t max_hop_count = 25;                                      // MaxHopCount
+  uint32_t max_connections = 1000;                                  // MaxDaemonChildren (0: no limit)
+  uint32_t max_connections_per_ip = 50;                             // FEATURE(conncontrol) (0: no limit)
+  uint32_t connection_rate_per_ip = 0;  // new connections per IP per minute (FEATURE(ratecontrol); 0: off)
+  double refuse_la = 0;                 // RefuseLA: refuse connections above this load (0: off)
+  double queue_la = 0;                  // QueueLA: accept but only queue above this load (0: off)
+  // STARTTLS (RFC 3207): offered when both are set.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // AUTH PLAIN/LOGIN (RFC 4954) against "user:crypt-hash" lines (openssl passwd -6).
+  std::string auth_users_file;
+  bool auth_over_plaintext = false;  // offer AUTH before STARTTLS (sendmail AUTH_OPTIONS without p)
+  std::vector<std::string> queue;    // queue node gRPC addresses to start from (default: queue.peers)
+  unsigned threads = 0;              // io_context threads; 0 = one per core
 };
 
 // A queue replica as the rest of the cluster reaches it.
@@ -76,6 +109,7 @@ struct QueueConfig {
   std::chrono::milliseconds tick_interval{500};
   uint32_t pull_batch = 64;  // max messages per Pull response
   uint64_t pull_batch_bytes = 8ULL << 20;
+  uint64_t min_free_disk = 64ULL << 20;  // MinFreeBlocks: Enqueue refused below this (0: off)
   // sendmail priority factors (ClassFactor, RecipientFactor, RetryFactor).
   int64_t class_factor = 1800;
   int64_t recipient_factor = 30000;
@@ -105,6 +139,7 @@ struct ControlConfig {
 };
 
 struct Config {
+  std::string config_dir = ".";  // directory of mx.yaml: base of relative map paths
   std::string node_name = "mx";
   std::string hostname = "localhost";  // FQDN of this node ($j)
   std::string log_level = "info";

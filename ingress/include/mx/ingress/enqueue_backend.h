@@ -22,6 +22,9 @@ class EnqueueBackend {
   virtual void Enqueue(v1::NewMessage message, Done done) = 0;
   // Adds mailstats deltas (msgsrej / msgsdis) for this node; best effort.
   virtual void RecordStats(const v1::MailerStats& delta) = 0;
+  // ETRN: makes deferred recipients in `domain` (and its subdomains) ready
+  // now on every shard; done gets how many were made ready.
+  virtual void RunQueue(const std::string& domain, std::function<void(Result<uint64_t>)> done) = 0;
 };
 
 // Enqueues over gRPC to the leader of one of `shards` shards, found from the

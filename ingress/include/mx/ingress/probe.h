@@ -28,6 +28,11 @@ class Probe final : public SessionObserver {
   }
   void OnCommand(std::string_view verb) override;
   void OnReject(RejectReason reason, int code) override;
+  void OnAuth(bool ok) override;
+  void OnDiscard() override { discarded_->Increment(); }
+  void TlsHandshake(bool ok);
+  // result: "ok" or "error"; a failed reload keeps the previous policy.
+  void PolicyReload(bool ok);
 
  private:
   Probe();
@@ -38,6 +43,10 @@ class Probe final : public SessionObserver {
   prometheus::Histogram* enqueue_latency_;
   prometheus::Family<prometheus::Counter>* commands_;
   prometheus::Family<prometheus::Counter>* rejections_;
+  prometheus::Counter* discarded_;
+  prometheus::Family<prometheus::Counter>* auth_;
+  prometheus::Family<prometheus::Counter>* tls_;
+  prometheus::Family<prometheus::Counter>* reloads_;
 };
 
 }  // namespace mx::ingress

@@ -19,6 +19,10 @@ class IngressServer {
   virtual void Stop() = 0;
   // The bound port (useful when listening on port 0).
   virtual uint16_t port() const = 0;
+  // SIGHUP: rebuilds the policy (maps, limits, TLS certificate, AUTH users)
+  // from config and swaps it in whole; on error the old policy stays and the
+  // error (with file:line) is returned. Sessions keep the policy they began with.
+  virtual Status Reload(const Config& config) = 0;
 };
 
 Result<std::unique_ptr<IngressServer>> StartIngress(const Config& config, std::shared_ptr<EnqueueBackend> backend,

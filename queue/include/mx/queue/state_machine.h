@@ -34,6 +34,9 @@ struct StateMachineOptions {
   int64_t class_factor = 1800;
   int64_t recipient_factor = 30000;
   int64_t retry_factor = 90000;
+  // QueueLA: a message enqueued with queue_only waits this long (a queue run
+  // brings it forward).
+  int64_t queue_only_delay_us = 60'000'000;
 };
 
 // What applying one command produced.
