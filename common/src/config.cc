@@ -229,6 +229,7 @@ Config Parse(const YAML::Node& root) {
       in.Uint("connection_rate_per_ip", &c.ingress.connection_rate_per_ip);
       in.Double("refuse_la", &c.ingress.refuse_la);
       in.Double("queue_la", &c.ingress.queue_la);
+      in.Str("loadavg_file", &c.ingress.loadavg_file);
       in.Str("tls_cert_file", &c.ingress.tls_cert_file);
       in.Str("tls_key_file", &c.ingress.tls_key_file);
       in.Str("auth_users_file", &c.ingress.auth_users_file);

@@ -3,7 +3,7 @@
 // verification off the I/O threads, await the queue's commit.
 #include "mx/ingress/server.h"
 
-#include <stdlib.h>
+#include <cstdio>
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 
@@ -66,6 +66,23 @@ auto AsyncEnqueue(EnqueueBackend& backend, InFlight& in_flight, v1::NewMessage m
         });
       },
       token, std::move(message));
+}
+
+// Awaitable wrapper around EnqueueBackend::RunQueue (ETRN). The domain is an
+// initiation argument, not a lambda capture, so it lives in the operation.
+template <typename Token>
+auto AsyncRunQueue(EnqueueBackend& backend, InFlight& in_flight, std::string domain, Token&& token) {
+  return asio::async_initiate<Token, void(Result<uint64_t>)>(
+      [&backend, &in_flight](auto handler, std::string d) {
+        auto ex = asio::get_associated_executor(handler);
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        in_flight.Add();
+        backend.RunQueue(d, [h, ex, &in_flight](Result<uint64_t> r) {
+          asio::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+          in_flight.Done();
+        });
+      },
+      token, std::move(domain));
 }
 
 // Forwards session events to the probe and counts mailstats rejections and discards.
@@ -150,14 +167,18 @@ class ConnectionLimiter {
   std::unordered_map<std::string, Client> clients_;
 };
 
-// The 1-minute load average, read at most once a second.
+// The 1-minute load average, read at most once a second from /proc/loadavg
+// (or ingress.loadavg_file: in containers, e.g. an lxcfs view).
 class LoadMonitor {
  public:
-  double Get(int64_t now_us) {
+  double Get(const std::string& file, int64_t now_us) {
     if (now_us - sampled_us_.load(std::memory_order_relaxed) > 1'000'000) {
-      double la[1] = {0};
-      if (getloadavg(la, 1) == 1) load_.store(la[0], std::memory_order_relaxed);
       sampled_us_.store(now_us, std::memory_order_relaxed);
+      if (FILE* f = fopen(file.c_str(), "r")) {
+        double la = 0;
+        if (fscanf(f, "%lf", &la) == 1) load_.store(la, std::memory_order_relaxed);
+        fclose(f);
+      }
     }
     return load_.load(std::memory_order_relaxed);
   }
@@ -302,7 +323,7 @@ class Server final : public IngressServer {
     auto policy = policy_.load();
     const IngressConfig& cfg = policy->settings();
     const int64_t now_us = clock_.NowUnixMicros();
-    const double load = cfg.refuse_la > 0 || cfg.queue_la > 0 ? load_.Get(now_us) : 0;
+    const double load = cfg.refuse_la > 0 || cfg.queue_la > 0 ? load_.Get(cfg.loadavg_file, now_us) : 0;
     std::string refusal;
     RejectReason reason = RejectReason::kConnLimit;
     if (cfg.refuse_la > 0 && load >= cfg.refuse_la) {
@@ -400,16 +421,12 @@ class Server final : public IngressServer {
         const AuthUsers* users = policy.auth_users();
         std::string user = s.auth_user(), password = s.auth_password();
         // crypt(3) is slow by design: verify on the auth pool, not an I/O thread.
-        bool ok = co_await asio::co_spawn(
-            auth_pool_,
-            [users, user = std::move(user), password = std::move(password)]() -> awaitable<bool> {
-              co_return users && users->Verify(user, password);
-            },
-            use_awaitable);
+        bool ok = co_await asio::co_spawn(auth_pool_, VerifyPassword(users, std::move(user), std::move(password)),
+                                          use_awaitable);
         co_return s.OnAuthResult(ok);
       }
       case Session::Step::kEtrn: {
-        Result<uint64_t> r = co_await AsyncRunQueue(s.etrn_domain());
+        Result<uint64_t> r = co_await AsyncRunQueue(*backend_, enqueues_, s.etrn_domain(), use_awaitable);
         co_return s.OnEtrnResult(r);
       }
       case Session::Step::kDiscard: co_return Session::Step::kContinue;
@@ -417,18 +434,9 @@ class Server final : public IngressServer {
     }
   }
 
-  awaitable<Result<uint64_t>> AsyncRunQueue(const std::string& domain) {
-    auto ex = co_await asio::this_coro::executor;
-    co_return co_await asio::async_initiate<decltype(use_awaitable), void(Result<uint64_t>)>(
-        [this, ex, domain](auto handler) {
-          auto h = std::make_shared<decltype(handler)>(std::move(handler));
-          enqueues_.Add();
-          backend_->RunQueue(domain, [this, h, ex](Result<uint64_t> r) {
-            asio::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
-            enqueues_.Done();
-          });
-        },
-        use_awaitable);
+  // A coroutine function, not a capturing lambda: its arguments live in the frame.
+  static awaitable<bool> VerifyPassword(const AuthUsers* users, std::string user, std::string password) {
+    co_return users && users->Verify(user, password);
   }
 
   // RFC 3207: the 220 is out; anything the client pipelined after STARTTLS is

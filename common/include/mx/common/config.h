@@ -64,6 +64,7 @@ struct IngressConfig {
   uint32_t connection_rate_per_ip = 0;  // new connections per IP per minute (FEATURE(ratecontrol); 0: off)
   double refuse_la = 0;                 // RefuseLA: refuse connections above this load (0: off)
   double queue_la = 0;                  // QueueLA: accept but only queue above this load (0: off)
+  std::string loadavg_file = "/proc/loadavg";  // where the load average is read
   // STARTTLS (RFC 3207): offered when both are set.
   std::string tls_cert_file;
   std::string tls_key_file;

@@ -1,0 +1,350 @@
+"""Ingress acceptance policy through real clients: the open-relay matrix from an
+untrusted address, STARTTLS and AUTH with swaks, sendmail-format maps and their
+reload, connection limits, load shedding, ETRN and MinFreeBlocks."""
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from mxtest import metric_value, wait_for
+
+UNTRUSTED = "127.0.0.2"  # outside mynetworks (127.0.0.1/32)
+ACCESS_RELAY = "127.0.0.3"  # trusted by access Connect: RELAY
+
+ACCESS = """\
+# sendmail access map
+Connect:127.0.0.3           RELAY
+From:spammer@bad.test       REJECT
+From:bad.test               ERROR:"553 5.7.1 Spam source"
+To:trash@corp.test          DISCARD
+"""
+ALIASES = """\
+postmaster: admin@example.test
+team:       alice@example.test,
+            bob@example.test
+moved:      new@example.test.REDIRECT
+"""
+VIRTUSERS = """\
+info@virtual.test   team
+@virtual.test       catchall@example.test
+"""
+TRICKS = [
+    "victim@elsewhere.test",
+    "victim%elsewhere.test@corp.test",
+    "victim%elsewhere.test@relay.test",
+    "elsewhere.test!victim@corp.test",
+    "@corp.test:victim@elsewhere.test",
+    "@relay.test,@corp.test:victim@elsewhere.test",
+    '"victim@elsewhere.test"@corp.test',
+    '"victim%elsewhere.test"@relay.test',
+    "victim@elsewhere.test@corp.test",
+    "victim@corp.test.elsewhere.test",
+    "victim@corp.test.",
+    "victim@[127.0.0.1]",
+    "victim@127.0.0.1",
+    "victim@CORP.TEST.elsewhere.test",
+]
+
+
+def policy_node(mxd_factory, tmp_path, **overrides):
+    maps = tmp_path / "maps"
+    maps.mkdir(exist_ok=True)
+    (maps / "access").write_text(ACCESS)
+    (maps / "aliases").write_text(ALIASES)
+    (maps / "virtusertable").write_text(VIRTUSERS)
+    (maps / "local-host-names").write_text("# local domains\ncorp.test\n")
+    settings = dict(
+        ingress__mynetworks=["127.0.0.1/32"],
+        ingress__relay_domains=["relay.test"],
+        ingress__local_domains_file=str(maps / "local-host-names"),
+        ingress__access_map=str(maps / "access"),
+        ingress__aliases=str(maps / "aliases"),
+        ingress__virtusertable=str(maps / "virtusertable"),
+        ingress__header_checks=[
+            {"header": "Subject", "match": "regex", "pattern": "^((re|fwd?): *)*ILOVEYOU",
+             "reply": "501 5.7.1 LoveLetter virus"},
+        ],
+    )
+    settings.update(overrides)
+    node = mxd_factory(**settings)
+    node.maps = maps
+    return node
+
+
+def smtp_from(node, source):
+    s = smtplib.SMTP("127.0.0.1", node.smtp_port, source_address=(source, 0), timeout=10)
+    s.ehlo("client.test")
+    return s
+
+
+def test_open_relay_matrix_untrusted_is_refused_trusted_may_relay(mxd_factory, tmp_path):
+    node = policy_node(mxd_factory, tmp_path)
+    refused = []
+    for chunk in (TRICKS[:7], TRICKS[7:]):  # refusals count toward max_errors (10)
+        with smtp_from(node, UNTRUSTED) as s:
+            s.mail("a@sender.test")
+            for rcpt in chunk:
+                code, text = s.docmd(f"RCPT TO:<{rcpt}>")
+                refused.append((rcpt, code, text.decode()))
+    accepted = [r for r in refused if r[1] < 400]
+    assert not accepted, f"relay tricks accepted from an untrusted client: {accepted}"
+    assert all(code in (550, 501, 553) for _, code, _ in refused), refused
+    assert ("victim@elsewhere.test", 550, "5.7.1 <victim@elsewhere.test>: Relaying denied") in refused
+
+    # Local and relay domains are open to everyone; unknown local users are not.
+    with smtp_from(node, UNTRUSTED) as s:
+        s.mail("a@sender.test")
+        assert s.rcpt("team@corp.test")[0] == 250
+        assert s.rcpt("anyone@relay.test")[0] == 250
+        assert s.rcpt("anyone@sub.relay.test")[0] == 250
+        assert s.rcpt("nosuch@corp.test") == (550, b"5.1.1 <nosuch@corp.test>: Recipient address rejected: "
+                                                   b"User unknown")
+        assert s.rcpt("moved@corp.test") == (551, b"5.1.6 User has moved; please try <new@example.test>")
+
+    # Trusted by access Connect: RELAY, by mynetworks: relaying works.
+    for source in (ACCESS_RELAY, "127.0.0.1"):
+        with smtp_from(node, source) as s:
+            s.mail("a@sender.test")
+            assert s.rcpt("friend@elsewhere.test")[0] == 250, source
+    text = node.metrics()
+    assert metric_value(text, "mx_ingress_rejections_total", {"reason": "relay", "code": "550"}) >= 10
+
+
+def test_aliases_and_virtusertable_rewrite_recipients(mxd_factory, tmp_path):
+    node = policy_node(mxd_factory, tmp_path, delivery__smart_host="[127.0.0.1]:9")  # never delivered in time
+    with smtp_from(node, UNTRUSTED) as s:
+        s.sendmail("a@sender.test", ["info@virtual.test", "someone@virtual.test"], b"Subject: hi\r\n\r\nx\r\n")
+    out = node.mxctl("mailq")
+    for rcpt in ("alice@example.test", "bob@example.test", "catchall@example.test"):
+        assert rcpt in out, out
+    assert "info@virtual.test" not in out.replace("ORCPT", "")  # only as the original recipient
+
+
+def make_tls_and_users(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=mx.mx-test.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    hashes = {u: subprocess.run(["openssl", "passwd", "-6", p], check=True, capture_output=True,
+                                text=True).stdout.strip()
+              for u, p in (("alice", "secret"), ("bob", "hunter2"))}
+    users = tmp_path / "users"
+    users.write_text("".join(f"{u}:{h}\n" for u, h in hashes.items()))
+    return dict(ingress__tls_cert_file=str(cert), ingress__tls_key_file=str(key),
+                ingress__auth_users_file=str(users))
+
+
+def swaks(node, *args, source=UNTRUSTED):
+    return subprocess.run(["swaks", "--server", f"127.0.0.1:{node.smtp_port}", "--local-interface", source,
+                           "--from", "alice@sender.test", "--ehlo", "client.test", "--timeout", "15", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_starttls_and_auth_with_swaks(mxd_factory, tmp_path):
+    node = policy_node(mxd_factory, tmp_path, **make_tls_and_users(tmp_path))
+    # AUTH is not offered in the clear, STARTTLS is.
+    with smtp_from(node, UNTRUSTED) as s:
+        assert "starttls" in s.esmtp_features and "auth" not in s.esmtp_features
+        assert s.docmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==")[0] == 538
+    # Over TLS, PLAIN and LOGIN authenticate; an authenticated client relays.
+    for mech, user, password in (("PLAIN", "alice", "secret"), ("LOGIN", "bob", "hunter2")):
+        r = swaks(node, "--tls", "--auth", mech, "--auth-user", user, "--auth-password", password,
+                  "--to", "friend@elsewhere.test")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "235 2.7.0 Authentication successful" in r.stdout
+        assert "250 2.0.0 Ok: queued as" in r.stdout
+    # A wrong password is refused and relaying stays closed.
+    r = swaks(node, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "guess",
+              "--to", "friend@elsewhere.test")
+    assert r.returncode != 0
+    assert "535 5.7.8 Authentication credentials invalid" in r.stdout
+    r = swaks(node, "--tls", "--to", "friend@elsewhere.test")
+    assert "550 5.7.1 <friend@elsewhere.test>: Relaying denied" in r.stdout
+    text = node.metrics()
+    assert metric_value(text, "mx_ingress_auth_total", {"result": "ok"}) == 2
+    assert metric_value(text, "mx_ingress_auth_total", {"result": "failed"}) == 1
+    assert metric_value(text, "mx_ingress_tls_handshakes_total", {"result": "ok"}) == 4
+    assert "authenticated as bob" in node.logtext()
+
+
+def recv_reply(sock_file):
+    lines = []
+    while True:
+        line = sock_file.readline().decode()
+        assert line, "connection closed"
+        lines.append(line.rstrip("\r\n"))
+        if line[3:4] != "-":
+            return lines
+
+
+def test_starttls_drops_plaintext_pipelined_after_it(mxd_factory, tmp_path):
+    # CVE-2011-0411: commands sent in the clear behind STARTTLS must not be
+    # executed inside the TLS session.
+    node = policy_node(mxd_factory, tmp_path, **make_tls_and_users(tmp_path))
+    raw = socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10)
+    f = raw.makefile("rb")
+    assert recv_reply(f)[0].startswith("220 ")
+    raw.sendall(b"EHLO client.test\r\n")
+    recv_reply(f)
+    raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+    assert recv_reply(f) == ["220 2.0.0 Ready to start TLS"]
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(raw)
+    tf = tls.makefile("rb")
+    tls.sendall(b"EHLO client.test\r\n")
+    first = recv_reply(tf)
+    assert first[0] == "250-mx.mx-test.test", first  # not a reply to the injected MAIL
+    assert "250-AUTH PLAIN LOGIN" in first
+    tls.sendall(b"MAIL FROM:<a@sender.test>\r\n")
+    assert recv_reply(tf) == ["250 2.1.0 Ok"]  # no "nested MAIL": the injected one never ran
+    tls.sendall(b"QUIT\r\n")
+    assert recv_reply(tf)[0].startswith("221")
+    tls.close()
+
+
+def test_bad_map_on_reload_keeps_the_old_policy(mxd_factory, tmp_path):
+    node = policy_node(mxd_factory, tmp_path)
+    access = node.maps / "access"
+
+    def sender_reply(addr):
+        with smtp_from(node, UNTRUSTED) as s:
+            return s.docmd(f"MAIL FROM:<{addr}>")
+
+    assert sender_reply("spammer@bad.test")[0] == 550
+    assert sender_reply("x@newly-bad.test")[0] == 250
+    access.write_text(ACCESS + "From:newly-bad.test REJECT\nFrom:broken.test MAYBE\n")
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in node.logtext(), timeout=10, what="reload refusal in the log")
+    assert f"{access}:7: unknown action 'MAYBE'" in node.logtext()
+    assert sender_reply("spammer@bad.test")[0] == 550  # old policy in force
+    assert sender_reply("x@newly-bad.test")[0] == 250  # new line not half-applied
+    access.write_text(ACCESS + "From:newly-bad.test REJECT\n")
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: policy reloaded" in node.logtext(), timeout=10, what="reload")
+    assert sender_reply("x@newly-bad.test") == (550, b"5.7.1 <x@newly-bad.test>: Sender address rejected: "
+                                                     b"Access denied")
+    text = node.metrics()
+    assert metric_value(text, "mx_ingress_policy_reloads_total", {"result": "error"}) == 1
+
+
+def test_bad_map_at_start_is_refused_with_file_and_line(mxd_factory, tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "aliases").write_text("postmaster: admin@example.test\nlist: |/usr/bin/procmail\n")
+    with pytest.raises(AssertionError) as e:
+        mxd_factory(ingress__aliases=str(maps / "aliases"))
+    assert f"{maps}/aliases:2: program aliases are not supported" in str(e.value)
+
+
+def test_connection_limits_answer_421_at_once(mxd_factory, tmp_path):
+    node = mxd_factory(ingress__max_connections_per_ip=2)
+    held = [smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) for _ in range(2)]
+    with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10) as s:
+        reply = s.makefile("rb").readline().decode()
+        assert reply.startswith("421 4.7.0 mx.mx-test.test Error: too many connections from 127.0.0.1"), reply
+        assert s.recv(1) == b""  # closed, not left hanging
+    # Other addresses are not affected by one client's limit.
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, source_address=(UNTRUSTED, 0), timeout=10) as s:
+        assert s.noop()[0] == 250
+    for h in held:
+        h.quit()
+    wait_for(lambda: _greets(node), timeout=10, what="a slot to free up")
+
+
+def _greets(node):
+    with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10) as s:
+        return s.makefile("rb").readline().startswith(b"220 ")
+
+
+def test_connection_rate_per_ip(mxd_factory):
+    node = mxd_factory(ingress__connection_rate_per_ip=3)
+    replies = []
+    for _ in range(5):  # from an address of its own (the fixture's readiness probe used 127.0.0.1)
+        with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10,
+                                      source_address=(UNTRUSTED, 0)) as s:
+            replies.append(s.makefile("rb").readline().decode()[:9])
+            s.sendall(b"QUIT\r\n")
+    assert replies[:3] == ["220 mx.mx"] * 3, replies
+    assert replies[3:] == ["421 4.7.0"] * 2, replies
+    assert metric_value(node.metrics(), "mx_ingress_rejections_total", {"reason": "connection_rate"}) == 2
+
+
+def test_load_shedding_refuse_la_and_queue_la_then_etrn(mxd_factory, tmp_path, dns, sinks):
+    from conftest import MX_GOOD
+    from mxtest import free_port
+
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port)
+    d = dns(port)
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("5.00 5.00 5.00 1/100 1\n")  # above QueueLA, below RefuseLA
+    node = mxd_factory(ingress__refuse_la=8, ingress__queue_la=4, ingress__loadavg_file=str(loadavg),
+                       ingress__relay_domains=["example.test"], queue__min_backoff="1h", queue__max_backoff="2h",
+                       delivery__dns_servers=[d.server], delivery__smtp_port=port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as s:
+        s.sendmail("a@sender.test", ["user@example.test"], b"Subject: queued only\r\n\r\nx\r\n")
+    assert "queued only: system load above QueueLA" in node.mxctl("mailq")
+    assert sink.count() == 0
+
+    loadavg.write_text("9.00 9.00 9.00 1/100 1\n")  # above RefuseLA
+
+    def refused():
+        with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10) as s:
+            return s.makefile("rb").readline().decode().startswith("421 4.3.2 mx.mx-test.test Too busy")
+
+    wait_for(refused, timeout=5, what="RefuseLA to refuse connections")
+    loadavg.write_text("0.10 0.10 0.10 1/100 1\n")
+    wait_for(lambda: _greets(node), timeout=5, what="connections accepted again")
+    assert sink.count() == 0
+
+    # ETRN for the relay domain runs the queue now instead of in an hour.
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.docmd("ETRN example.test") == (250, b"2.0.0 Queuing for node <example.test> started")
+        assert s.docmd("ETRN elsewhere.test")[0] == 459
+    wait_for(lambda: sink.count() == 1, timeout=20, what="delivery after ETRN")
+
+
+def test_min_free_disk_answers_452(mxd_factory):
+    node = mxd_factory(queue__min_free_disk="1000000G")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@sender.test", ["b@example.test"], b"Subject: x\r\n\r\ny\r\n")
+        assert (e.value.smtp_code, e.value.smtp_error) == (452, b"4.3.1 Insufficient system storage")
+    # New transactions are refused at MAIL while the queue is short of space.
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.mail("a@sender.test") == (452, b"4.3.1 Insufficient system storage")
+    assert "Mail queue is empty" in node.mxctl("mailq")
+
+
+def test_header_rules_and_discard_are_counted(mxd_factory, tmp_path):
+    node = policy_node(mxd_factory, tmp_path)
+    with smtp_from(node, UNTRUSTED) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@sender.test", ["team@corp.test"], b"Subject: Re: ILOVEYOU\r\n\r\nkiss\r\n")
+        assert (e.value.smtp_code, e.value.smtp_error) == (501, b"5.7.1 LoveLetter virus")
+        s.rset()
+        s.sendmail("a@sender.test", ["trash@corp.test"], b"Subject: dropped\r\n\r\nx\r\n")  # 250, discarded
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            s.sendmail("x@mail.bad.test", ["team@corp.test"], b"Subject: x\r\n\r\ny\r\n")
+        assert (e.value.smtp_code, e.value.smtp_error) == (553, b"5.7.1 Spam source")
+    assert "Mail queue is empty" in node.mxctl("mailq")
+    text = node.metrics()
+    assert metric_value(text, "mx_ingress_rejections_total", {"reason": "header", "code": "501"}) == 1
+    assert metric_value(text, "mx_ingress_rejections_total", {"reason": "access", "code": "553"}) == 1
+    assert metric_value(text, "mx_ingress_messages_discarded_total") == 1
+
+    def msgsdis():
+        rows = [l.split() for l in node.mxctl("mailstats").splitlines() if l.endswith("esmtp")]
+        return rows and rows[0][6] == "1"
+
+    wait_for(msgsdis, timeout=10, what="mailstats msgsdis")
+    log = node.logtext()
+    assert "reject: header from unknown [127.0.0.2]: 501 5.7.1 LoveLetter virus" in log
+    assert "discarded: from=<a@sender.test>" in log
