@@ -230,6 +230,27 @@ Config Parse(const YAML::Node& root) {
       in.Double("refuse_la", &c.ingress.refuse_la);
       in.Double("queue_la", &c.ingress.queue_la);
       in.Str("loadavg_file", &c.ingress.loadavg_file);
+      in.StrList("dns_servers", &c.ingress.dns_servers);
+      in.Duration("dns_timeout", &c.ingress.dns_timeout);
+      in.Bool("reverse_dns", &c.ingress.reverse_dns);
+      if (auto zl = in.Child("dnsbl"); zl.IsDefined()) {
+        if (!zl.IsSequence()) Fail("ingress.dnsbl", "expected a list of {zone, block, pass, reply}");
+        size_t i = 0;
+        for (const auto& z : zl) {
+          const std::string key = "ingress.dnsbl[" + std::to_string(i++) + "]";
+          Reader zr(z, key);
+          DnsblZone zone;
+          zr.Str("zone", &zone.zone);
+          zr.StrList("block", &zone.block);
+          zr.StrList("pass", &zone.pass);
+          zr.Str("reply", &zone.reply);
+          if (zone.zone.empty()) Fail(key + ".zone", "is required");
+          for (const auto* list : {&zone.block, &zone.pass}) {
+            if (auto nets = CidrList::Parse(*list); !nets.ok()) Fail(key, nets.status().message());
+          }
+          c.ingress.dnsbl.push_back(std::move(zone));
+        }
+      }
       in.Str("tls_cert_file", &c.ingress.tls_cert_file);
       in.Str("tls_key_file", &c.ingress.tls_key_file);
       in.Str("auth_users_file", &c.ingress.auth_users_file);
@@ -311,6 +332,8 @@ Config Parse(const YAML::Node& root) {
   CheckHostPort("control.listen", c.control.listen);
   CheckHostPort("metrics_listen", c.metrics_listen);
   for (const auto& s : c.delivery.dns_servers) CheckHostPort("delivery.dns_servers", s);
+  for (const auto& s : c.ingress.dns_servers) CheckHostPort("ingress.dns_servers", s);
+  if (c.ingress.dns_servers.empty()) c.ingress.dns_servers = c.delivery.dns_servers;
   if (c.ingress.hostname.empty()) c.ingress.hostname = c.hostname;
   if (c.delivery.helo_name.empty()) c.delivery.helo_name = c.hostname;
   CheckHostPort("queue.raft_listen", c.queue.raft_listen);

@@ -211,6 +211,25 @@ Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, 
     }
     p->header_rules_.push_back(std::move(rule));
   }
+  for (const auto& z : config.dnsbl) {
+    Dnsbl d;
+    d.config = z;
+    d.config.zone = ToLower(z.zone);
+    auto block = CidrList::Parse(z.block.empty() ? std::vector<std::string>{"127.0.0.0/8"} : z.block);
+    auto pass = CidrList::Parse(z.pass);
+    if (!block.ok() || !pass.ok()) {
+      return Status(Code::kInvalidArgument,
+                    "ingress.dnsbl " + z.zone + ": " + (block.ok() ? pass.status() : block.status()).message());
+    }
+    d.block = *block;
+    d.pass = *pass;
+    if (!z.pass.empty() && z.block.empty()) d.block = *CidrList::Parse({});  // an allow list blocks nothing
+    auto reply = NormalizeReply(z.reply, "7.1", "Service unavailable");
+    if (!reply.ok())
+      return Status(Code::kInvalidArgument, "ingress.dnsbl " + z.zone + ".reply: " + reply.status().message());
+    p->dnsbl_zone_names_.push_back(d.config.zone);
+    p->dnsbl_.push_back(std::move(d));
+  }
   if (!p->aliases_.Find("postmaster") && (!config.local_domains.empty() || !config.local_domains_file.empty())) {
     log::Warn("policy: no 'postmaster' alias; mail to postmaster@<local domain> is queued unchanged");
   }
@@ -255,6 +274,38 @@ Verdict Policy::CheckConnect(const ClientInfo& client) const {
   if (mynetworks_.Contains(client.addr)) {
     v.kind = Verdict::Kind::kRelay;
     v.why = "mynetworks";
+  }
+  return v;
+}
+
+Verdict Policy::CheckDnsbl(const ClientInfo& client, const ClientFacts& facts) const {
+  Verdict v;
+  for (size_t i = 0; i < dnsbl_.size() && i < facts.dnsbl.size(); ++i) {
+    const auto& z = dnsbl_[i];
+    const auto& a = facts.dnsbl[i];
+    if (a.kind != DnsblAnswer::Kind::kListed) continue;  // not listed, or DNS failed: a pass
+    for (const auto& addr : a.addrs) {
+      if (z.pass.Contains(addr)) {
+        v.kind = Verdict::Kind::kOk;
+        v.why = "dnsbl " + z.config.zone + " pass (" + addr + ")";
+        return v;
+      }
+    }
+    for (const auto& addr : a.addrs) {
+      if (!z.block.Contains(addr)) continue;
+      std::string reply = z.config.reply;
+      auto fill = [&](const std::string& key, const std::string& value) {
+        for (size_t pos; (pos = reply.find(key)) != std::string::npos;) reply.replace(pos, key.size(), value);
+      };
+      fill("{client}", client.addr);
+      fill("{zone}", z.config.zone);
+      fill("{answer}", addr);
+      v.kind = Verdict::Kind::kReject;
+      v.reason = RejectReason::kDnsbl;
+      v.reply = *NormalizeReply(reply, "7.1", "Service unavailable");
+      v.why = "dnsbl " + z.config.zone + " listed (" + addr + ")";
+      return v;
+    }
   }
   return v;
 }

@@ -63,6 +63,17 @@ Probe::Probe() {
                   .Name("mx_ingress_policy_reloads_total")
                   .Help("Policy reloads by result (a failed reload keeps the old policy)")
                   .Register(reg);
+  dnsbl_ = &prometheus::BuildCounter()
+                .Name("mx_ingress_dnsbl_lookups_total")
+                .Help("DNSBL answers at connect by zone and result (tempfail: DNS failed, client passed)")
+                .Register(reg);
+}
+
+void Probe::DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind) {
+  const char* result = kind == ingress::DnsblAnswer::Kind::kListed     ? "listed"
+                       : kind == ingress::DnsblAnswer::Kind::kTempFail ? "tempfail"
+                                                                       : "clean";
+  dnsbl_->Add({{"zone", zone}, {"result", result}}).Increment();
 }
 
 void Probe::OnAuth(bool ok) {

@@ -1,11 +1,15 @@
 // server.cc — Asio coroutine driver for Session: accept (connection limits,
 // load shedding), read lines, write replies, enforce timeouts, STARTTLS, AUTH
 // verification off the I/O threads, await the queue's commit.
+//
+// GCC 12 mishandles temporaries with destructors inside a co_await
+// full-expression (they can be destroyed twice): every awaitable that takes
+// arguments is built as a named local first and then awaited.
 #include "mx/ingress/server.h"
 
-#include <cstdio>
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
+#include <cstdio>
 
 #include <atomic>
 #include <condition_variable>
@@ -14,7 +18,9 @@
 #include <unordered_map>
 
 #include "mx/common/address.h"
+#include "mx/common/dns.h"
 #include "mx/common/log.h"
+#include "mx/ingress/client_lookup.h"
 #include "mx/ingress/probe.h"
 #include "mx/ingress/session.h"
 
@@ -83,6 +89,21 @@ auto AsyncRunQueue(EnqueueBackend& backend, InFlight& in_flight, std::string dom
         });
       },
       token, std::move(domain));
+}
+
+// Awaitable wrapper around ClientLookup::Lookup (reverse DNS and DNSBL).
+template <typename Token>
+auto AsyncClientLookup(ClientLookup& lookup, std::string ip, bool reverse, std::vector<std::string> zones,
+                       Token&& token) {
+  return asio::async_initiate<Token, void(ClientFacts)>(
+      [&lookup](auto handler, std::string addr, bool rev, std::vector<std::string> z) {
+        auto ex = asio::get_associated_executor(handler);
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        lookup.Lookup(addr, rev, z, [h, ex](ClientFacts f) {
+          asio::post(ex, [h, f = std::move(f)]() mutable { (*h)(std::move(f)); });
+        });
+      },
+      token, std::move(ip), reverse, std::move(zones));
 }
 
 // Forwards session events to the probe and counts mailstats rejections and discards.
@@ -233,6 +254,9 @@ class Server final : public IngressServer {
 
   Status Listen(const Config& config) {
     if (auto st = Reload(config); !st.ok()) return st;
+    auto dns = DnsChannel::Start(config.ingress.dns_servers, config.ingress.dns_timeout);
+    if (!dns.ok()) return Status(dns.status().code(), "ingress.dns_servers: " + dns.status().message());
+    lookup_ = std::make_unique<ClientLookup>(std::move(dns).value(), clock_);
     auto hp = ParseHostPort(config_.listen);
     if (!hp.ok()) return hp.status();
     boost::system::error_code ec;
@@ -369,7 +393,8 @@ class Server final : public IngressServer {
     opts.queue_only = cfg.queue_la > 0 && load >= cfg.queue_la;
     opts.storage_low = storage_low_until_us_.load(std::memory_order_relaxed) > now_us;
     asio::co_spawn(conn->socket.get_executor(), Watchdog(conn), asio::detached);
-    co_await Serve(conn, std::move(policy), std::move(opts), ip);
+    auto serve = Serve(conn, std::move(policy), std::move(opts), ip);
+    co_await std::move(serve);
     limiter_.Release(ip);
   }
 
@@ -406,7 +431,8 @@ class Server final : public IngressServer {
         auto start = std::chrono::steady_clock::now();
         v1::NewMessage m = s.TakeMessage();
         uint64_t size = m.body().size();
-        Status st = co_await AsyncEnqueue(*backend_, enqueues_, std::move(m), use_awaitable);
+        auto enqueue = AsyncEnqueue(*backend_, enqueues_, std::move(m), use_awaitable);
+        Status st = co_await std::move(enqueue);
         if (st.ok()) {
           Probe::Get().Accepted(size, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
           storage_low_until_us_.store(0, std::memory_order_relaxed);
@@ -421,12 +447,14 @@ class Server final : public IngressServer {
         const AuthUsers* users = policy.auth_users();
         std::string user = s.auth_user(), password = s.auth_password();
         // crypt(3) is slow by design: verify on the auth pool, not an I/O thread.
-        bool ok = co_await asio::co_spawn(auth_pool_, VerifyPassword(users, std::move(user), std::move(password)),
-                                          use_awaitable);
+        auto verify =
+            asio::co_spawn(auth_pool_, VerifyPassword(users, std::move(user), std::move(password)), use_awaitable);
+        bool ok = co_await std::move(verify);
         co_return s.OnAuthResult(ok);
       }
       case Session::Step::kEtrn: {
-        Result<uint64_t> r = co_await AsyncRunQueue(*backend_, enqueues_, s.etrn_domain(), use_awaitable);
+        auto run = AsyncRunQueue(*backend_, enqueues_, s.etrn_domain(), use_awaitable);
+        Result<uint64_t> r = co_await std::move(run);
         co_return s.OnEtrnResult(r);
       }
       case Session::Step::kDiscard: co_return Session::Step::kContinue;
@@ -468,6 +496,20 @@ class Server final : public IngressServer {
     client.name = "unknown";
     const Policy& pol = *policy;
     Verdict connect = pol.CheckConnect(client);
+    // DNS: the client's name (for logs, Received: and Connect: host keys) and,
+    // unless access or mynetworks already decided, its DNSBL listings.
+    const bool reverse = pol.settings().reverse_dns;
+    const bool dnsbl = connect.kind == Verdict::Kind::kNone && !pol.dnsbl_zones().empty();
+    if (reverse || dnsbl) {
+      std::vector<std::string> zones;
+      if (dnsbl) zones = pol.dnsbl_zones();
+      auto lookup = AsyncClientLookup(*lookup_, ip, reverse, std::move(zones), use_awaitable);
+      ClientFacts facts = co_await std::move(lookup);
+      client.name = facts.name;
+      if (reverse) connect = pol.CheckConnect(client);  // host name keys may match now
+      for (const auto& a : facts.dnsbl) Probe::Get().DnsblAnswer(a.zone, a.kind);
+      if (connect.kind == Verdict::Kind::kNone) connect = pol.CheckDnsbl(client, facts);
+    }
     Session s(std::move(policy), std::move(opts), client, clock_, qids_, &observer_);
     s.Start(connect);
     std::string buf;
@@ -480,7 +522,8 @@ class Server final : public IngressServer {
         pos = nl + 1;
         Session::Step step = s.OnLine(line);
         while (step != Session::Step::kContinue && step != Session::Step::kClose && step != Session::Step::kStartTls) {
-          step = co_await Perform(*conn, s, step, pol);
+          auto perform = Perform(*conn, s, step, pol);
+          step = co_await std::move(perform);
         }
         if (step == Session::Step::kStartTls) {
           co_await Write(*conn, s);
@@ -562,6 +605,7 @@ class Server final : public IngressServer {
   std::atomic<std::shared_ptr<const Policy>> policy_;
   std::atomic<std::shared_ptr<asio::ssl::context>> tls_;
   std::shared_ptr<EnqueueBackend> backend_;
+  std::unique_ptr<ClientLookup> lookup_;
   const Clock& clock_;
   QidGenerator qids_;
   Observer observer_;

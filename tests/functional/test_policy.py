@@ -348,3 +348,60 @@ def test_header_rules_and_discard_are_counted(mxd_factory, tmp_path):
     log = node.logtext()
     assert "reject: header from unknown [127.0.0.2]: 501 5.7.1 LoveLetter virus" in log
     assert "discarded: from=<a@sender.test>" in log
+
+
+def test_dnsbl_dnswl_and_reverse_dns_through_a_real_dns_server(mxd_factory, tmp_path):
+    from mxtest import Unbound
+
+    dns_dir = tmp_path / "dns"
+    dns_dir.mkdir()
+    records = [
+        "2.0.0.127.bl.test. 300 IN A 127.0.0.2",  # 127.0.0.2 is listed
+        "3.0.0.127.bl.test. 300 IN A 127.0.0.2",  # 127.0.0.3 too, but also on the allow list
+        "3.0.0.127.wl.test. 300 IN A 127.0.0.1",
+        "4.0.0.127.bl.test. 300 IN A 127.0.0.10",  # a return code this zone does not block on
+        "2.0.0.127.in-addr.arpa. 300 IN PTR client2.test.",
+        "client2.test. 300 IN A 127.0.0.2",
+        "5.0.0.127.in-addr.arpa. 300 IN PTR client5.test.",
+        "client5.test. 300 IN A 127.0.0.5",
+        "6.0.0.127.in-addr.arpa. 300 IN PTR forged.test.",  # does not resolve back
+        "forged.test. 300 IN A 192.0.2.1",
+    ]
+    zones = {"bl.test": "static", "wl.test": "static", "127.in-addr.arpa": "static", "client2.test": "static",
+             "client5.test": "static", "forged.test": "static", "broken.test": "refuse"}
+    dns = Unbound(dns_dir, zones, records)
+    try:
+        access = tmp_path / "access"
+        access.write_text("Connect:client5.test REJECT\n")
+        node = mxd_factory(
+            ingress__mynetworks=["127.0.0.1/32"], ingress__relay_domains=["example.test"],
+            ingress__dns_servers=[dns.server], ingress__dns_timeout="2s", ingress__reverse_dns=True,
+            ingress__access_map=str(access),
+            ingress__dnsbl=[{"zone": "broken.test"},
+                            {"zone": "wl.test", "pass": ["127.0.0.0/8"]},
+                            {"zone": "bl.test", "block": ["127.0.0.2", "127.0.0.3"]}])
+        replies = {}
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"):
+            with smtp_from(node, source) as s:
+                replies[source] = s.mail("a@sender.test")
+        assert replies["127.0.0.2"] == (554, b"5.7.1 Service unavailable; Client host [127.0.0.2] blocked using "
+                                             b"bl.test")
+        assert replies["127.0.0.3"][0] == 250  # the allow list ends the checks
+        assert replies["127.0.0.4"][0] == 250  # 127.0.0.10 is not a blocking answer here
+        assert replies["127.0.0.5"] == (550, b"5.7.1 Access denied for client5.test [127.0.0.5]")  # by its name
+        assert replies["127.0.0.6"][0] == 250
+        log = node.logtext()
+        assert "reject: MAIL from client2.test [127.0.0.2]" in log  # forward-confirmed name
+        text = node.metrics()
+        # A refusing DNSBL is a temporary pass, counted, for every client it was asked about.
+        assert metric_value(text, "mx_ingress_dnsbl_lookups_total", {"zone": "broken.test",
+                                                                      "result": "tempfail"}) == 5
+        assert metric_value(text, "mx_ingress_dnsbl_lookups_total", {"zone": "bl.test", "result": "listed"}) == 3
+        assert metric_value(text, "mx_ingress_rejections_total", {"reason": "dnsbl", "code": "554"}) == 1
+        # The forged name is not believed.
+        with smtp_from(node, "127.0.0.6") as s:
+            s.sendmail("a@sender.test", ["user@example.test"], b"Subject: x\r\n\r\ny\r\n")
+        wait_for(lambda: "relay=unknown [127.0.0.6]" in node.logtext(), timeout=10, what="the accept log line")
+        assert "forged.test" not in node.logtext()
+    finally:
+        dns.stop()

@@ -176,3 +176,33 @@ TEST(Policy, BadHeaderRuleAndMissingFileAreReported) {
 
 }  // namespace
 }  // namespace mx::ingress
+
+namespace mx::ingress {
+namespace {
+
+TEST(Policy, DnsblZonesInOrderWithPassAndBlockAnswers) {
+  IngressConfig c;
+  c.hostname = "mx.test";
+  c.dnsbl = {{"wl.test", {}, {"127.0.0.0/8"}, ""},
+             {"bl.test", {"127.0.0.2"}, {}, "554 5.7.1 [{client}] listed by {zone} ({answer})"}};
+  c.dnsbl[0].reply = c.dnsbl[1].reply;
+  auto p = Policy::Load(c, ".");
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ((*p)->dnsbl_zones(), (std::vector<std::string>{"wl.test", "bl.test"}));
+  ClientInfo client{"192.0.2.9", "unknown"};
+  using K = DnsblAnswer::Kind;
+  ClientFacts listed{"unknown", {{"wl.test", K::kNotListed, {}, ""}, {"bl.test", K::kListed, {"127.0.0.2"}, ""}}};
+  Verdict v = (*p)->CheckDnsbl(client, listed);
+  EXPECT_EQ(v.reply, "554 5.7.1 [192.0.2.9] listed by bl.test (127.0.0.2)");
+  EXPECT_EQ(v.reason, RejectReason::kDnsbl);
+  ClientFacts allowed{"unknown",
+                      {{"wl.test", K::kListed, {"127.0.0.1"}, ""}, {"bl.test", K::kListed, {"127.0.0.2"}, ""}}};
+  EXPECT_EQ((*p)->CheckDnsbl(client, allowed).kind, Verdict::Kind::kOk);
+  ClientFacts other_code{"unknown", {{"wl.test", K::kNotListed, {}, ""}, {"bl.test", K::kListed, {"127.0.0.4"}, ""}}};
+  EXPECT_EQ((*p)->CheckDnsbl(client, other_code).kind, Verdict::Kind::kNone);
+  ClientFacts dns_down{"unknown", {{"wl.test", K::kTempFail, {}, "timeout"}, {"bl.test", K::kTempFail, {}, "timeout"}}};
+  EXPECT_EQ((*p)->CheckDnsbl(client, dns_down).kind, Verdict::Kind::kNone);  // a temporary pass
+}
+
+}  // namespace
+}  // namespace mx::ingress

@@ -30,6 +30,15 @@ struct HeaderCheck {
   std::string reply;  // "550 5.7.1 text"
 };
 
+// One DNS block (or allow) list, consulted in order at connect.
+struct DnsblZone {
+  std::string zone;                // e.g. "zen.spamhaus.org"
+  std::vector<std::string> block;  // answers (IPs/CIDRs) that mean "listed"; default 127.0.0.0/8
+  std::vector<std::string> pass;   // answers that end the DNSBL checks with a pass (a DNSWL)
+  // Reply to a listed client; {client}, {zone} and {answer} are filled in.
+  std::string reply = "554 5.7.1 Service unavailable; Client host [{client}] blocked using {zone}";
+};
+
 struct IngressConfig {
   std::string listen = "127.0.0.1:2525";
   std::string hostname;                       // $j: used in greeting and Received:
@@ -61,10 +70,15 @@ struct IngressConfig {
   uint32_t max_hop_count = 25;                                      // MaxHopCount
   uint32_t max_connections = 1000;                                  // MaxDaemonChildren (0: no limit)
   uint32_t max_connections_per_ip = 50;                             // FEATURE(conncontrol) (0: no limit)
-  uint32_t connection_rate_per_ip = 0;  // new connections per IP per minute (FEATURE(ratecontrol); 0: off)
-  double refuse_la = 0;                 // RefuseLA: refuse connections above this load (0: off)
-  double queue_la = 0;                  // QueueLA: accept but only queue above this load (0: off)
+  uint32_t connection_rate_per_ip = 0;         // new connections per IP per minute (FEATURE(ratecontrol); 0: off)
+  double refuse_la = 0;                        // RefuseLA: refuse connections above this load (0: off)
+  double queue_la = 0;                         // QueueLA: accept but only queue above this load (0: off)
   std::string loadavg_file = "/proc/loadavg";  // where the load average is read
+  // DNS for DNSBL and reverse lookups ("ip:port"; default: delivery.dns_servers).
+  std::vector<std::string> dns_servers;
+  std::chrono::milliseconds dns_timeout{5000};
+  bool reverse_dns = false;  // look up (forward-confirmed) client names for logs and Connect: host keys
+  std::vector<DnsblZone> dnsbl;
   // STARTTLS (RFC 3207): offered when both are set.
   std::string tls_cert_file;
   std::string tls_key_file;

@@ -17,6 +17,7 @@
 #include "mx/common/cidr.h"
 #include "mx/common/config.h"
 #include "mx/common/result.h"
+#include "mx/ingress/client_lookup.h"
 #include "mx/ingress/maps.h"
 
 namespace mx::ingress {
@@ -100,6 +101,12 @@ class Policy {
 
   // Connect: mynetworks and access Connect: (kRelay = trusted client).
   Verdict CheckConnect(const ClientInfo& client) const;
+  // Connect, after access: the DNSBL answers in zone order. A pass answer
+  // (DNSWL) ends the checks; a temporary DNS failure is a pass (counted by
+  // the caller from facts). kNone: not listed anywhere.
+  Verdict CheckDnsbl(const ClientInfo& client, const ClientFacts& facts) const;
+  // The zones CheckDnsbl() wants answers for, in order.
+  const std::vector<std::string>& dnsbl_zones() const { return dnsbl_zone_names_; }
   // MAIL: access From: for the reverse-path ("" = null sender).
   Verdict CheckSender(std::string_view sender) const;
   // RCPT: access To:, relay control, virtusertable and aliases. trusted: the
@@ -129,6 +136,12 @@ class Policy {
   VirtuserTable virtusers_;
   std::optional<AuthUsers> auth_users_;
   std::vector<HeaderRule> header_rules_;
+  struct Dnsbl {
+    DnsblZone config;
+    CidrList block, pass;
+  };
+  std::vector<Dnsbl> dnsbl_;
+  std::vector<std::string> dnsbl_zone_names_;
   std::vector<std::string> sources_;
 };
 

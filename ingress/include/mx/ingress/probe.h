@@ -31,6 +31,8 @@ class Probe final : public SessionObserver {
   void OnAuth(bool ok) override;
   void OnDiscard() override { discarded_->Increment(); }
   void TlsHandshake(bool ok);
+  // One DNSBL answer at connect (zone: a configured zone, so the label is bounded).
+  void DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind);
   // result: "ok" or "error"; a failed reload keeps the previous policy.
   void PolicyReload(bool ok);
 
@@ -47,6 +49,7 @@ class Probe final : public SessionObserver {
   prometheus::Family<prometheus::Counter>* auth_;
   prometheus::Family<prometheus::Counter>* tls_;
   prometheus::Family<prometheus::Counter>* reloads_;
+  prometheus::Family<prometheus::Counter>* dnsbl_;
 };
 
 }  // namespace mx::ingress
