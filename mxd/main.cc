@@ -20,8 +20,10 @@
 #include "mx/delivery/resolver.h"
 #include "mx/delivery/worker.h"
 #include "mx/ingress/enqueue_backend.h"
+#include "mx/ingress/policy_tester.h"
 #include "mx/ingress/server.h"
 #include "mx/queue/service.h"
+#include "mx/v1/control.pb.h"
 
 namespace {
 
@@ -94,8 +96,20 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<grpc::Service> admin;
   std::unique_ptr<grpc::Server> control_server;
+  std::unique_ptr<mx::ingress::PolicyTester> policy_tester;
   if (want_control) {
-    admin = mx::control::MakeAdminService(config.control.queue, config.queue.shards);
+    auto t = mx::ingress::PolicyTester::Start(config, clock);
+    if (!t.ok()) return Die(t.status().message());
+    policy_tester = std::move(t).value();
+    auto* tester = policy_tester.get();
+    admin = mx::control::MakeAdminService(
+        config.control.queue, config.queue.shards,
+        [tester](const mx::v1::PolicyTestRequest& req, mx::v1::PolicyTestResponse* resp) {
+          auto r = tester->Test(req);
+          if (!r.ok()) return grpc::Status(static_cast<grpc::StatusCode>(r.status().code()), r.status().message());
+          *resp = std::move(r).value();
+          return grpc::Status::OK;
+        });
     auto s = mx::StartGrpcServer(config.control.listen, {admin.get()});
     if (!s.ok()) return Die(s.status().message());
     control_server = std::move(s).value();
@@ -133,10 +147,16 @@ int main(int argc, char** argv) {
       auto fresh = mx::LoadConfig(config_path);
       if (!fresh.ok()) {
         mx::log::Error("SIGHUP: reload refused, previous policy stays in force: " + fresh.status().message());
-      } else if (ingress) {
-        if (auto st = ingress->Reload(*fresh); st.ok()) mx::log::Info("SIGHUP: policy reloaded");
       } else {
-        mx::log::Info("SIGHUP: no ingress role on this node; nothing to reload");
+        bool ok = true;
+        if (ingress) ok = ingress->Reload(*fresh).ok();
+        if (policy_tester) {
+          if (auto st = policy_tester->Reload(*fresh); !st.ok()) {
+            mx::log::Error("SIGHUP: policy test keeps the previous policy: " + st.message());
+            ok = false;
+          }
+        }
+        if (ok && (ingress || policy_tester)) mx::log::Info("SIGHUP: policy reloaded");
       }
       continue;
     }

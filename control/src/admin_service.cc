@@ -20,7 +20,14 @@ constexpr auto kShardDeadline = std::chrono::seconds(10);
 
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(const std::vector<std::string>& queues, uint32_t shards) : router_(queues, shards) {}
+  AdminService(const std::vector<std::string>& queues, uint32_t shards, PolicyTestFn policy_test)
+      : router_(queues, shards), policy_test_(std::move(policy_test)) {}
+
+  grpc::Status PolicyTest(grpc::ServerContext*, const v1::PolicyTestRequest* req,
+                          v1::PolicyTestResponse* resp) override {
+    if (!policy_test_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node has no policy to test");
+    return policy_test_(*req, resp);
+  }
 
   grpc::Status Mailq(grpc::ServerContext*, const v1::MailqRequest* req, v1::MailqResponse* resp) override {
     v1::ListRequest list;
@@ -153,12 +160,14 @@ class AdminService final : public v1::Admin::Service {
   }
 
   queue::QueueRouter router_;
+  PolicyTestFn policy_test_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards) {
-  return std::make_unique<AdminService>(queues, shards);
+std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards,
+                                                PolicyTestFn policy_test) {
+  return std::make_unique<AdminService>(queues, shards, std::move(policy_test));
 }
 
 }  // namespace mx::control

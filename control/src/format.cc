@@ -122,4 +122,20 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
   return out;
 }
 
+std::string FormatPolicyTest(const v1::PolicyTestResponse& resp) {
+  std::string out;
+  for (const auto& s : resp.steps()) {
+    std::string detail = s.reply().empty() ? s.why() : s.reply() + "  (" + s.why() + ")";
+    if (s.addresses_size() > 0 && !(s.addresses_size() == 1 && "<" + s.addresses(0) + ">" == s.subject())) {
+      std::string list;
+      for (const auto& a : s.addresses()) list += (list.empty() ? "" : ", ") + a;
+      detail += " -> " + list;
+    }
+    out += Pad(s.stage(), 9, false) + Pad(s.subject(), 34, false) + Pad(s.result(), 9, false) + detail + "\n";
+  }
+  out += Pad("outcome", 9, false) + resp.outcome() + (resp.reply().empty() ? "" : ": " + resp.reply()) + "\n";
+  if (!resp.policy().empty()) out += Pad("policy", 9, false) + resp.policy() + "\n";
+  return out;
+}
+
 }  // namespace mx::control

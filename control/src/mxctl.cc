@@ -1,4 +1,5 @@
-// mxctl — the operator's tool: mailq and mailstats against the control plane.
+// mxctl — the operator's tool: mailq, mailstats, cluster status, membership and
+// policy tests against the control plane.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
@@ -23,6 +24,10 @@ int Usage() {
           "  queue add-replica --shard N --id ID --grpc HOST:PORT --raft HOST:PORT\n"
           "                                              add a queue replica to shard N's Raft group\n"
           "  queue remove-replica --shard N --id ID      remove a replica from shard N\n"
+          "  policy test --client-ip IP [--client-name NAME] [--helo NAME] [--from ADDR]\n"
+          "              --to ADDR [--to ADDR...] [--header 'Name: value'...] [--auth]\n"
+          "                                              run the acceptance policy without sending mail;\n"
+          "                                              exit 0 accept, 1 reject, 2 discard\n"
           "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401.\n");
   return 64;  // EX_USAGE
 }
@@ -112,6 +117,42 @@ int main(int argc, char** argv) {
     else
       fputs(mx::control::FormatClusterStatus(resp).c_str(), stdout);
     return 0;
+  }
+  if (cmd == "policy") {
+    if (i >= args.size() || args[i++] != "test") return Usage();
+    mx::v1::PolicyTestRequest req;
+    for (; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      if (a == "--auth") {
+        req.set_authenticated(true);
+        continue;
+      }
+      if (i + 1 >= args.size()) return Usage();
+      const std::string& v = args[++i];
+      if (a == "--client-ip")
+        req.set_client_ip(v);
+      else if (a == "--client-name")
+        req.set_client_name(v);
+      else if (a == "--helo")
+        req.set_helo(v);
+      else if (a == "--from")
+        req.set_sender(v == "<>" ? "" : v);
+      else if (a == "--to")
+        req.add_recipients(v);
+      else if (a == "--header")
+        req.add_headers(v);
+      else
+        return Usage();
+    }
+    if (req.client_ip().empty() || req.recipients().empty()) return Usage();
+    mx::v1::PolicyTestResponse resp;
+    auto st = stub->PolicyTest(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatPolicyTest(resp).c_str(), stdout);
+    return resp.outcome() == "accept" ? 0 : resp.outcome() == "reject" ? 1 : 2;
   }
   if (cmd == "queue") {
     if (i >= args.size()) return Usage();

@@ -405,3 +405,38 @@ def test_dnsbl_dnswl_and_reverse_dns_through_a_real_dns_server(mxd_factory, tmp_
         assert "forged.test" not in node.logtext()
     finally:
         dns.stop()
+
+
+def test_policy_test_mode_traces_every_step_without_sending_mail(mxd_factory, tmp_path):
+    import json
+
+    from mxtest import MXCTL
+
+    node = policy_node(mxd_factory, tmp_path)
+
+    def policy_test(*args):
+        return subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{node.control_port}", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    r = policy_test("policy", "test", "--client-ip", UNTRUSTED, "--from", "a@sender.test",
+                    "--to", "team@corp.test", "--to", "victim%elsewhere.test@corp.test",
+                    "--header", "Subject: Re: ILOVEYOU")
+    assert r.returncode == 1, r.stdout + r.stderr  # reject
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["connect", "unknown", f"[{UNTRUSTED}]", "pass"]
+    assert "aliases:" in lines[2] and "-> alice@example.test, bob@example.test" in lines[2]
+    assert "550 5.7.1 <victim%elsewhere.test@corp.test>: Relaying denied" in lines[3]
+    assert lines[4].startswith("data") and "501 5.7.1 LoveLetter virus" in lines[4]
+    assert lines[5] == "outcome  reject: 501 5.7.1 LoveLetter virus"
+
+    r = policy_test("-o", "json", "policy", "test", "--client-ip", ACCESS_RELAY, "--from", "<>",
+                    "--to", "friend@elsewhere.test")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["outcome"] == "accept"
+    assert [s["result"] for s in out["steps"]] == ["relay", "pass", "relay", "pass"]
+    assert out["steps"][0]["why"] == "access:2 Connect:127.0.0.3 RELAY"
+
+    r = policy_test("policy", "test", "--client-ip", "not-an-ip", "--to", "a@b.test")
+    assert r.returncode == 69 and "client_ip must be an IP address" in r.stderr
+    assert "Mail queue is empty" in node.mxctl("mailq")  # nothing was sent

@@ -54,5 +54,30 @@ TEST(Format, Mailstats) {
   test::ExpectGolden("control/mailstats.ref", FormatMailstats(resp));
 }
 
+TEST(Format, PolicyTest) {
+  v1::PolicyTestResponse resp;
+  auto step = [&](const char* stage, const char* subject, const char* result, const char* reply, const char* why) {
+    auto* s = resp.add_steps();
+    s->set_stage(stage);
+    s->set_subject(subject);
+    s->set_result(result);
+    s->set_reply(reply);
+    s->set_why(why);
+    return s;
+  };
+  step("dnsbl", "bl.test", "listed", "", "127.0.0.2");
+  step("connect", "unknown [192.0.2.9]", "reject", "554 5.7.1 Service unavailable", "dnsbl bl.test listed (127.0.0.2)");
+  step("mail", "<a@sender.test>", "reject", "554 5.7.1 Service unavailable", "dnsbl bl.test listed (127.0.0.2)");
+  auto* r = step("rcpt", "<team@corp.test>", "ok", "", "aliases:2");
+  r->add_addresses("alice@example.test");
+  r->add_addresses("bob@example.test");
+  step("rcpt", "<x@relay.test>", "relay", "", "relay domain relay.test")->add_addresses("x@relay.test");
+  step("data", "1 header(s)", "pass", "", "no rule matched");
+  resp.set_outcome("reject");
+  resp.set_reply("554 5.7.1 Service unavailable");
+  resp.set_policy("local_domains=2 relay_domains=1 header_checks=0");
+  test::ExpectGolden("control/policy_test.ref", FormatPolicyTest(resp));
+}
+
 }  // namespace
 }  // namespace mx::control

@@ -1,20 +1,33 @@
-// admin_service.h — the control plane's Admin service (mx.v1.Admin): mailq and
-// mailstats across every queue shard. Stateless: it reads from the shards.
+// admin_service.h — the control plane's Admin service (mx.v1.Admin): mailq,
+// mailstats, cluster status and membership across every queue shard, and the
+// policy test. Stateless: it reads from the shards.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace grpc {
 class Service;
-}
+class Status;
+}  // namespace grpc
+
+namespace mx::v1 {
+class PolicyTestRequest;
+class PolicyTestResponse;
+}  // namespace mx::v1
 
 namespace mx::control {
 
+// Answers PolicyTest (the policy engine belongs to the ingress; mxd passes it in).
+using PolicyTestFn = std::function<grpc::Status(const v1::PolicyTestRequest&, v1::PolicyTestResponse*)>;
+
 // queues: queue node addresses to start from; shards: how many shards the
 // cluster has. Calls go to each shard's leader (found as clients find it).
-std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards);
+// Without policy_test, PolicyTest answers UNIMPLEMENTED.
+std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards,
+                                                PolicyTestFn policy_test = nullptr);
 
 }  // namespace mx::control

@@ -1,4 +1,5 @@
-// format.h — sendmail-style text for mxctl (mailq, mailstats). Pure functions,
+// format.h — sendmail-style text for mxctl (mailq, mailstats, cluster status,
+// policy test). Pure functions,
 // golden-tested.
 #pragma once
 
@@ -12,5 +13,7 @@ std::string FormatMailq(const v1::MailqResponse& resp);
 std::string FormatMailstats(const v1::MailstatsResponse& resp);
 // `mxctl cluster status`: every replica of every shard, leader first.
 std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp);
+// `mxctl policy test`: one line per step, then the outcome.
+std::string FormatPolicyTest(const v1::PolicyTestResponse& resp);
 
 }  // namespace mx::control
