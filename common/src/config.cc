@@ -194,6 +194,8 @@ Config Parse(const YAML::Node& root) {
       in.Duration("command_timeout", &c.ingress.command_timeout);
       in.Duration("data_timeout", &c.ingress.data_timeout);
       in.Duration("enqueue_timeout", &c.ingress.enqueue_timeout);
+      in.Duration("backpressure_latency", &c.ingress.backpressure_latency);
+      in.Duration("backpressure_hold", &c.ingress.backpressure_hold);
       in.StrList("mynetworks", &c.ingress.mynetworks);
       in.StrList("relay_domains", &c.ingress.relay_domains);
       in.Str("relay_domains_file", &c.ingress.relay_domains_file);

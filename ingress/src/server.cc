@@ -350,7 +350,11 @@ class Server final : public IngressServer {
     const double load = cfg.refuse_la > 0 || cfg.queue_la > 0 ? load_.Get(cfg.loadavg_file, now_us) : 0;
     std::string refusal;
     RejectReason reason = RejectReason::kConnLimit;
-    if (cfg.refuse_la > 0 && load >= cfg.refuse_la) {
+    if (backpressure_until_us_.load(std::memory_order_relaxed) > now_us) {
+      refusal = "421 4.3.2 " + cfg.hostname + " Service temporarily unavailable, try again later";
+      reason = RejectReason::kQueue;
+      log::Info("refused connection from [" + ip + "]: queue backpressure");
+    } else if (cfg.refuse_la > 0 && load >= cfg.refuse_la) {
       refusal = "421 4.3.2 " + cfg.hostname + " Too busy, try again later";
       reason = RejectReason::kLoad;
       log::Info("refused connection from [" + ip + "]: load average " + std::to_string(load) + " >= RefuseLA " +
@@ -433,8 +437,22 @@ class Server final : public IngressServer {
         uint64_t size = m.body().size();
         auto enqueue = AsyncEnqueue(*backend_, enqueues_, std::move(m), use_awaitable);
         Status st = co_await std::move(enqueue);
+        const auto took = std::chrono::steady_clock::now() - start;
+        const IngressConfig& cfg = policy.settings();
+        // Queue backpressure: a slow or failing queue sheds new connections for a while.
+        if (cfg.backpressure_latency.count() > 0 &&
+            ((!st.ok() && st.code() != Code::kResourceExhausted && st.code() != Code::kAlreadyExists) ||
+             took > cfg.backpressure_latency)) {
+          const int64_t until = clock_.NowUnixMicros() +
+                                std::chrono::duration_cast<std::chrono::microseconds>(cfg.backpressure_hold).count();
+          if (backpressure_until_us_.exchange(until, std::memory_order_relaxed) < clock_.NowUnixMicros()) {
+            log::Warn("queue backpressure: Enqueue " + (st.ok() ? "took " + std::to_string(
+                std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) + " ms" : "failed: " +
+                st.ToString()) + "; refusing new connections for a while");
+          }
+        }
         if (st.ok()) {
-          Probe::Get().Accepted(size, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+          Probe::Get().Accepted(size, std::chrono::duration<double>(took).count());
           storage_low_until_us_.store(0, std::memory_order_relaxed);
         } else if (st.code() == Code::kResourceExhausted) {
           // MinFreeBlocks: refuse new transactions at MAIL for a while.
@@ -612,6 +630,7 @@ class Server final : public IngressServer {
   ConnectionLimiter limiter_;
   LoadMonitor load_;
   std::atomic<int64_t> storage_low_until_us_{0};
+  std::atomic<int64_t> backpressure_until_us_{0};
   InFlight enqueues_;
   asio::io_context io_;
   asio::thread_pool auth_pool_{1};

@@ -440,3 +440,18 @@ def test_policy_test_mode_traces_every_step_without_sending_mail(mxd_factory, tm
     r = policy_test("policy", "test", "--client-ip", "not-an-ip", "--to", "a@b.test")
     assert r.returncode == 69 and "client_ip must be an IP address" in r.stderr
     assert "Mail queue is empty" in node.mxctl("mailq")  # nothing was sent
+
+
+def test_queue_backpressure_sheds_new_connections(mxd_factory):
+    from mxtest import free_port
+
+    node = mxd_factory(role="ingress", ingress__queue=[f"127.0.0.1:{free_port()}"], ingress__enqueue_timeout="1s",
+                       ingress__backpressure_hold="30s")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@sender.test", ["b@example.test"], b"Subject: x\r\n\r\ny\r\n")
+        assert e.value.smtp_code == 451
+    with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10) as s:
+        reply = s.makefile("rb").readline().decode()
+        assert reply.startswith("421 4.3.2 mx.mx-test.test Service temporarily unavailable"), reply
+    assert "queue backpressure: Enqueue failed" in node.logtext()

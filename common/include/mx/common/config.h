@@ -50,6 +50,10 @@ struct IngressConfig {
   std::chrono::seconds command_timeout{300};  // Timeout.command
   std::chrono::seconds data_timeout{600};     // Timeout.datablock
   std::chrono::seconds enqueue_timeout{30};
+  // Queue backpressure: an Enqueue slower than this, or failing, makes new
+  // connections get 421 4.3.2 for backpressure_hold (0: off).
+  std::chrono::milliseconds backpressure_latency{5000};
+  std::chrono::milliseconds backpressure_hold{10000};
   // Clients that may relay to any domain (Postfix mynetworks, sendmail access RELAY).
   std::vector<std::string> mynetworks = {"127.0.0.0/8", "::1/128"};
   // Domains we relay for from anyone (sendmail relay-domains, the
