@@ -2,6 +2,8 @@
 // file:line errors for every kind of bad line.
 #include <gtest/gtest.h>
 
+#include "../golden.h"
+#include "mx/common/config.h"
 #include "mx/ingress/maps.h"
 #include "mx/ingress/policy.h"
 
@@ -202,6 +204,23 @@ TEST(Policy, DnsblZonesInOrderWithPassAndBlockAnswers) {
   EXPECT_EQ((*p)->CheckDnsbl(client, other_code).kind, Verdict::Kind::kNone);
   ClientFacts dns_down{"unknown", {{"wl.test", K::kTempFail, {}, "timeout"}, {"bl.test", K::kTempFail, {}, "timeout"}}};
   EXPECT_EQ((*p)->CheckDnsbl(client, dns_down).kind, Verdict::Kind::kNone);  // a temporary pass
+}
+
+}  // namespace
+}  // namespace mx::ingress
+
+namespace mx::ingress {
+namespace {
+
+// The shipped example (scripts/demo) must always load.
+TEST(Policy, ShippedExampleLoads) {
+  auto cfg = LoadConfig(test::DataPath("../../examples/mx-demo.yaml"));
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  auto p = Policy::Load(cfg->ingress, cfg->config_dir);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  RecipientVerdict v = (*p)->CheckRecipient("team@demo.test", false);
+  EXPECT_EQ(v.addresses, (std::vector<std::string>{"alice@example.test", "bob@example.test"}));
+  EXPECT_TRUE((*p)->CheckHeaders("Subject: fw: ILOVEYOU\r\n\r\n").rejected());
 }
 
 }  // namespace
