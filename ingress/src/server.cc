@@ -142,9 +142,15 @@ class ConnectionLimiter {
  public:
   enum class Verdict { kOk, kTotal, kPerIp, kRate };
 
-  Verdict Admit(const std::string& ip, const IngressConfig& cfg, int64_t now_s) {
+  // exempt: mynetworks clients are not held to the per-IP limits.
+  Verdict Admit(const std::string& ip, const IngressConfig& cfg, bool exempt, int64_t now_s) {
     std::lock_guard lock(mu_);
     if (cfg.max_connections && total_ >= cfg.max_connections) return Verdict::kTotal;
+    if (exempt) {
+      ++total_;
+      ++clients_[ip].active;
+      return Verdict::kOk;
+    }
     Client& c = clients_[ip];
     if (now_s / 60 != c.minute) {
       c.previous = now_s / 60 == c.minute + 1 ? c.current : 0;
@@ -360,7 +366,7 @@ class Server final : public IngressServer {
       log::Info("refused connection from [" + ip + "]: load average " + std::to_string(load) + " >= RefuseLA " +
                 std::to_string(cfg.refuse_la));
     } else {
-      switch (limiter_.Admit(ip, cfg, now_us / 1'000'000)) {
+      switch (limiter_.Admit(ip, cfg, policy->InMynetworks(ip), now_us / 1'000'000)) {
         case ConnectionLimiter::Verdict::kOk: break;
         case ConnectionLimiter::Verdict::kTotal:
           refusal = "421 4.3.2 " + cfg.hostname + " Too many connections, try again later";
@@ -446,9 +452,13 @@ class Server final : public IngressServer {
           const int64_t until = clock_.NowUnixMicros() +
                                 std::chrono::duration_cast<std::chrono::microseconds>(cfg.backpressure_hold).count();
           if (backpressure_until_us_.exchange(until, std::memory_order_relaxed) < clock_.NowUnixMicros()) {
-            log::Warn("queue backpressure: Enqueue " + (st.ok() ? "took " + std::to_string(
-                std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) + " ms" : "failed: " +
-                st.ToString()) + "; refusing new connections for a while");
+            log::Warn("queue backpressure: Enqueue " +
+                      (st.ok()
+                           ? "took " +
+                                 std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()) +
+                                 " ms"
+                           : "failed: " + st.ToString()) +
+                      "; refusing new connections for a while");
           }
         }
         if (st.ok()) {

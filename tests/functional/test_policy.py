@@ -242,29 +242,37 @@ def test_bad_map_at_start_is_refused_with_file_and_line(mxd_factory, tmp_path):
 
 
 def test_connection_limits_answer_421_at_once(mxd_factory, tmp_path):
-    node = mxd_factory(ingress__max_connections_per_ip=2)
-    held = [smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=10) for _ in range(2)]
+    node = mxd_factory(ingress__max_connections_per_ip=2, ingress__max_connections=5,
+                       ingress__mynetworks=["127.0.0.1/32"])
+    held = [smtplib.SMTP("127.0.0.1", node.smtp_port, source_address=(UNTRUSTED, 0), timeout=10)
+            for _ in range(2)]
+    with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10, source_address=(UNTRUSTED, 0)) as s:
+        reply = s.makefile("rb").readline().decode()
+        assert reply.startswith(f"421 4.7.0 mx.mx-test.test Error: too many connections from {UNTRUSTED}"), reply
+        assert s.recv(1) == b""  # closed, not left hanging
+    # Other addresses are not affected by one client's limit; mynetworks is exempt from it.
+    more = [smtplib.SMTP("127.0.0.1", node.smtp_port, source_address=(src, 0), timeout=10)
+            for src in (ACCESS_RELAY, "127.0.0.1", "127.0.0.1")]
+    for m in more:
+        assert m.noop()[0] == 250
+    # The total (max_connections, 5) holds for everyone.
     with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10) as s:
         reply = s.makefile("rb").readline().decode()
-        assert reply.startswith("421 4.7.0 mx.mx-test.test Error: too many connections from 127.0.0.1"), reply
-        assert s.recv(1) == b""  # closed, not left hanging
-    # Other addresses are not affected by one client's limit.
-    with smtplib.SMTP("127.0.0.1", node.smtp_port, source_address=(UNTRUSTED, 0), timeout=10) as s:
-        assert s.noop()[0] == 250
-    for h in held:
+        assert reply.startswith("421 4.3.2 mx.mx-test.test Too many connections"), reply
+    for h in held + more:
         h.quit()
-    wait_for(lambda: _greets(node), timeout=10, what="a slot to free up")
+    wait_for(lambda: _greets(node, UNTRUSTED), timeout=10, what="a slot to free up")
 
 
-def _greets(node):
-    with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10) as s:
+def _greets(node, source="127.0.0.1"):
+    with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10, source_address=(source, 0)) as s:
         return s.makefile("rb").readline().startswith(b"220 ")
 
 
 def test_connection_rate_per_ip(mxd_factory):
-    node = mxd_factory(ingress__connection_rate_per_ip=3)
+    node = mxd_factory(ingress__connection_rate_per_ip=3, ingress__mynetworks=["127.0.0.1/32"])
     replies = []
-    for _ in range(5):  # from an address of its own (the fixture's readiness probe used 127.0.0.1)
+    for _ in range(5):  # from outside mynetworks (which is exempt)
         with socket.create_connection(("127.0.0.1", node.smtp_port), timeout=10,
                                       source_address=(UNTRUSTED, 0)) as s:
             replies.append(s.makefile("rb").readline().decode()[:9])
@@ -455,3 +463,22 @@ def test_queue_backpressure_sheds_new_connections(mxd_factory):
         reply = s.makefile("rb").readline().decode()
         assert reply.startswith("421 4.3.2 mx.mx-test.test Service temporarily unavailable"), reply
     assert "queue backpressure: Enqueue failed" in node.logtext()
+
+
+def test_smtp_source_against_the_policy(mxd_factory, tmp_path):
+    # Postfix's load generator through aliases and a DISCARD rule: every
+    # message is answered, expanded or dropped as the maps say.
+    node = policy_node(mxd_factory, tmp_path, delivery__smart_host="[127.0.0.1]:9")
+    port = f"127.0.0.1:{node.smtp_port}"
+    for rcpt in ("team@corp.test", "trash@corp.test"):
+        r = subprocess.run(["smtp-source", "-c", "-m", "10", "-s", "5", "-l", "512", "-f", "a@sender.test",
+                            "-t", rcpt, port], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    out = node.mxctl("-o", "json", "mailq")
+    import json
+
+    msgs = json.loads(out).get("messages", [])
+    assert len(msgs) == 10  # the 10 to trash@ were discarded
+    assert all(sorted(r["address"] for r in m["recipients"]) == ["alice@example.test", "bob@example.test"]
+               for m in msgs)
+    assert metric_value(node.metrics(), "mx_ingress_messages_discarded_total") == 10

@@ -117,6 +117,9 @@ class Policy {
   // ETRN: may a queue run be started for this domain?
   bool IsRelayDomain(std::string_view domain) const;
   bool IsLocalDomain(std::string_view domain) const;
+  // mynetworks: also exempt from the per-IP connection limits (as Postfix's
+  // smtpd_client_event_limit_exceptions).
+  bool InMynetworks(std::string_view ip) const { return mynetworks_.Contains(ip); }
 
   // One line per loaded source, for logs: "access=/etc/mx/access (12 entries)".
   std::string Describe() const;
