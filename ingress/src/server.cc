@@ -356,7 +356,12 @@ class Server final : public IngressServer {
     const double load = cfg.refuse_la > 0 || cfg.queue_la > 0 ? load_.Get(cfg.loadavg_file, now_us) : 0;
     std::string refusal;
     RejectReason reason = RejectReason::kConnLimit;
-    if (backpressure_until_us_.load(std::memory_order_relaxed) > now_us) {
+    // Backpressure is a circuit breaker: while open, one trial session a
+    // second still gets in, and its successful Enqueue closes the breaker.
+    int64_t last_trial = backpressure_trial_us_.load(std::memory_order_relaxed);
+    if (backpressure_until_us_.load(std::memory_order_relaxed) > now_us &&
+        (now_us - last_trial < 1'000'000 ||
+         !backpressure_trial_us_.compare_exchange_strong(last_trial, now_us, std::memory_order_relaxed))) {
       refusal = "421 4.3.2 " + cfg.hostname + " Service temporarily unavailable, try again later";
       reason = RejectReason::kQueue;
       log::Info("refused connection from [" + ip + "]: queue backpressure");
@@ -464,6 +469,7 @@ class Server final : public IngressServer {
         if (st.ok()) {
           Probe::Get().Accepted(size, std::chrono::duration<double>(took).count());
           storage_low_until_us_.store(0, std::memory_order_relaxed);
+          if (took <= cfg.backpressure_latency) backpressure_until_us_.store(0, std::memory_order_relaxed);
         } else if (st.code() == Code::kResourceExhausted) {
           // MinFreeBlocks: refuse new transactions at MAIL for a while.
           storage_low_until_us_.store(clock_.NowUnixMicros() + 10'000'000, std::memory_order_relaxed);
@@ -641,6 +647,7 @@ class Server final : public IngressServer {
   LoadMonitor load_;
   std::atomic<int64_t> storage_low_until_us_{0};
   std::atomic<int64_t> backpressure_until_us_{0};
+  std::atomic<int64_t> backpressure_trial_us_{0};
   InFlight enqueues_;
   asio::io_context io_;
   asio::thread_pool auth_pool_{1};

@@ -79,6 +79,11 @@ void Session::Reply(std::string_view text) {
 
 Session::Step Session::Reject(RejectReason reason, std::string_view reply) {
   Reply(reply);
+  // Policy rejections are logged where they are decided, with the rule; protocol
+  // errors only at debug level (a client can produce them at line rate).
+  if (log::Enabled(log::Level::kDebug)) {
+    log::Debug(qid_ + ": " + RejectReasonName(reason) + " from " + Client() + ": " + std::string(reply));
+  }
   int code = 0;
   std::from_chars(reply.data(), reply.data() + std::min<size_t>(3, reply.size()), code);
   if (observer_) observer_->OnReject(reason, code);
