@@ -321,6 +321,9 @@ Config Parse(const YAML::Node& root) {
       d.Duration("data_timeout", &c.delivery.data_timeout);
       d.Duration("dns_timeout", &c.delivery.dns_timeout);
       d.Str("double_bounce_address", &c.delivery.double_bounce_address);
+      d.Str("postmaster_copy", &c.delivery.postmaster_copy);
+      d.Duration("queue_warn", &c.delivery.queue_warn);
+      d.Duration("queue_return", &c.delivery.queue_return);
     }
     {
       Reader k(r.Child("control"), "control");
@@ -393,6 +396,7 @@ Config Parse(const YAML::Node& root) {
   if (c.queue.group_commit_max_commands == 0) Fail("queue.group_commit_max_commands", "must be > 0");
   if (c.queue.pull_batch == 0) Fail("queue.pull_batch", "must be > 0");
   if (c.delivery.concurrency == 0) Fail("delivery.concurrency", "must be > 0");
+  if (c.delivery.queue_return.count() <= 0) Fail("delivery.queue_return", "must be > 0");
   // "[host]:port" (no MX lookup), "host:port" or "host" (port: delivery.smtp_port).
   for (auto [key, value] : {std::pair{"delivery.smart_host", &c.delivery.smart_host},
                             std::pair{"delivery.fallback_mx_host", &c.delivery.fallback_mx_host}}) {

@@ -1,20 +1,58 @@
-// dsn.cc — RFC 3464 multipart/report bounce messages.
+// dsn.cc — RFC 3464 multipart/report messages and RFC 3461 NOTIFY rules.
 #include "mx/delivery/dsn.h"
 
+#include "mx/common/log.h"
 #include "mx/common/rfc5322.h"
 
 namespace mx::delivery {
+namespace {
+
+std::string Hours(int64_t us) {
+  int64_t d = us / 86'400'000'000;
+  if (d >= 2) return std::to_string(d) + " days";
+  int64_t h = us / 3'600'000'000;
+  if (h >= 1) return std::to_string(h) + (h == 1 ? " hour" : " hours");
+  int64_t m = us / 60'000'000;
+  if (m >= 1) return std::to_string(m) + (m == 1 ? " minute" : " minutes");
+  return std::to_string(us / 1'000'000) + " seconds";
+}
+
+}  // namespace
+
+bool DsnWanted(const v1::Envelope& env, uint32_t notify, DsnAction action) {
+  if (env.sender().empty()) return false;  // nothing is ever reported to <>
+  if (notify & v1::NOTIFY_NEVER) return false;
+  switch (action) {
+    case DsnAction::kFailed: return notify == 0 || (notify & v1::NOTIFY_FAILURE);
+    case DsnAction::kDelayed:
+      if (env.precedence_class() < 0) return false;  // list, bulk, junk: no warnings
+      return notify == 0 || (notify & v1::NOTIFY_DELAY);
+    case DsnAction::kRelayed: return (notify & v1::NOTIFY_SUCCESS) != 0;
+  }
+  return false;
+}
 
 bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   const auto& orig = in.original;
-  if (orig.sender().empty() || orig.is_dsn() || in.failed.empty()) return false;
+  const std::string to = in.to.empty() ? orig.sender() : in.to;
+  if (to.empty() || in.rcpts.empty()) return false;
   const std::string boundary = in.dsn_qid + "/" + in.reporting_mta;
   const std::string date = Rfc5322Date(in.now_unix_us);
+  const char* action = in.action == DsnAction::kFailed    ? "failed"
+                       : in.action == DsnAction::kDelayed ? "delayed"
+                                                          : "relayed";
+  std::string subject;
+  switch (in.action) {
+    case DsnAction::kFailed: subject = "Returned mail: see transcript for details"; break;
+    case DsnAction::kDelayed: subject = "Warning: could not send message for past " + Hours(in.queue_warn_us); break;
+    case DsnAction::kRelayed: subject = "Return receipt: message relayed"; break;
+  }
+  if (!in.to.empty() && in.action == DsnAction::kFailed) subject = "Postmaster notify: see transcript for details";
   std::string m;
   m += "Date: " + date + "\r\n";
   m += "From: Mail Delivery Subsystem <MAILER-DAEMON@" + in.reporting_mta + ">\r\n";
-  m += "To: <" + orig.sender() + ">\r\n";
-  m += "Subject: Returned mail: see transcript for details\r\n";
+  m += "To: <" + to + ">\r\n";
+  m += "Subject: " + subject + "\r\n";
   m += "Message-ID: <" + in.dsn_qid + "@" + in.reporting_mta + ">\r\n";
   m += "Auto-Submitted: auto-replied\r\n";
   m += "MIME-Version: 1.0\r\n";
@@ -25,25 +63,44 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   m += "The original message was received at " + Rfc5322Date(orig.arrival_unix_us()) + "\r\n";
   m += "from " + (orig.client_name().empty() ? std::string("unknown") : orig.client_name()) + " [" +
        orig.client_addr() + "]\r\n\r\n";
-  m += "   ----- The following addresses had permanent fatal errors -----\r\n";
-  for (const auto& f : in.failed) m += "<" + f.address + ">\r\n    (reason: " + f.diagnostic + ")\r\n";
+  switch (in.action) {
+    case DsnAction::kFailed: m += "   ----- The following addresses had permanent fatal errors -----\r\n"; break;
+    case DsnAction::kDelayed: m += "   ----- The following addresses had transient non-fatal errors -----\r\n"; break;
+    case DsnAction::kRelayed:
+      m += "   ----- The following addresses were relayed to a system that does not send receipts -----\r\n";
+      break;
+  }
+  for (const auto& r : in.rcpts) m += "<" + r.address + ">\r\n    (reason: " + r.diagnostic + ")\r\n";
+  if (in.action == DsnAction::kDelayed) {
+    m += "\r\nWarning: message still undelivered after " + Hours(in.queue_warn_us) + "\r\n";
+    m += "Will keep trying until message is " + Hours(in.retry_until_us - orig.arrival_unix_us()) + " old\r\n";
+  }
   m += "\r\n--" + boundary + "\r\n";
   m += "Content-Type: message/delivery-status\r\n\r\n";
   m += "Reporting-MTA: dns; " + in.reporting_mta + "\r\n";
   if (!orig.envid().empty()) m += "Original-Envelope-Id: " + orig.envid() + "\r\n";
   m += "Arrival-Date: " + Rfc5322Date(orig.arrival_unix_us()) + "\r\n";
-  for (const auto& f : in.failed) {
+  for (const auto& r : in.rcpts) {
     m += "\r\n";
-    if (!f.orcpt.empty()) m += "Original-Recipient: " + f.orcpt + "\r\n";
-    m += "Final-Recipient: rfc822; " + f.address + "\r\n";
-    m += "Action: failed\r\n";
-    m += "Status: " + f.status + "\r\n";
-    if (!f.remote_mta.empty()) m += "Remote-MTA: dns; " + f.remote_mta + "\r\n";
-    m += "Diagnostic-Code: smtp; " + f.diagnostic + "\r\n";
+    if (!r.orcpt.empty()) {
+      auto semi = r.orcpt.find(';');
+      m += "Original-Recipient: " +
+           (semi == std::string::npos ? r.orcpt : r.orcpt.substr(0, semi) + "; " + r.orcpt.substr(semi + 1)) + "\r\n";
+    }
+    m += "Final-Recipient: rfc822; " + r.address + "\r\n";
+    m += std::string("Action: ") + action + "\r\n";
+    m += "Status: " + r.status + "\r\n";
+    if (!r.remote_mta.empty()) m += "Remote-MTA: dns; " + r.remote_mta + "\r\n";
+    if (!r.diagnostic.empty()) m += "Diagnostic-Code: smtp; " + r.diagnostic + "\r\n";
     m += "Last-Attempt-Date: " + date + "\r\n";
+    if (in.action == DsnAction::kDelayed && in.retry_until_us) {
+      m += "Will-Retry-Until: " + Rfc5322Date(in.retry_until_us) + "\r\n";
+    }
   }
-  // Negative precedence (bulk, list, junk) and RET=HDRS return headers only.
-  bool headers_only = orig.precedence_class() < 0 || orig.ret() == "HDRS";
+  // Only failures return the message, and then not for RET=HDRS or negative
+  // precedence (bulk, list, junk).
+  bool headers_only =
+      in.headers_only || in.action != DsnAction::kFailed || orig.precedence_class() < 0 || orig.ret() == "HDRS";
   m += "\r\n--" + boundary + "\r\n";
   if (headers_only) {
     m += "Content-Type: text/rfc822-headers\r\n\r\n";
@@ -67,8 +124,19 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   env->set_received_by(in.reporting_mta);
   env->set_body_type("7BIT");
   env->set_mailer_from("local");
-  out->add_recipients()->set_address(orig.sender());
+  out->add_recipients()->set_address(to);
   out->set_body(std::move(m));
+  return true;
+}
+
+bool BuildDoubleBounce(DsnInput in, const std::string& double_bounce_address, v1::NewMessage* out) {
+  if (double_bounce_address.empty() || in.original.double_bounce()) return false;
+  in.action = DsnAction::kFailed;
+  in.to = double_bounce_address.find('@') == std::string::npos ? double_bounce_address + "@" + in.reporting_mta
+                                                               : double_bounce_address;
+  in.headers_only = true;
+  if (!BuildDsn(in, out)) return false;
+  out->mutable_envelope()->set_double_bounce(true);
   return true;
 }
 

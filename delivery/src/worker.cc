@@ -267,7 +267,10 @@ class Worker final : public DeliveryWorker {
 
     v1::AckRequest ack;
     ack.set_worker(worker_id_);
-    DsnInput dsn;
+    const int64_t age = clock_.NowUnixMicros() - env.arrival_unix_us();
+    const int64_t warn_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_warn).count();
+    const int64_t return_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_return).count();
+    std::vector<DsnRecipient> failed, delayed, relayed;
     for (const auto& [domain, idx] : by_domain) {
       std::vector<std::string> rcpts;
       for (int i : idx) rcpts.push_back(m->recipients(i).address());
@@ -278,7 +281,13 @@ class Worker final : public DeliveryWorker {
               .count();
       for (size_t k = 0; k < idx.size(); ++k) {
         const auto& rc = m->recipients(idx[k]);
-        const Outcome& o = outs[k];
+        Outcome& o = outs[k];
+        // Timeout.queuereturn: a deferral of a message this old is final.
+        if (o.r.outcome == v1::OUTCOME_DEFERRED && age >= return_us) {
+          o.r.outcome = v1::OUTCOME_BOUNCED;
+          o.r.reply = "Cannot send message for " + log::FormatDelay(age) + " (last: " + o.r.reply + ")";
+          o.r.dsn_status = "4.4.7";
+        }
         auto* res = ack.add_results();
         res->set_qid(env.qid());
         res->set_index(rc.index());
@@ -303,24 +312,20 @@ class Worker final : public DeliveryWorker {
                               : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
                                                                     : "bounced",
                               kMailer, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-        if (o.r.outcome == v1::OUTCOME_BOUNCED) {
-          dsn.failed.push_back(FailedRecipient{rc.address(), rc.orcpt(), o.r.dsn_status, o.relay, o.r.reply});
+        DsnRecipient d{rc.address(), rc.orcpt(), o.r.dsn_status, o.relay, o.r.reply};
+        if (o.r.outcome == v1::OUTCOME_BOUNCED && (DsnWanted(env, rc.notify(), DsnAction::kFailed) || env.is_dsn())) {
+          failed.push_back(std::move(d));
+        } else if (o.r.outcome == v1::OUTCOME_DEFERRED && age >= warn_us && !rc.delay_warned() &&
+                   DsnWanted(env, rc.notify(), DsnAction::kDelayed)) {
+          res->set_delay_warned(true);  // Timeout.queuewarn: once per recipient
+          delayed.push_back(std::move(d));
+        } else if (o.r.outcome == v1::OUTCOME_DELIVERED && DsnWanted(env, rc.notify(), DsnAction::kRelayed)) {
+          d.status = "2.0.0";
+          relayed.push_back(std::move(d));
         }
       }
     }
-    if (!dsn.failed.empty()) {
-      dsn.original = env;
-      dsn.original_body = m->body();
-      dsn.reporting_mta = hostname_;
-      dsn.dsn_qid = qids_.Next();
-      dsn.now_unix_us = clock_.NowUnixMicros();
-      v1::NewMessage bounce;
-      if (BuildDsn(dsn, &bounce)) {
-        log::Mail(env.qid(), dsn.dsn_qid + ": DSN: " + dsn.failed.front().diagnostic);
-        *ack.add_dsns() = std::move(bounce);
-        Probe::Get().DsnSent();
-      }
-    }
+    QueueDsns(*m, std::move(failed), std::move(delayed), std::move(relayed), return_us, &ack);
     m.reset();  // the body is no longer needed while the ack is in flight
     // Ack on gRPC's callback thread; the credit returns when it completes.
     auto op = std::make_shared<AckOp>();
@@ -333,6 +338,62 @@ class Worker final : public DeliveryWorker {
       ++acks_in_flight_;
     }
     SendAck(op);
+  }
+
+  // The DSNs a delivery attempt owes, queued with its Ack (so they exist iff
+  // the outcomes were recorded): a bounce to the sender (or, for a bounce that
+  // bounced, a double bounce to the postmaster), the postmaster's copy of
+  // bounce headers, a delay warning and a "relayed" receipt.
+  void QueueDsns(const v1::LeasedMessage& m, std::vector<DsnRecipient> failed, std::vector<DsnRecipient> delayed,
+                 std::vector<DsnRecipient> relayed, int64_t return_us, v1::AckRequest* ack) {
+    const auto& env = m.envelope();
+    auto make = [&](DsnAction action, std::vector<DsnRecipient> rcpts) {
+      DsnInput in;
+      in.action = action;
+      in.original = env;
+      in.original_body = m.body();
+      in.rcpts = std::move(rcpts);
+      in.reporting_mta = hostname_;
+      in.dsn_qid = qids_.Next();
+      in.now_unix_us = clock_.NowUnixMicros();
+      in.queue_warn_us = in.now_unix_us - env.arrival_unix_us();
+      in.retry_until_us = env.arrival_unix_us() + return_us;
+      return in;
+    };
+    auto queue = [&](const DsnInput& in, v1::NewMessage msg, const char* what) {
+      log::Mail(env.qid(),
+                in.dsn_qid + ": " + what + " to <" + msg.recipients(0).address() + ">: " + in.rcpts.front().diagnostic);
+      *ack->add_dsns() = std::move(msg);
+      Probe::Get().DsnSent();
+    };
+    if (!failed.empty()) {
+      DsnInput in = make(DsnAction::kFailed, std::move(failed));
+      v1::NewMessage msg;
+      if (!env.is_dsn()) {
+        if (BuildDsn(in, &msg)) queue(in, std::move(msg), "DSN");
+        if (!config_.postmaster_copy.empty()) {
+          DsnInput copy = in;
+          copy.dsn_qid = qids_.Next();
+          copy.to = config_.postmaster_copy;
+          copy.headers_only = true;
+          if (BuildDsn(copy, &msg)) queue(copy, std::move(msg), "postmaster copy");
+        }
+      } else if (BuildDoubleBounce(in, config_.double_bounce_address, &msg)) {
+        queue(in, std::move(msg), "double bounce");
+      } else {
+        log::Mail(env.qid(), "undeliverable DSN dropped (double_bounce_address empty or a double bounce bounced)");
+      }
+    }
+    if (!delayed.empty()) {
+      DsnInput in = make(DsnAction::kDelayed, std::move(delayed));
+      v1::NewMessage msg;
+      if (BuildDsn(in, &msg)) queue(in, std::move(msg), "delay DSN");
+    }
+    if (!relayed.empty()) {
+      DsnInput in = make(DsnAction::kRelayed, std::move(relayed));
+      v1::NewMessage msg;
+      if (BuildDsn(in, &msg)) queue(in, std::move(msg), "relay DSN");
+    }
   }
 
   // An Ack and its retries: the leases live in the replicated state, so a new

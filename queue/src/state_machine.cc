@@ -418,6 +418,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       clear_index(r, qid);
       r.set_last_attempt_unix_us(now);
       r.set_last_reply(result.reply());
+      if (result.delay_warned()) r.set_delay_warned(true);
       r.clear_lease_owner();
       r.clear_lease_expiry_unix_us();
       switch (result.outcome()) {

@@ -15,8 +15,8 @@ DsnInput Input() {
   in.original.set_client_addr("192.0.2.7");
   in.original.set_client_name("client.example.test");
   in.original_body = "Received: from x\r\nSubject: hello\r\nMessage-ID: <m1@example.test>\r\n\r\nHi Bob.\r\n";
-  in.failed.push_back(FailedRecipient{"bob@remote.test", "", "5.1.1", "mx1.remote.test. [127.0.0.2]",
-                                      "550 5.1.1 <bob@remote.test>: Recipient address rejected"});
+  in.rcpts.push_back(DsnRecipient{"bob@remote.test", "", "5.1.1", "mx1.remote.test. [127.0.0.2]",
+                                  "550 5.1.1 <bob@remote.test>: Recipient address rejected"});
   in.reporting_mta = "mx.example.test";
   in.dsn_qid = "0Ab3xYzQ2cS3lQ";
   in.now_unix_us = 1'800'000'060'000'000;
@@ -44,14 +44,83 @@ TEST(Dsn, BulkPrecedenceReturnsHeadersOnly) {
   test::ExpectGolden("delivery/golden/dsn_headers.ref", m.body());
 }
 
-TEST(Dsn, NeverToTheNullSenderOrForADsn) {
+TEST(Dsn, NeverToTheNullSender) {
   auto in = Input();
   in.original.set_sender("");
   v1::NewMessage m;
   EXPECT_FALSE(BuildDsn(in, &m));
-  in = Input();
+}
+
+TEST(Dsn, DelayWarningReturnsHeadersAndSaysUntilWhen) {
+  auto in = Input();
+  in.action = DsnAction::kDelayed;
+  in.rcpts[0].status = "4.4.1";
+  in.rcpts[0].diagnostic = "Connection refused by mx1.remote.test. [127.0.0.2]";
+  in.rcpts[0].orcpt = "rfc822;bob+2Bold@remote.test";
+  in.queue_warn_us = 4LL * 3600 * 1'000'000;
+  in.retry_until_us = in.original.arrival_unix_us() + 5LL * 86400 * 1'000'000;
+  in.original.set_envid("ENV+2B1");
+  v1::NewMessage m;
+  ASSERT_TRUE(BuildDsn(in, &m));
+  test::ExpectGolden("delivery/golden/dsn_delayed.ref", m.body());
+}
+
+TEST(Dsn, RelayedReceiptForNotifySuccess) {
+  auto in = Input();
+  in.action = DsnAction::kRelayed;
+  in.rcpts[0].status = "2.0.0";
+  in.rcpts[0].diagnostic = "250 2.0.0 Ok: queued as ABC";
+  v1::NewMessage m;
+  ASSERT_TRUE(BuildDsn(in, &m));
+  test::ExpectGolden("delivery/golden/dsn_relayed.ref", m.body());
+}
+
+TEST(Dsn, DoubleBounceGoesToThePostmasterOnce) {
+  auto in = Input();
+  in.original.set_sender("");
   in.original.set_is_dsn(true);
-  EXPECT_FALSE(BuildDsn(in, &m));
+  v1::NewMessage m;
+  ASSERT_TRUE(BuildDoubleBounce(in, "postmaster", &m));
+  EXPECT_EQ(m.recipients(0).address(), "postmaster@mx.example.test");
+  EXPECT_TRUE(m.envelope().double_bounce());
+  EXPECT_NE(m.body().find("Subject: Postmaster notify"), std::string::npos);
+  EXPECT_NE(m.body().find("text/rfc822-headers"), std::string::npos);
+  EXPECT_EQ(m.body().find("Hi Bob."), std::string::npos);
+  // A double bounce that bounces is dropped; so is everything without an address.
+  in.original.set_double_bounce(true);
+  EXPECT_FALSE(BuildDoubleBounce(in, "postmaster", &m));
+  in.original.set_double_bounce(false);
+  EXPECT_FALSE(BuildDoubleBounce(in, "", &m));
+}
+
+TEST(Dsn, NotifyRules) {
+  v1::Envelope env;
+  env.set_sender("alice@example.test");
+  using A = DsnAction;
+  struct Case {
+    uint32_t notify;
+    int precedence;
+    bool failed, delayed, relayed;
+  };
+  const Case cases[] = {
+      {0, 0, true, true, false},                                         // default FAILURE,DELAY
+      {v1::NOTIFY_NEVER, 0, false, false, false},                        // NEVER
+      {v1::NOTIFY_SUCCESS, 0, false, false, true},                       // only SUCCESS
+      {v1::NOTIFY_FAILURE | v1::NOTIFY_SUCCESS, 0, true, false, true},   //
+      {v1::NOTIFY_DELAY, 0, false, true, false},                         //
+      {0, -60, true, false, false},                                      // bulk: no delay warning
+      {v1::NOTIFY_DELAY | v1::NOTIFY_FAILURE, -30, true, false, false},  // list
+  };
+  for (const auto& c : cases) {
+    env.set_precedence_class(c.precedence);
+    EXPECT_EQ(DsnWanted(env, c.notify, A::kFailed), c.failed) << c.notify << " " << c.precedence;
+    EXPECT_EQ(DsnWanted(env, c.notify, A::kDelayed), c.delayed) << c.notify << " " << c.precedence;
+    EXPECT_EQ(DsnWanted(env, c.notify, A::kRelayed), c.relayed) << c.notify << " " << c.precedence;
+  }
+  env.set_sender("");  // <>: never
+  env.set_precedence_class(0);
+  EXPECT_FALSE(DsnWanted(env, 0, A::kFailed));
+  EXPECT_FALSE(DsnWanted(env, v1::NOTIFY_SUCCESS, A::kRelayed));
 }
 
 }  // namespace

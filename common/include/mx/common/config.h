@@ -149,7 +149,10 @@ struct DeliveryConfig {
   std::chrono::seconds command_timeout{300};   // Timeout.mail/rcpt (RFC 5321 4.5.3.2)
   std::chrono::seconds data_timeout{600};      // Timeout.datafinal
   std::chrono::seconds dns_timeout{5};
-  std::string double_bounce_address = "postmaster";  // DoubleBounceAddress
+  std::string double_bounce_address = "postmaster";  // DoubleBounceAddress ("" drops double bounces)
+  std::string postmaster_copy;                       // PostmasterCopy: gets the headers of every bounce
+  std::chrono::seconds queue_warn{4 * 3600};         // Timeout.queuewarn: delay DSN after this long
+  std::chrono::seconds queue_return{5 * 86400};      // Timeout.queuereturn: bounce after this long
 };
 
 struct ControlConfig {

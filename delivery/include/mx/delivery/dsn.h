@@ -1,4 +1,7 @@
-// dsn.h — RFC 3464 delivery status notifications (bounces).
+// dsn.h — RFC 3464 delivery status notifications: bounces, delay warnings,
+// "relayed" receipts for NOTIFY=SUCCESS, double bounces and the
+// postmaster's copy — and the rules for when each is due (RFC 3461 NOTIFY,
+// RET, sendmail's treatment of <> and negative Precedence).
 #pragma once
 
 #include <string>
@@ -8,26 +11,46 @@
 
 namespace mx::delivery {
 
-struct FailedRecipient {
+// RFC 3464 2.3.3 Action.
+enum class DsnAction { kFailed, kDelayed, kRelayed };
+
+struct DsnRecipient {
   std::string address;
-  std::string orcpt;
+  std::string orcpt;       // RFC 3461 ORCPT ("rfc822;xtext") or ""
   std::string status;      // enhanced code, e.g. 5.1.1
   std::string remote_mta;  // host that answered, or ""
   std::string diagnostic;  // the remote reply or local reason
 };
 
 struct DsnInput {
+  DsnAction action = DsnAction::kFailed;
   v1::Envelope original;
   std::string original_body;
-  std::vector<FailedRecipient> failed;
+  std::vector<DsnRecipient> rcpts;
   std::string reporting_mta;  // our hostname
   std::string dsn_qid;        // queue id of the DSN itself
   int64_t now_unix_us = 0;
+  int64_t queue_warn_us = 0;   // kDelayed: how long it has waited (for the text)
+  int64_t retry_until_us = 0;  // kDelayed: Will-Retry-Until (arrival + queue_return)
+  std::string to;              // "" = the original sender; else (postmaster) this address
+  bool headers_only = false;   // force text/rfc822-headers (postmaster copy)
 };
 
-// Builds a multipart/report DSN from <> to the original sender. Returns false
-// (and builds nothing) when no DSN must be sent: null sender, or the original
-// is itself a DSN (a double bounce is left to the operator's postmaster).
+// Whether a recipient's NOTIFY (and the message's sender and Precedence)
+// asks for a DSN of this kind. Never to <>; NEVER suppresses all; the default
+// (no NOTIFY) is FAILURE,DELAY; no delay warnings for negative Precedence.
+bool DsnWanted(const v1::Envelope& env, uint32_t notify, DsnAction action);
+
+// Builds a multipart/report DSN from <> to in.to (default: the original
+// sender). Failed DSNs return the full message unless RET=HDRS or negative
+// Precedence; delayed and relayed ones return headers only. Returns false
+// (and builds nothing) when no DSN can be sent: no recipients, or a <>
+// original that is not to be reported to a postmaster (see DoubleBounce).
 bool BuildDsn(const DsnInput& in, v1::NewMessage* out);
+
+// A bounce of a bounce goes to double_bounce_address, headers only, marked so
+// that it is never reported on again. False when it must be dropped (an
+// empty address, or the original already was a double bounce).
+bool BuildDoubleBounce(DsnInput in, const std::string& double_bounce_address, v1::NewMessage* out);
 
 }  // namespace mx::delivery

@@ -1,0 +1,116 @@
+"""DSNs through real peers (RFC 3461/3464): NOTIFY=SUCCESS receipts, NOTIFY=NEVER,
+delay warnings after queue_warn, bounces after queue_return, Precedence: bulk,
+double bounces and the postmaster's copy."""
+import email
+import smtplib
+
+from conftest import MX_BOUNCE, MX_SENDER
+from mxtest import free_port, wait_for
+
+
+def start(dns, sinks, mxd_factory, **overrides):
+    from conftest import MX_GOOD
+
+    port = free_port(MX_GOOD)
+    d = dns(port)
+    node = mxd_factory(delivery__dns_servers=[d.server], delivery__smtp_port=port, **overrides)
+    return port, node
+
+
+def report(content):
+    """(action, status) pairs and the returned part's content type of a DSN."""
+    dsn = email.message_from_bytes(content)
+    assert dsn.get_content_type() == "multipart/report", content[:300]
+    parts = dsn.get_payload()
+    fields = parts[1].as_string()
+    actions = [l.split(":", 1)[1].strip() for l in fields.splitlines() if l.startswith("Action:")]
+    statuses = [l.split(":", 1)[1].strip() for l in fields.splitlines() if l.startswith("Status:")]
+    return list(zip(actions, statuses)), parts[2].get_content_type(), dsn["Subject"]
+
+
+def drained(node):
+    return "Mail queue is empty" in node.mxctl("mailq")
+
+
+def test_notify_success_gets_a_relayed_receipt(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory)
+    sink = sinks(MX_GOOD, port)
+    sender_mx = sinks(MX_SENDER, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.ehlo("client.test")
+        s.sendmail("alice@sender.test", ["bob@example.test"], b"Subject: receipt please\r\n\r\nx\r\n",
+                   mail_options=["RET=HDRS", "ENVID=env42"], rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+    wait_for(lambda: sink.count() == 1 and sender_mx.count() == 1, what="delivery and the receipt")
+    mail_from, rcpts, content = sender_mx.messages[0]
+    assert (mail_from, rcpts) == ("<>", ["alice@sender.test"])
+    fields, returned, subject = report(content)
+    assert fields == [("relayed", "2.0.0")]
+    assert returned == "text/rfc822-headers"
+    assert subject == "Return receipt: message relayed"
+    assert b"Original-Envelope-Id: env42" in content
+
+
+def test_notify_never_suppresses_the_bounce(dns, sinks, mxd_factory):
+    port, node = start(dns, sinks, mxd_factory)
+    sinks(MX_BOUNCE, port, rcpt_replies={"nobody@bounce.test": "550 5.1.1 <nobody@bounce.test>: user unknown"})
+    sender_mx = sinks(MX_SENDER, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.ehlo("client.test")
+        s.sendmail("alice@sender.test", ["nobody@bounce.test"], b"Subject: never\r\n\r\nx\r\n",
+                   rcpt_options=["NOTIFY=NEVER"])
+        s.sendmail("alice@sender.test", ["nobody@bounce.test"], b"Subject: default\r\n\r\nx\r\n")
+    # Once the queue is empty every DSN the two bounces produced was delivered:
+    # a DSN is queued atomically with the bounce that caused it.
+    wait_for(lambda: drained(node) and sender_mx.count() >= 1, timeout=30, what="both bounces and their DSNs")
+    assert sender_mx.count() == 1
+    assert b"Subject: default" in sender_mx.messages[0][2]
+
+
+def test_delay_warning_then_bounce_after_queue_return(dns, sinks, mxd_factory):
+    port, node = start(dns, sinks, mxd_factory, delivery__queue_warn="1s", delivery__queue_return="5s",
+                       queue__min_backoff="1s", queue__max_backoff="1s")
+    sender_mx = sinks(MX_SENDER, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["z@down.test"], b"Subject: normal\r\nMessage-ID: <n1@sender.test>\r\n\r\nx\r\n")
+        s.sendmail("carol@sender.test", ["z@down.test"],
+                   b"Subject: bulk\r\nPrecedence: bulk\r\nMessage-ID: <b1@sender.test>\r\n\r\nx\r\n")
+    wait_for(lambda: drained(node), timeout=40, what="both messages to expire")
+    wait_for(lambda: sender_mx.count() == 3, timeout=20, what="the DSNs")
+    by_rcpt = {}
+    for _, rcpts, content in sender_mx.messages:
+        by_rcpt.setdefault(rcpts[0], []).append(report(content))
+    # The normal message: one delay warning (once, not per retry), then the bounce.
+    alice = sorted(by_rcpt["alice@sender.test"])
+    assert [f for f, _, _ in alice] == [[("delayed", "4.4.1")], [("failed", "4.4.7")]], alice
+    delayed = next(x for x in alice if x[0][0][0] == "delayed")
+    assert delayed[1] == "text/rfc822-headers" and delayed[2].startswith("Warning: could not send message")
+    failed = next(x for x in alice if x[0][0][0] == "failed")
+    assert failed[1] == "message/rfc822"
+    # Precedence: bulk gets no warning, and its bounce returns headers only.
+    assert by_rcpt["carol@sender.test"] == [([("failed", "4.4.7")], "text/rfc822-headers",
+                                             "Returned mail: see transcript for details")]
+    assert "Cannot send message for" in node.logtext()
+
+
+def test_double_bounce_and_postmaster_copy(dns, sinks, mxd_factory):
+    port, node = start(dns, sinks, mxd_factory, delivery__double_bounce_address="postmaster@sender.test",
+                       delivery__postmaster_copy="pm@sender.test")
+    # bounce.test refuses everyone, so the bounce to alice@bounce.test bounces too.
+    sinks(MX_BOUNCE, port, rcpt_replies={"nobody@bounce.test": "550 5.1.1 no such user",
+                                         "alice@bounce.test": "550 5.1.1 no such sender"})
+    sender_mx = sinks(MX_SENDER, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@bounce.test", ["nobody@bounce.test"], b"Subject: doomed\r\n\r\nsecret body\r\n")
+    wait_for(lambda: drained(node) and sender_mx.count() == 2, timeout=30, what="copy and double bounce")
+    got = {rcpts[0]: content for _, rcpts, content in sender_mx.messages}
+    assert set(got) == {"postmaster@sender.test", "pm@sender.test"}
+    for content in got.values():
+        fields, returned, subject = report(content)
+        assert returned == "text/rfc822-headers"  # never the body to the postmaster
+        assert b"secret body" not in content
+        assert subject == "Postmaster notify: see transcript for details"
+    assert report(got["pm@sender.test"])[0] == [("failed", "5.1.1")]
+    # The double bounce reports the undeliverable bounce (to alice@bounce.test).
+    assert b"Final-Recipient: rfc822; alice@bounce.test" in got["postmaster@sender.test"]
