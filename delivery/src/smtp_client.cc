@@ -1,4 +1,5 @@
-// smtp_client.cc — SMTP client transaction: EHLO/HELO, MAIL (SIZE, BODY), RCPT, DATA, QUIT.
+// smtp_client.cc — SMTP client transaction: EHLO/HELO, MAIL (SIZE, BODY, RET, ENVID),
+// RCPT (NOTIFY, ORCPT), DATA, QUIT.
 #include "mx/delivery/smtp_client.h"
 
 #include <boost/asio.hpp>
@@ -157,9 +158,20 @@ std::string DotStuff(std::string_view body) {
   return out;
 }
 
+// NotifyBits → "SUCCESS,FAILURE,DELAY" or "NEVER".
+std::string NotifyParam(uint32_t bits) {
+  if (bits & v1::NOTIFY_NEVER) return "NEVER";
+  std::string out;
+  for (auto [bit, name] : {std::pair{v1::NOTIFY_SUCCESS, "SUCCESS"}, std::pair{v1::NOTIFY_FAILURE, "FAILURE"},
+                           std::pair{v1::NOTIFY_DELAY, "DELAY"}}) {
+    if (bits & bit) out += (out.empty() ? "" : ",") + std::string(name);
+  }
+  return out;
+}
+
 awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uint16_t port,
                                    const SmtpClientConfig& config, const v1::Envelope& envelope,
-                                   const std::string& body, const std::vector<std::string>& rcpts) {
+                                   const std::string& body, const std::vector<ClientRcpt>& rcpts) {
   Attempt a;
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(ip, ec);
@@ -188,7 +200,7 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
     c.Close();
     co_return a;
   }
-  bool esmtp = true, size_ok = false, eightbit = false;
+  bool esmtp = true, size_ok = false, eightbit = false, dsn = false;
   if (!co_await c.Write("EHLO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("EHLO");
   if (!co_await c.Read(&r, config.command_timeout)) co_return lost("EHLO");
   if (r.code != 250) {
@@ -207,11 +219,16 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
       for (auto& ch : kw) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
       if (kw.rfind("SIZE", 0) == 0) size_ok = true;
       if (kw == "8BITMIME") eightbit = true;
+      if (kw == "DSN") dsn = true;
     }
   }
   std::string mail = "MAIL FROM:<" + envelope.sender() + ">";
   if (esmtp && size_ok) mail += " SIZE=" + std::to_string(body.size());
   if (esmtp && eightbit && envelope.body_type() == "8BITMIME") mail += " BODY=8BITMIME";
+  // RFC 3461: the DSN request travels on when the next hop can honour it.
+  a.dsn_forwarded = esmtp && dsn;
+  if (a.dsn_forwarded && !envelope.ret().empty()) mail += " RET=" + envelope.ret();
+  if (a.dsn_forwarded && !envelope.envid().empty()) mail += " ENVID=" + envelope.envid();
   if (!co_await c.Write(mail + "\r\n", config.command_timeout)) co_return lost("MAIL");
   if (!co_await c.Read(&r, config.command_timeout)) co_return lost("MAIL");
   if (r.code >= 400 && r.code < 500) {
@@ -230,7 +247,10 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
   a.rcpts.resize(rcpts.size());
   size_t accepted = 0;
   for (size_t i = 0; i < rcpts.size(); ++i) {
-    if (!co_await c.Write("RCPT TO:<" + rcpts[i] + ">\r\n", config.command_timeout)) co_return lost("RCPT");
+    std::string rcpt = "RCPT TO:<" + rcpts[i].address + ">";
+    if (a.dsn_forwarded && rcpts[i].notify) rcpt += " NOTIFY=" + NotifyParam(rcpts[i].notify);
+    if (a.dsn_forwarded && !rcpts[i].orcpt.empty()) rcpt += " ORCPT=" + rcpts[i].orcpt;
+    if (!co_await c.Write(rcpt + "\r\n", config.command_timeout)) co_return lost("RCPT");
     if (!co_await c.Read(&r, config.command_timeout)) co_return lost("RCPT");
     a.rcpts[i] = FromReply(r);
     if (r.code < 300) {

@@ -50,6 +50,7 @@ auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) 
 struct Outcome {
   RcptOutcome r;
   std::string relay;
+  bool dsn_forwarded = false;  // the next hop took over the NOTIFY request
 };
 
 class Worker final : public DeliveryWorker {
@@ -216,9 +217,9 @@ class Worker final : public DeliveryWorker {
   }
 
   awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const v1::LeasedMessage& m,
-                                                const std::vector<std::string>& rcpts) {
+                                                const std::vector<ClientRcpt>& rcpts) {
     auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
-      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, ""});
+      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false});
     };
     MxAnswer route = co_await Route(domain);
     switch (route.kind) {
@@ -242,7 +243,7 @@ class Worker final : public DeliveryWorker {
             continue;
           }
           std::vector<Outcome> out;
-          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay});
+          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded});
           co_return out;
         }
       }
@@ -272,8 +273,11 @@ class Worker final : public DeliveryWorker {
     const int64_t return_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_return).count();
     std::vector<DsnRecipient> failed, delayed, relayed;
     for (const auto& [domain, idx] : by_domain) {
-      std::vector<std::string> rcpts;
-      for (int i : idx) rcpts.push_back(m->recipients(i).address());
+      std::vector<ClientRcpt> rcpts;
+      for (int i : idx) {
+        const auto& r = m->recipients(i);
+        rcpts.push_back(ClientRcpt{r.address(), r.notify(), r.orcpt()});
+      }
       auto attempt_start = std::chrono::steady_clock::now();
       std::vector<Outcome> outs = co_await DeliverDomain(domain, *m, rcpts);
       int64_t xdelay =
@@ -319,7 +323,8 @@ class Worker final : public DeliveryWorker {
                    DsnWanted(env, rc.notify(), DsnAction::kDelayed)) {
           res->set_delay_warned(true);  // Timeout.queuewarn: once per recipient
           delayed.push_back(std::move(d));
-        } else if (o.r.outcome == v1::OUTCOME_DELIVERED && DsnWanted(env, rc.notify(), DsnAction::kRelayed)) {
+        } else if (o.r.outcome == v1::OUTCOME_DELIVERED && !o.dsn_forwarded &&
+                   DsnWanted(env, rc.notify(), DsnAction::kRelayed)) {
           d.status = "2.0.0";
           relayed.push_back(std::move(d));
         }

@@ -114,3 +114,43 @@ def test_double_bounce_and_postmaster_copy(dns, sinks, mxd_factory):
     assert report(got["pm@sender.test"])[0] == [("failed", "5.1.1")]
     # The double bounce reports the undeliverable bounce (to alice@bounce.test).
     assert b"Final-Recipient: rfc822; alice@bounce.test" in got["postmaster@sender.test"]
+
+
+def test_dsn_request_is_forwarded_to_a_peer_that_offers_dsn(dns, sinks, mxd_factory, tmp_path):
+    # Postfix's smtp-sink announces DSN and dumps each transaction's MAIL/RCPT
+    # arguments: the request travels on and no receipt comes from us.
+    import subprocess
+
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory)
+    sender_mx = sinks(MX_SENDER, port)
+    dump = tmp_path / "dump"
+    sink = subprocess.Popen(["smtp-sink", "-u", "root", "-d", f"{dump}/%M.", f"{MX_GOOD}:{port}", "16"])
+    try:
+        wait_for(lambda: _listening(MX_GOOD, port), what="smtp-sink")
+        with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+            s.ehlo("client.test")
+            s.sendmail("alice@sender.test", ["bob@example.test"], b"Subject: forwarded\r\n\r\nx\r\n",
+                       mail_options=["RET=HDRS", "ENVID=env+2B7"],
+                       rcpt_options=["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;bob+40example.test"])
+        files = wait_for(lambda: [p for p in dump.rglob("*") if p.is_file() and p.stat().st_size > 0],
+                         what="the dump file")
+        wait_for(lambda: drained(node), what="delivery to finish")
+        text = files[0].read_text(errors="replace")
+        assert "X-Mail-Args: <alice@sender.test> RET=HDRS ENVID=env+2B7" in text, text[:600]
+        assert "X-Rcpt-Args: <bob@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;bob+40example.test" in text, text[:600]
+        assert sender_mx.count() == 0  # the peer handles NOTIFY=SUCCESS now
+    finally:
+        sink.terminate()
+        sink.wait(10)
+
+
+def _listening(host, port):
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False

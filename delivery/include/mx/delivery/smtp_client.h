@@ -29,6 +29,14 @@ struct RcptOutcome {
   std::string dsn_status;  // enhanced status code
 };
 
+// A recipient as the client sends it: DSN parameters go out only when the
+// peer announced DSN (RFC 3461 4.1/4.2).
+struct ClientRcpt {
+  std::string address;
+  uint32_t notify = 0;  // v1::NotifyBits; 0 = not given
+  std::string orcpt;    // "rfc822;xtext" or ""
+};
+
 struct Attempt {
   // The host could not take the transaction (connect failure, 4xx/5xx greeting,
   // 4xx to MAIL, lost connection before any recipient answer): try the next host.
@@ -36,6 +44,7 @@ struct Attempt {
   std::string error;               // why, when try_next
   std::vector<RcptOutcome> rcpts;  // one per recipient, when !try_next
   uint64_t bytes = 0;              // message bytes sent
+  bool dsn_forwarded = false;      // the peer announced DSN and got NOTIFY/ORCPT/RET/ENVID
 };
 
 // Parses an enhanced status code ("5.1.1") at the start of text; "" if none.
@@ -46,6 +55,6 @@ std::string DotStuff(std::string_view body);
 
 boost::asio::awaitable<Attempt> SmtpTransaction(boost::asio::any_io_executor ex, std::string ip, uint16_t port,
                                                 const SmtpClientConfig& config, const v1::Envelope& envelope,
-                                                const std::string& body, const std::vector<std::string>& rcpts);
+                                                const std::string& body, const std::vector<ClientRcpt>& rcpts);
 
 }  // namespace mx::delivery
