@@ -5,6 +5,7 @@
 #include <boost/asio.hpp>
 
 #include <cctype>
+#include <cstdlib>
 
 namespace mx::delivery {
 namespace {
@@ -201,6 +202,7 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
     co_return a;
   }
   bool esmtp = true, size_ok = false, eightbit = false, dsn = false;
+  uint64_t peer_max = 0;  // the peer's SIZE limit (RFC 1870), 0 = none given
   if (!co_await c.Write("EHLO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("EHLO");
   if (!co_await c.Read(&r, config.command_timeout)) co_return lost("EHLO");
   if (r.code != 250) {
@@ -217,10 +219,24 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
     for (size_t i = 1; i < r.lines.size(); ++i) {
       std::string kw = r.lines[i];
       for (auto& ch : kw) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-      if (kw.rfind("SIZE", 0) == 0) size_ok = true;
+      if (kw.rfind("SIZE", 0) == 0 && (kw.size() == 4 || kw[4] == ' ')) {
+        size_ok = true;
+        if (kw.size() > 5) peer_max = std::strtoull(kw.c_str() + 5, nullptr, 10);
+      }
       if (kw == "8BITMIME") eightbit = true;
       if (kw == "DSN") dsn = true;
     }
+  }
+  // RFC 1870: a message larger than the peer's declared maximum can never go
+  // there; bounce instead of sending it (sendmail: 552 5.3.4).
+  if (size_ok && peer_max > 0 && body.size() > peer_max) {
+    auto o = Local(v1::OUTCOME_BOUNCED, "5.3.4",
+                   "552 5.3.4 Message size (" + std::to_string(body.size()) + ") exceeds the remote limit (" +
+                       std::to_string(peer_max) + ")");
+    for (size_t i = 0; i < rcpts.size(); ++i) a.rcpts.push_back(o);
+    co_await c.Write("QUIT\r\n", config.command_timeout);
+    c.Close();
+    co_return a;
   }
   std::string mail = "MAIL FROM:<" + envelope.sender() + ">";
   if (esmtp && size_ok) mail += " SIZE=" + std::to_string(body.size());

@@ -112,7 +112,8 @@ class Sink:
     tempfail_rcpt: number of first RCPT commands answered 451 4.7.1.
     """
 
-    def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0, slow_data=0, data_delay=0.0):
+    def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0, slow_data=0, data_delay=0.0,
+                 size_limit=None):
         from aiosmtpd.controller import Controller
 
         self.host = host
@@ -153,7 +154,8 @@ class Sink:
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
                 return "250 2.0.0 Ok: delivered"
 
-        self.controller = Controller(Handler(), hostname=host, port=self.port)
+        extra = {} if size_limit is None else {"data_size_limit": size_limit}  # announced as SIZE
+        self.controller = Controller(Handler(), hostname=host, port=self.port, **extra)
         self.controller.start()
 
     def count(self):

@@ -154,3 +154,18 @@ def _listening(host, port):
             return True
     except OSError:
         return False
+
+
+def test_message_larger_than_the_peers_size_bounces_with_5_3_4(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory)
+    small = sinks(MX_GOOD, port, size_limit=1000)
+    sender_mx = sinks(MX_SENDER, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["bob@example.test"], b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40)
+    wait_for(lambda: sender_mx.count() == 1, what="the bounce")
+    fields, _, _ = report(sender_mx.messages[0][2])
+    assert fields == [("failed", "5.3.4")]
+    assert b"exceeds the remote limit (1000)" in sender_mx.messages[0][2]
+    assert small.count() == 0 and small.data_started == 0  # never sent
