@@ -51,6 +51,24 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status QueueRun(grpc::ServerContext*, const v1::QueueRunRequest* req, v1::QueueRunResponse* resp) override {
+    v1::RunQueueRequest run;
+    run.mutable_filter()->set_qid_substring(req->qid());
+    run.mutable_filter()->set_sender_substring(req->sender());
+    run.mutable_filter()->set_rcpt_substring(req->recipient());
+    run.mutable_filter()->set_domain(req->domain());
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      run.set_shard(shard);
+      v1::RunQueueResponse part;
+      // A queue run is idempotent, so CallLeader's retries are safe.
+      auto st = CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->RunQueue(ctx, run, &part); });
+      if (!st.ok()) return st;
+      resp->set_made_ready(resp->made_ready() + part.made_ready());
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status Mailstats(grpc::ServerContext*, const v1::MailstatsRequest*, v1::MailstatsResponse* resp) override {
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;

@@ -20,6 +20,8 @@ int Usage() {
           "commands:\n"
           "  mailq [-I qid] [-S sender] [-R recipient]   list queued messages\n"
           "  mailstats                                   per-mailer statistics\n"
+          "  qrun [-I qid] [-S sender] [-R recipient] [-D domain]\n"
+          "                                              deferred recipients that match: ready now\n"
           "  cluster status                              every shard's replicas: leader, term, indexes, lag\n"
           "  queue add-replica --shard N --id ID --grpc HOST:PORT --raft HOST:PORT\n"
           "                                              add a queue replica to shard N's Raft group\n"
@@ -94,6 +96,32 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatMailq(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "qrun") {
+    mx::v1::QueueRunRequest req;
+    for (; i < args.size(); ++i) {
+      if (i + 1 >= args.size()) return Usage();
+      const std::string& flag = args[i];
+      const std::string& v = args[++i];
+      if (flag == "-I")
+        req.set_qid(v);
+      else if (flag == "-S")
+        req.set_sender(v);
+      else if (flag == "-R")
+        req.set_recipient(v);
+      else if (flag == "-D")
+        req.set_domain(v);
+      else
+        return Usage();
+    }
+    mx::v1::QueueRunResponse resp;
+    auto st = stub->QueueRun(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      printf("%llu recipient(s) ready for delivery\n", static_cast<unsigned long long>(resp.made_ready()));
     return 0;
   }
   if (cmd == "mailstats") {

@@ -1,6 +1,7 @@
 """DSNs through real peers (RFC 3461/3464): NOTIFY=SUCCESS receipts, NOTIFY=NEVER,
 delay warnings after queue_warn, bounces after queue_return, Precedence: bulk,
-double bounces and the postmaster's copy."""
+double bounces and the postmaster's copy, DSN forwarding, the peer's SIZE; and
+queue runs by filter (mxctl qrun)."""
 import email
 import smtplib
 
@@ -169,3 +170,21 @@ def test_message_larger_than_the_peers_size_bounces_with_5_3_4(dns, sinks, mxd_f
     assert fields == [("failed", "5.3.4")]
     assert b"exceeds the remote limit (1000)" in sender_mx.messages[0][2]
     assert small.count() == 0 and small.data_started == 0  # never sent
+
+
+def test_qrun_by_recipient_runs_only_matching_deferred_mail(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory, queue__min_backoff="1h", queue__max_backoff="2h")
+    sink = sinks(MX_GOOD, port, tempfail_rcpt=2)  # both first attempts: 451
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["one@example.test"], b"Subject: 1\r\n\r\nx\r\n")
+        s.sendmail("bob@sender.test", ["two@example.test"], b"Subject: 2\r\n\r\nx\r\n")
+    wait_for(lambda: node.mxctl("mailq").count("Deferred: 451 4.7.1") == 2, what="both deferred for an hour")
+    assert node.mxctl("qrun", "-R", "nobody@").strip() == "0 recipient(s) ready for delivery"
+    assert node.mxctl("qrun", "-R", "one@", "-S", "alice").strip() == "1 recipient(s) ready for delivery"
+    wait_for(lambda: sink.count() == 1, what="the matching message")
+    assert sink.messages[0][1] == ["one@example.test"]
+    assert "two@example.test" in node.mxctl("mailq")
+    assert node.mxctl("qrun").strip() == "1 recipient(s) ready for delivery"  # no filter: the whole queue
+    wait_for(lambda: sink.count() == 2 and drained(node), what="the rest")
