@@ -324,6 +324,7 @@ Config Parse(const YAML::Node& root) {
       d.Str("postmaster_copy", &c.delivery.postmaster_copy);
       d.Duration("queue_warn", &c.delivery.queue_warn);
       d.Duration("queue_return", &c.delivery.queue_return);
+      d.Duration("host_status_timeout", &c.delivery.host_status_timeout);
     }
     {
       Reader k(r.Child("control"), "control");

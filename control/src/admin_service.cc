@@ -69,6 +69,43 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status HostStatus(grpc::ServerContext*, const v1::HostStatusRequest*, v1::HostStatusResponse* resp) override {
+    std::map<std::string, v1::HostStatus> merged;
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      v1::ListHostStatusRequest req;
+      req.set_shard(shard);
+      v1::ListHostStatusResponse part;
+      auto st = CallLeader(shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) {
+        return stub->ListHostStatus(ctx, req, &part);
+      });
+      if (!st.ok()) return st;
+      for (auto& h : *part.mutable_hosts()) {
+        auto [it, fresh] = merged.emplace(h.host(), h);
+        if (!fresh && h.last_attempt_unix_us() > it->second.last_attempt_unix_us()) it->second = std::move(h);
+      }
+    }
+    for (auto& [_, h] : merged) *resp->add_hosts() = std::move(h);
+    resp->set_now_unix_us(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PurgeHostStatus(grpc::ServerContext*, const v1::PurgeHostStatusRequest* req,
+                               v1::PurgeHostStatusResponse* resp) override {
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      v1::PurgeHostStatusRequest part_req = *req;
+      part_req.set_shard(shard);
+      v1::PurgeHostStatusResponse part;
+      auto st = CallLeader(shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) {
+        return stub->PurgeHostStatus(ctx, part_req, &part);
+      });
+      if (!st.ok()) return st;
+      resp->set_purged(resp->purged() + part.purged());
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status Mailstats(grpc::ServerContext*, const v1::MailstatsRequest*, v1::MailstatsResponse* resp) override {
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;

@@ -1,6 +1,8 @@
 // format.cc — mailq and mailstats output in the layout sendmail operators know.
 #include "mx/control/format.h"
 
+#include "mx/common/log.h"
+
 #include <algorithm>
 #include <map>
 #include <tuple>
@@ -119,6 +121,19 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
     }
   }
   for (const auto& u : resp.unreachable()) out += "unreachable: " + u.address() + " (" + u.error() + ")\n";
+  return out;
+}
+
+std::string FormatHostStatus(const v1::HostStatusResponse& resp) {
+  if (resp.hosts().empty()) return "Host status is empty\n";
+  std::string out = Pad("Hostname", 32, false) + " " + Pad("How long ago", 12, true) + "  " + Pad("Failures", 8, true) +
+                    "  Results\n";
+  for (const auto& h : resp.hosts()) {
+    int64_t ago = resp.now_unix_us() - h.last_attempt_unix_us();
+    out += Pad(h.host(), 32, false) + " " + Pad(log::FormatDelay(ago > 0 ? ago : 0), 12, true) + "  " +
+           Pad(std::to_string(h.consecutive_failures()), 8, true) + "  " +
+           (h.consecutive_failures() == 0 ? std::string("OK") : h.last_reply()) + "\n";
+  }
   return out;
 }
 

@@ -20,6 +20,8 @@ int Usage() {
           "commands:\n"
           "  mailq [-I qid] [-S sender] [-R recipient]   list queued messages\n"
           "  mailstats                                   per-mailer statistics\n"
+          "  hoststat                                    MX host status (cluster-wide)\n"
+          "  purgestat [HOST]                            forget host status (all, or one host)\n"
           "  qrun [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              deferred recipients that match: ready now\n"
           "  cluster status                              every shard's replicas: leader, term, indexes, lag\n"
@@ -96,6 +98,28 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatMailq(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "hoststat") {
+    if (i != args.size()) return Usage();
+    mx::v1::HostStatusResponse resp;
+    auto st = stub->HostStatus(&ctx, mx::v1::HostStatusRequest(), &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatHostStatus(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "purgestat") {
+    if (i + 1 < args.size()) return Usage();
+    mx::v1::PurgeHostStatusRequest req;
+    if (i < args.size()) req.set_host(args[i]);
+    mx::v1::PurgeHostStatusResponse resp;
+    auto st = stub->PurgeHostStatus(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    printf("%llu host status entr%s purged\n", static_cast<unsigned long long>(resp.purged()),
+           resp.purged() == 1 ? "y" : "ies");
     return 0;
   }
   if (cmd == "qrun") {

@@ -37,6 +37,16 @@ Probe::Probe() {
               .Help("Delivery status notifications queued to senders")
               .Register(reg)
               .Add({});
+  host_skips_ = &prometheus::BuildCounter()
+                     .Name("mx_delivery_host_status_skips_total")
+                     .Help("MX hosts skipped without connecting: they failed within host_status_timeout")
+                     .Register(reg)
+                     .Add({});
+  hosts_known_ = &prometheus::BuildGauge()
+                      .Name("mx_delivery_host_status_hosts")
+                      .Help("MX hosts in this worker's view of the cluster's host status (last refresh)")
+                      .Register(reg)
+                      .Add({});
   ack_failed_ = &prometheus::BuildCounter()
                      .Name("mx_delivery_ack_errors_total")
                      .Help("Ack RPCs that failed (the lease expires and the recipients are retried)")

@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 
 #include "mx/common/address.h"
 #include "mx/common/async_call.h"
@@ -45,6 +46,50 @@ auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) 
       },
       token, std::move(name));
 }
+
+// The cluster's host status as this worker knows it: refreshed from every
+// shard every couple of seconds, updated at once by its own attempts.
+class HostCache {
+ public:
+  // The reply to report when host must be skipped (it failed within timeout).
+  std::optional<std::string> SkipReason(const std::string& host, int64_t now_us, int64_t timeout_us) const {
+    if (timeout_us <= 0) return std::nullopt;
+    std::lock_guard lock(mu_);
+    auto it = hosts_.find(host);
+    if (it == hosts_.end() || it->second.consecutive_failures() == 0) return std::nullopt;
+    if (now_us - it->second.last_attempt_unix_us() >= timeout_us) return std::nullopt;
+    return it->second.last_reply();
+  }
+  void Record(const std::string& host, bool ok, const std::string& reply, int64_t now_us) {
+    std::lock_guard lock(mu_);
+    auto& h = hosts_[host];
+    h.set_host(host);
+    h.set_last_attempt_unix_us(now_us);
+    h.set_last_reply(reply);
+    h.set_consecutive_failures(ok ? 0 : h.consecutive_failures() + 1);
+  }
+  // Replaces the view with the shards' (newest entry per host wins; hosts no
+  // shard knows any more were purged).
+  size_t Merge(const std::vector<v1::HostStatus>& from_shards, int64_t refresh_started_us) {
+    std::unordered_map<std::string, v1::HostStatus> merged;
+    for (const auto& h : from_shards) {
+      auto [it, fresh] = merged.emplace(h.host(), h);
+      if (!fresh && h.last_attempt_unix_us() > it->second.last_attempt_unix_us()) it->second = h;
+    }
+    std::lock_guard lock(mu_);
+    for (auto& [host, local] : hosts_) {  // our own attempts since the refresh began are newer
+      if (local.last_attempt_unix_us() < refresh_started_us) continue;
+      auto it = merged.find(host);
+      if (it == merged.end() || it->second.last_attempt_unix_us() < local.last_attempt_unix_us()) merged[host] = local;
+    }
+    hosts_ = std::move(merged);
+    return hosts_.size();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, v1::HostStatus> hosts_;
+};
 
 // Per-recipient outcome with where it came from.
 struct Outcome {
@@ -91,6 +136,7 @@ class Worker final : public DeliveryWorker {
       shards_.push_back(shard);
       pullers_.emplace_back([this, shard] { PullLoop(shard); });
     }
+    if (config_.host_status_timeout.count() > 0) refresher_ = std::thread([this] { RefreshHostStatus(); });
     log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(n) + " queue shard(s) via " +
               std::to_string(config_.queue.size()) + " queue node(s)");
   }
@@ -107,6 +153,7 @@ class Worker final : public DeliveryWorker {
     }
     for (auto& t : pullers_) t.join();
     pullers_.clear();
+    if (refresher_.joinable()) refresher_.join();
     {
       // Ack callbacks touch this worker: wait for those in flight (each has a deadline).
       std::unique_lock lock(acks_mu_);
@@ -196,6 +243,41 @@ class Worker final : public DeliveryWorker {
     }
   }
 
+  // Every 2 s: the host status of every shard, merged (cluster-wide skips).
+  void RefreshHostStatus() {
+    while (!stopping_) {
+      const int64_t started = clock_.NowUnixMicros();
+      std::vector<v1::HostStatus> all;
+      bool complete = true;
+      for (uint32_t shard = 0; shard < router_.shards() && !stopping_; ++shard) {
+        auto target = router_.Leader(shard);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        v1::ListHostStatusRequest req;
+        req.set_shard(shard);
+        v1::ListHostStatusResponse resp;
+        auto st = target.stub->ListHostStatus(&ctx, req, &resp);
+        router_.Observe(shard, target.address, ctx, st);
+        if (!st.ok()) {
+          complete = false;  // keep the old view rather than forget a shard's hosts
+          break;
+        }
+        for (auto& h : *resp.mutable_hosts()) all.push_back(std::move(h));
+      }
+      if (complete && !stopping_) Probe::Get().HostsKnown(hosts_.Merge(all, started));
+      std::unique_lock lock(stop_mu_);
+      stop_cv_.wait_for(lock, std::chrono::seconds(2), [&] { return stopping_.load(); });
+    }
+  }
+
+  static v1::HostOutcome HostOutcomeOf(const std::string& host, bool ok, const std::string& reply) {
+    v1::HostOutcome h;
+    h.set_host(host);
+    h.set_ok(ok);
+    h.set_reply(reply);
+    return h;
+  }
+
   void ReturnCredit(const std::shared_ptr<Shard>& shard) {
     shard->in_flight.fetch_sub(1);
     Probe::Get().InFlight(-1);
@@ -217,7 +299,8 @@ class Worker final : public DeliveryWorker {
   }
 
   awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const v1::LeasedMessage& m,
-                                                const std::vector<ClientRcpt>& rcpts) {
+                                                const std::vector<ClientRcpt>& rcpts,
+                                                std::vector<v1::HostOutcome>* host_outcomes) {
     auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
       return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false});
     };
@@ -230,8 +313,19 @@ class Worker final : public DeliveryWorker {
     }
     uint16_t port = smart_ ? smart_->port : config_.smtp_port;
     std::string last_error = "no usable MX host";
+    const int64_t hoststatus_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(config_.host_status_timeout).count();
     auto try_hosts = [&](const MxAnswer& ans, uint16_t p) -> awaitable<std::optional<std::vector<Outcome>>> {
       for (const auto& host : ans.hosts) {
+        const std::string key = ToLower(host.name);
+        // PersistentHostStatus: a host that failed recently is not tried again.
+        if (auto reason = hosts_.SkipReason(key, clock_.NowUnixMicros(), hoststatus_us)) {
+          last_error = *reason;
+          Probe::Get().HostSkipped();
+          log::Mail(m.envelope().qid(), "relay=" + host.name + ": skipped, host status: " + *reason);
+          continue;
+        }
+        bool host_failed = false;
         for (const auto& ip : host.addrs) {
           Attempt at = co_await SmtpTransaction(co_await asio::this_coro::executor, ip, p, client_, m.envelope(),
                                                 m.body(), rcpts);
@@ -240,11 +334,18 @@ class Worker final : public DeliveryWorker {
           if (at.try_next) {
             last_error = at.error + " with " + relay;
             log::Mail(m.envelope().qid(), "relay=" + relay + ": " + at.error + ", trying next host");
+            host_failed = true;
             continue;
           }
+          hosts_.Record(key, true, "250 ok", clock_.NowUnixMicros());
+          host_outcomes->push_back(HostOutcomeOf(key, true, at.rcpts.empty() ? "" : at.rcpts.front().reply));
           std::vector<Outcome> out;
           for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded});
           co_return out;
+        }
+        if (host_failed) {  // every address of this host failed
+          hosts_.Record(key, false, last_error, clock_.NowUnixMicros());
+          host_outcomes->push_back(HostOutcomeOf(key, false, last_error));
         }
       }
       co_return std::nullopt;
@@ -272,6 +373,7 @@ class Worker final : public DeliveryWorker {
     const int64_t warn_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_warn).count();
     const int64_t return_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_return).count();
     std::vector<DsnRecipient> failed, delayed, relayed;
+    std::vector<v1::HostOutcome> host_outcomes;
     for (const auto& [domain, idx] : by_domain) {
       std::vector<ClientRcpt> rcpts;
       for (int i : idx) {
@@ -279,7 +381,8 @@ class Worker final : public DeliveryWorker {
         rcpts.push_back(ClientRcpt{r.address(), r.notify(), r.orcpt()});
       }
       auto attempt_start = std::chrono::steady_clock::now();
-      std::vector<Outcome> outs = co_await DeliverDomain(domain, *m, rcpts);
+      auto deliver = DeliverDomain(domain, *m, rcpts, &host_outcomes);
+      std::vector<Outcome> outs = co_await std::move(deliver);
       int64_t xdelay =
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - attempt_start)
               .count();
@@ -331,6 +434,7 @@ class Worker final : public DeliveryWorker {
       }
     }
     QueueDsns(*m, std::move(failed), std::move(delayed), std::move(relayed), return_us, &ack);
+    for (auto& h : host_outcomes) *ack.add_hosts() = std::move(h);
     m.reset();  // the body is no longer needed while the ack is in flight
     // Ack on gRPC's callback thread; the credit returns when it completes.
     auto op = std::make_shared<AckOp>();
@@ -466,6 +570,8 @@ class Worker final : public DeliveryWorker {
   std::vector<std::thread> threads_;
   std::vector<std::shared_ptr<Shard>> shards_;
   std::vector<std::thread> pullers_;
+  HostCache hosts_;
+  std::thread refresher_;
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;

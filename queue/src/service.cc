@@ -324,6 +324,7 @@ class Shard {
       }
     }
     for (const auto& d : req->dsns()) *op->add_dsns() = d;
+    for (const auto& h : req->hosts()) *op->add_hosts() = h;
     log_->Propose(std::move(cmd), [this, ctx, req, finish = std::move(finish)](const ApplyResult& r) {
       if (!r.status.ok()) return finish(CommitFailed(ctx, r.status));
       for (const auto& res : req->results()) Probe::Get().Acked(res.outcome());
@@ -392,6 +393,18 @@ class Shard {
     log::Info(tag_ + ": queue run (domain='" + req->filter().domain() + "' qid~'" + req->filter().qid_substring() +
               "' sender~'" + req->filter().sender_substring() + "' rcpt~'" + req->filter().rcpt_substring() +
               "'): " + std::to_string(r.made_ready) + " recipients ready");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PurgeHostStatus(grpc::ServerContext* ctx, const v1::PurgeHostStatusRequest* req,
+                               v1::PurgeHostStatusResponse* resp) {
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    cmd.mutable_purge_hosts()->set_host(req->host());
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    resp->set_purged(r.purged);
     return grpc::Status::OK;
   }
 
@@ -690,6 +703,23 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->RemoveReplica(ctx, req) : err;
+  }
+
+  grpc::Status ListHostStatus(grpc::ServerContext* ctx, const v1::ListHostStatusRequest* req,
+                              v1::ListHostStatusResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    if (!s) return err;
+    if (!s->log().IsLeader()) return s->NotLeader(ctx);
+    s->sm().HostStatuses(resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PurgeHostStatus(grpc::ServerContext* ctx, const v1::PurgeHostStatusRequest* req,
+                               v1::PurgeHostStatusResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->PurgeHostStatus(ctx, req, resp) : err;
   }
 
   grpc::Status RunQueue(grpc::ServerContext* ctx, const v1::RunQueueRequest* req, v1::RunQueueResponse* resp) override {

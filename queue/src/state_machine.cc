@@ -18,7 +18,7 @@
 namespace mx::queue {
 namespace {
 
-constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", "lease", "stats", "meta"};
+constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", "lease", "stats", "meta", "host"};
 constexpr const char* kAppliedKey = "applied";
 constexpr const char* kCountsKey = "counts";
 constexpr const char* kStatsSinceKey = "stats_since";
@@ -165,6 +165,7 @@ Status StateMachine::OpenDb() {
   lease_ = handles_[5];
   stats_ = handles_[6];
   meta_ = handles_[7];
+  host_ = handles_[8];
 
   std::lock_guard lock(mem_mu_);
   counts_ = QueueCounts{};
@@ -470,6 +471,24 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       b.Delete(msg_, keys::Body(qid));
       --ctx.counts.messages;
     }
+    // PersistentHostStatus: the last attempt per MX host, cluster-wide.
+    for (const auto& h : op.hosts()) {
+      if (h.host().empty()) continue;
+      const std::string key = ToLower(h.host());
+      v1::HostStatus hs;
+      bool have = false;
+      if (auto st = b.GetProto(host_, key, &hs, &have); !st.ok()) return st;
+      hs.set_host(key);
+      hs.set_last_attempt_unix_us(now);
+      hs.set_last_reply(h.reply());
+      if (h.ok()) {
+        hs.set_consecutive_failures(0);
+        hs.set_last_success_unix_us(now);
+      } else {
+        hs.set_consecutive_failures(hs.consecutive_failures() + 1);
+      }
+      b.PutProto(host_, key, hs);
+    }
     for (const auto& dsn : op.dsns()) {
       ApplyResult ignored;
       if (auto st = enqueue(dsn, now, &ignored); !st.ok()) return st;
@@ -602,6 +621,24 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       case v1::QueueCommand::kTick: st = tick(cmd.tick(), cmd.now_unix_us(), res); break;
       case v1::QueueCommand::kRelease: st = release(cmd.release(), res); break;
       case v1::QueueCommand::kRun: st = run(cmd.run(), res); break;
+      case v1::QueueCommand::kPurgeHosts: {
+        std::vector<std::string> keys;
+        if (!cmd.purge_hosts().host().empty()) {
+          keys.push_back(ToLower(cmd.purge_hosts().host()));
+        } else {
+          auto it = b.Iterator(host_);
+          for (it->SeekToFirst(); it->Valid(); it->Next()) keys.push_back(it->key().ToString());
+        }
+        for (const auto& k : keys) {
+          std::string v;
+          bool have = false;
+          if (st = b.Get(host_, k, &v, &have); !st.ok()) break;
+          if (!have) continue;
+          b.Delete(host_, k);
+          ++res->purged;
+        }
+        break;
+      }
       case v1::QueueCommand::kStats:
         for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
         stats_touched = true;
@@ -794,6 +831,15 @@ void StateMachine::Stats(v1::GetStatsResponse* out) const {
   std::string v;
   if (db_->Get(rocksdb::ReadOptions(), meta_, kStatsSinceKey, &v).ok()) {
     out->set_since_unix_us(static_cast<int64_t>(DecodeU64(v)));
+  }
+}
+
+void StateMachine::HostStatuses(v1::ListHostStatusResponse* out) const {
+  std::shared_lock db_lock(db_mu_);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), host_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    v1::HostStatus h;
+    if (h.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) *out->add_hosts() = std::move(h);
   }
 }
 

@@ -355,5 +355,63 @@ TEST_F(StateMachineTest, ListFiltersLikeMailq) {
   EXPECT_EQ(out.matched(), 1u);
 }
 
+TEST_F(StateMachineTest, HostStatusCountsFailuresAndIsPurged) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  auto ack = Ack("00000000010000", 0, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 120 * kSec);
+  auto add = [](v1::QueueCommand* c, const std::string& host, bool ok, const std::string& reply) {
+    auto* h = c->mutable_ack()->add_hosts();
+    h->set_host(host);
+    h->set_ok(ok);
+    h->set_reply(reply);
+  };
+  add(&ack, "MX1.x.test", false, "421 4.3.2 busy");
+  add(&ack, "mx2.x.test", true, "250 ok");
+  Apply(ack);
+  v1::QueueCommand again;  // a second failure of mx1, from another delivery
+  again.set_now_unix_us(kT0 + 2 * kSec);
+  add(&again, "mx1.x.test", false, "Connection refused");
+  Apply(again);
+  v1::ListHostStatusResponse hs;
+  sm_->HostStatuses(&hs);
+  ASSERT_EQ(hs.hosts_size(), 2);
+  EXPECT_EQ(hs.hosts(0).host(), "mx1.x.test");  // lower-cased key
+  EXPECT_EQ(hs.hosts(0).consecutive_failures(), 2u);
+  EXPECT_EQ(hs.hosts(0).last_reply(), "Connection refused");
+  EXPECT_EQ(hs.hosts(0).last_attempt_unix_us(), kT0 + 2 * kSec);
+  EXPECT_EQ(hs.hosts(1).consecutive_failures(), 0u);
+  EXPECT_EQ(hs.hosts(1).last_success_unix_us(), kT0 + kSec);
+
+  v1::QueueCommand purge;
+  purge.set_now_unix_us(kT0 + 3 * kSec);
+  purge.mutable_purge_hosts()->set_host("MX1.X.TEST");
+  EXPECT_EQ(Apply(purge).purged, 1u);
+  purge.mutable_purge_hosts()->clear_host();  // everything left
+  EXPECT_EQ(Apply(purge).purged, 1u);
+  hs.Clear();
+  sm_->HostStatuses(&hs);
+  EXPECT_EQ(hs.hosts_size(), 0);
+}
+
+TEST_F(StateMachineTest, DelayWarnedIsRecordedAndQueueOnlyStartsDeferred) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  auto ack = Ack("00000000010000", 0, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 120 * kSec);
+  ack.mutable_ack()->mutable_results(0)->set_delay_warned(true);
+  Apply(ack);
+  EXPECT_TRUE(sm_->GetRecipient("00000000010000", 0)->delay_warned());
+
+  auto q = Enqueue("00000000020000", {"b@x.test"});
+  q.mutable_enqueue()->mutable_message()->mutable_envelope()->set_queue_only(true);
+  EXPECT_EQ(Apply(q).made_ready, 0u);
+  EXPECT_EQ(StatusOf("00000000020000", 0), v1::RCPT_DEFERRED);
+  // A queue run for its domain makes it ready at once.
+  v1::QueueCommand run;
+  run.set_now_unix_us(kT0 + 2 * kSec);
+  run.mutable_run()->set_domain("X.test");
+  EXPECT_EQ(Apply(run).made_ready, 2u);  // both deferred recipients are in x.test
+  EXPECT_EQ(StatusOf("00000000020000", 0), v1::RCPT_READY);
+}
+
 }  // namespace
 }  // namespace mx::queue

@@ -153,6 +153,9 @@ struct DeliveryConfig {
   std::string postmaster_copy;                       // PostmasterCopy: gets the headers of every bounce
   std::chrono::seconds queue_warn{4 * 3600};         // Timeout.queuewarn: delay DSN after this long
   std::chrono::seconds queue_return{5 * 86400};      // Timeout.queuereturn: bounce after this long
+  // Timeout.hoststatus: an MX host that failed less than this long ago is
+  // skipped without connecting, by every worker of the cluster (0: off).
+  std::chrono::seconds host_status_timeout{30 * 60};
 };
 
 struct ControlConfig {

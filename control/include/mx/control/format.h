@@ -13,6 +13,8 @@ std::string FormatMailq(const v1::MailqResponse& resp);
 std::string FormatMailstats(const v1::MailstatsResponse& resp);
 // `mxctl cluster status`: every replica of every shard, leader first.
 std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp);
+// `mxctl hoststat`: sendmail's hoststat table.
+std::string FormatHostStatus(const v1::HostStatusResponse& resp);
 // `mxctl policy test`: one line per step, then the outcome.
 std::string FormatPolicyTest(const v1::PolicyTestResponse& resp);
 

@@ -19,6 +19,8 @@ class Probe {
   void DnsQuery(const std::string& type, const std::string& result);
   void DnsLatency(double seconds) { dns_latency_->Observe(seconds); }
   void DsnSent() { dsn_->Increment(); }
+  void HostSkipped() { host_skips_->Increment(); }
+  void HostsKnown(size_t n) { hosts_known_->Set(static_cast<double>(n)); }
   void InFlight(int delta) { in_flight_->Increment(delta); }
   void AckFailed() { ack_failed_->Increment(); }
 
@@ -29,6 +31,8 @@ class Probe {
   prometheus::Histogram* latency_;
   prometheus::Histogram* dns_latency_;
   prometheus::Counter* dsn_;
+  prometheus::Counter* host_skips_;
+  prometheus::Gauge* hosts_known_;
   prometheus::Counter* ack_failed_;
   prometheus::Gauge* in_flight_;
 };

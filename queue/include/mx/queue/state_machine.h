@@ -45,6 +45,7 @@ struct ApplyResult {
   std::vector<v1::RcptRef> leased;          // LeaseOp: the items actually leased
   std::vector<v1::Recipient> leased_rcpts;  // ... and their records as leased
   uint32_t made_ready = 0;                  // recipients that became ready
+  uint64_t purged = 0;                      // PurgeHostsOp: host statuses removed
 };
 
 // An entry of an ordered recipient index: (priority or time, qid, index).
@@ -101,6 +102,8 @@ class StateMachine {
   std::vector<v1::Recipient> GetRecipients(const std::string& qid, uint32_t nrcpts) const;
   void List(const v1::ListRequest& filter, v1::ListResponse* out) const;
   void Stats(v1::GetStatsResponse* out) const;
+  // Every host status this shard recorded.
+  void HostStatuses(v1::ListHostStatusResponse* out) const;
 
  private:
   class Batch;
@@ -115,7 +118,7 @@ class StateMachine {
   rocksdb::DB* db_ = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   rocksdb::ColumnFamilyHandle *msg_ = nullptr, *rcpt_ = nullptr, *ready_ = nullptr, *sched_ = nullptr,
-                              *lease_ = nullptr, *stats_ = nullptr, *meta_ = nullptr;
+                              *lease_ = nullptr, *stats_ = nullptr, *meta_ = nullptr, *host_ = nullptr;
   StateMachineOptions options_;
   std::atomic<uint64_t> applied_{0};
 
