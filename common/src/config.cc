@@ -301,6 +301,7 @@ Config Parse(const YAML::Node& root) {
       q.Uint("pull_batch", &c.queue.pull_batch);
       q.Bytes("pull_batch_bytes", &c.queue.pull_batch_bytes);
       q.Bytes("min_free_disk", &c.queue.min_free_disk);
+      q.Str("sort_order", &c.queue.sort_order);
       q.Int64("class_factor", &c.queue.class_factor);
       q.Int64("recipient_factor", &c.queue.recipient_factor);
       q.Int64("retry_factor", &c.queue.retry_factor);
@@ -396,6 +397,10 @@ Config Parse(const YAML::Node& root) {
   if (c.queue.lease_ttl.count() <= 0) Fail("queue.lease_ttl", "must be > 0");
   if (c.queue.group_commit_max_commands == 0) Fail("queue.group_commit_max_commands", "must be > 0");
   if (c.queue.pull_batch == 0) Fail("queue.pull_batch", "must be > 0");
+  if (c.queue.sort_order != "priority" && c.queue.sort_order != "time" && c.queue.sort_order != "host" &&
+      c.queue.sort_order != "random") {
+    Fail("queue.sort_order", "expected priority, time, host or random, got '" + c.queue.sort_order + "'");
+  }
   if (c.delivery.concurrency == 0) Fail("delivery.concurrency", "must be > 0");
   if (c.delivery.queue_return.count() <= 0) Fail("delivery.queue_return", "must be > 0");
   // "[host]:port" (no MX lookup), "host:port" or "host" (port: delivery.smtp_port).

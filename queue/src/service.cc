@@ -94,6 +94,10 @@ class Shard {
     so.class_factor = config_.class_factor;
     so.recipient_factor = config_.recipient_factor;
     so.retry_factor = config_.retry_factor;
+    so.sort_order = config_.sort_order == "time"     ? StateMachineOptions::SortOrder::kTime
+                    : config_.sort_order == "host"   ? StateMachineOptions::SortOrder::kHost
+                    : config_.sort_order == "random" ? StateMachineOptions::SortOrder::kRandom
+                                                     : StateMachineOptions::SortOrder::kPriority;
     so.queue_only_delay_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.min_backoff).count();
     base_dir_ = base.string();
     auto sm = StateMachine::Open(so);

@@ -284,6 +284,37 @@ QueueCounts StateMachine::counts() const {
   return counts_;
 }
 
+namespace {
+
+uint64_t Fnv1a(std::string_view s, uint64_t h = 1469598103934665603ULL) {
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+
+}  // namespace
+
+int64_t StateMachine::SortKey(const v1::Envelope& env, const v1::Recipient& r, int64_t retry_factor) const {
+  const int64_t priority = env.priority() + static_cast<int64_t>(r.attempts()) * retry_factor;
+  switch (options_.sort_order) {
+    case StateMachineOptions::SortOrder::kPriority: return priority;
+    case StateMachineOptions::SortOrder::kTime: return env.arrival_unix_us();
+    case StateMachineOptions::SortOrder::kRandom: {
+      uint64_t h = Fnv1a(env.qid());
+      h = Fnv1a(std::to_string(r.index()) + "/" + std::to_string(r.attempts()), h);
+      return static_cast<int64_t>(h >> 1);
+    }
+    case StateMachineOptions::SortOrder::kHost: {
+      // High 31 bits: the domain's hash (a group); low 32: priority, offset and clamped.
+      auto at = r.address().rfind('@');
+      std::string domain = ToLower(at == std::string::npos ? std::string() : r.address().substr(at + 1));
+      const int64_t group = static_cast<int64_t>(Fnv1a(domain) & 0x7fffffffULL);
+      const int64_t low = std::clamp<int64_t>(priority + (int64_t{1} << 31), 0, (int64_t{1} << 32) - 1);
+      return (group << 32) | low;
+    }
+  }
+  return priority;
+}
+
 Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueCommand*>& commands,
                            std::vector<ApplyResult>* results) {
   results->assign(commands.size(), ApplyResult{});
@@ -328,7 +359,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
     v1::Envelope env;
     bool found = false;
     if (auto st = b.GetProto(msg_, qid, &env, &found); !st.ok()) return st;
-    make_ready(r, qid, env.priority() + static_cast<int64_t>(r->attempts()) * ctx.retry_factor);
+    make_ready(r, qid, SortKey(env, *r, ctx.retry_factor));
     b.PutProto(rcpt_, keys::Rcpt(qid, r->index()), *r);
     ++res->made_ready;
     return Status::Ok();
@@ -365,7 +396,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         b.Put(sched_, keys::Sched(next, qid, i), "");
         ctx.sched_floor = std::min(ctx.sched_floor, next);
       } else {
-        make_ready(&r, qid, env.priority());
+        make_ready(&r, qid, SortKey(env, r, ctx.retry_factor));
         ++res->made_ready;
       }
       b.PutProto(rcpt_, keys::Rcpt(qid, i), r);

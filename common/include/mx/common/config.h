@@ -129,6 +129,7 @@ struct QueueConfig {
   uint32_t pull_batch = 64;  // max messages per Pull response
   uint64_t pull_batch_bytes = 8ULL << 20;
   uint64_t min_free_disk = 64ULL << 20;  // MinFreeBlocks: Enqueue refused below this (0: off)
+  std::string sort_order = "priority";   // QueueSortOrder: priority | time | host | random
   // sendmail priority factors (ClassFactor, RecipientFactor, RetryFactor).
   int64_t class_factor = 1800;
   int64_t recipient_factor = 30000;

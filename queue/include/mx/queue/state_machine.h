@@ -34,6 +34,16 @@ struct StateMachineOptions {
   int64_t class_factor = 1800;
   int64_t recipient_factor = 30000;
   int64_t retry_factor = 90000;
+  // QueueSortOrder: the order of the ready index (cluster-wide; applies to
+  // recipients that become ready after a change).
+  //   priority: sendmail's priority, plus attempts x RetryFactor (lower first)
+  //   time:     arrival order (oldest first)
+  //   host:     grouped by recipient domain (so one connection carries many),
+  //             priority order within a domain
+  //   random:   a hash of queue id, recipient and attempt (deterministic on
+  //             every replica)
+  enum class SortOrder { kPriority, kTime, kHost, kRandom };
+  SortOrder sort_order = SortOrder::kPriority;
   // QueueLA: a message enqueued with queue_only waits this long (a queue run
   // brings it forward).
   int64_t queue_only_delay_us = 60'000'000;
@@ -106,6 +116,8 @@ class StateMachine {
   void HostStatuses(v1::ListHostStatusResponse* out) const;
 
  private:
+  // The ready-index key of a recipient under options_.sort_order.
+  int64_t SortKey(const v1::Envelope& env, const v1::Recipient& r, int64_t retry_factor) const;
   class Batch;
   StateMachine() = default;
   Status OpenDb();
