@@ -326,6 +326,8 @@ Config Parse(const YAML::Node& root) {
       d.Duration("queue_warn", &c.delivery.queue_warn);
       d.Duration("queue_return", &c.delivery.queue_return);
       d.Duration("host_status_timeout", &c.delivery.host_status_timeout);
+      d.Str("tls_security_level", &c.delivery.tls_security_level);
+      d.StrList("tls_encrypt_domains", &c.delivery.tls_encrypt_domains);
     }
     {
       Reader k(r.Child("control"), "control");
@@ -403,6 +405,10 @@ Config Parse(const YAML::Node& root) {
   }
   if (c.delivery.concurrency == 0) Fail("delivery.concurrency", "must be > 0");
   if (c.delivery.queue_return.count() <= 0) Fail("delivery.queue_return", "must be > 0");
+  if (c.delivery.tls_security_level != "none" && c.delivery.tls_security_level != "may" &&
+      c.delivery.tls_security_level != "encrypt") {
+    Fail("delivery.tls_security_level", "expected none, may or encrypt");
+  }
   // "[host]:port" (no MX lookup), "host:port" or "host" (port: delivery.smtp_port).
   for (auto [key, value] : {std::pair{"delivery.smart_host", &c.delivery.smart_host},
                             std::pair{"delivery.fallback_mx_host", &c.delivery.fallback_mx_host}}) {

@@ -3,6 +3,7 @@
 #include "mx/delivery/smtp_client.h"
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 
 #include <cctype>
 #include <cstdlib>
@@ -47,6 +48,28 @@ class Conn {
     co_return true;
   }
 
+  // RFC 3207 client side: after "220" to STARTTLS. SNI names the MX host.
+  awaitable<bool> StartTls(asio::ssl::context& ctx, const std::string& sni, std::chrono::seconds timeout,
+                           std::string* error) {
+    buf_.clear();  // nothing the server sent before the handshake counts after it
+    tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, ctx);
+    if (!sni.empty()) SSL_set_tlsext_host_name(tls_->native_handle(), sni.c_str());
+    Arm(timeout);
+    boost::system::error_code ec;
+    co_await tls_->async_handshake(asio::ssl::stream_base::client, asio::redirect_error(use_awaitable, ec));
+    timer_.cancel();
+    if (ec) {
+      *error = "TLS handshake failed: " + ec.message();
+      co_return false;
+    }
+    co_return true;
+  }
+  std::string TlsDescription() const {
+    if (!tls_) return {};
+    const SSL* ssl = tls_->native_handle();
+    return std::string(SSL_get_version(ssl)) + " " + SSL_get_cipher_name(ssl);
+  }
+
   awaitable<bool> Read(Reply* r, std::chrono::seconds timeout) {
     r->code = 0;
     r->lines.clear();
@@ -57,7 +80,8 @@ class Conn {
         Arm(timeout);
         char tmp[4096];
         boost::system::error_code ec;
-        size_t n = co_await socket_.async_read_some(asio::buffer(tmp), asio::redirect_error(use_awaitable, ec));
+        size_t n = tls_ ? co_await tls_->async_read_some(asio::buffer(tmp), asio::redirect_error(use_awaitable, ec))
+                        : co_await socket_.async_read_some(asio::buffer(tmp), asio::redirect_error(use_awaitable, ec));
         timer_.cancel();
         if (ec) co_return false;
         buf_.append(tmp, n);
@@ -83,7 +107,11 @@ class Conn {
   awaitable<bool> Write(const std::string& data, std::chrono::seconds timeout) {
     Arm(timeout);
     boost::system::error_code ec;
-    co_await asio::async_write(socket_, asio::buffer(data), asio::redirect_error(use_awaitable, ec));
+    if (tls_) {
+      co_await asio::async_write(*tls_, asio::buffer(data), asio::redirect_error(use_awaitable, ec));
+    } else {
+      co_await asio::async_write(socket_, asio::buffer(data), asio::redirect_error(use_awaitable, ec));
+    }
     timer_.cancel();
     co_return !ec;
   }
@@ -110,6 +138,7 @@ class Conn {
   }
 
   tcp::socket socket_;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
   asio::steady_timer timer_;
   std::string buf_;
   bool timed_out_ = false;
@@ -172,7 +201,7 @@ std::string NotifyParam(uint32_t bits) {
 
 awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uint16_t port,
                                    const SmtpClientConfig& config, const v1::Envelope& envelope,
-                                   const std::string& body, const std::vector<ClientRcpt>& rcpts) {
+                                   const std::string& body, const std::vector<ClientRcpt>& rcpts, std::string sni) {
   Attempt a;
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(ip, ec);
@@ -201,8 +230,23 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
     c.Close();
     co_return a;
   }
-  bool esmtp = true, size_ok = false, eightbit = false, dsn = false;
+  bool esmtp = true, size_ok = false, eightbit = false, dsn = false, starttls = false;
   uint64_t peer_max = 0;  // the peer's SIZE limit (RFC 1870), 0 = none given
+  auto features = [&](const Reply& ehlo) {
+    size_ok = eightbit = dsn = starttls = false;
+    peer_max = 0;
+    for (size_t i = 1; i < ehlo.lines.size(); ++i) {
+      std::string kw = ehlo.lines[i];
+      for (auto& ch : kw) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      if (kw.rfind("SIZE", 0) == 0 && (kw.size() == 4 || kw[4] == ' ')) {
+        size_ok = true;
+        if (kw.size() > 5) peer_max = std::strtoull(kw.c_str() + 5, nullptr, 10);
+      }
+      if (kw == "8BITMIME") eightbit = true;
+      if (kw == "DSN") dsn = true;
+      if (kw == "STARTTLS") starttls = true;
+    }
+  };
   if (!co_await c.Write("EHLO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("EHLO");
   if (!co_await c.Read(&r, config.command_timeout)) co_return lost("EHLO");
   if (r.code != 250) {
@@ -216,15 +260,45 @@ awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uin
       co_return a;
     }
   } else {
-    for (size_t i = 1; i < r.lines.size(); ++i) {
-      std::string kw = r.lines[i];
-      for (auto& ch : kw) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-      if (kw.rfind("SIZE", 0) == 0 && (kw.size() == 4 || kw[4] == ' ')) {
-        size_ok = true;
-        if (kw.size() > 5) peer_max = std::strtoull(kw.c_str() + 5, nullptr, 10);
+    features(r);
+  }
+  using Tls = SmtpClientConfig::Tls;
+  if (config.tls == Tls::kEncrypt && !starttls) {
+    a.try_next = true;
+    a.error = "TLS is required, but the host did not offer STARTTLS";
+    co_await c.Write("QUIT\r\n", config.command_timeout);
+    c.Close();
+    co_return a;
+  }
+  if (config.tls != Tls::kNone && starttls && config.tls_context) {
+    if (!co_await c.Write("STARTTLS\r\n", config.command_timeout)) co_return lost("STARTTLS");
+    if (!co_await c.Read(&r, config.command_timeout)) co_return lost("STARTTLS");
+    if (r.code != 220) {
+      if (config.tls == Tls::kEncrypt) {
+        a.try_next = true;
+        a.error = "TLS is required, but STARTTLS was refused: " + r.text;
+        co_await c.Write("QUIT\r\n", config.command_timeout);
+        c.Close();
+        co_return a;
       }
-      if (kw == "8BITMIME") eightbit = true;
-      if (kw == "DSN") dsn = true;
+    } else {
+      if (!co_await c.StartTls(*config.tls_context, sni, config.command_timeout, &a.error)) {
+        a.try_next = true;
+        a.tls_failed = true;
+        c.Close();
+        co_return a;
+      }
+      a.tls = c.TlsDescription();
+      // RFC 3207 4.2: everything learned before TLS is forgotten; EHLO again.
+      if (!co_await c.Write("EHLO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("EHLO");
+      if (!co_await c.Read(&r, config.command_timeout)) co_return lost("EHLO");
+      if (r.code != 250) {
+        a.try_next = true;
+        a.error = r.text;
+        c.Close();
+        co_return a;
+      }
+      features(r);
     }
   }
   // RFC 1870: a message larger than the peer's declared maximum can never go

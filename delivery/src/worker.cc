@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <condition_variable>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -96,6 +98,7 @@ struct Outcome {
   RcptOutcome r;
   std::string relay;
   bool dsn_forwarded = false;  // the next hop took over the NOTIFY request
+  std::string tls;             // protocol and cipher when the session was encrypted
 };
 
 class Worker final : public DeliveryWorker {
@@ -113,12 +116,24 @@ class Worker final : public DeliveryWorker {
     client_.greeting_timeout = config_.greeting_timeout;
     client_.command_timeout = config_.command_timeout;
     client_.data_timeout = config_.data_timeout;
+    client_.tls = config_.tls_security_level == "none"      ? SmtpClientConfig::Tls::kNone
+                  : config_.tls_security_level == "encrypt" ? SmtpClientConfig::Tls::kEncrypt
+                                                            : SmtpClientConfig::Tls::kMay;
+    client_.tls_context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    client_.tls_context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                                     asio::ssl::context::no_sslv3);
+    client_.tls_context->set_verify_mode(asio::ssl::verify_none);  // opportunistic, like Postfix may/encrypt
+    for (const auto& d : config_.tls_encrypt_domains) encrypt_domains_.insert(ToLower(d));
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     // node/host/incarnation: the queue voids leases of older incarnations of
     // node/host/ when this one connects (pid alone repeats: PID 1 in containers).
     worker_id_ = config.node_name + "/" + host + "/" + std::to_string(getpid()) + "." +
                  std::to_string(clock.NowUnixMicros() / 1000);
+    encrypt_client_ = client_;
+    encrypt_client_.tls = SmtpClientConfig::Tls::kEncrypt;
+    plain_client_ = client_;
+    plain_client_.tls = SmtpClientConfig::Tls::kNone;
     if (!config_.smart_host.empty()) smart_ = ParseRelay(config_.smart_host);
     if (!config_.fallback_mx_host.empty()) fallback_ = ParseRelay(config_.fallback_mx_host);
   }
@@ -302,7 +317,7 @@ class Worker final : public DeliveryWorker {
                                                 const std::vector<ClientRcpt>& rcpts,
                                                 std::vector<v1::HostOutcome>* host_outcomes) {
     auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
-      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false});
+      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false, ""});
     };
     MxAnswer route = co_await Route(domain);
     switch (route.kind) {
@@ -327,8 +342,17 @@ class Worker final : public DeliveryWorker {
         }
         bool host_failed = false;
         for (const auto& ip : host.addrs) {
-          Attempt at = co_await SmtpTransaction(co_await asio::this_coro::executor, ip, p, client_, m.envelope(),
-                                                m.body(), rcpts);
+          const SmtpClientConfig& cc = encrypt_domains_.count(ToLower(domain)) ? encrypt_client_ : client_;
+          auto ex = co_await asio::this_coro::executor;
+          auto attempt = SmtpTransaction(ex, ip, p, cc, m.envelope(), m.body(), rcpts, host.name);
+          Attempt at = co_await std::move(attempt);
+          if (at.tls_failed && cc.tls == SmtpClientConfig::Tls::kMay) {
+            // Opportunistic TLS that failed: the same host again, in the clear.
+            log::Mail(m.envelope().qid(),
+                      "relay=" + host.name + " [" + ip + "]: " + at.error + ", retrying without TLS");
+            auto clear = SmtpTransaction(ex, ip, p, plain_client_, m.envelope(), m.body(), rcpts, host.name);
+            at = co_await std::move(clear);
+          }
           // sendmail style: "mx.example.com. [192.0.2.1]", or "[192.0.2.1] [192.0.2.1]" for a literal.
           std::string relay = (host.name == ip ? "[" + ip + "]" : host.name + ".") + " [" + ip + "]";
           if (at.try_next) {
@@ -340,7 +364,7 @@ class Worker final : public DeliveryWorker {
           hosts_.Record(key, true, "250 ok", clock_.NowUnixMicros());
           host_outcomes->push_back(HostOutcomeOf(key, true, at.rcpts.empty() ? "" : at.rcpts.front().reply));
           std::vector<Outcome> out;
-          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded});
+          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded, at.tls});
           co_return out;
         }
         if (host_failed) {  // every address of this host failed
@@ -411,9 +435,10 @@ class Worker final : public DeliveryWorker {
             o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0 ? "Service unavailable" : stat;
         log::Mail(env.qid(),
                   "to=<" + rc.address() +
-                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) + ", xdelay=" +
-                      log::FormatDelay(xdelay) + ", mailer=" + kMailer + ", pri=" + std::to_string(env.priority()) +
-                      ", relay=" + (o.relay.empty() ? domain : o.relay) + ", dsn=" + o.r.dsn_status +
+                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
+                      ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + kMailer +
+                      ", pri=" + std::to_string(env.priority()) + ", relay=" + (o.relay.empty() ? domain : o.relay) +
+                      (o.tls.empty() ? "" : ", tls=" + o.tls) + ", dsn=" + o.r.dsn_status +
                       ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
         Probe::Get().Delivery(o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
                               : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
@@ -562,7 +587,8 @@ class Worker final : public DeliveryWorker {
   std::unique_ptr<Resolver> resolver_;
   const Clock& clock_;
   QidGenerator qids_;
-  SmtpClientConfig client_;
+  SmtpClientConfig client_, encrypt_client_, plain_client_;
+  std::set<std::string> encrypt_domains_;
   std::optional<Relay> smart_, fallback_;
   std::string worker_id_;
   asio::io_context io_;

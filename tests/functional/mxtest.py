@@ -113,7 +113,7 @@ class Sink:
     """
 
     def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0, slow_data=0, data_delay=0.0,
-                 size_limit=None):
+                 size_limit=None, tls=None):
         from aiosmtpd.controller import Controller
 
         self.host = host
@@ -155,6 +155,12 @@ class Sink:
                 return "250 2.0.0 Ok: delivered"
 
         extra = {} if size_limit is None else {"data_size_limit": size_limit}  # announced as SIZE
+        if tls:  # (cert, key): offer STARTTLS and refuse mail without it
+            import ssl
+
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*tls)
+            extra.update(tls_context=ctx, require_starttls=True)
         self.controller = Controller(Handler(), hostname=host, port=self.port, **extra)
         self.controller.start()
 

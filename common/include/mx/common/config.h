@@ -157,6 +157,9 @@ struct DeliveryConfig {
   // Timeout.hoststatus: an MX host that failed less than this long ago is
   // skipped without connecting, by every worker of the cluster (0: off).
   std::chrono::seconds host_status_timeout{30 * 60};
+  // STARTTLS to MX hosts (Postfix smtp_tls_security_level): none | may | encrypt.
+  std::string tls_security_level = "may";
+  std::vector<std::string> tls_encrypt_domains;  // these destinations always need TLS
 };
 
 struct ControlConfig {

@@ -6,8 +6,10 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ssl/context.hpp>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,12 @@ namespace mx::delivery {
 
 struct SmtpClientConfig {
   std::string helo_name = "localhost";
+  // STARTTLS (Postfix smtp_tls_security_level): kNone never, kMay when the
+  // peer offers it (a failed handshake is retried in the clear by the
+  // caller), kEncrypt always (a peer without STARTTLS is a failed host).
+  // Certificates are not verified (as Postfix's may/encrypt).
+  enum class Tls { kNone, kMay, kEncrypt } tls = Tls::kMay;
+  std::shared_ptr<boost::asio::ssl::context> tls_context;  // client context, set when tls != kNone
   std::chrono::seconds connect_timeout{30};
   std::chrono::seconds greeting_timeout{300};
   std::chrono::seconds command_timeout{300};
@@ -45,6 +53,8 @@ struct Attempt {
   std::vector<RcptOutcome> rcpts;  // one per recipient, when !try_next
   uint64_t bytes = 0;              // message bytes sent
   bool dsn_forwarded = false;      // the peer announced DSN and got NOTIFY/ORCPT/RET/ENVID
+  std::string tls;                 // "TLSv1.3 TLS_AES_256_GCM_SHA384" when the session was encrypted
+  bool tls_failed = false;         // STARTTLS was tried and the handshake failed (retry in the clear)
 };
 
 // Parses an enhanced status code ("5.1.1") at the start of text; "" if none.
@@ -55,6 +65,7 @@ std::string DotStuff(std::string_view body);
 
 boost::asio::awaitable<Attempt> SmtpTransaction(boost::asio::any_io_executor ex, std::string ip, uint16_t port,
                                                 const SmtpClientConfig& config, const v1::Envelope& envelope,
-                                                const std::string& body, const std::vector<ClientRcpt>& rcpts);
+                                                const std::string& body, const std::vector<ClientRcpt>& rcpts,
+                                                std::string sni = "");
 
 }  // namespace mx::delivery

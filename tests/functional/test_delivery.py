@@ -1,7 +1,8 @@
-"""DSNs through real peers (RFC 3461/3464): NOTIFY=SUCCESS receipts, NOTIFY=NEVER,
-delay warnings after queue_warn, bounces after queue_return, Precedence: bulk,
-double bounces and the postmaster's copy, DSN forwarding, the peer's SIZE; and
-queue runs by filter (mxctl qrun)."""
+"""Delivery semantics through real peers: DSNs (RFC 3461/3464: NOTIFY=SUCCESS
+receipts, NOTIFY=NEVER, delay warnings after queue_warn, bounces after
+queue_return, Precedence: bulk, double bounces, the postmaster's copy, DSN
+forwarding), the peer's SIZE, queue runs by filter (mxctl qrun) and STARTTLS to
+MX hosts (opportunistic and required)."""
 import email
 import smtplib
 
@@ -188,3 +189,35 @@ def test_qrun_by_recipient_runs_only_matching_deferred_mail(dns, sinks, mxd_fact
     assert "two@example.test" in node.mxctl("mailq")
     assert node.mxctl("qrun").strip() == "1 recipient(s) ready for delivery"  # no filter: the whole queue
     wait_for(lambda: sink.count() == 2 and drained(node), what="the rest")
+
+
+def _cert(tmp_path):
+    import subprocess
+
+    cert, key = tmp_path / "mx-cert.pem", tmp_path / "mx-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=mx1.example.test", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_starttls_to_a_peer_that_requires_it(dns, sinks, mxd_factory, tmp_path):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory)
+    sink = sinks(MX_GOOD, port, tls=_cert(tmp_path))  # 530 to MAIL without STARTTLS
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["bob@example.test"], b"Subject: private\r\n\r\nx\r\n")
+    wait_for(lambda: sink.count() == 1, what="delivery over TLS")
+    assert ", tls=TLSv1." in node.logtext()
+
+
+def test_tls_required_for_a_destination_defers_without_starttls(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory, delivery__tls_encrypt_domains=["example.test"])
+    sink = sinks(MX_GOOD, port)  # plain: no STARTTLS
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["bob@example.test"], b"Subject: must be private\r\n\r\nx\r\n")
+    wait_for(lambda: "TLS is required, but the host did not offer STARTTLS" in node.mxctl("mailq"),
+             what="the deferral reason")
+    assert sink.count() == 0
