@@ -328,6 +328,7 @@ Config Parse(const YAML::Node& root) {
       d.Duration("host_status_timeout", &c.delivery.host_status_timeout);
       d.Str("tls_security_level", &c.delivery.tls_security_level);
       d.StrList("tls_encrypt_domains", &c.delivery.tls_encrypt_domains);
+      d.StrList("mx_self_names", &c.delivery.mx_self_names);
     }
     {
       Reader k(r.Child("control"), "control");

@@ -124,6 +124,8 @@ class Worker final : public DeliveryWorker {
                                      asio::ssl::context::no_sslv3);
     client_.tls_context->set_verify_mode(asio::ssl::verify_none);  // opportunistic, like Postfix may/encrypt
     for (const auto& d : config_.tls_encrypt_domains) encrypt_domains_.insert(ToLower(d));
+    self_names_.insert(ToLower(config.hostname));
+    for (const auto& n : config_.mx_self_names) self_names_.insert(ToLower(n));
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     // node/host/incarnation: the queue voids leases of older incarnations of
@@ -325,6 +327,23 @@ class Worker final : public DeliveryWorker {
       case MxAnswer::Kind::kNullMx: co_return all(v1::OUTCOME_BOUNCED, "5.1.10", "556 5.1.10 " + route.error);
       case MxAnswer::Kind::kTempFail: co_return all(v1::OUTCOME_DEFERRED, "4.4.3", route.error);
       case MxAnswer::Kind::kOk: break;
+    }
+    // Secondary-MX role (sendmail: MX hosts in $=w): we and every host no
+    // better than us are dropped; if we are the best, the mail would loop.
+    if (!smart_) {
+      int self_pref = -1;
+      for (const auto& h : route.hosts) {
+        std::string name = ToLower(h.name);
+        if (!name.empty() && name.back() == '.') name.pop_back();
+        if (self_names_.count(name) && (self_pref < 0 || h.preference < self_pref)) self_pref = h.preference;
+      }
+      if (self_pref >= 0) {
+        std::erase_if(route.hosts, [&](const MxHost& h) { return h.preference >= self_pref; });
+        if (route.hosts.empty()) {
+          co_return all(v1::OUTCOME_BOUNCED, "5.4.6",
+                        "554 5.4.6 mail for " + domain + " loops back to myself (this cluster is its best MX)");
+        }
+      }
     }
     uint16_t port = smart_ ? smart_->port : config_.smtp_port;
     std::string last_error = "no usable MX host";
@@ -589,6 +608,7 @@ class Worker final : public DeliveryWorker {
   QidGenerator qids_;
   SmtpClientConfig client_, encrypt_client_, plain_client_;
   std::set<std::string> encrypt_domains_;
+  std::set<std::string> self_names_;
   std::optional<Relay> smart_, fallback_;
   std::string worker_id_;
   asio::io_context io_;

@@ -10,6 +10,7 @@ MX_GOOD = "127.0.0.2"
 MX_DOWN = "127.0.0.3"  # nothing listens here: connection refused
 MX_BOUNCE = "127.0.0.4"
 MX_SENDER = "127.0.0.5"
+MX_GOOD2 = "127.0.0.6"  # a second good host of equal preference
 
 
 def pytest_configure(config):
@@ -40,9 +41,22 @@ def dns(tmp_path):
             'nullmx.test. 60 IN MX 0 .',
             # only the refusing host
             "down.test. 60 IN MX 10 mx-down.example.test.",
+            # two equally preferred hosts behind a refusing better one
+            "multi.test. 60 IN MX 10 mx-down.example.test.",
+            "multi.test. 60 IN MX 20 mx1.example.test.",
+            f"multi.test. 60 IN MX 20 mx2.multi.test.",
+            f"mx2.multi.test. 60 IN A {MX_GOOD2}",
+            # secondary-MX role: this node is MX 20 for backup.test (primary:
+            # mx1), and the only MX of loop.test
+            "backup.test. 60 IN MX 10 mx1.example.test.",
+            "backup.test. 60 IN MX 20 mx-self.backup.test.",
+            "backup.test. 60 IN MX 30 mx-down.example.test.",
+            "mx-self.backup.test. 60 IN A 127.0.0.1",
+            "loop.test. 60 IN MX 10 mx-self.backup.test.",
         ]
         zones = {z: "static" for z in ("example.test", "implicit.test", "bounce.test", "sender.test",
-                                       "nullmx.test", "down.test", "nosuch.test")}
+                                       "nullmx.test", "down.test", "nosuch.test", "multi.test", "backup.test",
+                                       "loop.test")}
         d = Unbound(tmp_path, zones, zone)
         started.append(d)
         return d

@@ -221,3 +221,44 @@ def test_tls_required_for_a_destination_defers_without_starttls(dns, sinks, mxd_
     wait_for(lambda: "TLS is required, but the host did not offer STARTTLS" in node.mxctl("mailq"),
              what="the deferral reason")
     assert sink.count() == 0
+
+
+def test_equal_preferences_share_the_load_behind_a_refusing_better_mx(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD, MX_GOOD2
+
+    port, node = start(dns, sinks, mxd_factory)
+    a, b = sinks(MX_GOOD, port), sinks(MX_GOOD2, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        for i in range(30):
+            s.sendmail("alice@sender.test", [f"r{i}@multi.test"], f"Subject: {i}\r\n\r\nx\r\n".encode())
+    wait_for(lambda: a.count() + b.count() == 30, what="all 30 via the two MX 20 hosts")
+    # Equal preferences are shuffled per message: both get a share (P(one gets
+    # none) = 2 x 2^-30). MX 10 refuses, and nothing ever goes anywhere else.
+    assert a.count() > 0 and b.count() > 0, (a.count(), b.count())
+
+
+def test_secondary_mx_relays_only_to_better_hosts_and_never_to_itself(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory, ingress__relay_domains=["backup.test", "loop.test"],
+                       delivery__mx_self_names=["mx-self.backup.test"], delivery__host_status_timeout="0",
+                       queue__min_backoff="1h", queue__max_backoff="2h")
+    sender_mx = sinks(MX_SENDER, port)
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["user@backup.test"], b"Subject: to the primary\r\n\r\nx\r\n")
+        s.sendmail("alice@sender.test", ["user@loop.test"], b"Subject: loops\r\n\r\nx\r\n")
+    # backup.test: the primary (MX 10) is down. We are MX 20: the mail waits for
+    # the primary; neither we (MX 20) nor the worse MX 30 are tried.
+    wait_for(lambda: "Deferred: Connection refused with mx1.example.test." in node.mxctl("mailq"),
+             what="backup.test deferred for its primary")
+    log = node.logtext()
+    assert "mx-self.backup.test" not in log and "mx-down.example.test" not in log
+    # loop.test: we are its best MX, so relaying would loop: 5.4.6.
+    wait_for(lambda: sender_mx.count() == 1, what="the loop bounce")
+    fields, _, _ = report(sender_mx.messages[0][2])
+    assert fields == [("failed", "5.4.6")]
+    assert b"loops back to myself" in sender_mx.messages[0][2]
+    # The primary comes back; a queue run for the domain (ETRN's job) delivers.
+    primary = sinks(MX_GOOD, port)
+    assert node.mxctl("qrun", "-D", "backup.test").strip() == "1 recipient(s) ready for delivery"
+    wait_for(lambda: primary.count() == 1, what="relay to the primary")

@@ -160,6 +160,10 @@ struct DeliveryConfig {
   // STARTTLS to MX hosts (Postfix smtp_tls_security_level): none | may | encrypt.
   std::string tls_security_level = "may";
   std::vector<std::string> tls_encrypt_domains;  // these destinations always need TLS
+  // Secondary-MX role: MX host names that are this cluster (besides
+  // `hostname`). Mail is relayed only to better-preference MX hosts; a
+  // domain whose best MX is us bounces (5.4.6) instead of looping.
+  std::vector<std::string> mx_self_names;
 };
 
 struct ControlConfig {
