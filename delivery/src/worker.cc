@@ -62,6 +62,16 @@ class HostCache {
     if (now_us - it->second.last_attempt_unix_us() >= timeout_us) return std::nullopt;
     return it->second.last_reply();
   }
+  // Successes are reported to the queue only when they change something (the
+  // host had failed, is unknown, or was last reported a minute ago), so a
+  // busy host does not cost a replicated write per message.
+  bool ShouldReport(const std::string& host, bool ok, int64_t now_us) const {
+    if (!ok) return true;
+    std::lock_guard lock(mu_);
+    auto it = hosts_.find(host);
+    return it == hosts_.end() || it->second.consecutive_failures() > 0 ||
+           now_us - it->second.last_attempt_unix_us() > 60'000'000;
+  }
   void Record(const std::string& host, bool ok, const std::string& reply, int64_t now_us) {
     std::lock_guard lock(mu_);
     auto& h = hosts_[host];
@@ -380,8 +390,11 @@ class Worker final : public DeliveryWorker {
             host_failed = true;
             continue;
           }
-          hosts_.Record(key, true, "250 ok", clock_.NowUnixMicros());
-          host_outcomes->push_back(HostOutcomeOf(key, true, at.rcpts.empty() ? "" : at.rcpts.front().reply));
+          const int64_t now = clock_.NowUnixMicros();
+          if (hosts_.ShouldReport(key, true, now)) {
+            host_outcomes->push_back(HostOutcomeOf(key, true, at.rcpts.empty() ? "" : at.rcpts.front().reply));
+            hosts_.Record(key, true, "250 ok", now);
+          }
           std::vector<Outcome> out;
           for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded, at.tls});
           co_return out;
