@@ -69,6 +69,30 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Manage(grpc::ServerContext*, const v1::ManageQueueRequest* req, v1::ManageResponse* resp) override {
+    v1::ManageRequest m;
+    m.mutable_op()->set_action(req->action());
+    auto* f = m.mutable_op()->mutable_filter();
+    f->set_qid_substring(req->filter().qid());
+    f->set_sender_substring(req->filter().sender());
+    f->set_rcpt_substring(req->filter().recipient());
+    f->set_domain(req->filter().domain());
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      m.set_shard(shard);
+      v1::ManageResponse part;
+      // CallLeader retries on UNAVAILABLE/DEADLINE_EXCEEDED: harmless here, a
+      // repeated hold/release/delete finds nothing left to change (the counts
+      // then cover only the last attempt).
+      auto st = CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->Manage(ctx, m, &part); });
+      if (!st.ok()) return st;
+      resp->set_recipients(resp->recipients() + part.recipients());
+      resp->set_messages(resp->messages() + part.messages());
+      resp->set_skipped(resp->skipped() + part.skipped());
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status HostStatus(grpc::ServerContext*, const v1::HostStatusRequest*, v1::HostStatusResponse* resp) override {
     std::map<std::string, v1::HostStatus> merged;
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {

@@ -46,6 +46,7 @@ std::string FormatMailq(const v1::MailqResponse& resp) {
            QTime(e.arrival_unix_us()) + " <" + (e.sender().empty() ? "" : e.sender()) + ">\n";
     std::string shown_reason;
     for (const auto& r : m.recipients()) {
+      if (r.status() == v1::RCPT_HELD) out += "                 (Held by the operator: mxctl release)\n";
       if (r.status() == v1::RCPT_DEFERRED && !r.last_reply().empty() && r.last_reply() != shown_reason) {
         out += "                 (Deferred: " + r.last_reply() + ")\n";
         shown_reason = r.last_reply();

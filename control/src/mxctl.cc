@@ -22,6 +22,9 @@ int Usage() {
           "  mailstats                                   per-mailer statistics\n"
           "  hoststat                                    MX host status (cluster-wide)\n"
           "  purgestat [HOST]                            forget host status (all, or one host)\n"
+          "  hold|release|delete [-I qid] [-S sender] [-R recipient] [-D domain]\n"
+          "                                              hold or release matching recipients, delete\n"
+          "                                              matching messages (not while in delivery)\n"
           "  qrun [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              deferred recipients that match: ready now\n"
           "  cluster status                              every shard's replicas: leader, term, indexes, lag\n"
@@ -122,7 +125,7 @@ int main(int argc, char** argv) {
            resp.purged() == 1 ? "y" : "ies");
     return 0;
   }
-  if (cmd == "qrun") {
+  if (cmd == "qrun" || cmd == "hold" || cmd == "release" || cmd == "delete") {
     mx::v1::QueueRunRequest req;
     for (; i < args.size(); ++i) {
       if (i + 1 >= args.size()) return Usage();
@@ -138,6 +141,32 @@ int main(int argc, char** argv) {
         req.set_domain(v);
       else
         return Usage();
+    }
+    if (cmd != "qrun") {
+      if (req.qid().empty() && req.sender().empty() && req.recipient().empty() && req.domain().empty() &&
+          cmd == "delete") {
+        fprintf(stderr, "mxctl: delete needs a filter (-I, -S, -R or -D)\n");
+        return 64;
+      }
+      mx::v1::ManageQueueRequest m;
+      m.set_action(cmd == "hold"      ? mx::v1::ManageOp::MANAGE_HOLD
+                   : cmd == "release" ? mx::v1::ManageOp::MANAGE_RELEASE
+                                      : mx::v1::ManageOp::MANAGE_DELETE);
+      *m.mutable_filter() = req;
+      mx::v1::ManageResponse resp;
+      auto st = stub->Manage(&ctx, m, &resp);
+      if (!st.ok()) return Fail(st, server);
+      if (output == "json") {
+        PrintJson(resp);
+      } else if (cmd == "delete") {
+        printf("%llu message(s) deleted (%llu recipients), %llu in delivery left alone\n",
+               static_cast<unsigned long long>(resp.messages()), static_cast<unsigned long long>(resp.recipients()),
+               static_cast<unsigned long long>(resp.skipped()));
+      } else {
+        printf("%llu recipient(s) %s\n", static_cast<unsigned long long>(resp.recipients()),
+               cmd == "hold" ? "held" : "released");
+      }
+      return 0;
     }
     mx::v1::QueueRunResponse resp;
     auto st = stub->QueueRun(&ctx, req, &resp);

@@ -91,7 +91,7 @@ void Probe::SetRaft(uint32_t shard, bool leader, uint64_t term, uint64_t commit_
 void Probe::SetCounts(uint32_t shard, const QueueCounts& counts, int64_t oldest_age_seconds) {
   const std::string sh = std::to_string(shard);
   static constexpr std::pair<int, const char*> kStates[] = {
-      {v1::RCPT_READY, "ready"}, {v1::RCPT_LEASED, "leased"}, {v1::RCPT_DEFERRED, "deferred"}};
+      {v1::RCPT_READY, "ready"}, {v1::RCPT_LEASED, "leased"}, {v1::RCPT_DEFERRED, "deferred"}, {v1::RCPT_HELD, "held"}};
   for (auto [s, name] : kStates) {
     depth_->Add({{"state", name}, {"shard", sh}}).Set(static_cast<double>(counts.by_status[s]));
   }

@@ -400,6 +400,28 @@ class Shard {
     return grpc::Status::OK;
   }
 
+  grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageRequest* req, v1::ManageResponse* resp) {
+    const auto action = req->op().action();
+    if (action != v1::ManageOp::MANAGE_HOLD && action != v1::ManageOp::MANAGE_RELEASE &&
+        action != v1::ManageOp::MANAGE_DELETE) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "action must be hold, release or delete");
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    *cmd.mutable_manage() = req->op();
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    resp->set_recipients(r.recipients);
+    resp->set_messages(r.messages);
+    resp->set_skipped(r.skipped);
+    if (r.made_ready) SignalWork();
+    log::Info(tag_ + ": " + v1::ManageOp::Action_Name(action) + ": " + std::to_string(r.recipients) + " recipients, " +
+              std::to_string(r.messages) + " messages deleted, " + std::to_string(r.skipped) +
+              " skipped (in delivery)");
+    return grpc::Status::OK;
+  }
+
   grpc::Status PurgeHostStatus(grpc::ServerContext* ctx, const v1::PurgeHostStatusRequest* req,
                                v1::PurgeHostStatusResponse* resp) {
     if (!log_->IsLeader()) return NotLeader(ctx);
@@ -707,6 +729,12 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->RemoveReplica(ctx, req) : err;
+  }
+
+  grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageRequest* req, v1::ManageResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->Manage(ctx, req, resp) : err;
   }
 
   grpc::Status ListHostStatus(grpc::ServerContext* ctx, const v1::ListHostStatusRequest* req,

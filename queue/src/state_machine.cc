@@ -182,7 +182,8 @@ Status StateMachine::OpenDb() {
     return FromRocks(s, "read applied index");
   s = db_->Get(rocksdb::ReadOptions(), meta_, kCountsKey, &v);
   if (s.ok()) {
-    for (size_t i = 0; i < 7 && (i + 1) * 8 <= v.size(); ++i) {
+    // messages, then one count per status (older stores have fewer statuses).
+    for (size_t i = 0; i < 1 + counts_.by_status.size() && (i + 1) * 8 <= v.size(); ++i) {
       int64_t n = static_cast<int64_t>(DecodeU64(v.substr(i * 8, 8)));
       if (i == 0)
         counts_.messages = n;
@@ -614,6 +615,88 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
     return Status::Ok();
   };
 
+  // Operator actions by filter: a scan of every message, like the List behind mailq.
+  auto manage = [&](const v1::ManageOp& op, ApplyResult* res) -> Status {
+    const auto& f = op.filter();
+    const std::string domain = ToLower(f.domain());
+    auto rcpt_matches = [&](const v1::Recipient& r) {
+      if (!f.rcpt_substring().empty() && r.address().find(f.rcpt_substring()) == std::string::npos) return false;
+      if (domain.empty()) return true;
+      auto at = r.address().rfind('@');
+      std::string d = ToLower(at == std::string::npos ? std::string() : r.address().substr(at + 1));
+      return d == domain || (d.size() > domain.size() && d.ends_with(domain) && d[d.size() - domain.size() - 1] == '.');
+    };
+    std::vector<std::pair<std::string, v1::Envelope>> messages;
+    {
+      auto it = b.Iterator(msg_);
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        auto key = it->key().ToStringView();
+        if (keys::IsBodyKey(key)) continue;
+        if (!f.qid_substring().empty() && key.find(f.qid_substring()) == std::string_view::npos) continue;
+        v1::Envelope env;
+        if (!env.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+        if (!f.sender_substring().empty() && env.sender().find(f.sender_substring()) == std::string::npos) continue;
+        messages.emplace_back(std::string(key), std::move(env));
+      }
+      if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan msg");
+    }
+    for (auto& [qid, env] : messages) {
+      std::vector<v1::Recipient> rcpts(env.nrcpts());
+      std::vector<bool> present(env.nrcpts(), false);
+      bool any_match = false, leased = false;
+      for (uint32_t i = 0; i < env.nrcpts(); ++i) {
+        bool found = false;
+        if (auto st = b.GetProto(rcpt_, keys::Rcpt(qid, i), &rcpts[i], &found); !st.ok()) return st;
+        present[i] = found;
+        if (!found || IsFinal(rcpts[i].status())) continue;
+        any_match = any_match || rcpt_matches(rcpts[i]);
+        leased = leased || rcpts[i].status() == v1::RCPT_LEASED;
+      }
+      if (!any_match) continue;
+      switch (op.action()) {
+        case v1::ManageOp::MANAGE_HOLD:
+        case v1::ManageOp::MANAGE_RELEASE:
+          for (uint32_t i = 0; i < env.nrcpts(); ++i) {
+            auto& r = rcpts[i];
+            if (!present[i] || !rcpt_matches(r)) continue;
+            if (op.action() == v1::ManageOp::MANAGE_HOLD &&
+                (r.status() == v1::RCPT_READY || r.status() == v1::RCPT_DEFERRED)) {
+              clear_index(r, qid);
+              ctx.Move(r.status(), v1::RCPT_HELD);
+              r.set_status(v1::RCPT_HELD);
+              b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
+              ++res->recipients;
+            } else if (op.action() == v1::ManageOp::MANAGE_RELEASE && r.status() == v1::RCPT_HELD) {
+              if (auto st = requeue(&r, qid, res); !st.ok()) return st;
+              ++res->recipients;
+            }
+          }
+          break;
+        case v1::ManageOp::MANAGE_DELETE:
+          if (leased) {  // a worker is delivering it: deleting now could not stop that
+            ++res->skipped;
+            break;
+          }
+          for (uint32_t i = 0; i < env.nrcpts(); ++i) {
+            if (!present[i]) continue;
+            if (!IsFinal(rcpts[i].status())) {
+              clear_index(rcpts[i], qid);
+              ctx.Move(rcpts[i].status(), v1::RCPT_STATUS_UNSPECIFIED);
+              ++res->recipients;
+            }
+            b.Delete(rcpt_, keys::Rcpt(qid, i));
+          }
+          b.Delete(msg_, qid);
+          b.Delete(msg_, keys::Body(qid));
+          --ctx.counts.messages;
+          ++res->messages;
+          break;
+        default: return Status(Code::kInvalidArgument, "unknown manage action");
+      }
+    }
+    return Status::Ok();
+  };
+
   auto release = [&](const v1::ReleaseOp& op, ApplyResult* res) -> Status {
     std::vector<v1::RcptRef> candidates(op.items().begin(), op.items().end());
     if (!op.owner_prefix().empty()) {
@@ -652,6 +735,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       case v1::QueueCommand::kTick: st = tick(cmd.tick(), cmd.now_unix_us(), res); break;
       case v1::QueueCommand::kRelease: st = release(cmd.release(), res); break;
       case v1::QueueCommand::kRun: st = run(cmd.run(), res); break;
+      case v1::QueueCommand::kManage: st = manage(cmd.manage(), res); break;
       case v1::QueueCommand::kPurgeHosts: {
         std::vector<std::string> keys;
         if (!cmd.purge_hosts().host().empty()) {

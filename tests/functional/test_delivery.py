@@ -5,9 +5,10 @@ forwarding), the peer's SIZE, queue runs by filter (mxctl qrun) and STARTTLS to
 MX hosts (opportunistic and required)."""
 import email
 import smtplib
+import subprocess
 
 from conftest import MX_BOUNCE, MX_SENDER
-from mxtest import free_port, wait_for
+from mxtest import MXCTL, free_port, wait_for
 
 
 def start(dns, sinks, mxd_factory, **overrides):
@@ -262,3 +263,28 @@ def test_secondary_mx_relays_only_to_better_hosts_and_never_to_itself(dns, sinks
     primary = sinks(MX_GOOD, port)
     assert node.mxctl("qrun", "-D", "backup.test").strip() == "1 recipient(s) ready for delivery"
     wait_for(lambda: primary.count() == 1, what="relay to the primary")
+
+
+def test_hold_release_and_delete_by_filter(dns, sinks, mxd_factory):
+    from conftest import MX_GOOD
+
+    port, node = start(dns, sinks, mxd_factory, delivery__host_status_timeout="0",
+                       queue__min_backoff="1h", queue__max_backoff="2h")
+    # No MX is up yet: everything defers for an hour.
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        for who in ("keep", "hold", "drop"):
+            s.sendmail(f"{who}@sender.test", [f"{who}@example.test"], f"Subject: {who}\r\n\r\nx\r\n".encode())
+    wait_for(lambda: node.mxctl("mailq").count("Deferred:") == 3, what="three deferrals")
+    assert node.mxctl("hold", "-R", "hold@").strip() == "1 recipient(s) held"
+    assert "(Held by the operator: mxctl release)" in node.mxctl("mailq")
+    assert "1 message(s) deleted (1 recipients), 0 in delivery left alone" in node.mxctl("delete", "-S", "drop@")
+    sink = sinks(MX_GOOD, port)
+    assert node.mxctl("qrun").strip() == "1 recipient(s) ready for delivery"  # held mail is not run
+    wait_for(lambda: sink.count() == 1, what="the kept message")
+    assert sink.messages[0][1] == ["keep@example.test"]
+    assert node.mxctl("release", "-R", "hold@").strip() == "1 recipient(s) released"
+    wait_for(lambda: sink.count() == 2 and drained(node), what="the released message")
+    assert {m[1][0] for m in sink.messages} == {"keep@example.test", "hold@example.test"}  # never the deleted one
+    r = subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{node.control_port}", "delete"], capture_output=True,
+                       text=True)
+    assert r.returncode == 64 and "delete needs a filter" in r.stderr

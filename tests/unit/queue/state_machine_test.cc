@@ -452,5 +452,47 @@ TEST_F(StateMachineTest, QueueSortOrders) {
   EXPECT_EQ(order(), random);  // deterministic: every replica agrees
 }
 
+TEST_F(StateMachineTest, HoldReleaseAndDeleteByFilter) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@y.test"}));
+  Apply(Enqueue("00000000020000", {"c@x.test"}));
+  Apply(Enqueue("00000000030000", {"d@x.test"}));
+  v1::RcptRef in_delivery;
+  in_delivery.set_qid("00000000030000");
+  in_delivery.set_index(0);
+  Apply(Lease({in_delivery}, kT0, kT0 + 60 * kSec));  // 0003 is in delivery
+  auto manage = [&](v1::ManageOp::Action action, const std::string& domain, const std::string& qid = "") {
+    v1::QueueCommand c;
+    c.set_now_unix_us(kT0 + kSec);
+    c.mutable_manage()->set_action(action);
+    c.mutable_manage()->mutable_filter()->set_domain(domain);
+    c.mutable_manage()->mutable_filter()->set_qid_substring(qid);
+    return Apply(c);
+  };
+  auto held = manage(v1::ManageOp::MANAGE_HOLD, "x.test");
+  EXPECT_EQ(held.recipients, 2u);  // a@ and c@ (d@ is leased, b@ is elsewhere)
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_HELD);
+  EXPECT_EQ(StatusOf("00000000010000", 1), v1::RCPT_READY);
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);  // only b@ can be leased
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_HELD], 2);
+  EXPECT_EQ(manage(v1::ManageOp::MANAGE_HOLD, "x.test").recipients, 0u);  // idempotent
+
+  auto released = manage(v1::ManageOp::MANAGE_RELEASE, "x.test", "0001");
+  EXPECT_EQ(released.recipients, 1u);
+  EXPECT_EQ(StatusOf("00000000010000", 0), v1::RCPT_READY);
+  EXPECT_EQ(StatusOf("00000000020000", 0), v1::RCPT_HELD);
+
+  auto deleted = manage(v1::ManageOp::MANAGE_DELETE, "x.test");
+  EXPECT_EQ(deleted.messages, 2u);  // 0001 (both recipients) and 0002 (held)
+  EXPECT_EQ(deleted.recipients, 3u);
+  EXPECT_EQ(deleted.skipped, 1u);  // 0003 is being delivered
+  EXPECT_FALSE(sm_->GetEnvelope("00000000010000").ok());
+  EXPECT_FALSE(sm_->GetEnvelope("00000000020000").ok());
+  EXPECT_TRUE(sm_->GetEnvelope("00000000030000").ok());
+  EXPECT_EQ(sm_->counts().messages, 1);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_HELD], 0);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_READY], 0);
+  EXPECT_TRUE(sm_->ReadyItems(10).empty());
+}
+
 }  // namespace
 }  // namespace mx::queue

@@ -56,6 +56,9 @@ struct ApplyResult {
   std::vector<v1::Recipient> leased_rcpts;  // ... and their records as leased
   uint32_t made_ready = 0;                  // recipients that became ready
   uint64_t purged = 0;                      // PurgeHostsOp: host statuses removed
+  uint64_t recipients = 0;                  // ManageOp: recipients held or deleted
+  uint64_t messages = 0;                    // ManageOp: messages deleted
+  uint64_t skipped = 0;                     // ManageOp: messages with a lease in flight
 };
 
 // An entry of an ordered recipient index: (priority or time, qid, index).
@@ -68,7 +71,7 @@ struct IndexKey {
 
 struct QueueCounts {
   int64_t messages = 0;
-  std::array<int64_t, 6> by_status{};  // indexed by v1::RcptStatus
+  std::array<int64_t, 7> by_status{};  // indexed by v1::RcptStatus
 };
 
 class StateMachine {
