@@ -199,20 +199,22 @@ class ConnectionLimiter {
 class LoadMonitor {
  public:
   double Get(const std::string& file, int64_t now_us) {
-    if (now_us - sampled_us_.load(std::memory_order_relaxed) > 1'000'000) {
-      sampled_us_.store(now_us, std::memory_order_relaxed);
+    std::lock_guard lock(mu_);  // a connection waits for the sample in progress, never sees a stale 0
+    if (now_us - sampled_us_ > 1'000'000) {
+      sampled_us_ = now_us;
       if (FILE* f = fopen(file.c_str(), "r")) {
         double la = 0;
-        if (fscanf(f, "%lf", &la) == 1) load_.store(la, std::memory_order_relaxed);
+        if (fscanf(f, "%lf", &la) == 1) load_ = la;
         fclose(f);
       }
     }
-    return load_.load(std::memory_order_relaxed);
+    return load_;
   }
 
  private:
-  std::atomic<int64_t> sampled_us_{0};
-  std::atomic<double> load_{0};
+  std::mutex mu_;
+  int64_t sampled_us_ = 0;
+  double load_ = 0;
 };
 
 using TlsStream = asio::ssl::stream<tcp::socket&>;
