@@ -17,6 +17,12 @@ std::string DomainOf(std::string_view address) {
   return ToLower(address.substr(at + 1));
 }
 
+bool InDomain(std::string_view domain, std::string_view parent) {
+  if (domain == parent) return true;
+  return !parent.empty() && domain.size() > parent.size() && domain.ends_with(parent) &&
+         domain[domain.size() - parent.size() - 1] == '.';
+}
+
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);

@@ -18,6 +18,16 @@ namespace {
 
 constexpr auto kShardDeadline = std::chrono::seconds(10);
 
+// mxctl's -I/-S/-R/-D as the queue's filter (qrun, hold, release, delete).
+v1::RunOp RunFilter(const v1::QueueRunRequest& req) {
+  v1::RunOp f;
+  f.set_qid_substring(req.qid());
+  f.set_sender_substring(req.sender());
+  f.set_rcpt_substring(req.recipient());
+  f.set_domain(req.domain());
+  return f;
+}
+
 class AdminService final : public v1::Admin::Service {
  public:
   AdminService(const std::vector<std::string>& queues, uint32_t shards, PolicyTestFn policy_test)
@@ -53,10 +63,7 @@ class AdminService final : public v1::Admin::Service {
 
   grpc::Status QueueRun(grpc::ServerContext*, const v1::QueueRunRequest* req, v1::QueueRunResponse* resp) override {
     v1::RunQueueRequest run;
-    run.mutable_filter()->set_qid_substring(req->qid());
-    run.mutable_filter()->set_sender_substring(req->sender());
-    run.mutable_filter()->set_rcpt_substring(req->recipient());
-    run.mutable_filter()->set_domain(req->domain());
+    *run.mutable_filter() = RunFilter(*req);
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
       run.set_shard(shard);
       v1::RunQueueResponse part;
@@ -72,11 +79,7 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status Manage(grpc::ServerContext*, const v1::ManageQueueRequest* req, v1::ManageResponse* resp) override {
     v1::ManageRequest m;
     m.mutable_op()->set_action(req->action());
-    auto* f = m.mutable_op()->mutable_filter();
-    f->set_qid_substring(req->filter().qid());
-    f->set_sender_substring(req->filter().sender());
-    f->set_rcpt_substring(req->filter().recipient());
-    f->set_domain(req->filter().domain());
+    *m.mutable_op()->mutable_filter() = RunFilter(req->filter());
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
       m.set_shard(shard);
       v1::ManageResponse part;

@@ -20,6 +20,15 @@ constexpr size_t kMaxCacheEntries = 200'000;
 
 }  // namespace
 
+const char* DnsblResultName(DnsblAnswer::Kind kind) {
+  switch (kind) {
+    case DnsblAnswer::Kind::kListed: return "listed";
+    case DnsblAnswer::Kind::kTempFail: return "tempfail";
+    case DnsblAnswer::Kind::kNotListed: break;
+  }
+  return "clean";
+}
+
 // One Lookup() in flight: counts answers outstanding; finishes on the last.
 struct ClientLookup::Job {
   std::string ip;

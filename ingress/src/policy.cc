@@ -36,10 +36,7 @@ bool HasRoutingLocalPart(std::string_view address) {
 
 bool DomainIn(std::string_view domain, const std::vector<std::string>& list, bool subdomains) {
   for (const auto& d : list) {
-    if (domain == d) return true;
-    if (subdomains && domain.size() > d.size() && domain.ends_with(d) && domain[domain.size() - d.size() - 1] == '.') {
-      return true;
-    }
+    if (subdomains ? InDomain(domain, d) : domain == d) return true;
   }
   return false;
 }
@@ -186,7 +183,7 @@ Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, 
     HeaderRule rule;
     rule.origin = "ingress.header_checks[" + std::to_string(i) + "]";
     rule.header = ToLower(hc.header);
-    rule.pattern = hc.pattern;
+    rule.pattern = hc.match == "regex" ? hc.pattern : ToLower(hc.pattern);  // exact/prefix compare lower-case
     auto reply = NormalizeReply(hc.reply, "7.1", "Message content rejected");
     if (!reply.ok()) return Status(Code::kInvalidArgument, rule.origin + ".reply: " + reply.status().message());
     rule.reply = *reply;
@@ -276,6 +273,19 @@ Verdict Policy::CheckConnect(const ClientInfo& client) const {
     v.why = "mynetworks";
   }
   return v;
+}
+
+std::vector<std::string> Policy::DnsblZonesFor(const Verdict& by_address) const {
+  return by_address.kind == Verdict::Kind::kNone ? dnsbl_zone_names_ : std::vector<std::string>{};
+}
+
+Verdict Policy::FinishConnect(ClientInfo* client, Verdict connect, const ClientFacts& facts, bool reverse) const {
+  if (reverse) {
+    client->name = facts.name;
+    connect = CheckConnect(*client);  // host name keys may match now
+  }
+  if (connect.kind == Verdict::Kind::kNone) connect = CheckDnsbl(*client, facts);
+  return connect;
 }
 
 Verdict Policy::CheckDnsbl(const ClientInfo& client, const ClientFacts& facts) const {
@@ -546,12 +556,14 @@ Verdict Policy::CheckHeaders(std::string_view message) const {
   int received = 0;
   for (const auto& [name, value] : headers) {
     if (name == "received") ++received;
+    std::string lower;  // the value lower-cased, made once for the exact/prefix rules that need it
     for (const auto& r : header_rules_) {
       if (r.header != name) continue;
+      if (r.match != HeaderRule::Match::kRegex && lower.empty()) lower = ToLower(value);
       bool hit = false;
       switch (r.match) {
-        case HeaderRule::Match::kExact: hit = ToLower(value) == ToLower(r.pattern); break;
-        case HeaderRule::Match::kPrefix: hit = ToLower(value).starts_with(ToLower(r.pattern)); break;
+        case HeaderRule::Match::kExact: hit = lower == r.pattern; break;
+        case HeaderRule::Match::kPrefix: hit = lower.starts_with(r.pattern); break;
         case HeaderRule::Match::kRegex:
           hit = regexec(static_cast<const regex_t*>(r.regex.get()), value.c_str(), 0, nullptr, 0) == 0;
           break;

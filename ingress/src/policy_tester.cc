@@ -76,29 +76,22 @@ Result<v1::PolicyTestResponse> PolicyTester::Test(const v1::PolicyTestRequest& r
   // connect: access/mynetworks, then what DNS says (name, DNSBL).
   Verdict connect = pol.CheckConnect(client);
   const bool reverse = pol.settings().reverse_dns && req.client_name().empty();
-  const bool dnsbl = connect.kind == Verdict::Kind::kNone && !pol.dnsbl_zones().empty();
-  if (reverse || dnsbl) {
+  std::vector<std::string> zones = pol.DnsblZonesFor(connect);
+  if (reverse || !zones.empty()) {
     auto done = std::make_shared<std::promise<ClientFacts>>();
     auto facts_future = done->get_future();
-    lookup_->Lookup(client.addr, reverse, dnsbl ? pol.dnsbl_zones() : std::vector<std::string>{},
-                    [done](ClientFacts f) { done->set_value(std::move(f)); });
+    lookup_->Lookup(client.addr, reverse, zones, [done](ClientFacts f) { done->set_value(std::move(f)); });
     ClientFacts facts = facts_future.get();  // bounded by the DNS timeout
-    if (reverse) {
-      client.name = facts.name;
-      connect = pol.CheckConnect(client);
-    }
     for (const auto& a : facts.dnsbl) {
       auto* s = resp.add_steps();
       s->set_stage("dnsbl");
       s->set_subject(a.zone);
-      s->set_result(a.kind == DnsblAnswer::Kind::kListed     ? "listed"
-                    : a.kind == DnsblAnswer::Kind::kTempFail ? "tempfail"
-                                                             : "clean");
+      s->set_result(DnsblResultName(a.kind));
       std::string answers;
       for (const auto& x : a.addrs) answers += (answers.empty() ? "" : ",") + x;
       s->set_why(a.kind == DnsblAnswer::Kind::kTempFail ? a.error + " (a temporary pass)" : answers);
     }
-    if (connect.kind == Verdict::Kind::kNone) connect = pol.CheckDnsbl(client, facts);
+    connect = pol.FinishConnect(&client, connect, facts, reverse);
   }
   AddStep(&resp, "connect", client.name + " [" + client.addr + "]", connect);
   bool discard = connect.kind == Verdict::Kind::kDiscard;

@@ -70,10 +70,7 @@ Probe::Probe() {
 }
 
 void Probe::DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind) {
-  const char* result = kind == ingress::DnsblAnswer::Kind::kListed     ? "listed"
-                       : kind == ingress::DnsblAnswer::Kind::kTempFail ? "tempfail"
-                                                                       : "clean";
-  dnsbl_->Add({{"zone", zone}, {"result", result}}).Increment();
+  dnsbl_->Add({{"zone", zone}, {"result", DnsblResultName(kind)}}).Increment();
 }
 
 void Probe::OnAuth(bool ok) {

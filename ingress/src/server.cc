@@ -535,16 +535,12 @@ class Server final : public IngressServer {
     // DNS: the client's name (for logs, Received: and Connect: host keys) and,
     // unless access or mynetworks already decided, its DNSBL listings.
     const bool reverse = pol.settings().reverse_dns;
-    const bool dnsbl = connect.kind == Verdict::Kind::kNone && !pol.dnsbl_zones().empty();
-    if (reverse || dnsbl) {
-      std::vector<std::string> zones;
-      if (dnsbl) zones = pol.dnsbl_zones();
+    std::vector<std::string> zones = pol.DnsblZonesFor(connect);
+    if (reverse || !zones.empty()) {
       auto lookup = AsyncClientLookup(*lookup_, ip, reverse, std::move(zones), use_awaitable);
       ClientFacts facts = co_await std::move(lookup);
-      client.name = facts.name;
-      if (reverse) connect = pol.CheckConnect(client);  // host name keys may match now
       for (const auto& a : facts.dnsbl) Probe::Get().DnsblAnswer(a.zone, a.kind);
-      if (connect.kind == Verdict::Kind::kNone) connect = pol.CheckDnsbl(client, facts);
+      connect = pol.FinishConnect(&client, connect, facts, reverse);
     }
     Session s(std::move(policy), std::move(opts), client, clock_, qids_, &observer_);
     s.Start(connect);

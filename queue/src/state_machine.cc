@@ -287,6 +287,12 @@ QueueCounts StateMachine::counts() const {
 
 namespace {
 
+// A queue run's or operator action's recipient filters (domain: lower-case).
+bool RcptMatches(const v1::RunOp& f, const std::string& domain, const v1::Recipient& r) {
+  if (!f.rcpt_substring().empty() && r.address().find(f.rcpt_substring()) == std::string::npos) return false;
+  return domain.empty() || InDomain(DomainOf(r.address()), domain);
+}
+
 uint64_t Fnv1a(std::string_view s, uint64_t h = 1469598103934665603ULL) {
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
   return h;
@@ -306,9 +312,7 @@ int64_t StateMachine::SortKey(const v1::Envelope& env, const v1::Recipient& r, i
     }
     case StateMachineOptions::SortOrder::kHost: {
       // High 31 bits: the domain's hash (a group); low 32: priority, offset and clamped.
-      auto at = r.address().rfind('@');
-      std::string domain = ToLower(at == std::string::npos ? std::string() : r.address().substr(at + 1));
-      const int64_t group = static_cast<int64_t>(Fnv1a(domain) & 0x7fffffffULL);
+      const int64_t group = static_cast<int64_t>(Fnv1a(DomainOf(r.address())) & 0x7fffffffULL);
       const int64_t low = std::clamp<int64_t>(priority + (int64_t{1} << 31), 0, (int64_t{1} << 32) - 1);
       return (group << 32) | low;
     }
@@ -595,14 +599,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       bool found = false;
       if (auto st = b.GetProto(rcpt_, keys::Rcpt(item.qid, item.index), &r, &found); !st.ok()) return st;
       if (!found || r.status() != v1::RCPT_DEFERRED || r.next_attempt_unix_us() != item.order) continue;
-      if (!op.rcpt_substring().empty() && r.address().find(op.rcpt_substring()) == std::string::npos) continue;
-      if (!domain.empty()) {
-        auto at = r.address().rfind('@');
-        std::string d = ToLower(at == std::string::npos ? std::string() : r.address().substr(at + 1));
-        bool match =
-            d == domain || (d.size() > domain.size() && d.ends_with(domain) && d[d.size() - domain.size() - 1] == '.');
-        if (!match) continue;
-      }
+      if (!RcptMatches(op, domain, r)) continue;
       if (!op.sender_substring().empty()) {
         v1::Envelope env;
         bool have = false;
@@ -619,13 +616,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
   auto manage = [&](const v1::ManageOp& op, ApplyResult* res) -> Status {
     const auto& f = op.filter();
     const std::string domain = ToLower(f.domain());
-    auto rcpt_matches = [&](const v1::Recipient& r) {
-      if (!f.rcpt_substring().empty() && r.address().find(f.rcpt_substring()) == std::string::npos) return false;
-      if (domain.empty()) return true;
-      auto at = r.address().rfind('@');
-      std::string d = ToLower(at == std::string::npos ? std::string() : r.address().substr(at + 1));
-      return d == domain || (d.size() > domain.size() && d.ends_with(domain) && d[d.size() - domain.size() - 1] == '.');
-    };
+    auto rcpt_matches = [&](const v1::Recipient& r) { return RcptMatches(f, domain, r); };
     std::vector<std::pair<std::string, v1::Envelope>> messages;
     {
       auto it = b.Iterator(msg_);

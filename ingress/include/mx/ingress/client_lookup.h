@@ -26,6 +26,9 @@ struct DnsblAnswer {
   std::string error;               // kTempFail: why
 };
 
+// "listed", "clean" or "tempfail" (metric label and policy-test result).
+const char* DnsblResultName(DnsblAnswer::Kind kind);
+
 struct ClientFacts {
   std::string name = "unknown";    // forward-confirmed PTR name, or "unknown"
   std::vector<DnsblAnswer> dnsbl;  // one per zone asked, in the order asked

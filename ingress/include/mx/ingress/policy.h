@@ -81,7 +81,7 @@ struct RecipientVerdict : Verdict {
 struct HeaderRule {
   std::string header;  // lower-case
   enum class Match { kExact, kPrefix, kRegex } match = Match::kRegex;
-  std::string pattern;
+  std::string pattern;  // lower-case for kExact/kPrefix
   std::string reply;
   std::shared_ptr<void> regex;  // compiled regex_t (kRegex)
   std::string origin;           // "ingress.header_checks[0]"
@@ -107,6 +107,13 @@ class Policy {
   Verdict CheckDnsbl(const ClientInfo& client, const ClientFacts& facts) const;
   // The zones CheckDnsbl() wants answers for, in order.
   const std::vector<std::string>& dnsbl_zones() const { return dnsbl_zone_names_; }
+  // The connect stage around the DNS lookups, shared by sessions and the
+  // policy test: DnsblZonesFor() says which zones to ask given the verdict on
+  // the address alone (none once access or mynetworks decided); FinishConnect()
+  // takes the answers: the client's name (when reverse) for Connect: host
+  // keys, then the DNSBL.
+  std::vector<std::string> DnsblZonesFor(const Verdict& by_address) const;
+  Verdict FinishConnect(ClientInfo* client, Verdict by_address, const ClientFacts& facts, bool reverse) const;
   // MAIL: access From: for the reverse-path ("" = null sender).
   Verdict CheckSender(std::string_view sender) const;
   // RCPT: access To:, relay control, virtusertable and aliases. trusted: the
