@@ -116,64 +116,54 @@ Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, 
   for (const auto& d : config.local_domains) p->local_domains_.push_back(ToLower(d));
   for (const auto& d : config.relay_domains) p->relay_domains_.push_back(ToLower(d));
 
-  // Loads one map file (if configured) with its parser.
-  auto load = [&](const std::string& key, const std::string& path, auto parse) -> Status {
+  // Loads one map file (if configured): parse(text, name) gives the map,
+  // store(map) keeps it and returns its entry count for Describe().
+  auto load = [&](const char* key, const std::string& path, const char* label, auto parse, auto store) -> Status {
     if (path.empty()) return Status::Ok();
     std::string full = ResolvePath(config_dir, path);
     auto text = ReadMapFile(full);
-    if (!text.ok()) return Status(Code::kInvalidArgument, "ingress." + key + ": " + text.status().message());
-    return parse(*text, full);
-  };
-  Status st = load("local_domains_file", config.local_domains_file, [&](const std::string& t, const std::string& n) {
-    auto r = ParseClassFile(t, n);
-    if (!r.ok()) return r.status();
-    p->local_domains_.insert(p->local_domains_.end(), r->begin(), r->end());
-    p->sources_.push_back("local-host-names=" + n + " (" + std::to_string(r->size()) + ")");
+    if (!text.ok())
+      return Status(Code::kInvalidArgument, std::string("ingress.") + key + ": " + text.status().message());
+    auto parsed = parse(*text, full);
+    if (!parsed.ok()) return parsed.status();
+    size_t n = store(std::move(*parsed));
+    p->sources_.push_back(std::string(label) + "=" + full + " (" + std::to_string(n) + ")");
     return Status::Ok();
-  });
+  };
+  auto append_to = [](std::vector<std::string>* list) {
+    return [list](std::vector<std::string> names) {
+      list->insert(list->end(), names.begin(), names.end());
+      return names.size();
+    };
+  };
+  Status st = load("local_domains_file", config.local_domains_file, "local-host-names", ParseClassFile,
+                   append_to(&p->local_domains_));
   if (st.ok()) {
-    st = load("relay_domains_file", config.relay_domains_file, [&](const std::string& t, const std::string& n) {
-      auto r = ParseClassFile(t, n);
-      if (!r.ok()) return r.status();
-      p->relay_domains_.insert(p->relay_domains_.end(), r->begin(), r->end());
-      p->sources_.push_back("relay-domains=" + n + " (" + std::to_string(r->size()) + ")");
-      return Status::Ok();
+    st = load("relay_domains_file", config.relay_domains_file, "relay-domains", ParseClassFile,
+              append_to(&p->relay_domains_));
+  }
+  if (st.ok()) {
+    st = load("access_map", config.access_map, "access", AccessMap::Parse, [&](AccessMap m) {
+      p->access_ = std::move(m);
+      return p->access_.size();
     });
   }
   if (st.ok()) {
-    st = load("access_map", config.access_map, [&](const std::string& t, const std::string& n) {
-      auto r = AccessMap::Parse(t, n);
-      if (!r.ok()) return r.status();
-      p->access_ = std::move(*r);
-      p->sources_.push_back("access=" + n + " (" + std::to_string(p->access_.size()) + ")");
-      return Status::Ok();
+    st = load("aliases", config.aliases, "aliases", AliasMap::Parse, [&](AliasMap m) {
+      p->aliases_ = std::move(m);
+      return p->aliases_.size();
     });
   }
   if (st.ok()) {
-    st = load("aliases", config.aliases, [&](const std::string& t, const std::string& n) {
-      auto r = AliasMap::Parse(t, n);
-      if (!r.ok()) return r.status();
-      p->aliases_ = std::move(*r);
-      p->sources_.push_back("aliases=" + n + " (" + std::to_string(p->aliases_.size()) + ")");
-      return Status::Ok();
+    st = load("virtusertable", config.virtusertable, "virtusertable", VirtuserTable::Parse, [&](VirtuserTable m) {
+      p->virtusers_ = std::move(m);
+      return p->virtusers_.size();
     });
   }
   if (st.ok()) {
-    st = load("virtusertable", config.virtusertable, [&](const std::string& t, const std::string& n) {
-      auto r = VirtuserTable::Parse(t, n);
-      if (!r.ok()) return r.status();
-      p->virtusers_ = std::move(*r);
-      p->sources_.push_back("virtusertable=" + n + " (" + std::to_string(p->virtusers_.size()) + ")");
-      return Status::Ok();
-    });
-  }
-  if (st.ok()) {
-    st = load("auth_users_file", config.auth_users_file, [&](const std::string& t, const std::string& n) {
-      auto r = AuthUsers::Parse(t, n);
-      if (!r.ok()) return r.status();
-      p->auth_users_ = std::move(*r);
-      p->sources_.push_back("auth-users=" + n + " (" + std::to_string(p->auth_users_->size()) + ")");
-      return Status::Ok();
+    st = load("auth_users_file", config.auth_users_file, "auth-users", AuthUsers::Parse, [&](AuthUsers m) {
+      p->auth_users_ = std::move(m);
+      return p->auth_users_->size();
     });
   }
   if (!st.ok()) return st;
