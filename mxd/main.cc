@@ -118,9 +118,13 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<mx::delivery::DeliveryWorker> delivery;
   if (want_delivery) {
+    mx::delivery::ResolverOptions ro;
+    ro.ipv4 = config.delivery.inet_protocols != "ipv6";
+    ro.ipv6 = config.delivery.inet_protocols != "ipv4";
+    ro.work_around_broken_aaaa = config.delivery.work_around_broken_aaaa;
     auto r = mx::delivery::MakeAresResolver(
-        config.delivery.dns_servers,
-        std::chrono::duration_cast<std::chrono::milliseconds>(config.delivery.dns_timeout));
+        config.delivery.dns_servers, std::chrono::duration_cast<std::chrono::milliseconds>(config.delivery.dns_timeout),
+        ro);
     if (!r.ok()) return Die(r.status().message());
     auto w = mx::delivery::StartDelivery(config, std::move(r).value(), clock);
     if (!w.ok()) return Die(w.status().message());

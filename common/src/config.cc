@@ -329,6 +329,51 @@ Config Parse(const YAML::Node& root) {
       d.Str("tls_security_level", &c.delivery.tls_security_level);
       d.StrList("tls_encrypt_domains", &c.delivery.tls_encrypt_domains);
       d.StrList("mx_self_names", &c.delivery.mx_self_names);
+      d.Uint("connection_cache_size", &c.delivery.connection_cache_size);
+      d.Duration("connection_cache_timeout", &c.delivery.connection_cache_timeout);
+      d.Bool("single_thread_delivery", &c.delivery.single_thread_delivery);
+      d.Duration("limit_wait", &c.delivery.limit_wait);
+      d.Str("inet_protocols", &c.delivery.inet_protocols);
+      d.Bool("work_around_broken_aaaa", &c.delivery.work_around_broken_aaaa);
+      d.Str("mailertable", &c.delivery.mailertable);
+      auto limits = [](Reader& lr, DestinationLimits* out) {
+        lr.Uint("max_connections", &out->max_connections);
+        lr.Uint("max_messages_per_connection", &out->max_messages_per_connection);
+        lr.Uint("max_messages_per_minute", &out->max_messages_per_minute);
+      };
+      {
+        Reader dr(d.Child("destination_defaults"), "delivery.destination_defaults");
+        limits(dr, &c.delivery.destination_defaults);
+      }
+      if (auto dl = d.Child("destinations"); dl.IsDefined()) {
+        if (!dl.IsSequence()) Fail("delivery.destinations", "expected a list of {domains, max_connections, ...}");
+        size_t i = 0;
+        for (const auto& e : dl) {
+          const std::string key = "delivery.destinations[" + std::to_string(i++) + "]";
+          Reader lr(e, key);
+          DestinationLimits dest;
+          lr.StrList("domains", &dest.domains);
+          limits(lr, &dest);
+          if (dest.domains.empty()) Fail(key + ".domains", "is required");
+          c.delivery.destinations.push_back(std::move(dest));
+        }
+      }
+      if (auto ml = d.Child("mailers"); ml.IsDefined()) {
+        if (!ml.IsMap()) Fail("delivery.mailers", "expected a mapping of name: {protocol, max_message_size}");
+        for (const auto& kv : ml) {
+          MailerConfig m;
+          m.name = kv.first.as<std::string>();
+          const std::string key = "delivery.mailers." + m.name;
+          Reader mr(kv.second, key);
+          mr.Str("protocol", &m.protocol);
+          mr.Bytes("max_message_size", &m.max_message_size);
+          if (m.protocol != "smtp" && m.protocol != "lmtp") Fail(key + ".protocol", "expected smtp or lmtp");
+          if (m.name.empty() || m.name == "error" || m.name.find_first_of(": \t") != std::string::npos) {
+            Fail(key, "bad mailer name");
+          }
+          c.delivery.mailers.push_back(std::move(m));
+        }
+      }
     }
     {
       Reader k(r.Child("control"), "control");
@@ -410,6 +455,11 @@ Config Parse(const YAML::Node& root) {
       c.delivery.tls_security_level != "encrypt") {
     Fail("delivery.tls_security_level", "expected none, may or encrypt");
   }
+  if (c.delivery.inet_protocols != "all" && c.delivery.inet_protocols != "ipv4" &&
+      c.delivery.inet_protocols != "ipv6") {
+    Fail("delivery.inet_protocols", "expected all, ipv4 or ipv6");
+  }
+  if (c.delivery.limit_wait.count() <= 0) Fail("delivery.limit_wait", "must be > 0");
   // "[host]:port" (no MX lookup), "host:port" or "host" (port: delivery.smtp_port).
   for (auto [key, value] : {std::pair{"delivery.smart_host", &c.delivery.smart_host},
                             std::pair{"delivery.fallback_mx_host", &c.delivery.fallback_mx_host}}) {

@@ -22,9 +22,10 @@ int Usage() {
           "  mailstats                                   per-mailer statistics\n"
           "  hoststat                                    MX host status (cluster-wide)\n"
           "  purgestat [HOST]                            forget host status (all, or one host)\n"
-          "  hold|release|delete [-I qid] [-S sender] [-R recipient] [-D domain]\n"
+          "  hold|release|delete|bounce [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              hold or release matching recipients, delete\n"
-          "                                              matching messages (not while in delivery)\n"
+          "                                              matching messages (not while in delivery),\n"
+          "                                              bounce matching recipients to their sender (DSN)\n"
           "  qrun [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              deferred recipients that match: ready now\n"
           "  cluster status                              every shard's replicas: leader, term, indexes, lag\n"
@@ -125,7 +126,7 @@ int main(int argc, char** argv) {
            resp.purged() == 1 ? "y" : "ies");
     return 0;
   }
-  if (cmd == "qrun" || cmd == "hold" || cmd == "release" || cmd == "delete") {
+  if (cmd == "qrun" || cmd == "hold" || cmd == "release" || cmd == "delete" || cmd == "bounce") {
     mx::v1::QueueRunRequest req;
     for (; i < args.size(); ++i) {
       if (i + 1 >= args.size()) return Usage();
@@ -144,13 +145,14 @@ int main(int argc, char** argv) {
     }
     if (cmd != "qrun") {
       if (req.qid().empty() && req.sender().empty() && req.recipient().empty() && req.domain().empty() &&
-          cmd == "delete") {
-        fprintf(stderr, "mxctl: delete needs a filter (-I, -S, -R or -D)\n");
+          (cmd == "delete" || cmd == "bounce")) {
+        fprintf(stderr, "mxctl: %s needs a filter (-I, -S, -R or -D)\n", cmd.c_str());
         return 64;
       }
       mx::v1::ManageQueueRequest m;
       m.set_action(cmd == "hold"      ? mx::v1::ManageOp::MANAGE_HOLD
                    : cmd == "release" ? mx::v1::ManageOp::MANAGE_RELEASE
+                   : cmd == "bounce"  ? mx::v1::ManageOp::MANAGE_BOUNCE
                                       : mx::v1::ManageOp::MANAGE_DELETE);
       *m.mutable_filter() = req;
       mx::v1::ManageResponse resp;
@@ -162,6 +164,9 @@ int main(int argc, char** argv) {
         printf("%llu message(s) deleted (%llu recipients), %llu in delivery left alone\n",
                static_cast<unsigned long long>(resp.messages()), static_cast<unsigned long long>(resp.recipients()),
                static_cast<unsigned long long>(resp.skipped()));
+      } else if (cmd == "bounce") {
+        printf("%llu recipient(s) to be returned to their senders, %llu in delivery left alone\n",
+               static_cast<unsigned long long>(resp.recipients()), static_cast<unsigned long long>(resp.skipped()));
       } else {
         printf("%llu recipient(s) %s\n", static_cast<unsigned long long>(resp.recipients()),
                cmd == "hold" ? "held" : "released");

@@ -22,7 +22,7 @@ bool IsTemporary(int status) {
 
 class AresResolver final : public Resolver {
  public:
-  explicit AresResolver(std::unique_ptr<DnsChannel> dns) : dns_(std::move(dns)) {}
+  AresResolver(std::unique_ptr<DnsChannel> dns, ResolverOptions options) : dns_(std::move(dns)), options_(options) {}
 
   void ResolveMx(const std::string& domain, std::function<void(MxAnswer)> done) override {
     dns_->Post([this, domain, done = std::move(done)]() mutable { StartMx(domain, std::move(done)); });
@@ -45,7 +45,9 @@ class AresResolver final : public Resolver {
     MxAnswer answer;
     size_t pending = 0;
     std::function<void(MxAnswer)> done;
-    std::string temp_error, perm_error;  // from address lookups
+    std::string temp_error, perm_error;        // from address lookups
+    std::vector<std::vector<std::string>> v6;  // per host: AAAA answers (tried first)
+    std::vector<bool> unusable;                // per host: an AAAA lookup failed (no workaround)
     std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   };
   void StartMx(const std::string& domain, std::function<void(MxAnswer)> done) {
@@ -58,22 +60,39 @@ class AresResolver final : public Resolver {
     });
   }
 
-  // Queries A for every host of req; finishes when all answered.
+  // Queries A and/or AAAA (delivery.inet_protocols) for every host of req;
+  // finishes when all answered.
   void LookupAddrs(const std::shared_ptr<Request>& req) {
-    req->pending = req->answer.hosts.size();
+    const size_t n = req->answer.hosts.size();
+    req->v6.assign(n, {});
+    req->unusable.assign(n, false);
+    const size_t per_host = (options_.ipv4 ? 1 : 0) + (options_.ipv6 ? 1 : 0);
+    req->pending = n * per_host;
     if (req->pending == 0) return Finish(req);
-    for (size_t i = 0; i < req->answer.hosts.size(); ++i) {
+    for (size_t i = 0; i < n; ++i) {
       const auto& name = req->answer.hosts[i].name;
-      in_addr literal{};
-      if (inet_pton(AF_INET, name.c_str(), &literal) == 1) {  // an IP literal needs no lookup
-        req->answer.hosts[i].addrs.push_back(name);
-        if (--req->pending == 0) Finish(req);
+      in_addr literal4{};
+      in6_addr literal6{};
+      const bool is4 = inet_pton(AF_INET, name.c_str(), &literal4) == 1;
+      const bool is6 = !is4 && inet_pton(AF_INET6, name.c_str(), &literal6) == 1;
+      if (is4 || is6) {  // an IP literal needs no lookup
+        if ((is4 && options_.ipv4) || (is6 && options_.ipv6)) req->answer.hosts[i].addrs.push_back(name);
+        req->pending -= per_host;
+        if (req->pending == 0) Finish(req);
         continue;
       }
-      dns_->Query(name, ns_t_a, [this, req, i](int status, const unsigned char* abuf, int alen) {
-        Probe::Get().DnsQuery("A", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
-        OnA(req, i, status, abuf, alen);
-      });
+      if (options_.ipv6) {
+        dns_->Query(name, ns_t_aaaa, [this, req, i](int status, const unsigned char* abuf, int alen) {
+          Probe::Get().DnsQuery("AAAA", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
+          OnAddr(req, i, true, status, abuf, alen);
+        });
+      }
+      if (options_.ipv4) {
+        dns_->Query(name, ns_t_a, [this, req, i](int status, const unsigned char* abuf, int alen) {
+          Probe::Get().DnsQuery("A", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
+          OnAddr(req, i, false, status, abuf, alen);
+        });
+      }
     }
   }
 
@@ -119,22 +138,45 @@ class AresResolver final : public Resolver {
     LookupAddrs(req);
   }
 
-  void OnA(const std::shared_ptr<Request>& req, size_t index, int status, const unsigned char* abuf, int alen) {
+  void OnAddr(const std::shared_ptr<Request>& req, size_t index, bool v6, int status, const unsigned char* abuf,
+              int alen) {
     auto& host = req->answer.hosts[index];
     if (status == ARES_SUCCESS) {
-      ares_addrttl ttls[32];
-      int n = 32;
-      hostent* he = nullptr;
-      if (ares_parse_a_reply(abuf, alen, &he, ttls, &n) == ARES_SUCCESS) {
-        for (int i = 0; i < n; ++i) {
-          char buf[INET_ADDRSTRLEN];
-          if (inet_ntop(AF_INET, &ttls[i].ipaddr, buf, sizeof buf)) host.addrs.push_back(buf);
+      if (v6) {
+        ares_addr6ttl ttls[32];
+        int n = 32;
+        hostent* he = nullptr;
+        if (ares_parse_aaaa_reply(abuf, alen, &he, ttls, &n) == ARES_SUCCESS) {
+          for (int i = 0; i < n; ++i) {
+            char buf[INET6_ADDRSTRLEN];
+            if (inet_ntop(AF_INET6, &ttls[i].ip6addr, buf, sizeof buf)) req->v6[index].push_back(buf);
+          }
         }
+        if (he) ares_free_hostent(he);
+      } else {
+        ares_addrttl ttls[32];
+        int n = 32;
+        hostent* he = nullptr;
+        if (ares_parse_a_reply(abuf, alen, &he, ttls, &n) == ARES_SUCCESS) {
+          for (int i = 0; i < n; ++i) {
+            char buf[INET_ADDRSTRLEN];
+            if (inet_ntop(AF_INET, &ttls[i].ipaddr, buf, sizeof buf)) host.addrs.push_back(buf);
+          }
+        }
+        if (he) ares_free_hostent(he);
       }
-      if (he) ares_free_hostent(he);
     } else if (IsTemporary(status)) {
-      req->temp_error = "Name server: " + host.name + ": " + ares_strerror(status);
-    } else {
+      if (v6 && options_.work_around_broken_aaaa) {
+        // WorkAroundBrokenAAAA: a server that fails AAAA queries does not
+        // hold the IPv4 addresses hostage.
+        Probe::Get().AaaaWorkaround();
+        log::Info("AAAA lookup for " + host.name + " failed (" + ares_strerror(status) +
+                  "); using its IPv4 addresses (work_around_broken_aaaa)");
+      } else {
+        req->temp_error = "Name server: " + host.name + (v6 ? " (AAAA)" : "") + ": " + ares_strerror(status);
+        if (v6) req->unusable[index] = true;  // as sendmail: the lookup as a whole failed
+      }
+    } else if (!v6) {
       req->perm_error = "Host unknown (Name server: " + host.name + ": host not found)";
     }
     if (--req->pending == 0) Finish(req);
@@ -143,6 +185,14 @@ class AresResolver final : public Resolver {
   void Finish(const std::shared_ptr<Request>& req) {
     auto& ans = req->answer;
     if (ans.kind == MxAnswer::Kind::kOk) {
+      for (size_t i = 0; i < req->v6.size() && i < ans.hosts.size(); ++i) {
+        auto& addrs = ans.hosts[i].addrs;
+        if (req->unusable[i]) {
+          addrs.clear();
+        } else {  // IPv6 first (RFC 6724's default preference)
+          addrs.insert(addrs.begin(), req->v6[i].begin(), req->v6[i].end());
+        }
+      }
       std::erase_if(ans.hosts, [](const MxHost& h) { return h.addrs.empty(); });
       if (ans.hosts.empty()) {
         // No usable address: permanent only if every lookup said the name does not exist.
@@ -160,15 +210,16 @@ class AresResolver final : public Resolver {
   }
 
   std::unique_ptr<DnsChannel> dns_;
+  const ResolverOptions options_;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<Resolver>> MakeAresResolver(const std::vector<std::string>& servers,
-                                                   std::chrono::milliseconds timeout) {
+                                                   std::chrono::milliseconds timeout, ResolverOptions options) {
   auto dns = DnsChannel::Start(servers, timeout);
   if (!dns.ok()) return Status(dns.status().code(), "delivery.dns_servers: " + dns.status().message());
-  return std::unique_ptr<Resolver>(std::make_unique<AresResolver>(std::move(dns).value()));
+  return std::unique_ptr<Resolver>(std::make_unique<AresResolver>(std::move(dns).value(), options));
 }
 
 }  // namespace mx::delivery

@@ -57,6 +57,27 @@ Probe::Probe() {
                     .Help("Leased messages being delivered")
                     .Register(reg)
                     .Add({});
+  auto& conns = prometheus::BuildCounter()
+                    .Name("mx_delivery_connections_total")
+                    .Help("SMTP/LMTP transactions by connection: new (opened for it) or cached (ConnectionCache reuse)")
+                    .Register(reg);
+  conn_new_ = &conns.Add({{"connection", "new"}});
+  conn_cached_ = &conns.Add({{"connection", "cached"}});
+  cache_size_ = &prometheus::BuildGauge()
+                     .Name("mx_delivery_cached_connections")
+                     .Help("Idle connections in this worker's connection cache")
+                     .Register(reg)
+                     .Add({});
+  throttled_ = &prometheus::BuildCounter()
+                    .Name("mx_delivery_throttled_total")
+                    .Help("Deliveries put back for a later run by a delivery limit (connections, rate)")
+                    .Register(reg);
+  aaaa_workaround_ =
+      &prometheus::BuildCounter()
+           .Name("mx_delivery_aaaa_workaround_total")
+           .Help("AAAA lookups that failed temporarily and counted as no IPv6 address (WorkAroundBrokenAAAA)")
+           .Register(reg)
+           .Add({});
 }
 
 void Probe::Delivery(const std::string& result, const std::string& mailer, double seconds) {

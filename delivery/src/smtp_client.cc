@@ -1,5 +1,6 @@
-// smtp_client.cc — SMTP client transaction: EHLO/HELO, MAIL (SIZE, BODY, RET, ENVID),
-// RCPT (NOTIFY, ORCPT), DATA, QUIT.
+// smtp_client.cc — SMTP/LMTP client sessions: EHLO/HELO/LHLO, STARTTLS, then
+// transactions MAIL (SIZE, BODY, RET, ENVID), RCPT (NOTIFY, ORCPT), DATA —
+// pipelined when offered (RFC 2920) — with RSET between them, and QUIT.
 #include "mx/delivery/smtp_client.h"
 
 #include <boost/asio.hpp>
@@ -30,7 +31,7 @@ std::string DefaultEnhanced(int code) {
 
 class Conn {
  public:
-  explicit Conn(asio::any_io_executor ex) : socket_(ex), timer_(ex) {}
+  explicit Conn(const asio::strand<asio::any_io_executor>& ex) : socket_(ex), timer_(ex) {}
   ~Conn() { *alive_ = false; }
   Conn(const Conn&) = delete;
   Conn& operator=(const Conn&) = delete;
@@ -199,194 +200,297 @@ std::string NotifyParam(uint32_t bits) {
   return out;
 }
 
-awaitable<Attempt> SmtpTransaction(asio::any_io_executor ex, std::string ip, uint16_t port,
-                                   const SmtpClientConfig& config, const v1::Envelope& envelope,
-                                   const std::string& body, const std::vector<ClientRcpt>& rcpts, std::string sni) {
-  Attempt a;
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(ip, ec);
-  if (ec) {
-    a.try_next = true;
-    a.error = "bad address " + ip;
+namespace {
+
+class Session final : public SmtpSession {
+ public:
+  Session(asio::strand<asio::any_io_executor> strand, const SmtpClientConfig& config)
+      : strand_(strand), config_(config), c_(strand) {}
+  ~Session() override { c_.Close(); }
+
+  // Connect, greeting, EHLO/HELO/LHLO, STARTTLS.
+  awaitable<bool> Start(const std::string& ip, uint16_t port, const std::string& sni, Attempt* a) {
+    boost::system::error_code ec;
+    auto addr = asio::ip::make_address(ip, ec);
+    if (ec) {
+      a->try_next = true;
+      a->error = "bad address " + ip;
+      co_return false;
+    }
+    if (!co_await c_.Connect(tcp::endpoint(addr, port), config_.connect_timeout, &a->error)) {
+      a->try_next = true;
+      co_return false;
+    }
+    Reply r;
+    if (!co_await c_.Read(&r, config_.greeting_timeout)) co_return Lost(a, "greeting");
+    if (r.code != 220) co_return Refused(a, r.text);
+    if (!co_await Hello(&r)) co_return Lost(a, config_.lmtp ? "LHLO" : "EHLO");
+    if (r.code != 250) co_return Refused(a, r.text);
+    using Tls = SmtpClientConfig::Tls;
+    if (config_.tls == Tls::kEncrypt && !starttls_) {
+      co_return Refused(a, "TLS is required, but the host did not offer STARTTLS");
+    }
+    if (config_.tls != Tls::kNone && starttls_ && config_.tls_context) {
+      if (!co_await c_.Write("STARTTLS\r\n", config_.command_timeout)) co_return Lost(a, "STARTTLS");
+      if (!co_await c_.Read(&r, config_.command_timeout)) co_return Lost(a, "STARTTLS");
+      if (r.code != 220) {
+        if (config_.tls == Tls::kEncrypt) co_return Refused(a, "TLS is required, but STARTTLS was refused: " + r.text);
+      } else {
+        if (!co_await c_.StartTls(*config_.tls_context, sni, config_.command_timeout, &a->error)) {
+          a->try_next = true;
+          a->tls_failed = true;
+          broken_ = true;
+          c_.Close();
+          co_return false;
+        }
+        tls_ = c_.TlsDescription();
+        // RFC 3207 4.2: everything learned before TLS is forgotten; EHLO again.
+        if (!co_await Hello(&r)) co_return Lost(a, "EHLO");
+        if (r.code != 250) co_return Refused(a, r.text);
+      }
+    }
+    co_return true;
+  }
+
+  awaitable<Attempt> Send(const v1::Envelope& envelope, const std::string& body,
+                          const std::vector<ClientRcpt>& rcpts) override {
+    Attempt a;
+    a.tls = tls_;
+    if (!usable()) {
+      a.try_next = true;
+      a.error = "connection already closed";
+      co_return a;
+    }
+    // RFC 1870: a message larger than the peer's declared maximum can never go
+    // there; bounce instead of sending it (sendmail: 552 5.3.4).
+    if (size_ok_ && peer_max_ > 0 && body.size() > peer_max_) {
+      auto o = Local(v1::OUTCOME_BOUNCED, "5.3.4",
+                     "552 5.3.4 Message size (" + std::to_string(body.size()) + ") exceeds the remote limit (" +
+                         std::to_string(peer_max_) + ")");
+      a.rcpts.assign(rcpts.size(), o);
+      co_return a;
+    }
+    ++transactions_;
+    std::string mail = "MAIL FROM:<" + envelope.sender() + ">";
+    if (esmtp_ && size_ok_) mail += " SIZE=" + std::to_string(body.size());
+    if (esmtp_ && eightbit_ && envelope.body_type() == "8BITMIME") mail += " BODY=8BITMIME";
+    // RFC 3461: the DSN request travels on when the next hop can honour it.
+    a.dsn_forwarded = esmtp_ && dsn_;
+    if (a.dsn_forwarded && !envelope.ret().empty()) mail += " RET=" + envelope.ret();
+    if (a.dsn_forwarded && !envelope.envid().empty()) mail += " ENVID=" + envelope.envid();
+    mail += "\r\n";
+    std::vector<std::string> rcpt_lines;
+    for (const auto& rc : rcpts) {
+      std::string line = "RCPT TO:<" + rc.address + ">";
+      if (a.dsn_forwarded && rc.notify) line += " NOTIFY=" + NotifyParam(rc.notify);
+      if (a.dsn_forwarded && !rc.orcpt.empty()) line += " ORCPT=" + rc.orcpt;
+      rcpt_lines.push_back(line + "\r\n");
+    }
+    // RFC 2920: MAIL, every RCPT and DATA in one write, replies read in order.
+    if (pipelining_) {
+      for (const auto& l : rcpt_lines) mail += l;
+      mail += "DATA\r\n";
+    }
+    Reply r;
+    if (!co_await c_.Write(mail, config_.command_timeout)) co_return LostTx(a, "MAIL");
+    if (!co_await ReadReply(&r, config_.command_timeout)) co_return LostTx(a, "MAIL");
+    const Reply mail_reply = r;
+    if (!pipelining_ && r.code >= 300) co_return MailRefused(a, mail_reply, rcpts.size());
+    a.rcpts.resize(rcpts.size());
+    size_t accepted = 0;
+    for (size_t i = 0; i < rcpts.size(); ++i) {
+      if (!pipelining_ && !co_await c_.Write(rcpt_lines[i], config_.command_timeout)) co_return LostTx(a, "RCPT");
+      if (!co_await ReadReply(&r, config_.command_timeout)) co_return LostTx(a, "RCPT");
+      a.rcpts[i] = FromReply(r);
+      if (r.code < 300) {
+        a.rcpts[i].outcome = v1::OUTCOME_UNSPECIFIED;  // decided by the reply to DATA
+        ++accepted;
+      }
+    }
+    Reply data_reply;
+    const bool data_sent = pipelining_ || accepted > 0;
+    if (!pipelining_ && accepted > 0 && !co_await c_.Write("DATA\r\n", config_.command_timeout)) {
+      co_return LostData(a, "lost connection after DATA command");
+    }
+    if (data_sent && !co_await ReadReply(&data_reply, config_.command_timeout)) {
+      co_return LostData(a, "lost connection after DATA command");
+    }
+    if (mail_reply.code >= 300) {  // pipelined: the RCPTs and DATA were answered 503
+      if (data_reply.code == 354 && !co_await FinishEmptyData()) broken_ = true;
+      a.rcpts.clear();
+      co_return MailRefused(a, mail_reply, rcpts.size());
+    }
+    if (accepted == 0) {
+      // RFC 2920 3.1: a DATA accepted despite no valid recipient gets a lone dot.
+      if (data_reply.code == 354 && !co_await FinishEmptyData()) broken_ = true;
+      co_return a;
+    }
+    if (data_reply.code != 354) {
+      FinishAccepted(&a, FromReply(data_reply).outcome == v1::OUTCOME_DELIVERED
+                             ? Local(v1::OUTCOME_DEFERRED, "4.5.0", "unexpected reply to DATA: " + data_reply.text)
+                             : FromReply(data_reply));
+      co_return a;
+    }
+    if (!co_await c_.Write(DotStuff(body), config_.data_timeout)) {
+      co_return LostData(a, "lost connection while sending message");
+    }
+    // No reply to the final dot means we do not know: defer (never assume delivered).
+    const char* no_reply =
+        c_.timed_out() ? "timeout waiting for reply to end of data" : "lost connection after end of data";
+    if (!config_.lmtp) {
+      if (!co_await ReadReply(&r, config_.data_timeout)) co_return LostData(a, no_reply);
+      FinishAccepted(&a, FromReply(r));
+    } else {
+      // RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
+      for (auto& x : a.rcpts) {
+        if (x.outcome != v1::OUTCOME_UNSPECIFIED) continue;
+        if (!co_await ReadReply(&r, config_.data_timeout)) co_return LostData(a, no_reply);
+        x = FromReply(r);
+      }
+    }
+    a.bytes = body.size();
     co_return a;
   }
-  Conn c(ex);
-  if (!co_await c.Connect(tcp::endpoint(addr, port), config.connect_timeout, &a.error)) {
-    a.try_next = true;
-    co_return a;
+
+  awaitable<bool> Reset() override {
+    if (!usable()) co_return false;
+    Reply r;
+    if (!co_await c_.Write("RSET\r\n", config_.command_timeout) || !co_await ReadReply(&r, config_.command_timeout) ||
+        r.code != 250) {
+      broken_ = true;
+      c_.Close();
+      co_return false;
+    }
+    co_return true;
   }
-  auto lost = [&](const char* stage) {
-    a.try_next = true;
-    a.error = std::string(c.timed_out() ? "timeout waiting for " : "lost connection after ") + stage;
-    c.Close();
-    return a;
-  };
-  Reply r;
-  if (!co_await c.Read(&r, config.greeting_timeout)) co_return lost("greeting");
-  if (r.code != 220) {
-    a.try_next = true;
-    a.error = r.text;
-    co_await c.Write("QUIT\r\n", config.command_timeout);
-    c.Close();
-    co_return a;
+
+  awaitable<void> Quit() override {
+    if (!broken_) {
+      broken_ = true;
+      Reply bye;
+      if (co_await c_.Write("QUIT\r\n", config_.command_timeout)) co_await c_.Read(&bye, std::chrono::seconds(5));
+    }
+    c_.Close();
   }
-  bool esmtp = true, size_ok = false, eightbit = false, dsn = false, starttls = false;
-  uint64_t peer_max = 0;  // the peer's SIZE limit (RFC 1870), 0 = none given
-  auto features = [&](const Reply& ehlo) {
-    size_ok = eightbit = dsn = starttls = false;
-    peer_max = 0;
+
+  bool usable() const override { return !broken_ && !closing_; }
+  uint32_t transactions() const override { return transactions_; }
+  const std::string& tls() const override { return tls_; }
+  asio::strand<asio::any_io_executor> strand() const override { return strand_; }
+
+ private:
+  // EHLO (HELO if refused) or LHLO; learns the extensions from a 250.
+  awaitable<bool> Hello(Reply* r) {
+    const std::string verb = config_.lmtp ? "LHLO " : "EHLO ";
+    if (!co_await c_.Write(verb + config_.helo_name + "\r\n", config_.command_timeout)) co_return false;
+    if (!co_await ReadReply(r, config_.command_timeout)) co_return false;
+    if (r->code == 250) {
+      esmtp_ = true;
+      Features(*r);
+      co_return true;
+    }
+    if (config_.lmtp || !usable()) co_return true;  // the caller reports the refusal
+    esmtp_ = false;
+    Features(Reply{});
+    if (!co_await c_.Write("HELO " + config_.helo_name + "\r\n", config_.command_timeout)) co_return false;
+    co_return co_await ReadReply(r, config_.command_timeout);
+  }
+
+  void Features(const Reply& ehlo) {
+    size_ok_ = eightbit_ = dsn_ = starttls_ = pipelining_ = false;
+    peer_max_ = 0;
     for (size_t i = 1; i < ehlo.lines.size(); ++i) {
       std::string kw = ehlo.lines[i];
       for (auto& ch : kw) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
       if (kw.rfind("SIZE", 0) == 0 && (kw.size() == 4 || kw[4] == ' ')) {
-        size_ok = true;
-        if (kw.size() > 5) peer_max = std::strtoull(kw.c_str() + 5, nullptr, 10);
+        size_ok_ = true;
+        if (kw.size() > 5) peer_max_ = std::strtoull(kw.c_str() + 5, nullptr, 10);
       }
-      if (kw == "8BITMIME") eightbit = true;
-      if (kw == "DSN") dsn = true;
-      if (kw == "STARTTLS") starttls = true;
-    }
-  };
-  if (!co_await c.Write("EHLO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("EHLO");
-  if (!co_await c.Read(&r, config.command_timeout)) co_return lost("EHLO");
-  if (r.code != 250) {
-    esmtp = false;
-    if (!co_await c.Write("HELO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("HELO");
-    if (!co_await c.Read(&r, config.command_timeout)) co_return lost("HELO");
-    if (r.code != 250) {
-      a.try_next = true;
-      a.error = r.text;
-      c.Close();
-      co_return a;
-    }
-  } else {
-    features(r);
-  }
-  using Tls = SmtpClientConfig::Tls;
-  if (config.tls == Tls::kEncrypt && !starttls) {
-    a.try_next = true;
-    a.error = "TLS is required, but the host did not offer STARTTLS";
-    co_await c.Write("QUIT\r\n", config.command_timeout);
-    c.Close();
-    co_return a;
-  }
-  if (config.tls != Tls::kNone && starttls && config.tls_context) {
-    if (!co_await c.Write("STARTTLS\r\n", config.command_timeout)) co_return lost("STARTTLS");
-    if (!co_await c.Read(&r, config.command_timeout)) co_return lost("STARTTLS");
-    if (r.code != 220) {
-      if (config.tls == Tls::kEncrypt) {
-        a.try_next = true;
-        a.error = "TLS is required, but STARTTLS was refused: " + r.text;
-        co_await c.Write("QUIT\r\n", config.command_timeout);
-        c.Close();
-        co_return a;
-      }
-    } else {
-      if (!co_await c.StartTls(*config.tls_context, sni, config.command_timeout, &a.error)) {
-        a.try_next = true;
-        a.tls_failed = true;
-        c.Close();
-        co_return a;
-      }
-      a.tls = c.TlsDescription();
-      // RFC 3207 4.2: everything learned before TLS is forgotten; EHLO again.
-      if (!co_await c.Write("EHLO " + config.helo_name + "\r\n", config.command_timeout)) co_return lost("EHLO");
-      if (!co_await c.Read(&r, config.command_timeout)) co_return lost("EHLO");
-      if (r.code != 250) {
-        a.try_next = true;
-        a.error = r.text;
-        c.Close();
-        co_return a;
-      }
-      features(r);
+      if (kw == "8BITMIME") eightbit_ = true;
+      if (kw == "DSN") dsn_ = true;
+      if (kw == "STARTTLS") starttls_ = true;
+      if (kw == "PIPELINING") pipelining_ = true;
     }
   }
-  // RFC 1870: a message larger than the peer's declared maximum can never go
-  // there; bounce instead of sending it (sendmail: 552 5.3.4).
-  if (size_ok && peer_max > 0 && body.size() > peer_max) {
-    auto o = Local(v1::OUTCOME_BOUNCED, "5.3.4",
-                   "552 5.3.4 Message size (" + std::to_string(body.size()) + ") exceeds the remote limit (" +
-                       std::to_string(peer_max) + ")");
-    for (size_t i = 0; i < rcpts.size(); ++i) a.rcpts.push_back(o);
-    co_await c.Write("QUIT\r\n", config.command_timeout);
-    c.Close();
-    co_return a;
+
+  // A reply; 421 means the server is closing the session (RFC 5321 3.8).
+  awaitable<bool> ReadReply(Reply* r, std::chrono::seconds timeout) {
+    bool ok = co_await c_.Read(r, timeout);
+    if (!ok) broken_ = true;
+    if (ok && r->code == 421) closing_ = true;
+    co_return ok;
   }
-  std::string mail = "MAIL FROM:<" + envelope.sender() + ">";
-  if (esmtp && size_ok) mail += " SIZE=" + std::to_string(body.size());
-  if (esmtp && eightbit && envelope.body_type() == "8BITMIME") mail += " BODY=8BITMIME";
-  // RFC 3461: the DSN request travels on when the next hop can honour it.
-  a.dsn_forwarded = esmtp && dsn;
-  if (a.dsn_forwarded && !envelope.ret().empty()) mail += " RET=" + envelope.ret();
-  if (a.dsn_forwarded && !envelope.envid().empty()) mail += " ENVID=" + envelope.envid();
-  if (!co_await c.Write(mail + "\r\n", config.command_timeout)) co_return lost("MAIL");
-  if (!co_await c.Read(&r, config.command_timeout)) co_return lost("MAIL");
-  if (r.code >= 400 && r.code < 500) {
-    a.try_next = true;
-    a.error = r.text;
-    co_await c.Write("QUIT\r\n", config.command_timeout);
-    c.Close();
-    co_return a;
+
+  awaitable<bool> FinishEmptyData() {
+    Reply r;
+    co_return co_await c_.Write(".\r\n", config_.data_timeout) && co_await ReadReply(&r, config_.data_timeout);
   }
-  if (r.code >= 500) {  // the sender is refused: every recipient bounces
-    for (size_t i = 0; i < rcpts.size(); ++i) a.rcpts.push_back(FromReply(r));
-    co_await c.Write("QUIT\r\n", config.command_timeout);
-    c.Close();
-    co_return a;
+
+  bool Lost(Attempt* a, const char* stage) {
+    a->try_next = true;
+    a->error = std::string(c_.timed_out() ? "timeout waiting for " : "lost connection after ") + stage;
+    broken_ = true;
+    c_.Close();
+    return false;
   }
-  a.rcpts.resize(rcpts.size());
-  size_t accepted = 0;
-  for (size_t i = 0; i < rcpts.size(); ++i) {
-    std::string rcpt = "RCPT TO:<" + rcpts[i].address + ">";
-    if (a.dsn_forwarded && rcpts[i].notify) rcpt += " NOTIFY=" + NotifyParam(rcpts[i].notify);
-    if (a.dsn_forwarded && !rcpts[i].orcpt.empty()) rcpt += " ORCPT=" + rcpts[i].orcpt;
-    if (!co_await c.Write(rcpt + "\r\n", config.command_timeout)) co_return lost("RCPT");
-    if (!co_await c.Read(&r, config.command_timeout)) co_return lost("RCPT");
-    a.rcpts[i] = FromReply(r);
-    if (r.code < 300) {
-      a.rcpts[i].outcome = v1::OUTCOME_UNSPECIFIED;  // decided by the reply to DATA
-      ++accepted;
-    }
+  bool Refused(Attempt* a, const std::string& why) {
+    a->try_next = true;
+    a->error = why;
+    closing_ = true;  // Open QUITs
+    return false;
   }
-  auto finish_accepted = [&](const RcptOutcome& o) {
-    for (auto& x : a.rcpts) {
+  Attempt LostTx(Attempt a, const char* stage) {
+    Lost(&a, stage);
+    a.rcpts.clear();
+    return a;
+  }
+  // The connection broke after recipients were accepted: they are deferred.
+  Attempt LostData(Attempt a, const std::string& why) {
+    broken_ = true;
+    c_.Close();
+    FinishAccepted(&a, Local(v1::OUTCOME_DEFERRED, "4.4.2", why));
+    return a;
+  }
+  static void FinishAccepted(Attempt* a, const RcptOutcome& o) {
+    for (auto& x : a->rcpts) {
       if (x.outcome == v1::OUTCOME_UNSPECIFIED) x = o;
     }
-  };
-  if (accepted > 0) {
-    if (!co_await c.Write("DATA\r\n", config.command_timeout) || !co_await c.Read(&r, config.command_timeout)) {
-      finish_accepted(Local(v1::OUTCOME_DEFERRED, "4.4.2", "lost connection after DATA command"));
-      c.Close();
-      co_return a;
-    }
-    if (r.code != 354) {
-      finish_accepted(FromReply(r).outcome == v1::OUTCOME_DELIVERED
-                          ? Local(v1::OUTCOME_DEFERRED, "4.5.0", "unexpected reply to DATA: " + r.text)
-                          : FromReply(r));
-    } else {
-      std::string data = DotStuff(body);
-      if (!co_await c.Write(data, config.data_timeout)) {
-        finish_accepted(Local(v1::OUTCOME_DEFERRED, "4.4.2", "lost connection while sending message"));
-        c.Close();
-        co_return a;
-      }
-      // No reply to the final dot means we do not know: defer (never assume delivered).
-      if (!co_await c.Read(&r, config.data_timeout)) {
-        finish_accepted(
-            Local(v1::OUTCOME_DEFERRED, "4.4.2",
-                  c.timed_out() ? "timeout waiting for reply to end of data" : "lost connection after end of data"));
-        c.Close();
-        co_return a;
-      }
-      a.bytes = body.size();
-      finish_accepted(FromReply(r));
-    }
   }
-  co_await c.Write("QUIT\r\n", config.command_timeout);
-  Reply bye;
-  co_await c.Read(&bye, std::chrono::seconds(5));
-  c.Close();
-  co_return a;
+  // 4xx to MAIL: the host cannot take mail now, try the next one; 5xx: the
+  // sender is refused there, every recipient bounces.
+  Attempt MailRefused(Attempt a, const Reply& r, size_t n) {
+    if (r.code < 500) {
+      a.try_next = true;
+      a.error = r.text;
+      closing_ = true;
+      return a;
+    }
+    a.rcpts.assign(n, FromReply(r));
+    return a;
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  SmtpClientConfig config_;
+  Conn c_;
+  bool esmtp_ = true, size_ok_ = false, eightbit_ = false, dsn_ = false, starttls_ = false, pipelining_ = false;
+  uint64_t peer_max_ = 0;  // the peer's SIZE limit (RFC 1870), 0 = none given
+  bool broken_ = false;    // the connection is gone (I/O error, timeout)
+  bool closing_ = false;   // still open, but only QUIT may follow (421, refusal)
+  uint32_t transactions_ = 0;
+  std::string tls_;
+};
+
+}  // namespace
+
+awaitable<std::unique_ptr<SmtpSession>> SmtpSession::Open(asio::strand<asio::any_io_executor> strand, std::string ip,
+                                                          uint16_t port, const SmtpClientConfig& config,
+                                                          std::string sni, Attempt* failure) {
+  auto s = std::make_unique<Session>(strand, config);
+  if (!co_await s->Start(ip, port, sni, failure)) {
+    co_await s->Quit();
+    co_return nullptr;
+  }
+  co_return s;
 }
 
 }  // namespace mx::delivery

@@ -8,6 +8,8 @@
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <condition_variable>
+#include <deque>
+#include <future>
 #include <map>
 #include <optional>
 #include <set>
@@ -21,8 +23,10 @@
 #include "mx/common/qid.h"
 #include "mx/delivery/dsn.h"
 #include "mx/delivery/probe.h"
+#include "mx/delivery/routing.h"
 #include "mx/delivery/smtp_client.h"
 #include "mx/queue/client.h"
+#include "mx/queue/permits.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::delivery {
@@ -32,7 +36,8 @@ namespace asio = boost::asio;
 using asio::awaitable;
 using asio::use_awaitable;
 
-constexpr const char* kMailer = "esmtp";
+// Permit holds are renewed this often (a third of their TTL).
+constexpr auto kPermitRenewEvery = std::chrono::microseconds(queue::kPermitTtlUs / 3);
 
 template <typename Token>
 auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) {
@@ -48,6 +53,128 @@ auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) 
       },
       token, std::move(name));
 }
+
+struct PermitAnswer {
+  bool granted = false;
+  std::chrono::milliseconds retry_after{0};
+};
+
+// One Permit call to shard 0's leader (callback API); the answer is posted to
+// the caller's executor. An unreachable leader is a refusal (fail closed).
+template <typename Token>
+auto AsyncPermit(queue::QueueRouter& router, std::atomic<int64_t>& in_flight, v1::PermitRequest req, Token&& token) {
+  return asio::async_initiate<Token, void(PermitAnswer)>(
+      [&router, &in_flight](auto handler, v1::PermitRequest r) {
+        auto ex = asio::get_associated_executor(handler);
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        auto call = AsyncCall<v1::PermitRequest, v1::PermitResponse>::WithDeadline(std::chrono::seconds(2));
+        call->req = std::move(r);
+        auto target = router.Leader(0);
+        in_flight.fetch_add(1);
+        target.stub->async()->Permit(&call->ctx, &call->req, &call->resp,
+                                     [&router, &in_flight, call, h, ex, address = target.address](grpc::Status st) {
+                                       router.Observe(0, address, call->ctx, st);
+                                       PermitAnswer a;
+                                       a.granted = st.ok() && call->resp.granted();
+                                       a.retry_after =
+                                           std::chrono::milliseconds(st.ok() ? call->resp.retry_after_ms() : 500);
+                                       asio::post(ex, [h, a]() mutable { (*h)(a); });
+                                       in_flight.fetch_sub(1);
+                                     });
+      },
+      token, std::move(req));
+}
+
+// An open session, the permit hold it occupies (if a limit applies) and
+// where it may be reused.
+struct Conn {
+  std::unique_ptr<SmtpSession> session;
+  std::string holder;  // "" when no limit applies
+  std::string pool_key;
+  std::chrono::steady_clock::time_point idle_since;
+};
+
+// ConnectionCacheSize / ConnectionCacheTimeout: idle sessions by
+// destination, address, mailer and TLS mode; the oldest go first when full.
+// Also the wake-up point for deliveries waiting for a connection slot.
+class SessionCache {
+ public:
+  std::unique_ptr<Conn> Take(const std::string& key) {
+    std::lock_guard lock(mu_);
+    auto it = idle_.find(key);
+    if (it == idle_.end() || it->second.empty()) return nullptr;
+    auto c = std::move(it->second.back());  // the most recently used: the least likely to have timed out
+    it->second.pop_back();
+    if (it->second.empty()) idle_.erase(it);
+    --count_;
+    Probe::Get().CachedConnections(-1);
+    return c;
+  }
+  // Keeps c; returns what must be closed to stay within capacity.
+  std::vector<std::unique_ptr<Conn>> Put(std::unique_ptr<Conn> c, size_t capacity) {
+    std::vector<std::unique_ptr<Conn>> evicted;
+    std::lock_guard lock(mu_);
+    c->idle_since = std::chrono::steady_clock::now();
+    idle_[c->pool_key].push_back(std::move(c));
+    ++count_;
+    Probe::Get().CachedConnections(1);
+    while (count_ > capacity) evicted.push_back(PopOldest());
+    return evicted;
+  }
+  // Idle longer than timeout (or everything, for shutdown).
+  std::vector<std::unique_ptr<Conn>> Expired(std::chrono::steady_clock::duration timeout) {
+    std::vector<std::unique_ptr<Conn>> out;
+    const auto cutoff = std::chrono::steady_clock::now() - timeout;
+    std::lock_guard lock(mu_);
+    for (auto it = idle_.begin(); it != idle_.end();) {
+      auto& q = it->second;
+      while (!q.empty() && q.front()->idle_since <= cutoff) {
+        out.push_back(std::move(q.front()));
+        q.pop_front();
+        --count_;
+        Probe::Get().CachedConnections(-1);
+      }
+      it = q.empty() ? idle_.erase(it) : std::next(it);
+    }
+    return out;
+  }
+  void AddWaiter(const std::shared_ptr<asio::steady_timer>& t) {
+    std::lock_guard lock(mu_);
+    waiters_.insert(t);
+  }
+  void RemoveWaiter(const std::shared_ptr<asio::steady_timer>& t) {
+    std::lock_guard lock(mu_);
+    waiters_.erase(t);
+  }
+  // A slot or a session came free: every waiter looks again.
+  void WakeWaiters() {
+    std::set<std::shared_ptr<asio::steady_timer>> w;
+    {
+      std::lock_guard lock(mu_);
+      w.swap(waiters_);
+    }
+    for (auto& t : w) asio::post(t->get_executor(), [t] { t->cancel(); });
+  }
+
+ private:
+  std::unique_ptr<Conn> PopOldest() {  // mu_ held, count_ > 0
+    auto oldest = idle_.begin();
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if (it->second.front()->idle_since < oldest->second.front()->idle_since) oldest = it;
+    }
+    auto c = std::move(oldest->second.front());
+    oldest->second.pop_front();
+    if (oldest->second.empty()) idle_.erase(oldest);
+    --count_;
+    Probe::Get().CachedConnections(-1);
+    return c;
+  }
+
+  std::mutex mu_;
+  std::map<std::string, std::deque<std::unique_ptr<Conn>>> idle_;
+  size_t count_ = 0;
+  std::set<std::shared_ptr<asio::steady_timer>> waiters_;
+};
 
 // The cluster's host status as this worker knows it: refreshed from every
 // shard every couple of seconds, updated at once by its own attempts.
@@ -109,12 +236,15 @@ struct Outcome {
   std::string relay;
   bool dsn_forwarded = false;  // the next hop took over the NOTIFY request
   std::string tls;             // protocol and cipher when the session was encrypted
+  bool throttled = false;      // put back by a delivery limit, not by the destination
 };
 
 class Worker final : public DeliveryWorker {
  public:
-  Worker(const Config& config, std::unique_ptr<Resolver> resolver, const Clock& clock)
+  Worker(const Config& config, Routing routing, std::unique_ptr<Resolver> resolver, const Clock& clock)
       : config_(config.delivery),
+        routing_(std::move(routing)),
+        lease_ttl_(config.queue.lease_ttl),
         router_(config.delivery.queue, config.queue.shards),
         hostname_(config.hostname),
         resolver_(std::move(resolver)),
@@ -146,8 +276,12 @@ class Worker final : public DeliveryWorker {
     encrypt_client_.tls = SmtpClientConfig::Tls::kEncrypt;
     plain_client_ = client_;
     plain_client_.tls = SmtpClientConfig::Tls::kNone;
-    if (!config_.smart_host.empty()) smart_ = ParseRelay(config_.smart_host);
-    if (!config_.fallback_mx_host.empty()) fallback_ = ParseRelay(config_.fallback_mx_host);
+
+    if (!config_.fallback_mx_host.empty()) {
+      auto hp = ParseHostPort(config_.fallback_mx_host, config_.smtp_port);  // validated by ParseConfig
+      fallback_ = Relay{hp.ok() ? hp->host : config_.fallback_mx_host, hp.ok() ? hp->port : config_.smtp_port,
+                        config_.fallback_mx_host.front() == '['};
+    }
   }
 
   ~Worker() override { Stop(); }
@@ -164,6 +298,8 @@ class Worker final : public DeliveryWorker {
       pullers_.emplace_back([this, shard] { PullLoop(shard); });
     }
     if (config_.host_status_timeout.count() > 0) refresher_ = std::thread([this] { RefreshHostStatus(); });
+    renewer_ = std::thread([this] { RenewHolds(); });
+    asio::co_spawn(io_, SweepCache(), asio::detached);
     log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(n) + " queue shard(s) via " +
               std::to_string(config_.queue.size()) + " queue node(s)");
   }
@@ -181,11 +317,21 @@ class Worker final : public DeliveryWorker {
     for (auto& t : pullers_) t.join();
     pullers_.clear();
     if (refresher_.joinable()) refresher_.join();
+    if (renewer_.joinable()) renewer_.join();
     {
       // Ack callbacks touch this worker: wait for those in flight (each has a deadline).
       std::unique_lock lock(acks_mu_);
       acks_cv_.wait_for(lock, std::chrono::seconds(35), [&] { return acks_in_flight_ == 0; });
     }
+    // QUIT to every cached session, then no Permit answer may still be on its way.
+    {
+      auto done = std::make_shared<std::promise<void>>();
+      auto f = done->get_future();
+      asio::co_spawn(io_, CloseAll(), [done](std::exception_ptr) { done->set_value(); });
+      f.wait_for(std::chrono::seconds(10));
+    }
+    for (int i = 0; i < 300 && permit_calls_.load() > 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     work_.reset();
     io_.stop();
     for (auto& t : threads_) t.join();
@@ -194,11 +340,6 @@ class Worker final : public DeliveryWorker {
   }
 
  private:
-  struct Relay {
-    std::string host;
-    uint16_t port = 25;
-    bool literal = false;  // [host]: no MX lookup
-  };
   struct Shard {
     uint32_t id = 0;
     int64_t budget = 0;  // max messages in flight from this shard
@@ -207,12 +348,6 @@ class Worker final : public DeliveryWorker {
     grpc::ClientContext* ctx = nullptr;
     grpc::ClientReaderWriter<v1::PullRequest, v1::PullResponse>* stream = nullptr;
   };
-
-  // Validated by ParseConfig: "[host]:port" skips the MX lookup.
-  Relay ParseRelay(const std::string& text) const {
-    auto hp = ParseHostPort(text, config_.smtp_port);
-    return Relay{hp.ok() ? hp->host : text, hp.ok() ? hp->port : config_.smtp_port, text.front() == '['};
-  }
 
   // One Pull stream at a time to the shard's leader; follows leader changes.
   void PullLoop(std::shared_ptr<Shard> shard) {
@@ -315,52 +450,268 @@ class Worker final : public DeliveryWorker {
     shard->stream->Write(more);
   }
 
-  // Resolves the hosts to try for domain (or the smart host), in order.
-  awaitable<MxAnswer> Route(const std::string& domain) {
-    if (smart_) {
-      MxAnswer a = co_await AsyncResolve(*resolver_, !smart_->literal, smart_->host, use_awaitable);
-      co_return a;
-    }
-    MxAnswer a = co_await AsyncResolve(*resolver_, true, domain, use_awaitable);
-    co_return a;
+  // Waits until a slot or cached session may have come free, or for `max`.
+  awaitable<void> WaitForSlot(std::chrono::steady_clock::duration max) {
+    auto t = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
+    t->expires_after(std::min<std::chrono::steady_clock::duration>(max, std::chrono::seconds(1)));
+    cache_.AddWaiter(t);
+    boost::system::error_code ec;
+    co_await t->async_wait(asio::redirect_error(use_awaitable, ec));
+    cache_.RemoveWaiter(t);
   }
 
-  awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const v1::LeasedMessage& m,
-                                                const std::vector<ClientRcpt>& rcpts,
+  // Closes a session (QUIT) and gives its slots back.
+  awaitable<void> Close(std::unique_ptr<Conn> c) {
+    if (c->session) {
+      auto quit = asio::co_spawn(c->session->strand(), c->session->Quit(), use_awaitable);
+      co_await std::move(quit);
+    }
+    ReleaseHold(c->holder);
+    cache_.WakeWaiters();
+  }
+
+  awaitable<void> CloseAll() {
+    for (auto& c : cache_.Expired(std::chrono::steady_clock::duration::min())) co_await Close(std::move(c));
+  }
+
+  // ConnectionCacheTimeout: idle sessions are closed once a second.
+  awaitable<void> SweepCache() {
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    while (!stopping_) {
+      t.expires_after(std::chrono::seconds(1));
+      boost::system::error_code ec;
+      co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+      for (auto& c : cache_.Expired(config_.connection_cache_timeout)) co_await Close(std::move(c));
+    }
+  }
+
+  // Permit holds live while their connections do: renewed every few seconds.
+  void RenewHolds() {
+    while (!stopping_) {
+      {
+        std::unique_lock lock(stop_mu_);
+        stop_cv_.wait_for(lock, kPermitRenewEvery, [&] { return stopping_.load(); });
+      }
+      if (stopping_) break;
+      v1::PermitRequest req;
+      req.set_op(v1::PermitRequest::RENEW);
+      req.set_ttl_ms(static_cast<uint32_t>(queue::kPermitTtlUs / 1000));
+      {
+        std::lock_guard lock(holds_mu_);
+        if (holds_.empty()) continue;
+        for (const auto& [holder, keys] : holds_) {
+          auto* h = req.add_holds();
+          h->set_holder(holder);
+          for (const auto& k : keys) *h->add_keys() = k;
+        }
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      v1::PermitResponse resp;
+      auto target = router_.Leader(0);
+      auto st = target.stub->Permit(&ctx, req, &resp);
+      router_.Observe(0, target.address, ctx, st);
+      if (!st.ok()) log::Warn("renewing delivery permits failed: " + st.error_message());
+    }
+  }
+
+  void ReleaseHold(const std::string& holder) {
+    if (holder.empty()) return;
+    {
+      std::lock_guard lock(holds_mu_);
+      holds_.erase(holder);
+    }
+    auto call = AsyncCall<v1::PermitRequest, v1::PermitResponse>::WithDeadline(std::chrono::seconds(2));
+    call->req.set_op(v1::PermitRequest::RELEASE);
+    call->req.add_holds()->set_holder(holder);
+    auto target = router_.Leader(0);
+    permit_calls_.fetch_add(1);
+    target.stub->async()->Permit(&call->ctx, &call->req, &call->resp,
+                                 [this, call, address = target.address](grpc::Status st) {
+                                   router_.Observe(0, address, call->ctx, st);
+                                   permit_calls_.fetch_sub(1);  // an unreleased hold expires with its TTL
+                                 });
+  }
+
+  static Attempt Throttled(const std::string& why) {
+    Attempt a;
+    a.throttled = true;
+    a.error = why;
+    return a;
+  }
+
+  // One transaction to host [ip]:port: a cached session (RSET first) or a
+  // new one, within the destination's limits (connection slots, message
+  // rate), cached again afterwards while it may carry more.
+  awaitable<Attempt> Transact(const Route& route, const Limits& limits, const std::string& host, const std::string& ip,
+                              uint16_t port, const SmtpClientConfig& cc, const v1::LeasedMessage& m,
+                              const std::vector<ClientRcpt>& rcpts) {
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::min<std::chrono::steady_clock::duration>(config_.limit_wait, lease_ttl_ / 3);
+    const char tls_mode = cc.tls == SmtpClientConfig::Tls::kNone  ? 'n'
+                          : cc.tls == SmtpClientConfig::Tls::kMay ? 'm'
+                                                                  : 'e';
+    const std::string pool_key =
+        limits.key + "|" + route.mailer->name + "|" + ip + "|" + std::to_string(port) + "|" + tls_mode;
+    std::vector<v1::PermitKey> keys;
+    if (limits.max_connections > 0) {
+      v1::PermitKey k;
+      k.set_key(limits.key);
+      k.set_limit(limits.max_connections);
+      keys.push_back(std::move(k));
+    }
+    if (config_.single_thread_delivery) {  // one connection per MX host, cluster-wide
+      v1::PermitKey k;
+      k.set_key("host:" + ToLower(host));
+      k.set_limit(1);
+      keys.push_back(std::move(k));
+    }
+    // Messages per minute: the turn comes before the connection is taken.
+    while (limits.max_messages_per_minute > 0) {
+      v1::PermitRequest req;
+      req.set_op(v1::PermitRequest::RATE);
+      auto* k = req.add_holds()->add_keys();
+      k->set_key(limits.key);
+      k->set_limit(limits.max_messages_per_minute);
+      PermitAnswer pa = co_await AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
+      if (pa.granted) break;
+      if (std::chrono::steady_clock::now() + pa.retry_after > deadline) {
+        Probe::Get().Throttled("rate");
+        co_return Throttled("4.4.5 rate limit of " + std::to_string(limits.max_messages_per_minute) +
+                            " messages per minute to " + limits.key.substr(5) + " reached; will retry shortly");
+      }
+      asio::steady_timer t(co_await asio::this_coro::executor);
+      t.expires_after(pa.retry_after);
+      boost::system::error_code ec;
+      co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+    }
+    bool retried_fresh = false;
+    for (;;) {
+      std::unique_ptr<Conn> conn = cache_.Take(pool_key);
+      bool cached = false;
+      if (conn) {
+        auto reset = asio::co_spawn(conn->session->strand(), conn->session->Reset(), use_awaitable);
+        if (!co_await std::move(reset)) {  // the peer dropped it while idle: not the host's fault
+          co_await Close(std::move(conn));
+          continue;
+        }
+        cached = true;
+      } else {
+        std::string holder;
+        if (!keys.empty()) {
+          holder = worker_id_ + "#" + std::to_string(conn_serial_.fetch_add(1));
+          v1::PermitRequest req;
+          req.set_op(v1::PermitRequest::ACQUIRE);
+          req.set_ttl_ms(static_cast<uint32_t>(queue::kPermitTtlUs / 1000));
+          auto* h = req.add_holds();
+          h->set_holder(holder);
+          for (const auto& k : keys) *h->add_keys() = k;
+          PermitAnswer pa = co_await AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
+          if (!pa.granted) {
+            const auto now = std::chrono::steady_clock::now();
+            if (now >= deadline) {
+              Probe::Get().Throttled("connections");
+              co_return Throttled(config_.single_thread_delivery && limits.max_connections == 0
+                                      ? "4.4.5 another delivery holds the connection to " + host +
+                                            " (single_thread_delivery); will retry shortly"
+                                      : "4.4.5 connection limit for " + limits.key.substr(5) +
+                                            " reached; will retry shortly");
+            }
+            co_await WaitForSlot(std::min<std::chrono::steady_clock::duration>(pa.retry_after, deadline - now));
+            continue;
+          }
+          std::lock_guard lock(holds_mu_);
+          holds_[holder] = keys;
+        }
+        conn = std::make_unique<Conn>();
+        conn->holder = holder;
+        conn->pool_key = pool_key;
+        Attempt failed;
+        auto strand = asio::make_strand(io_.get_executor());
+        auto open = asio::co_spawn(strand, SmtpSession::Open(strand, ip, port, cc, host, &failed), use_awaitable);
+        conn->session = co_await std::move(open);
+        if (!conn->session) {
+          co_await Close(std::move(conn));
+          co_return failed;
+        }
+      }
+      Probe::Get().Connection(cached);
+      auto send =
+          asio::co_spawn(conn->session->strand(), conn->session->Send(m.envelope(), m.body(), rcpts), use_awaitable);
+      Attempt at = co_await std::move(send);
+      if (at.try_next && cached && !retried_fresh) {
+        // A cached session that broke before any recipient was answered: once
+        // more on a new connection before blaming the host.
+        retried_fresh = true;
+        co_await Close(std::move(conn));
+        continue;
+      }
+      const uint32_t per_conn = limits.max_messages_per_connection;
+      if (conn->session->usable() && config_.connection_cache_size > 0 &&
+          (per_conn == 0 || conn->session->transactions() < per_conn)) {
+        for (auto& old : cache_.Put(std::move(conn), config_.connection_cache_size)) co_await Close(std::move(old));
+        cache_.WakeWaiters();
+      } else {
+        co_await Close(std::move(conn));
+      }
+      co_return at;
+    }
+  }
+
+  awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const Route& route, const Limits& limits,
+                                                const v1::LeasedMessage& m, const std::vector<ClientRcpt>& rcpts,
                                                 std::vector<v1::HostOutcome>* host_outcomes) {
     auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
-      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false, ""});
+      return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false, "", false});
     };
-    MxAnswer route = co_await Route(domain);
-    switch (route.kind) {
-      case MxAnswer::Kind::kNoSuchDomain: co_return all(v1::OUTCOME_BOUNCED, "5.1.2", "550 5.1.2 " + route.error);
-      case MxAnswer::Kind::kNullMx: co_return all(v1::OUTCOME_BOUNCED, "5.1.10", "556 5.1.10 " + route.error);
-      case MxAnswer::Kind::kTempFail: co_return all(v1::OUTCOME_DEFERRED, "4.4.3", route.error);
+    // A mailertable error: entry, and sendmail's per-mailer M=.
+    if (!route.error.empty()) co_return all(v1::OUTCOME_BOUNCED, EnhancedCode(route.error.substr(4)), route.error);
+    if (route.mailer->max_message_size > 0 && m.body().size() > route.mailer->max_message_size) {
+      co_return all(v1::OUTCOME_BOUNCED, "5.3.4",
+                    "552 5.3.4 Message is too large for mailer " + route.mailer->name + " (" +
+                        std::to_string(m.body().size()) + " > " + std::to_string(route.mailer->max_message_size) +
+                        " bytes)");
+    }
+    MxAnswer ans;
+    if (route.relay) {
+      auto resolve = AsyncResolve(*resolver_, !route.relay->literal, route.relay->host, use_awaitable);
+      ans = co_await std::move(resolve);
+    } else {
+      auto resolve = AsyncResolve(*resolver_, true, domain, use_awaitable);
+      ans = co_await std::move(resolve);
+    }
+    switch (ans.kind) {
+      case MxAnswer::Kind::kNoSuchDomain: co_return all(v1::OUTCOME_BOUNCED, "5.1.2", "550 5.1.2 " + ans.error);
+      case MxAnswer::Kind::kNullMx: co_return all(v1::OUTCOME_BOUNCED, "5.1.10", "556 5.1.10 " + ans.error);
+      case MxAnswer::Kind::kTempFail: co_return all(v1::OUTCOME_DEFERRED, "4.4.3", ans.error);
       case MxAnswer::Kind::kOk: break;
     }
     // Secondary-MX role (sendmail: MX hosts in $=w): we and every host no
     // better than us are dropped; if we are the best, the mail would loop.
-    if (!smart_) {
+    if (!route.relay) {
       int self_pref = -1;
-      for (const auto& h : route.hosts) {
+      for (const auto& h : ans.hosts) {
         std::string name = ToLower(h.name);
         if (!name.empty() && name.back() == '.') name.pop_back();
         if (self_names_.count(name) && (self_pref < 0 || h.preference < self_pref)) self_pref = h.preference;
       }
       if (self_pref >= 0) {
-        std::erase_if(route.hosts, [&](const MxHost& h) { return h.preference >= self_pref; });
-        if (route.hosts.empty()) {
+        std::erase_if(ans.hosts, [&](const MxHost& h) { return h.preference >= self_pref; });
+        if (ans.hosts.empty()) {
           co_return all(v1::OUTCOME_BOUNCED, "5.4.6",
                         "554 5.4.6 mail for " + domain + " loops back to myself (this cluster is its best MX)");
         }
       }
     }
-    uint16_t port = smart_ ? smart_->port : config_.smtp_port;
+    const uint16_t port = route.relay ? route.relay->port : config_.smtp_port;
     std::string last_error = "no usable MX host";
     const int64_t hoststatus_us =
         std::chrono::duration_cast<std::chrono::microseconds>(config_.host_status_timeout).count();
-    auto try_hosts = [&](const MxAnswer& ans, uint16_t p) -> awaitable<std::optional<std::vector<Outcome>>> {
-      for (const auto& host : ans.hosts) {
+    const bool encrypt = encrypt_domains_.count(ToLower(domain)) > 0;
+    SmtpClientConfig base = encrypt ? encrypt_client_ : client_;
+    base.lmtp = route.mailer->lmtp;
+    auto try_hosts = [&](const MxAnswer& hosts, uint16_t p) -> awaitable<std::optional<std::vector<Outcome>>> {
+      for (const auto& host : hosts.hosts) {
         const std::string key = ToLower(host.name);
         // PersistentHostStatus: a host that failed recently is not tried again.
         if (auto reason = hosts_.SkipReason(key, clock_.NowUnixMicros(), hoststatus_us)) {
@@ -371,16 +722,22 @@ class Worker final : public DeliveryWorker {
         }
         bool host_failed = false;
         for (const auto& ip : host.addrs) {
-          const SmtpClientConfig& cc = encrypt_domains_.count(ToLower(domain)) ? encrypt_client_ : client_;
-          auto ex = co_await asio::this_coro::executor;
-          auto attempt = SmtpTransaction(ex, ip, p, cc, m.envelope(), m.body(), rcpts, host.name);
+          auto attempt = Transact(route, limits, host.name, ip, p, base, m, rcpts);
           Attempt at = co_await std::move(attempt);
-          if (at.tls_failed && cc.tls == SmtpClientConfig::Tls::kMay) {
+          if (at.tls_failed && base.tls == SmtpClientConfig::Tls::kMay) {
             // Opportunistic TLS that failed: the same host again, in the clear.
             log::Mail(m.envelope().qid(),
                       "relay=" + host.name + " [" + ip + "]: " + at.error + ", retrying without TLS");
-            auto clear = SmtpTransaction(ex, ip, p, plain_client_, m.envelope(), m.body(), rcpts, host.name);
+            SmtpClientConfig clear_cc = plain_client_;
+            clear_cc.lmtp = route.mailer->lmtp;
+            auto clear = Transact(route, limits, host.name, ip, p, clear_cc, m, rcpts);
             at = co_await std::move(clear);
+          }
+          if (at.throttled) {  // a limit, not the host: the whole destination waits its turn
+            log::Mail(m.envelope().qid(), "relay=" + host.name + ": " + at.error);
+            auto out = all(v1::OUTCOME_DEFERRED, "4.4.5", at.error);
+            for (auto& o : out) o.throttled = true;
+            co_return out;
           }
           // sendmail style: "mx.example.com. [192.0.2.1]", or "[192.0.2.1] [192.0.2.1]" for a literal.
           std::string relay = (host.name == ip ? "[" + ip + "]" : host.name + ".") + " [" + ip + "]";
@@ -396,7 +753,7 @@ class Worker final : public DeliveryWorker {
             hosts_.Record(key, true, "250 ok", now);
           }
           std::vector<Outcome> out;
-          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded, at.tls});
+          for (auto& r : at.rcpts) out.push_back(Outcome{std::move(r), relay, at.dsn_forwarded, at.tls, false});
           co_return out;
         }
         if (host_failed) {  // every address of this host failed
@@ -406,11 +763,16 @@ class Worker final : public DeliveryWorker {
       }
       co_return std::nullopt;
     };
-    if (auto out = co_await try_hosts(route, port)) co_return *out;
+    {
+      auto first = try_hosts(ans, port);
+      if (auto out = co_await std::move(first)) co_return *out;
+    }
     if (fallback_) {  // FallbackMXhost: after every MX failed
-      MxAnswer fb = co_await AsyncResolve(*resolver_, !fallback_->literal, fallback_->host, use_awaitable);
+      auto resolve = AsyncResolve(*resolver_, !fallback_->literal, fallback_->host, use_awaitable);
+      MxAnswer fb = co_await std::move(resolve);
       if (fb.kind == MxAnswer::Kind::kOk) {
-        if (auto out = co_await try_hosts(fb, fallback_->port)) co_return *out;
+        auto second = try_hosts(fb, fallback_->port);
+        if (auto out = co_await std::move(second)) co_return *out;
       }
     }
     co_return all(v1::OUTCOME_DEFERRED, "4.4.1", last_error);
@@ -430,15 +792,34 @@ class Worker final : public DeliveryWorker {
     const int64_t return_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_return).count();
     std::vector<DsnRecipient> failed, delayed, relayed;
     std::vector<v1::HostOutcome> host_outcomes;
-    for (const auto& [domain, idx] : by_domain) {
+    for (const auto& [domain, all_idx] : by_domain) {
+      const Route route = routing_.RouteFor(domain);
+      // mxctl bounce: returned to the sender without another attempt.
+      std::vector<int> idx;
       std::vector<ClientRcpt> rcpts;
-      for (int i : idx) {
+      std::vector<int> bounced;
+      for (int i : all_idx) {
         const auto& r = m->recipients(i);
+        if (r.operator_bounce()) {
+          bounced.push_back(i);
+          continue;
+        }
+        idx.push_back(i);
         rcpts.push_back(ClientRcpt{r.address(), r.notify(), r.orcpt()});
       }
       auto attempt_start = std::chrono::steady_clock::now();
-      auto deliver = DeliverDomain(domain, *m, rcpts, &host_outcomes);
-      std::vector<Outcome> outs = co_await std::move(deliver);
+      std::vector<Outcome> outs;
+      if (!rcpts.empty()) {
+        auto deliver = DeliverDomain(domain, route, routing_.LimitsFor(domain), *m, rcpts, &host_outcomes);
+        outs = co_await std::move(deliver);
+      }
+      for (int i : bounced) {
+        idx.push_back(i);
+        outs.push_back(Outcome{
+            RcptOutcome{v1::OUTCOME_BOUNCED, "550 5.0.0 Message returned by the postmaster (mxctl bounce)", "5.0.0"},
+            "", false, "", false});
+      }
+      const std::string& mailer = route.mailer->name;
       int64_t xdelay =
           std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - attempt_start)
               .count();
@@ -458,7 +839,8 @@ class Worker final : public DeliveryWorker {
         res->set_reply(o.r.reply);
         res->set_dsn_status(o.r.dsn_status);
         res->set_relay(o.relay);
-        res->set_mailer(kMailer);
+        res->set_mailer(mailer);
+        res->set_throttled(o.throttled);
         if (o.r.outcome == v1::OUTCOME_DELIVERED) res->set_bytes(env.size());
         const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED  ? "Sent"
                            : o.r.outcome == v1::OUTCOME_DEFERRED ? "Deferred"
@@ -468,14 +850,14 @@ class Worker final : public DeliveryWorker {
         log::Mail(env.qid(),
                   "to=<" + rc.address() +
                       ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
-                      ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + kMailer +
+                      ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + mailer +
                       ", pri=" + std::to_string(env.priority()) + ", relay=" + (o.relay.empty() ? domain : o.relay) +
                       (o.tls.empty() ? "" : ", tls=" + o.tls) + ", dsn=" + o.r.dsn_status +
                       ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
         Probe::Get().Delivery(o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
                               : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
                                                                     : "bounced",
-                              kMailer, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+                              mailer, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         DsnRecipient d{rc.address(), rc.orcpt(), o.r.dsn_status, o.relay, o.r.reply};
         if (o.r.outcome == v1::OUTCOME_BOUNCED && (DsnWanted(env, rc.notify(), DsnAction::kFailed) || env.is_dsn())) {
           failed.push_back(std::move(d));
@@ -614,6 +996,8 @@ class Worker final : public DeliveryWorker {
   }
 
   DeliveryConfig config_;
+  Routing routing_;
+  std::chrono::seconds lease_ttl_;
   queue::QueueRouter router_;
   std::string hostname_;
   std::unique_ptr<Resolver> resolver_;
@@ -622,7 +1006,13 @@ class Worker final : public DeliveryWorker {
   SmtpClientConfig client_, encrypt_client_, plain_client_;
   std::set<std::string> encrypt_domains_;
   std::set<std::string> self_names_;
-  std::optional<Relay> smart_, fallback_;
+  std::optional<Relay> fallback_;
+  SessionCache cache_;
+  std::mutex holds_mu_;
+  std::unordered_map<std::string, std::vector<v1::PermitKey>> holds_;  // live permit holds by holder
+  std::atomic<uint64_t> conn_serial_{0};
+  std::atomic<int64_t> permit_calls_{0};
+  std::thread renewer_;
   std::string worker_id_;
   asio::io_context io_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
@@ -643,7 +1033,9 @@ class Worker final : public DeliveryWorker {
 
 Result<std::unique_ptr<DeliveryWorker>> StartDelivery(const Config& config, std::unique_ptr<Resolver> resolver,
                                                       const Clock& clock) {
-  auto w = std::make_unique<Worker>(config, std::move(resolver), clock);
+  auto routing = Routing::Load(config.delivery, config.config_dir);
+  if (!routing.ok()) return routing.status();
+  auto w = std::make_unique<Worker>(config, std::move(routing).value(), std::move(resolver), clock);
   w->Start();
   return std::unique_ptr<DeliveryWorker>(std::move(w));
 }

@@ -7,47 +7,17 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <set>
-#include <sstream>
 
 #include "mx/common/address.h"
+#include "mx/common/map_file.h"
 
 namespace mx::ingress {
 namespace {
 
 Status Err(const std::string& name, int line, const std::string& what) {
-  return Status(Code::kInvalidArgument, name + ":" + std::to_string(line) + ": " + what);
-}
-
-// Calls fn(line_number, line) for every line without its terminator.
-template <typename Fn>
-Status ForEachLine(std::string_view text, Fn&& fn) {
-  int n = 0;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t eol = text.find('\n', pos);
-    std::string_view line = text.substr(pos, eol == std::string_view::npos ? std::string_view::npos : eol - pos);
-    pos = eol == std::string_view::npos ? text.size() : eol + 1;
-    ++n;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (Status st = fn(n, line); !st.ok()) return st;
-  }
-  return Status::Ok();
-}
-
-bool IsComment(std::string_view line) {
-  auto t = Trim(line);
-  return t.empty() || t.front() == '#';
-}
-
-// Splits "key<whitespace>value" (value trimmed, may be empty).
-std::pair<std::string_view, std::string_view> SplitKey(std::string_view line) {
-  line = Trim(line);
-  size_t ws = line.find_first_of(" \t");
-  if (ws == std::string_view::npos) return {line, {}};
-  return {line.substr(0, ws), Trim(line.substr(ws))};
+  return MapError(name, line, what);
 }
 
 bool IsDigits(std::string_view s) {
@@ -206,9 +176,9 @@ Result<AccessEntry> ParseAccessValue(std::string_view value) {
 Result<AccessMap> AccessMap::Parse(std::string_view text, const std::string& name) {
   AccessMap m;
   std::unordered_map<std::string, int> first_line;
-  Status st = ForEachLine(text, [&](int n, std::string_view line) -> Status {
-    if (IsComment(line)) return Status::Ok();
-    auto [raw_key, value] = SplitKey(line);
+  Status st = ForEachMapLine(text, [&](int n, std::string_view line) -> Status {
+    if (IsMapComment(line)) return Status::Ok();
+    auto [raw_key, value] = SplitMapKey(line);
     if (value.empty()) return Err(name, n, "missing value for key '" + std::string(raw_key) + "'");
     auto parsed = ParseAccessValue(value);
     if (!parsed.ok()) return Err(name, n, parsed.status().message());
@@ -375,8 +345,8 @@ Result<AliasMap> AliasMap::Parse(std::string_view text, const std::string& name)
     }
     return Status::Ok();
   };
-  Status st = ForEachLine(text, [&](int n, std::string_view line) -> Status {
-    if (IsComment(line)) return Status::Ok();
+  Status st = ForEachMapLine(text, [&](int n, std::string_view line) -> Status {
+    if (IsMapComment(line)) return Status::Ok();
     if (line.front() == ' ' || line.front() == '\t') {
       if (current.empty()) return Err(name, n, "continuation line without an alias");
       return add_targets(n, line);
@@ -435,9 +405,9 @@ const AliasMap::Entry* AliasMap::Find(std::string_view local) const {
 
 Result<VirtuserTable> VirtuserTable::Parse(std::string_view text, const std::string& name) {
   VirtuserTable t;
-  Status st = ForEachLine(text, [&](int n, std::string_view line) -> Status {
-    if (IsComment(line)) return Status::Ok();
-    auto [key, target] = SplitKey(line);
+  Status st = ForEachMapLine(text, [&](int n, std::string_view line) -> Status {
+    if (IsMapComment(line)) return Status::Ok();
+    auto [key, target] = SplitMapKey(line);
     if (target.empty()) return Err(name, n, "missing target for '" + std::string(key) + "'");
     std::string k = ToLower(key);
     auto at = k.rfind('@');
@@ -507,8 +477,8 @@ std::optional<VirtuserTable::Entry> VirtuserTable::Lookup(std::string_view addre
 
 Result<AuthUsers> AuthUsers::Parse(std::string_view text, const std::string& name) {
   AuthUsers a;
-  Status st = ForEachLine(text, [&](int n, std::string_view line) -> Status {
-    if (IsComment(line)) return Status::Ok();
+  Status st = ForEachMapLine(text, [&](int n, std::string_view line) -> Status {
+    if (IsMapComment(line)) return Status::Ok();
     auto colon = line.find(':');
     if (colon == std::string_view::npos || colon == 0) return Err(name, n, "expected user:hash");
     std::string user(Trim(line.substr(0, colon)));
@@ -547,8 +517,8 @@ bool AuthUsers::Verify(std::string_view user, std::string_view password) const {
 
 Result<std::vector<std::string>> ParseClassFile(std::string_view text, const std::string& name) {
   std::vector<std::string> out;
-  Status st = ForEachLine(text, [&](int n, std::string_view line) -> Status {
-    if (IsComment(line)) return Status::Ok();
+  Status st = ForEachMapLine(text, [&](int n, std::string_view line) -> Status {
+    if (IsMapComment(line)) return Status::Ok();
     auto t = Trim(line);
     if (auto hash = t.find('#'); hash != std::string_view::npos) t = Trim(t.substr(0, hash));
     if (t.find_first_of(" \t") != std::string_view::npos) return Err(name, n, "one name per line");
@@ -559,14 +529,6 @@ Result<std::vector<std::string>> ParseClassFile(std::string_view text, const std
   });
   if (!st.ok()) return st;
   return out;
-}
-
-Result<std::string> ReadMapFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status(Code::kNotFound, path + ": cannot read map file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 }  // namespace mx::ingress

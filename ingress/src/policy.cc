@@ -8,6 +8,7 @@
 
 #include "mx/common/address.h"
 #include "mx/common/log.h"
+#include "mx/common/map_file.h"
 #include "mx/common/rfc5322.h"
 
 namespace mx::ingress {

@@ -16,6 +16,7 @@
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
 #include "mx/queue/client.h"
+#include "mx/queue/permits.h"
 #include "mx/queue/probe.h"
 #include "mx/queue/raft_log.h"
 #include "mx/queue/state_machine.h"
@@ -132,7 +133,18 @@ class Shard {
     auto log = StartRaftLog(ro, *sm_, &FetchSnapshotFiles);
     if (!log.ok()) return log.status();
     log_ = std::move(log).value();
-    log_->OnLeadershipChange([this](bool) { SignalWork(); });
+    log_->OnLeadershipChange([this](bool leader) {
+      if (leader) {
+        // Slots a previous leader granted may still be in use: none are
+        // granted for one TTL while their holders renew them here. A
+        // single replica's first term has no predecessor that is still
+        // running (its own previous process is gone).
+        const bool predecessor = led_before_ || config_.peers.size() > 1;
+        led_before_ = true;
+        permits_.BecameLeader(clock_.NowUnixMicros(), predecessor ? kPermitTtlUs : 0);
+      }
+      SignalWork();
+    });
     log::Info(tag_ + " opened " + so.dir + " at applied index " + std::to_string(sm_->applied_index()) + ", " +
               std::to_string(sm_->counts().messages) + " messages");
     Probe::Get().SetCounts(id_, sm_->counts(), 0);  // the gauges exist from the start
@@ -321,7 +333,9 @@ class Shard {
     for (const auto& r : req->results()) {
       auto* out = op->add_results();
       *out = r;
-      if (r.outcome() == v1::OUTCOME_DEFERRED) {
+      if (r.outcome() == v1::OUTCOME_DEFERRED && r.throttled()) {
+        out->set_next_attempt_unix_us(now + ThrottleDelay());
+      } else if (r.outcome() == v1::OUTCOME_DEFERRED) {
         auto rc = sm_->GetRecipient(r.qid(), r.index());
         uint32_t attempts = rc.ok() ? rc->attempts() : 0;
         out->set_next_attempt_unix_us(now + Backoff(attempts));
@@ -403,8 +417,8 @@ class Shard {
   grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageRequest* req, v1::ManageResponse* resp) {
     const auto action = req->op().action();
     if (action != v1::ManageOp::MANAGE_HOLD && action != v1::ManageOp::MANAGE_RELEASE &&
-        action != v1::ManageOp::MANAGE_DELETE) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "action must be hold, release or delete");
+        action != v1::ManageOp::MANAGE_DELETE && action != v1::ManageOp::MANAGE_BOUNCE) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "action must be hold, release, delete or bounce");
     }
     if (!log_->IsLeader()) return NotLeader(ctx);
     v1::QueueCommand cmd;
@@ -419,6 +433,56 @@ class Shard {
     log::Info(tag_ + ": " + v1::ManageOp::Action_Name(action) + ": " + std::to_string(r.recipients) + " recipients, " +
               std::to_string(r.messages) + " messages deleted, " + std::to_string(r.skipped) +
               " skipped (in delivery)");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Permit(grpc::ServerContext* ctx, const v1::PermitRequest* req, v1::PermitResponse* resp) {
+    if (req->holds_size() > 10000) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "at most 10000 holds");
+    for (const auto& h : req->holds()) {
+      if (h.holder().empty() && req->op() != v1::PermitRequest::RATE) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "every hold needs a holder");
+      }
+      for (const auto& k : h.keys()) {
+        if (k.key().empty() || k.key().size() > 512) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "permit keys are 1 to 512 bytes");
+        }
+      }
+    }
+    if ((req->op() == v1::PermitRequest::ACQUIRE || req->op() == v1::PermitRequest::RATE) && req->holds_size() != 1) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "ACQUIRE and RATE take exactly one hold");
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    const int64_t now = clock_.NowUnixMicros();
+    const int64_t ttl = std::clamp<int64_t>(int64_t{req->ttl_ms()} * 1000, 1'000'000, kPermitTtlUs);
+    auto asks = [](const v1::PermitHold& h) {
+      std::vector<Permits::Ask> out;
+      for (const auto& k : h.keys()) out.push_back(Permits::Ask{k.key(), k.limit()});
+      return out;
+    };
+    int64_t retry = 0;
+    bool granted = true;
+    switch (req->op()) {
+      case v1::PermitRequest::ACQUIRE:
+        granted = permits_.Acquire(req->holds(0).holder(), asks(req->holds(0)), ttl, now, &retry);
+        break;
+      case v1::PermitRequest::RENEW:
+        for (const auto& h : req->holds()) permits_.Renew(h.holder(), asks(h), ttl, now);
+        break;
+      case v1::PermitRequest::RELEASE:
+        for (const auto& h : req->holds()) permits_.Release(h.holder());
+        break;
+      case v1::PermitRequest::RATE:
+        for (const auto& k : req->holds(0).keys()) {
+          if (!permits_.Rate(k.key(), k.limit(), now, &retry)) {
+            granted = false;
+            break;
+          }
+        }
+        break;
+      default: return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown permit op");
+    }
+    resp->set_granted(granted);
+    resp->set_retry_after_ms(static_cast<uint32_t>(std::min<int64_t>((retry + 999) / 1000, 3'600'000)));
     return grpc::Status::OK;
   }
 
@@ -496,6 +560,15 @@ class Shard {
     thread_local std::mt19937_64 rng{std::random_device{}()};
     d += static_cast<int64_t>(std::uniform_real_distribution<double>(0, 0.25)(rng) * static_cast<double>(d));
     return std::min(d, max);
+  }
+
+  // A recipient held back by a delivery limit goes again soon: within a few
+  // seconds (jittered so a crowd spreads out), never later than min_backoff.
+  int64_t ThrottleDelay() const {
+    const int64_t min = std::chrono::duration_cast<std::chrono::microseconds>(config_.min_backoff).count();
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    const int64_t d = 2'000'000 + static_cast<int64_t>(std::uniform_real_distribution<double>(0, 3e6)(rng));
+    return std::min(d, min);
   }
 
   ApplyResult Commit(v1::QueueCommand cmd) {
@@ -588,6 +661,8 @@ class Shard {
   std::string snapshot_dir_;
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<RaftLog> log_;
+  Permits permits_;
+  std::atomic<bool> led_before_{false};
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
@@ -752,6 +827,12 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->PurgeHostStatus(ctx, req, resp) : err;
+  }
+
+  grpc::Status Permit(grpc::ServerContext* ctx, const v1::PermitRequest* req, v1::PermitResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->Permit(ctx, req, resp) : err;
   }
 
   grpc::Status RunQueue(grpc::ServerContext* ctx, const v1::RunQueueRequest* req, v1::RunQueueResponse* resp) override {

@@ -477,7 +477,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         default: {
           ctx.Move(r.status(), v1::RCPT_DEFERRED);
           r.set_status(v1::RCPT_DEFERRED);
-          r.set_attempts(r.attempts() + 1);
+          if (!result.throttled()) r.set_attempts(r.attempts() + 1);  // a delivery limit is not a failure
           int64_t next = result.next_attempt_unix_us() > now ? result.next_attempt_unix_us() : now;
           r.set_next_attempt_unix_us(next);
           b.Put(sched_, keys::Sched(next, qid, r.index()), "");
@@ -681,6 +681,26 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
           b.Delete(msg_, keys::Body(qid));
           --ctx.counts.messages;
           ++res->messages;
+          break;
+        case v1::ManageOp::MANAGE_BOUNCE:
+          // Marked, and made ready: the next delivery returns it with a DSN,
+          // which only a worker can write. Recipients in delivery are left alone.
+          for (uint32_t i = 0; i < env.nrcpts(); ++i) {
+            auto& r = rcpts[i];
+            if (!present[i] || !rcpt_matches(r) || IsFinal(r.status())) continue;
+            if (r.status() == v1::RCPT_LEASED) {
+              ++res->skipped;
+              continue;
+            }
+            r.set_operator_bounce(true);
+            if (r.status() == v1::RCPT_READY) {
+              b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
+            } else {
+              clear_index(r, qid);
+              if (auto st = requeue(&r, qid, res); !st.ok()) return st;
+            }
+            ++res->recipients;
+          }
           break;
         default: return Status(Code::kInvalidArgument, "unknown manage action");
       }

@@ -136,6 +136,23 @@ struct QueueConfig {
   int64_t retry_factor = 90000;
 };
 
+// Per-destination delivery limits (0: no limit). max_connections and
+// max_messages_per_minute hold cluster-wide (the queue leader counts them);
+// max_messages_per_connection applies to each connection.
+struct DestinationLimits {
+  std::vector<std::string> domains;  // recipient domains (and their subdomains) sharing these limits
+  uint32_t max_connections = 0;
+  uint32_t max_messages_per_connection = 0;
+  uint32_t max_messages_per_minute = 0;
+};
+
+// A delivery agent (sendmail's M line): its protocol and largest message (M=).
+struct MailerConfig {
+  std::string name;
+  std::string protocol = "smtp";  // smtp | lmtp
+  uint64_t max_message_size = 0;  // 0: no limit of its own
+};
+
 struct DeliveryConfig {
   std::vector<std::string> queue;        // queue node gRPC addresses (default: queue.peers)
   std::vector<std::string> dns_servers;  // "ip:port"; empty = system resolv.conf
@@ -164,6 +181,25 @@ struct DeliveryConfig {
   // `hostname`). Mail is relayed only to better-preference MX hosts; a
   // domain whose best MX is us bounces (5.4.6) instead of looping.
   std::vector<std::string> mx_self_names;
+  // Connection cache (ConnectionCacheSize, ConnectionCacheTimeout): idle
+  // sessions each worker keeps open for the next message to the same host.
+  uint32_t connection_cache_size = 32;
+  std::chrono::seconds connection_cache_timeout{10};
+  // SingleThreadDelivery: at most one open connection per MX host across
+  // every delivery worker of the cluster.
+  bool single_thread_delivery = false;
+  DestinationLimits destination_defaults;       // each domain on its own
+  std::vector<DestinationLimits> destinations;  // shared by the domains listed
+  // How long a message waits for a connection slot or its turn under a
+  // rate limit before it is put back for a later run (not a failure).
+  std::chrono::seconds limit_wait{30};
+  // Address families to deliver over: all | ipv4 | ipv6 (IPv6 tried first).
+  std::string inet_protocols = "all";
+  // WorkAroundBrokenAAAA: an AAAA lookup that fails temporarily (SERVFAIL,
+  // timeout) counts as "no IPv6 address" instead of deferring the host.
+  bool work_around_broken_aaaa = false;
+  std::string mailertable;            // FEATURE(mailertable) map file
+  std::vector<MailerConfig> mailers;  // esmtp, smtp, relay (smtp) and lmtp are built in
 };
 
 struct ControlConfig {

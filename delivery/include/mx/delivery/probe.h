@@ -23,6 +23,12 @@ class Probe {
   void HostsKnown(size_t n) { hosts_known_->Set(static_cast<double>(n)); }
   void InFlight(int delta) { in_flight_->Increment(delta); }
   void AckFailed() { ack_failed_->Increment(); }
+  // A transaction's connection: "new" (opened for it) or "cached" (reused).
+  void Connection(bool cached) { (cached ? conn_cached_ : conn_new_)->Increment(); }
+  void CachedConnections(int delta) { cache_size_->Increment(delta); }
+  // A destination whose recipients were put back by a limit: "connections" or "rate".
+  void Throttled(const std::string& limit) { throttled_->Add({{"limit", limit}}).Increment(); }
+  void AaaaWorkaround() { aaaa_workaround_->Increment(); }
 
  private:
   Probe();
@@ -35,6 +41,11 @@ class Probe {
   prometheus::Gauge* hosts_known_;
   prometheus::Counter* ack_failed_;
   prometheus::Gauge* in_flight_;
+  prometheus::Counter* conn_new_;
+  prometheus::Counter* conn_cached_;
+  prometheus::Gauge* cache_size_;
+  prometheus::Family<prometheus::Counter>* throttled_;
+  prometheus::Counter* aaaa_workaround_;
 };
 
 }  // namespace mx::delivery

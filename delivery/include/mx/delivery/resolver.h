@@ -2,7 +2,8 @@
 // and later DNS policies can substitute it).
 //
 // ResolveMx answers once per call, on the resolver's own thread: hosts ordered
-// by preference (equal preferences shuffled), each with its IPv4 addresses;
+// by preference (equal preferences shuffled), each with its addresses (IPv6
+// first, then IPv4, as delivery.inet_protocols allows);
 // implicit MX (the domain's own A records) when there is no MX; null MX
 // (RFC 7505) and non-existent domains as permanent answers; anything else as
 // a temporary failure — never a bounce.
@@ -40,8 +41,17 @@ class Resolver {
   virtual void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) = 0;
 };
 
+struct ResolverOptions {
+  bool ipv4 = true;
+  bool ipv6 = true;  // AAAA lookups; IPv6 addresses are tried first
+  // WorkAroundBrokenAAAA: a temporary AAAA failure (SERVFAIL, timeout) counts
+  // as "no IPv6 address". Without it the host is unusable for this attempt
+  // (its IPv4 addresses are not tried), as in sendmail.
+  bool work_around_broken_aaaa = false;
+};
+
 // servers: "ip:port" list; empty uses /etc/resolv.conf.
 Result<std::unique_ptr<Resolver>> MakeAresResolver(const std::vector<std::string>& servers,
-                                                   std::chrono::milliseconds timeout);
+                                                   std::chrono::milliseconds timeout, ResolverOptions options = {});
 
 }  // namespace mx::delivery

@@ -1,5 +1,8 @@
-// smtp_client.h — one SMTP client transaction to one host address
-// (Boost.Asio coroutine). Timeouts follow RFC 5321 4.5.3.2 via the config.
+// smtp_client.h — an SMTP or LMTP client session to one host address
+// (Boost.Asio coroutines). A session is opened once (connect, greeting,
+// EHLO/LHLO, STARTTLS) and then carries one or more mail transactions, with
+// RSET between them, so the worker's connection cache can reuse it.
+// Timeouts follow RFC 5321 4.5.3.2 via the config.
 #pragma once
 
 #include <utility>
@@ -7,6 +10,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/strand.hpp>
 
 #include <chrono>
 #include <memory>
@@ -19,6 +23,7 @@ namespace mx::delivery {
 
 struct SmtpClientConfig {
   std::string helo_name = "localhost";
+  bool lmtp = false;  // RFC 2033: LHLO, one reply per recipient after the final dot
   // STARTTLS (Postfix smtp_tls_security_level): kNone never, kMay when the
   // peer offers it (a failed handshake is retried in the clear by the
   // caller), kEncrypt always (a peer without STARTTLS is a failed host).
@@ -55,6 +60,7 @@ struct Attempt {
   bool dsn_forwarded = false;      // the peer announced DSN and got NOTIFY/ORCPT/RET/ENVID
   std::string tls;                 // "TLSv1.3 TLS_AES_256_GCM_SHA384" when the session was encrypted
   bool tls_failed = false;         // STARTTLS was tried and the handshake failed (retry in the clear)
+  bool throttled = false;          // (worker) a delivery limit held it back; error says which
 };
 
 // Parses an enhanced status code ("5.1.1") at the start of text; "" if none.
@@ -63,9 +69,35 @@ std::string EnhancedCode(std::string_view text);
 // and appends the ".\r\n" terminator.
 std::string DotStuff(std::string_view body);
 
-boost::asio::awaitable<Attempt> SmtpTransaction(boost::asio::any_io_executor ex, std::string ip, uint16_t port,
-                                                const SmtpClientConfig& config, const v1::Envelope& envelope,
-                                                const std::string& body, const std::vector<ClientRcpt>& rcpts,
-                                                std::string sni = "");
+class SmtpSession {
+ public:
+  virtual ~SmtpSession() = default;
+
+  // Connects to ip:port, reads the greeting and introduces itself (EHLO,
+  // HELO when EHLO is refused; LHLO for LMTP), then STARTTLS as the config
+  // says. The session lives on its own strand: every later call must run
+  // there (see Run). On failure returns null and fills *failure (try_next,
+  // error, tls_failed).
+  static boost::asio::awaitable<std::unique_ptr<SmtpSession>> Open(
+      boost::asio::strand<boost::asio::any_io_executor> strand, std::string ip, uint16_t port,
+      const SmtpClientConfig& config, std::string sni, Attempt* failure);
+
+  // One mail transaction: MAIL, RCPT..., DATA (pipelined when the peer
+  // offers PIPELINING). try_next in the result means no recipient got an
+  // answer; the session is then no longer usable.
+  virtual boost::asio::awaitable<Attempt> Send(const v1::Envelope& envelope, const std::string& body,
+                                               const std::vector<ClientRcpt>& rcpts) = 0;
+  // RSET before the next transaction on a cached session: false when the
+  // peer is gone or refuses (the session is then closed).
+  virtual boost::asio::awaitable<bool> Reset() = 0;
+  // QUIT and close; harmless on a broken session.
+  virtual boost::asio::awaitable<void> Quit() = 0;
+
+  // Whether another transaction may follow (no I/O error, no 421, no timeout).
+  virtual bool usable() const = 0;
+  virtual uint32_t transactions() const = 0;
+  virtual const std::string& tls() const = 0;
+  virtual boost::asio::strand<boost::asio::any_io_executor> strand() const = 0;
+};
 
 }  // namespace mx::delivery

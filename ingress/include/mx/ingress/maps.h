@@ -149,7 +149,4 @@ Result<std::vector<std::string>> ParseClassFile(std::string_view text, const std
 // adds the enhanced status code "<class>.<default_tail>" when it has none.
 Result<std::string> NormalizeReply(std::string_view text, std::string_view default_tail, std::string_view default_text);
 
-// Reads a whole file; errors name the path.
-Result<std::string> ReadMapFile(const std::string& path);
-
 }  // namespace mx::ingress

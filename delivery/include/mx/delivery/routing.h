@@ -1,0 +1,71 @@
+// routing.h — where mail for a recipient domain goes, with which mailer, and
+// under which per-destination limits.
+//
+// Route order (sendmail): the mailertable (FEATURE(mailertable): the domain,
+// then ".parent" entries for its subdomains, then "." as catch-all), then
+// delivery.smart_host (mailer "relay"), then the domain's MX hosts (mailer
+// "esmtp"). A mailer is sendmail's M line: a protocol (SMTP or LMTP) and a
+// largest message size (M=). Limits are looked up by recipient domain: the
+// first delivery.destinations entry naming it (or a parent) — its domains
+// share one set of limits — else destination_defaults for that domain alone.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "mx/common/config.h"
+#include "mx/common/result.h"
+
+namespace mx::delivery {
+
+struct Relay {
+  std::string host;
+  uint16_t port = 25;
+  bool literal = false;  // [host]: no MX lookup
+};
+
+struct Mailer {
+  std::string name;
+  bool lmtp = false;
+  uint64_t max_message_size = 0;  // 0: none
+};
+
+struct Route {
+  const Mailer* mailer = nullptr;  // never null in a Route from Routing
+  std::optional<Relay> relay;      // nullopt: the domain's own MX hosts
+  std::string error;               // a mailertable "error:" entry: bounce with this reply
+};
+
+struct Limits {
+  std::string key;  // who shares the limits: "dest:<first domain of the entry>" or "dest:<domain>"
+  uint32_t max_connections = 0;
+  uint32_t max_messages_per_connection = 0;
+  uint32_t max_messages_per_minute = 0;
+};
+
+class Routing {
+ public:
+  // Reads delivery.mailertable (relative to config_dir) and checks every
+  // entry; errors name file and line.
+  static Result<Routing> Load(const DeliveryConfig& config, const std::string& config_dir);
+  // The same from mailertable text (name is used in errors).
+  static Result<Routing> Parse(const DeliveryConfig& config, std::string_view mailertable, const std::string& name);
+
+  Route RouteFor(std::string_view domain) const;
+  Limits LimitsFor(std::string_view domain) const;
+  size_t mailertable_size() const { return table_.size(); }
+
+ private:
+  std::map<std::string, Mailer> mailers_;
+  std::unordered_map<std::string, Route> table_;  // "example.com", ".example.com", "."
+  std::optional<Route> smart_;
+  const Mailer* esmtp_ = nullptr;
+  std::vector<DestinationLimits> destinations_;
+  DestinationLimits defaults_;
+};
+
+}  // namespace mx::delivery
