@@ -138,6 +138,10 @@ class SessionCache {
     }
     return out;
   }
+  bool Peek(const std::string& key) {
+    std::lock_guard lock(mu_);
+    return idle_.count(key) > 0;
+  }
   void AddWaiter(const std::shared_ptr<asio::steady_timer>& t) {
     std::lock_guard lock(mu_);
     waiters_.insert(t);
@@ -378,7 +382,17 @@ class Worker final : public DeliveryWorker {
           shard->in_flight.fetch_add(1);
           Probe::Get().InFlight(1);
           auto msg = std::make_shared<v1::LeasedMessage>(std::move(m));
-          asio::co_spawn(asio::make_strand(io_), DeliverMessage(msg, shard), asio::detached);
+          auto qid = msg->envelope().qid();
+          asio::co_spawn(asio::make_strand(io_), DeliverMessage(msg, shard), [this, shard, qid](std::exception_ptr e) {
+            if (!e) return;
+            // Never expected; the lease expires and the recipients are retried.
+            try {
+              std::rethrow_exception(e);
+            } catch (const std::exception& x) {
+              log::Error(qid + ": delivery aborted: " + x.what());
+            }
+            ReturnCredit(shard);
+          });
         }
       }
       {
@@ -456,7 +470,8 @@ class Worker final : public DeliveryWorker {
     t->expires_after(std::min<std::chrono::steady_clock::duration>(max, std::chrono::seconds(1)));
     cache_.AddWaiter(t);
     boost::system::error_code ec;
-    co_await t->async_wait(asio::redirect_error(use_awaitable, ec));
+    auto wait = t->async_wait(asio::redirect_error(use_awaitable, ec));
+    co_await std::move(wait);
     cache_.RemoveWaiter(t);
   }
 
@@ -471,7 +486,8 @@ class Worker final : public DeliveryWorker {
   }
 
   awaitable<void> CloseAll() {
-    for (auto& c : cache_.Expired(std::chrono::steady_clock::duration::min())) co_await Close(std::move(c));
+    auto all = CloseEach(cache_.Expired(std::chrono::steady_clock::duration::min()));
+    co_await std::move(all);
   }
 
   // ConnectionCacheTimeout: idle sessions are closed once a second.
@@ -481,7 +497,8 @@ class Worker final : public DeliveryWorker {
       t.expires_after(std::chrono::seconds(1));
       boost::system::error_code ec;
       co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
-      for (auto& c : cache_.Expired(config_.connection_cache_timeout)) co_await Close(std::move(c));
+      auto expired = CloseEach(cache_.Expired(config_.connection_cache_timeout));
+      co_await std::move(expired);
     }
   }
 
@@ -540,6 +557,67 @@ class Worker final : public DeliveryWorker {
     return a;
   }
 
+  // Sleeps for d (a rate limit's spacing).
+  awaitable<void> Sleep(std::chrono::steady_clock::duration d) {
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    t.expires_after(d);
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+
+  // Messages per minute: waits for the destination's turn. False when it
+  // would not come before deadline.
+  awaitable<bool> AwaitRate(const Limits& limits, std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+      v1::PermitRequest req;
+      req.set_op(v1::PermitRequest::RATE);
+      auto* k = req.add_holds()->add_keys();
+      k->set_key(limits.key);
+      k->set_limit(limits.max_messages_per_minute);
+      auto ask = AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
+      PermitAnswer pa = co_await std::move(ask);
+      if (pa.granted) co_return true;
+      if (std::chrono::steady_clock::now() + pa.retry_after > deadline) co_return false;
+      auto sleep = Sleep(pa.retry_after);
+      co_await std::move(sleep);
+    }
+  }
+
+  // The connection slots keys name, for holder; false when none came free
+  // before deadline.
+  awaitable<bool> AwaitSlots(const std::string& holder, const std::vector<v1::PermitKey>& keys,
+                             std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+      v1::PermitRequest req;
+      req.set_op(v1::PermitRequest::ACQUIRE);
+      req.set_ttl_ms(static_cast<uint32_t>(queue::kPermitTtlUs / 1000));
+      auto* h = req.add_holds();
+      h->set_holder(holder);
+      for (const auto& k : keys) *h->add_keys() = k;
+      auto ask = AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
+      PermitAnswer pa = co_await std::move(ask);
+      if (pa.granted) {
+        std::lock_guard lock(holds_mu_);
+        holds_[holder] = keys;
+        co_return true;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) co_return false;
+      const std::chrono::steady_clock::duration wait =
+          std::min<std::chrono::steady_clock::duration>(pa.retry_after, deadline - now);
+      auto slot = WaitForSlot(wait);
+      co_await std::move(slot);
+    }
+  }
+
+  // Closes every connection in conns.
+  awaitable<void> CloseEach(std::vector<std::unique_ptr<Conn>> conns) {
+    for (auto& c : conns) {
+      auto close = Close(std::move(c));
+      co_await std::move(close);
+    }
+  }
+
   // One transaction to host [ip]:port: a cached session (RSET first) or a
   // new one, within the destination's limits (connection slots, message
   // rate), cached again afterwards while it may carry more.
@@ -555,35 +633,23 @@ class Worker final : public DeliveryWorker {
         limits.key + "|" + route.mailer->name + "|" + ip + "|" + std::to_string(port) + "|" + tls_mode;
     std::vector<v1::PermitKey> keys;
     if (limits.max_connections > 0) {
-      v1::PermitKey k;
-      k.set_key(limits.key);
-      k.set_limit(limits.max_connections);
-      keys.push_back(std::move(k));
+      keys.emplace_back();
+      keys.back().set_key(limits.key);
+      keys.back().set_limit(limits.max_connections);
     }
     if (config_.single_thread_delivery) {  // one connection per MX host, cluster-wide
-      v1::PermitKey k;
-      k.set_key("host:" + ToLower(host));
-      k.set_limit(1);
-      keys.push_back(std::move(k));
+      keys.emplace_back();
+      keys.back().set_key("host:" + ToLower(host));
+      keys.back().set_limit(1);
     }
-    // Messages per minute: the turn comes before the connection is taken.
-    while (limits.max_messages_per_minute > 0) {
-      v1::PermitRequest req;
-      req.set_op(v1::PermitRequest::RATE);
-      auto* k = req.add_holds()->add_keys();
-      k->set_key(limits.key);
-      k->set_limit(limits.max_messages_per_minute);
-      PermitAnswer pa = co_await AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
-      if (pa.granted) break;
-      if (std::chrono::steady_clock::now() + pa.retry_after > deadline) {
+    // Messages per minute: the turn comes before a connection is taken.
+    if (limits.max_messages_per_minute > 0) {
+      auto rate = AwaitRate(limits, deadline);
+      if (!co_await std::move(rate)) {
         Probe::Get().Throttled("rate");
         co_return Throttled("4.4.5 rate limit of " + std::to_string(limits.max_messages_per_minute) +
                             " messages per minute to " + limits.key.substr(5) + " reached; will retry shortly");
       }
-      asio::steady_timer t(co_await asio::this_coro::executor);
-      t.expires_after(pa.retry_after);
-      boost::system::error_code ec;
-      co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
     }
     bool retried_fresh = false;
     for (;;) {
@@ -591,8 +657,10 @@ class Worker final : public DeliveryWorker {
       bool cached = false;
       if (conn) {
         auto reset = asio::co_spawn(conn->session->strand(), conn->session->Reset(), use_awaitable);
-        if (!co_await std::move(reset)) {  // the peer dropped it while idle: not the host's fault
-          co_await Close(std::move(conn));
+        const bool alive = co_await std::move(reset);
+        if (!alive) {  // the peer dropped it while idle: not the host's fault
+          auto close = Close(std::move(conn));
+          co_await std::move(close);
           continue;
         }
         cached = true;
@@ -600,28 +668,17 @@ class Worker final : public DeliveryWorker {
         std::string holder;
         if (!keys.empty()) {
           holder = worker_id_ + "#" + std::to_string(conn_serial_.fetch_add(1));
-          v1::PermitRequest req;
-          req.set_op(v1::PermitRequest::ACQUIRE);
-          req.set_ttl_ms(static_cast<uint32_t>(queue::kPermitTtlUs / 1000));
-          auto* h = req.add_holds();
-          h->set_holder(holder);
-          for (const auto& k : keys) *h->add_keys() = k;
-          PermitAnswer pa = co_await AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
-          if (!pa.granted) {
-            const auto now = std::chrono::steady_clock::now();
-            if (now >= deadline) {
-              Probe::Get().Throttled("connections");
-              co_return Throttled(config_.single_thread_delivery && limits.max_connections == 0
-                                      ? "4.4.5 another delivery holds the connection to " + host +
-                                            " (single_thread_delivery); will retry shortly"
-                                      : "4.4.5 connection limit for " + limits.key.substr(5) +
-                                            " reached; will retry shortly");
-            }
-            co_await WaitForSlot(std::min<std::chrono::steady_clock::duration>(pa.retry_after, deadline - now));
-            continue;
+          auto slots = AwaitSlots(holder, keys, deadline);
+          if (!co_await std::move(slots)) {
+            // Maybe a session to the same address came back meanwhile.
+            if (cache_.Peek(pool_key)) continue;
+            Probe::Get().Throttled("connections");
+            co_return Throttled(config_.single_thread_delivery && limits.max_connections == 0
+                                    ? "4.4.5 another delivery holds the connection to " + host +
+                                          " (single_thread_delivery); will retry shortly"
+                                    : "4.4.5 connection limit for " + limits.key.substr(5) +
+                                          " reached; will retry shortly");
           }
-          std::lock_guard lock(holds_mu_);
-          holds_[holder] = keys;
         }
         conn = std::make_unique<Conn>();
         conn->holder = holder;
@@ -631,7 +688,8 @@ class Worker final : public DeliveryWorker {
         auto open = asio::co_spawn(strand, SmtpSession::Open(strand, ip, port, cc, host, &failed), use_awaitable);
         conn->session = co_await std::move(open);
         if (!conn->session) {
-          co_await Close(std::move(conn));
+          auto close = Close(std::move(conn));
+          co_await std::move(close);
           co_return failed;
         }
       }
@@ -643,16 +701,19 @@ class Worker final : public DeliveryWorker {
         // A cached session that broke before any recipient was answered: once
         // more on a new connection before blaming the host.
         retried_fresh = true;
-        co_await Close(std::move(conn));
+        auto close = Close(std::move(conn));
+        co_await std::move(close);
         continue;
       }
       const uint32_t per_conn = limits.max_messages_per_connection;
       if (conn->session->usable() && config_.connection_cache_size > 0 &&
           (per_conn == 0 || conn->session->transactions() < per_conn)) {
-        for (auto& old : cache_.Put(std::move(conn), config_.connection_cache_size)) co_await Close(std::move(old));
+        auto evict = CloseEach(cache_.Put(std::move(conn), config_.connection_cache_size));
+        co_await std::move(evict);
         cache_.WakeWaiters();
       } else {
-        co_await Close(std::move(conn));
+        auto close = Close(std::move(conn));
+        co_await std::move(close);
       }
       co_return at;
     }
@@ -810,7 +871,8 @@ class Worker final : public DeliveryWorker {
       auto attempt_start = std::chrono::steady_clock::now();
       std::vector<Outcome> outs;
       if (!rcpts.empty()) {
-        auto deliver = DeliverDomain(domain, route, routing_.LimitsFor(domain), *m, rcpts, &host_outcomes);
+        const Limits limits = routing_.LimitsFor(domain);  // a coroutine's reference parameters must outlive it
+        auto deliver = DeliverDomain(domain, route, limits, *m, rcpts, &host_outcomes);
         outs = co_await std::move(deliver);
       }
       for (int i : bounced) {

@@ -113,8 +113,10 @@ class Sink:
     """
 
     def __init__(self, host, port=None, rcpt_replies=None, tempfail_rcpt=0, slow_data=0, data_delay=0.0,
-                 size_limit=None, tls=None):
+                 size_limit=None, tls=None, lmtp=False, data_replies=None):
         from aiosmtpd.controller import Controller
+        from aiosmtpd.lmtp import LMTP
+        from aiosmtpd.smtp import SMTP
 
         self.host = host
         self.port = port or free_port(host)
@@ -125,6 +127,11 @@ class Sink:
         self.data_started = 0
         self.messages = []  # (mail_from, [rcpts], content bytes)
         self.rcpt_log = []  # (address, reply) for every RCPT seen
+        self.data_replies = data_replies or {}  # LMTP: address -> its reply after the final dot
+        self.connections = 0  # accepted so far
+        self.open = 0  # open now
+        self.max_open = 0  # most open at once
+        self.rsets = 0
         self.lock = threading.Lock()
         sink = self
 
@@ -141,6 +148,11 @@ class Sink:
                     envelope.rcpt_tos.append(address)
                 return reply
 
+            async def handle_RSET(self, server, session, envelope):
+                with sink.lock:
+                    sink.rsets += 1
+                return "250 2.0.0 OK"
+
             async def handle_DATA(self, server, session, envelope):
                 with sink.lock:
                     sink.data_started += 1
@@ -151,6 +163,12 @@ class Sink:
 
                     await asyncio.sleep(sink.data_delay)
                 with sink.lock:
+                    if lmtp:  # RFC 2033: one reply per accepted recipient, in order
+                        replies = [sink.data_replies.get(r, "250 2.0.0 Ok: delivered") for r in envelope.rcpt_tos]
+                        taken = [r for r, rep in zip(envelope.rcpt_tos, replies) if rep.startswith("250")]
+                        if taken:
+                            sink.messages.append((envelope.mail_from, taken, envelope.original_content))
+                        return "\r\n".join(replies)
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
                 return "250 2.0.0 Ok: delivered"
 
@@ -161,15 +179,109 @@ class Sink:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(*tls)
             extra.update(tls_context=ctx, require_starttls=True)
-        self.controller = Controller(Handler(), hostname=host, port=self.port, **extra)
+        base = LMTP if lmtp else SMTP
+
+        class Counting(base):
+            """Counts connections: total, open now and the most open at once."""
+
+            def connection_made(self, transport):
+                with sink.lock:
+                    sink.connections += 1
+                    sink.open += 1
+                    sink.max_open = max(sink.max_open, sink.open)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc):
+                with sink.lock:
+                    sink.open -= 1
+                super().connection_lost(exc)
+
+        class CountingController(Controller):
+            def factory(self):
+                return Counting(self.handler, **self.SMTP_kwargs)
+
+        self.controller = CountingController(Handler(), hostname=host, port=self.port, **extra)
         self.controller.start()
 
     def count(self):
         with self.lock:
             return len(self.messages)
 
+    def stats(self):
+        """(connections, most open at once, RSETs)"""
+        with self.lock:
+            return self.connections, self.max_open, self.rsets
+
     def stop(self):
         self.controller.stop()
+
+
+class TinyDns:
+    """A UDP DNS server for faults unbound will not produce: answers from
+    `records` {(name, type): [rdata]} ("MX": "pref host", "A"/"AAAA": address)
+    and fails `rcodes` {(name, type): rcode} (2 = SERVFAIL). Everything else
+    is NXDOMAIN. Counts queries by (name, type)."""
+
+    TYPES = {"A": 1, "MX": 15, "AAAA": 28}
+
+    def __init__(self, host="127.0.0.1", records=None, rcodes=None):
+        import socket as socketlib
+
+        self.records = {(n.lower().rstrip("."), t): v for (n, t), v in (records or {}).items()}
+        self.rcodes = {(n.lower().rstrip("."), t): v for (n, t), v in (rcodes or {}).items()}
+        self.queries = {}
+        self.sock = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.server = f"{host}:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _name(labels):
+        out = b""
+        for label in labels.rstrip(".").split("."):
+            out += bytes([len(label)]) + label.encode()
+        return out + b"\0"
+
+    def _serve(self):
+        import ipaddress
+        import struct
+
+        names = {v: k for k, v in self.TYPES.items()}
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            qid, _flags, qdcount = struct.unpack("!HHH", data[:6])
+            pos, labels = 12, []
+            while data[pos]:
+                labels.append(data[pos + 1:pos + 1 + data[pos]].decode().lower())
+                pos += data[pos] + 1
+            question = data[12:pos + 5]
+            qname = ".".join(labels)
+            qtype = names.get(struct.unpack("!H", data[pos + 1:pos + 3])[0], "?")
+            self.queries[(qname, qtype)] = self.queries.get((qname, qtype), 0) + 1
+            answers = b""
+            count = 0
+            rcode = self.rcodes.get((qname, qtype))
+            if rcode is None:
+                values = self.records.get((qname, qtype))
+                known = any(n == qname for n, _ in self.records)
+                rcode = 0 if (values or known) else 3
+                for v in values or []:
+                    if qtype == "MX":
+                        pref, host = v.split()
+                        rdata = struct.pack("!H", int(pref)) + self._name(host)
+                    else:
+                        rdata = ipaddress.ip_address(v).packed
+                    answers += b"\xc0\x0c" + struct.pack("!HHIH", self.TYPES[qtype], 1, 60, len(rdata)) + rdata
+                    count += 1
+            header = struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, count, 0, 0)
+            self.sock.sendto(header + question + answers, peer)
+
+    def stop(self):
+        self.sock.close()
 
 
 class Mxd:
