@@ -334,12 +334,15 @@ class Worker final : public DeliveryWorker {
       asio::co_spawn(io_, CloseAll(), [done](std::exception_ptr) { done->set_value(); });
       f.wait_for(std::chrono::seconds(10));
     }
-    for (int i = 0; i < 300 && permit_calls_.load() > 0; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     work_.reset();
     io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    // No coroutine runs any more, so no Permit call starts; those in flight
+    // end by their 2 s deadline and only post to the stopped io_context.
+    for (int i = 0; i < 300 && permit_calls_.load() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     resolver_.reset();
   }
 

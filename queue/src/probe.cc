@@ -74,6 +74,10 @@ Probe::Probe() {
                         .Name("mx_queue_raft_applied_index")
                         .Help("Highest log index applied to the state machine")
                         .Register(reg);
+  permits_ = &prometheus::BuildCounter()
+                  .Name("mx_queue_permits_total")
+                  .Help("Delivery limit requests answered by this leader: connection slots (acquire) and message rates")
+                  .Register(reg);
 }
 
 void Probe::LeaderChanged(uint32_t shard) {

@@ -464,6 +464,7 @@ class Shard {
     switch (req->op()) {
       case v1::PermitRequest::ACQUIRE:
         granted = permits_.Acquire(req->holds(0).holder(), asks(req->holds(0)), ttl, now, &retry);
+        Probe::Get().Permit("acquire", granted);
         break;
       case v1::PermitRequest::RENEW:
         for (const auto& h : req->holds()) permits_.Renew(h.holder(), asks(h), ttl, now);
@@ -478,6 +479,7 @@ class Shard {
             break;
           }
         }
+        Probe::Get().Permit("rate", granted);
         break;
       default: return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown permit op");
     }

@@ -24,7 +24,7 @@ MXCTL = BUILD_DIR / "control" / "mxctl"
 
 
 def free_port(host="127.0.0.1"):
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -202,6 +202,10 @@ class Sink:
 
         self.controller = CountingController(Handler(), hostname=host, port=self.port, **extra)
         self.controller.start()
+        # start() connects once itself to see the server up: not a client.
+        wait_for(lambda: self.open == 0, timeout=5, what="the controller's own connection to close")
+        with self.lock:
+            self.connections = self.max_open = 0
 
     def count(self):
         with self.lock:
@@ -367,6 +371,39 @@ class Mxd:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+
+class ExtraDelivery:
+    """A second delivery worker, `mxd delivery`, in its own process with
+    node's config (its own node name and metrics port), pulling from the
+    same queue."""
+
+    def __init__(self, node, workdir: Path, name="mx-test-2"):
+        self.metrics_port = free_port()
+        self.config = workdir / f"{name}.yaml"
+        self.config.write_text(node.config.read_text()
+                               .replace(f"127.0.0.1:{node.metrics_port}", f"127.0.0.1:{self.metrics_port}")
+                               .replace('node_name: "mx-test"', f'node_name: "{name}"'))
+        self.logfile = workdir / f"{name}.log"
+        self.log = open(self.logfile, "w")
+        self.proc = subprocess.Popen([str(MXD), "delivery", "--config", str(self.config)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_for(lambda: "pulling from" in self.logtext(), what=f"the delivery worker {name}")
+
+    def logtext(self):
+        return self.logfile.read_text()
+
+    def metrics(self):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+        self.log.close()
 
 
 def metric_value(text, name, labels=None):

@@ -1,14 +1,12 @@
 """PersistentHostStatus, cluster-wide: an MX host that answered 421 is skipped
 without a connection by every delivery worker until host_status_timeout;
 mxctl hoststat shows it and mxctl purgestat forgets it."""
-import signal
 import smtplib
 import socket
-import subprocess
 import threading
 
 from conftest import MX_DOWN, MX_GOOD
-from mxtest import MXD, free_port, metric_value, wait_for
+from mxtest import ExtraDelivery, free_port, metric_value, wait_for
 
 
 class Greeter421:
@@ -51,18 +49,9 @@ def test_a_421_host_is_skipped_by_every_worker_until_purged(dns, sinks, mxd_fact
     sink = sinks(MX_GOOD, port)
     busy = Greeter421(MX_DOWN, port)  # example.test: MX 10 is this host, MX 20 the sink
     node = mxd_factory(delivery__dns_servers=[d.server], delivery__smtp_port=port, delivery__concurrency=4)
-    # A second delivery worker in its own process, pulling from the same queue.
-    cfg = node.config.read_text()
-    second_cfg = tmp_path / "delivery2.yaml"
-    metrics2 = free_port()
-    second_cfg.write_text(cfg.replace(f"127.0.0.1:{node.metrics_port}", f"127.0.0.1:{metrics2}")
-                          .replace('node_name: "mx-test"', 'node_name: "mx-test-2"'))
-    log2 = open(tmp_path / "delivery2.log", "w")
-    second = subprocess.Popen([str(MXD), "delivery", "--config", str(second_cfg)], stdout=log2,
-                              stderr=subprocess.STDOUT)
+    second = ExtraDelivery(node, tmp_path)  # a second delivery worker, pulling from the same queue
+    metrics2 = second.metrics_port
     try:
-        wait_for(lambda: "pulling from" in (tmp_path / "delivery2.log").read_text(), what="the second worker")
-
         def metrics(port_):
             import urllib.request
             with urllib.request.urlopen(f"http://127.0.0.1:{port_}/metrics", timeout=5) as r:
@@ -99,7 +88,5 @@ def test_a_421_host_is_skipped_by_every_worker_until_purged(dns, sinks, mxd_fact
         wait_for(lambda: sink.count() == 12, what="the last message")
         assert busy.count() == 2  # tried again after purgestat
     finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(15)
-        log2.close()
+        second.stop()
         busy.stop()

@@ -494,5 +494,40 @@ TEST_F(StateMachineTest, HoldReleaseAndDeleteByFilter) {
   EXPECT_TRUE(sm_->ReadyItems(10).empty());
 }
 
+TEST_F(StateMachineTest, BounceByFilterMarksAndReadiesRecipients) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@y.test"}));
+  Apply(Enqueue("00000000020000", {"c@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 3600 * kSec));
+  Apply(Ack("00000000010000", 1, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 3600 * kSec));
+  // 0002's c@x.test is still leased.
+  v1::QueueCommand c;
+  c.set_now_unix_us(kT0 + 2 * kSec);
+  c.mutable_manage()->set_action(v1::ManageOp::MANAGE_BOUNCE);
+  c.mutable_manage()->mutable_filter()->set_domain("x.test");
+  auto r = Apply(c);
+  EXPECT_EQ(r.recipients, 1u);  // a@x.test
+  EXPECT_EQ(r.skipped, 1u);     // c@x.test is in delivery
+  EXPECT_EQ(r.made_ready, 1u);
+  auto a = sm_->GetRecipient("00000000010000", 0);
+  EXPECT_EQ(a->status(), v1::RCPT_READY);
+  EXPECT_TRUE(a->operator_bounce());
+  EXPECT_FALSE(sm_->GetRecipient("00000000010000", 1)->operator_bounce());
+  EXPECT_EQ(StatusOf("00000000010000", 1), v1::RCPT_DEFERRED);  // b@y.test does not match
+  EXPECT_EQ(sm_->ReadyItems(10).size(), 1u);
+}
+
+TEST_F(StateMachineTest, ThrottledDeferralIsNotAnAttempt) {
+  Apply(Enqueue("00000000010000", {"a@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  auto c = Ack("00000000010000", 0, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 3 * kSec);
+  c.mutable_ack()->mutable_results(0)->set_throttled(true);
+  Apply(c);
+  auto rc = sm_->GetRecipient("00000000010000", 0);
+  EXPECT_EQ(rc->status(), v1::RCPT_DEFERRED);
+  EXPECT_EQ(rc->attempts(), 0u);
+  EXPECT_EQ(rc->next_attempt_unix_us(), kT0 + 3 * kSec);
+}
+
 }  // namespace
 }  // namespace mx::queue

@@ -33,6 +33,10 @@ class Probe {
     if (outcome >= 1 && outcome <= 3) acked_[outcome]->Increment();
   }
   void SetCounts(uint32_t shard, const QueueCounts& counts, int64_t oldest_age_seconds);
+  // Delivery limits: op "acquire" (connection slots) or "rate"; granted or refused.
+  void Permit(const char* op, bool granted) {
+    permits_->Add({{"op", op}, {"result", granted ? "granted" : "refused"}}).Increment();
+  }
 
  private:
   Probe();
@@ -51,6 +55,7 @@ class Probe {
   prometheus::Family<prometheus::Gauge>* term_;
   prometheus::Family<prometheus::Gauge>* commit_index_;
   prometheus::Family<prometheus::Gauge>* applied_index_;
+  prometheus::Family<prometheus::Counter>* permits_;
 };
 
 }  // namespace mx::queue
