@@ -32,6 +32,27 @@ bool DsnWanted(const v1::Envelope& env, uint32_t notify, DsnAction action) {
   return false;
 }
 
+DsnOwed SettleOutcome(const v1::Envelope& env, const v1::Recipient& rcpt, bool dsn_forwarded, int64_t age_us,
+                      int64_t warn_us, int64_t return_us, v1::Outcome* outcome, std::string* reply,
+                      std::string* dsn_status) {
+  if (*outcome == v1::OUTCOME_DEFERRED && age_us >= return_us) {  // Timeout.queuereturn: final
+    *outcome = v1::OUTCOME_BOUNCED;
+    *reply = "Cannot send message for " + log::FormatDelay(age_us) + " (last: " + *reply + ")";
+    *dsn_status = "4.4.7";
+  }
+  switch (*outcome) {
+    case v1::OUTCOME_BOUNCED:
+      return DsnWanted(env, rcpt.notify(), DsnAction::kFailed) || env.is_dsn() ? DsnOwed::kFailed : DsnOwed::kNone;
+    case v1::OUTCOME_DEFERRED:
+      return age_us >= warn_us && !rcpt.delay_warned() && DsnWanted(env, rcpt.notify(), DsnAction::kDelayed)
+                 ? DsnOwed::kDelayed
+                 : DsnOwed::kNone;
+    case v1::OUTCOME_DELIVERED:
+      return !dsn_forwarded && DsnWanted(env, rcpt.notify(), DsnAction::kRelayed) ? DsnOwed::kRelayed : DsnOwed::kNone;
+    default: return DsnOwed::kNone;
+  }
+}
+
 bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   const auto& orig = in.original;
   const std::string to = in.to.empty() ? orig.sender() : in.to;

@@ -22,6 +22,7 @@
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
 #include "mx/delivery/dsn.h"
+#include "mx/delivery/host_cache.h"
 #include "mx/delivery/probe.h"
 #include "mx/delivery/routing.h"
 #include "mx/delivery/smtp_client.h"
@@ -178,60 +179,6 @@ class SessionCache {
   std::map<std::string, std::deque<std::unique_ptr<Conn>>> idle_;
   size_t count_ = 0;
   std::set<std::shared_ptr<asio::steady_timer>> waiters_;
-};
-
-// The cluster's host status as this worker knows it: refreshed from every
-// shard every couple of seconds, updated at once by its own attempts.
-class HostCache {
- public:
-  // The reply to report when host must be skipped (it failed within timeout).
-  std::optional<std::string> SkipReason(const std::string& host, int64_t now_us, int64_t timeout_us) const {
-    if (timeout_us <= 0) return std::nullopt;
-    std::lock_guard lock(mu_);
-    auto it = hosts_.find(host);
-    if (it == hosts_.end() || it->second.consecutive_failures() == 0) return std::nullopt;
-    if (now_us - it->second.last_attempt_unix_us() >= timeout_us) return std::nullopt;
-    return it->second.last_reply();
-  }
-  // Successes are reported to the queue only when they change something (the
-  // host had failed, is unknown, or was last reported a minute ago), so a
-  // busy host does not cost a replicated write per message.
-  bool ShouldReport(const std::string& host, bool ok, int64_t now_us) const {
-    if (!ok) return true;
-    std::lock_guard lock(mu_);
-    auto it = hosts_.find(host);
-    return it == hosts_.end() || it->second.consecutive_failures() > 0 ||
-           now_us - it->second.last_attempt_unix_us() > 60'000'000;
-  }
-  void Record(const std::string& host, bool ok, const std::string& reply, int64_t now_us) {
-    std::lock_guard lock(mu_);
-    auto& h = hosts_[host];
-    h.set_host(host);
-    h.set_last_attempt_unix_us(now_us);
-    h.set_last_reply(reply);
-    h.set_consecutive_failures(ok ? 0 : h.consecutive_failures() + 1);
-  }
-  // Replaces the view with the shards' (newest entry per host wins; hosts no
-  // shard knows any more were purged).
-  size_t Merge(const std::vector<v1::HostStatus>& from_shards, int64_t refresh_started_us) {
-    std::unordered_map<std::string, v1::HostStatus> merged;
-    for (const auto& h : from_shards) {
-      auto [it, fresh] = merged.emplace(h.host(), h);
-      if (!fresh && h.last_attempt_unix_us() > it->second.last_attempt_unix_us()) it->second = h;
-    }
-    std::lock_guard lock(mu_);
-    for (auto& [host, local] : hosts_) {  // our own attempts since the refresh began are newer
-      if (local.last_attempt_unix_us() < refresh_started_us) continue;
-      auto it = merged.find(host);
-      if (it == merged.end() || it->second.last_attempt_unix_us() < local.last_attempt_unix_us()) merged[host] = local;
-    }
-    hosts_ = std::move(merged);
-    return hosts_.size();
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::unordered_map<std::string, v1::HostStatus> hosts_;
 };
 
 // Per-recipient outcome with where it came from.
@@ -891,12 +838,8 @@ class Worker final : public DeliveryWorker {
       for (size_t k = 0; k < idx.size(); ++k) {
         const auto& rc = m->recipients(idx[k]);
         Outcome& o = outs[k];
-        // Timeout.queuereturn: a deferral of a message this old is final.
-        if (o.r.outcome == v1::OUTCOME_DEFERRED && age >= return_us) {
-          o.r.outcome = v1::OUTCOME_BOUNCED;
-          o.r.reply = "Cannot send message for " + log::FormatDelay(age) + " (last: " + o.r.reply + ")";
-          o.r.dsn_status = "4.4.7";
-        }
+        const DsnOwed owed =
+            SettleOutcome(env, rc, o.dsn_forwarded, age, warn_us, return_us, &o.r.outcome, &o.r.reply, &o.r.dsn_status);
         auto* res = ack.add_results();
         res->set_qid(env.qid());
         res->set_index(rc.index());
@@ -924,16 +867,17 @@ class Worker final : public DeliveryWorker {
                                                                     : "bounced",
                               mailer, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         DsnRecipient d{rc.address(), rc.orcpt(), o.r.dsn_status, o.relay, o.r.reply};
-        if (o.r.outcome == v1::OUTCOME_BOUNCED && (DsnWanted(env, rc.notify(), DsnAction::kFailed) || env.is_dsn())) {
-          failed.push_back(std::move(d));
-        } else if (o.r.outcome == v1::OUTCOME_DEFERRED && age >= warn_us && !rc.delay_warned() &&
-                   DsnWanted(env, rc.notify(), DsnAction::kDelayed)) {
-          res->set_delay_warned(true);  // Timeout.queuewarn: once per recipient
-          delayed.push_back(std::move(d));
-        } else if (o.r.outcome == v1::OUTCOME_DELIVERED && !o.dsn_forwarded &&
-                   DsnWanted(env, rc.notify(), DsnAction::kRelayed)) {
-          d.status = "2.0.0";
-          relayed.push_back(std::move(d));
+        switch (owed) {
+          case DsnOwed::kFailed: failed.push_back(std::move(d)); break;
+          case DsnOwed::kDelayed:
+            res->set_delay_warned(true);  // Timeout.queuewarn: once per recipient
+            delayed.push_back(std::move(d));
+            break;
+          case DsnOwed::kRelayed:
+            d.status = "2.0.0";
+            relayed.push_back(std::move(d));
+            break;
+          case DsnOwed::kNone: break;
         }
       }
     }

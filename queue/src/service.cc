@@ -19,6 +19,7 @@
 #include "mx/queue/permits.h"
 #include "mx/queue/probe.h"
 #include "mx/queue/raft_log.h"
+#include "mx/queue/retry.h"
 #include "mx/queue/state_machine.h"
 #include "mx/v1/queue.grpc.pb.h"
 
@@ -557,11 +558,8 @@ class Shard {
   int64_t Backoff(uint32_t attempts) const {
     int64_t min = std::chrono::duration_cast<std::chrono::microseconds>(config_.min_backoff).count();
     int64_t max = std::chrono::duration_cast<std::chrono::microseconds>(config_.max_backoff).count();
-    int64_t d = min;
-    for (uint32_t i = 0; i < attempts && d < max; ++i) d *= 2;
     thread_local std::mt19937_64 rng{std::random_device{}()};
-    d += static_cast<int64_t>(std::uniform_real_distribution<double>(0, 0.25)(rng) * static_cast<double>(d));
-    return std::min(d, max);
+    return RetryDelayUs(attempts, min, max, std::uniform_real_distribution<double>(0, 0.25)(rng));
   }
 
   // A recipient held back by a delivery limit goes again soon: within a few

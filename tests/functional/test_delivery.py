@@ -224,6 +224,21 @@ def test_tls_required_for_a_destination_defers_without_starttls(dns, sinks, mxd_
     assert sink.count() == 0
 
 
+def test_all_mx_hosts_down_goes_to_the_fallback_mx_host(dns, sinks, mxd_factory):
+    from conftest import MX_DOWN, MX_GOOD2
+
+    port = free_port(MX_GOOD2)
+    fallback = sinks(MX_GOOD2, port)
+    _, node = start(dns, sinks, mxd_factory, delivery__fallback_mx_host=f"[{MX_GOOD2}]:{port}")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["x@down.test"], b"Subject: fallback\r\n\r\nx\r\n")
+    wait_for(lambda: fallback.count() == 1, what="delivery via the fallback MX host")
+    assert fallback.messages[0][1] == ["x@down.test"]
+    log = node.logtext()
+    refused = log.index(f"relay=mx-down.example.test. [{MX_DOWN}]: Connection refused, trying next host")
+    assert log.index(f"relay=[{MX_GOOD2}] [{MX_GOOD2}], dsn=2.0.0, stat=Sent") > refused
+
+
 def test_equal_preferences_share_the_load_behind_a_refusing_better_mx(dns, sinks, mxd_factory):
     from conftest import MX_GOOD, MX_GOOD2
 

@@ -123,5 +123,46 @@ TEST(Dsn, NotifyRules) {
   EXPECT_FALSE(DsnWanted(env, v1::NOTIFY_SUCCESS, A::kRelayed));
 }
 
+TEST(Dsn, QueueWarnAndQueueReturnTiming) {
+  constexpr int64_t kH = 3600LL * 1'000'000;
+  const int64_t warn = 4 * kH, ret = 5 * 24 * kH;
+  v1::Envelope env;
+  env.set_sender("a@sender.test");
+  v1::Recipient rc;
+  rc.set_address("b@example.test");
+  auto settle = [&](v1::Outcome o, int64_t age, bool forwarded = false) {
+    std::string reply = "451 4.4.1 no answer", status = "4.4.1";
+    auto owed = SettleOutcome(env, rc, forwarded, age, warn, ret, &o, &reply, &status);
+    return std::make_tuple(owed, o, reply, status);
+  };
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DEFERRED, warn - 1)), DsnOwed::kNone);  // too early to warn
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DEFERRED, warn)), DsnOwed::kDelayed);
+  rc.set_delay_warned(true);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DEFERRED, warn + kH)), DsnOwed::kNone);  // once per recipient
+  auto [owed, outcome, reply, status] = settle(v1::OUTCOME_DEFERRED, ret);          // Timeout.queuereturn
+  EXPECT_EQ(owed, DsnOwed::kFailed);
+  EXPECT_EQ(outcome, v1::OUTCOME_BOUNCED);
+  EXPECT_EQ(status, "4.4.7");
+  EXPECT_EQ(reply, "Cannot send message for 5+00:00:00 (last: 451 4.4.1 no answer)");
+  rc.set_delay_warned(false);
+
+  rc.set_notify(v1::NOTIFY_NEVER);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DEFERRED, ret)), DsnOwed::kNone);  // still bounced, silently
+  rc.set_notify(v1::NOTIFY_SUCCESS);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DELIVERED, 0)), DsnOwed::kRelayed);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DELIVERED, 0, true)), DsnOwed::kNone);  // the next hop reports
+  rc.set_notify(0);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DELIVERED, 0)), DsnOwed::kNone);
+
+  env.set_precedence_class(-30);  // Precedence: bulk: no delay warnings, bounces still
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_DEFERRED, warn)), DsnOwed::kNone);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_BOUNCED, 0)), DsnOwed::kFailed);
+  env.set_precedence_class(0);
+  env.set_sender("");  // a DSN that bounced owes the double bounce, whatever NOTIFY says
+  env.set_is_dsn(true);
+  rc.set_notify(v1::NOTIFY_NEVER);
+  EXPECT_EQ(std::get<0>(settle(v1::OUTCOME_BOUNCED, 0)), DsnOwed::kFailed);
+}
+
 }  // namespace
 }  // namespace mx::delivery

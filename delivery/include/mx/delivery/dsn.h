@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "mx/v1/queue.pb.h"  // Outcome
 #include "mx/v1/types.pb.h"
 
 namespace mx::delivery {
@@ -40,6 +41,19 @@ struct DsnInput {
 // asks for a DSN of this kind. Never to <>; NEVER suppresses all; the default
 // (no NOTIFY) is FAILURE,DELAY; no delay warnings for negative Precedence.
 bool DsnWanted(const v1::Envelope& env, uint32_t notify, DsnAction action);
+
+// The DSN a recipient's outcome owes, if any, given how long the message has
+// been queued (age). Timeout.queuereturn first turns a deferral of a message
+// at least return_us old into a bounce (*outcome, *reply, *dsn_status are
+// rewritten: 4.4.7 "Cannot send message for …"). Then: a bounce owes kFailed
+// (when NOTIFY asks for it, and always for a DSN that bounced: the double
+// bounce); a deferral at least warn_us old owes one kDelayed per recipient
+// (not once delay_warned); a delivery to a peer that did not take over the
+// NOTIFY request owes kRelayed for NOTIFY=SUCCESS.
+enum class DsnOwed { kNone, kFailed, kDelayed, kRelayed };
+DsnOwed SettleOutcome(const v1::Envelope& env, const v1::Recipient& rcpt, bool dsn_forwarded, int64_t age_us,
+                      int64_t warn_us, int64_t return_us, v1::Outcome* outcome, std::string* reply,
+                      std::string* dsn_status);
 
 // Builds a multipart/report DSN from <> to in.to (default: the original
 // sender). Failed DSNs return the full message unless RET=HDRS or negative
