@@ -102,18 +102,27 @@ int main(int argc, char** argv) {
     if (!t.ok()) return Die(t.status().message());
     policy_tester = std::move(t).value();
     auto* tester = policy_tester.get();
+    auto auth = mx::control::AdminAuth::Load(config.control, config.config_dir);
+    if (!auth.ok()) return Die(auth.status().message());
+    if (auth->open())
+      mx::log::Warn("control.auth is none: anyone who reaches " + config.control.listen +
+                    " may administer the cluster");
     admin = mx::control::MakeAdminService(
-        config.control.queue, config.queue.shards,
+        config.control.queue, config.queue.shards, std::move(auth).value(),
         [tester](const mx::v1::PolicyTestRequest& req, mx::v1::PolicyTestResponse* resp) {
           auto r = tester->Test(req);
           if (!r.ok()) return grpc::Status(static_cast<grpc::StatusCode>(r.status().code()), r.status().message());
           *resp = std::move(r).value();
           return grpc::Status::OK;
         });
-    auto s = mx::StartGrpcServer(config.control.listen, {admin.get()});
-    if (!s.ok()) return Die(s.status().message());
+    mx::GrpcServerTls tls{config.control.tls_cert_file, config.control.tls_key_file, config.control.tls_client_ca_file};
+    auto s = mx::StartGrpcServer(config.control.listen, {admin.get()}, tls);
+    if (!s.ok()) return Die("control: " + s.status().message());
     control_server = std::move(s).value();
-    mx::log::Info("control serving gRPC on " + config.control.listen);
+    mx::log::Info("control serving gRPC on " + config.control.listen +
+                  (tls.cert_file.empty()        ? ""
+                   : tls.client_ca_file.empty() ? " (TLS)"
+                                                : " (mTLS)"));
   }
 
   std::unique_ptr<mx::delivery::DeliveryWorker> delivery;

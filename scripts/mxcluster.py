@@ -173,8 +173,16 @@ class Cluster:
                        queue={"shards": shards, "peers": self.peers},
                        delivery=dict({"concurrency": 32}, **(delivery_cfg or {})))
             self.delivery.append(Proc(self, f"delivery-{j}", "delivery", cfg, b + 240 + j))
+        # Admin tokens: an operator token for mxctl (the secret file of a real cluster).
+        import secrets
+        self.token_file = self.dir / "mxctl-token"
+        token = secrets.token_hex(20)
+        self.token_file.write_text(token + "\n")
+        tokens = self.dir / "admin-tokens"
+        tokens.write_text(f"operator operator {token}\n")
         cfg = dict(common, node_name="control", metrics_listen=f"127.0.0.1:{b + 260}",
-                   queue={"shards": shards, "peers": self.peers}, control={"listen": f"127.0.0.1:{b + 400}"})
+                   queue={"shards": shards, "peers": self.peers},
+                   control={"listen": f"127.0.0.1:{b + 400}", "admin_tokens_file": str(tokens)})
         self.control = Proc(self, "control", "control", cfg, b + 400)
         self._common, self._queue_common = common, queue_common
 
@@ -217,7 +225,8 @@ class Cluster:
         return errors
 
     def mxctl(self, *args, check=True, timeout=60):
-        out = subprocess.run([str(self.mxctl_bin), "--server", f"127.0.0.1:{self.base + 400}", *args],
+        out = subprocess.run([str(self.mxctl_bin), "--server", f"127.0.0.1:{self.base + 400}",
+                              "--token-file", str(self.token_file), *args],
                              capture_output=True, text=True, timeout=timeout)
         if check and out.returncode != 0:
             raise RuntimeError(f"mxctl {args} failed: {out.stderr}")
@@ -274,7 +283,8 @@ def main():
     c.start()
     print(f"mx cluster up in {args.dir}: {args.shards} shard(s) x 3 queue replicas")
     print("  SMTP:     " + ", ".join(f"127.0.0.1:{p}" for p in c.smtp_ports()))
-    print(f"  mxctl:    {c.mxctl_bin} --server 127.0.0.1:{args.base_port + 400} cluster status")
+    print(f"  mxctl:    {c.mxctl_bin} --server 127.0.0.1:{args.base_port + 400} --token-file {c.token_file}"
+          " cluster status")
     print(f"  logs:     {args.dir}/<process>/mxd.log")
     print(c.mxctl("cluster", "status").stdout)
     try:

@@ -379,6 +379,11 @@ Config Parse(const YAML::Node& root) {
       Reader k(r.Child("control"), "control");
       k.Str("listen", &c.control.listen);
       k.StrList("queue", &c.control.queue);
+      k.Str("auth", &c.control.auth);
+      k.Str("admin_tokens_file", &c.control.admin_tokens_file);
+      k.Str("tls_cert_file", &c.control.tls_cert_file);
+      k.Str("tls_key_file", &c.control.tls_key_file);
+      k.Str("tls_client_ca_file", &c.control.tls_client_ca_file);
     }
   }
 
@@ -458,6 +463,13 @@ Config Parse(const YAML::Node& root) {
   if (c.delivery.inet_protocols != "all" && c.delivery.inet_protocols != "ipv4" &&
       c.delivery.inet_protocols != "ipv6") {
     Fail("delivery.inet_protocols", "expected all, ipv4 or ipv6");
+  }
+  if (c.control.auth != "tokens" && c.control.auth != "none") Fail("control.auth", "expected tokens or none");
+  if (c.control.tls_cert_file.empty() != c.control.tls_key_file.empty()) {
+    Fail("control.tls_cert_file", "tls_cert_file and tls_key_file go together");
+  }
+  if (!c.control.tls_client_ca_file.empty() && c.control.tls_cert_file.empty()) {
+    Fail("control.tls_client_ca_file", "needs tls_cert_file and tls_key_file (mTLS is on top of TLS)");
   }
   if (c.delivery.limit_wait.count() <= 0) Fail("delivery.limit_wait", "must be > 0");
   // "[host]:port" (no MX lookup), "host:port" or "host" (port: delivery.smtp_port).

@@ -5,19 +5,55 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <fstream>
+#include <sstream>
+
 namespace mx {
+namespace {
+
+Result<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status(Code::kNotFound, std::string("cannot read ") + what + " " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void ApplyLimits(grpc::ChannelArguments* args) {
+  args->SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  args->SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+}
+
+}  // namespace
 
 Result<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& listen,
-                                                      const std::vector<grpc::Service*>& services) {
+                                                      const std::vector<grpc::Service*>& services,
+                                                      const GrpcServerTls& tls) {
   static const bool once = [] {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     return true;
   }();
   (void)once;
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (!tls.cert_file.empty()) {
+    auto cert = ReadPem(tls.cert_file, "TLS certificate");
+    if (!cert.ok()) return cert.status();
+    auto key = ReadPem(tls.key_file, "TLS key");
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions opts(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    opts.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!tls.client_ca_file.empty()) {
+      auto ca = ReadPem(tls.client_ca_file, "client CA");
+      if (!ca.ok()) return ca.status();
+      opts.pem_root_certs = *ca;
+      opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
+    creds = grpc::SslServerCredentials(opts);
+  }
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, creds, &port);
   builder.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
   builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
   for (auto* s : services) builder.RegisterService(s);
@@ -30,12 +66,31 @@ Result<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& listen,
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
-  args.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  ApplyLimits(&args);
   // Reconnect quickly after a queue restart: ingress answers 451 meanwhile.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+Result<std::shared_ptr<grpc::Channel>> MakeTlsChannel(const std::string& target, const GrpcClientTls& tls) {
+  grpc::SslCredentialsOptions opts;
+  if (!tls.ca_file.empty()) {
+    auto ca = ReadPem(tls.ca_file, "CA certificate");
+    if (!ca.ok()) return ca.status();
+    opts.pem_root_certs = *ca;
+  }
+  if (!tls.cert_file.empty()) {
+    auto cert = ReadPem(tls.cert_file, "client certificate");
+    if (!cert.ok()) return cert.status();
+    auto key = ReadPem(tls.key_file, "client key");
+    if (!key.ok()) return key.status();
+    opts.pem_cert_chain = *cert;
+    opts.pem_private_key = *key;
+  }
+  grpc::ChannelArguments args;
+  ApplyLimits(&args);
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(opts), args);
 }
 
 }  // namespace mx

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "mx/common/grpc_server.h"
+#include "mx/common/log.h"
 #include "mx/queue/client.h"
 #include "mx/v1/control.grpc.pb.h"
 #include "mx/v1/queue.grpc.pb.h"
@@ -28,18 +29,32 @@ v1::RunOp RunFilter(const v1::QueueRunRequest& req) {
   return f;
 }
 
+// The filter as mxctl options, for the audit log.
+std::string FilterText(const v1::QueueRunRequest& req) {
+  std::string out;
+  for (auto [flag, v] : {std::pair{"-I", &req.qid()}, std::pair{"-S", &req.sender()}, std::pair{"-R", &req.recipient()},
+                         std::pair{"-D", &req.domain()}}) {
+    if (!v->empty()) out += std::string(out.empty() ? "" : " ") + flag + " " + *v;
+  }
+  return out.empty() ? "(everything)" : out;
+}
+
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(const std::vector<std::string>& queues, uint32_t shards, PolicyTestFn policy_test)
-      : router_(queues, shards), policy_test_(std::move(policy_test)) {}
+  AdminService(const std::vector<std::string>& queues, uint32_t shards, AdminAuth auth, PolicyTestFn policy_test)
+      : router_(queues, shards), auth_(std::move(auth)), policy_test_(std::move(policy_test)) {}
 
-  grpc::Status PolicyTest(grpc::ServerContext*, const v1::PolicyTestRequest* req,
+  grpc::Status PolicyTest(grpc::ServerContext* ctx, const v1::PolicyTestRequest* req,
                           v1::PolicyTestResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "PolicyTest", &who); !st.ok()) return st;
     if (!policy_test_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node has no policy to test");
     return policy_test_(*req, resp);
   }
 
-  grpc::Status Mailq(grpc::ServerContext*, const v1::MailqRequest* req, v1::MailqResponse* resp) override {
+  grpc::Status Mailq(grpc::ServerContext* ctx, const v1::MailqRequest* req, v1::MailqResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "Mailq", &who); !st.ok()) return st;
     v1::ListRequest list;
     list.set_qid(req->qid());
     list.set_sender(req->sender());
@@ -61,7 +76,9 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status QueueRun(grpc::ServerContext*, const v1::QueueRunRequest* req, v1::QueueRunResponse* resp) override {
+  grpc::Status QueueRun(grpc::ServerContext* ctx, const v1::QueueRunRequest* req, v1::QueueRunResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "QueueRun", &who); !st.ok()) return st;
     v1::RunQueueRequest run;
     *run.mutable_filter() = RunFilter(*req);
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
@@ -73,10 +90,14 @@ class AdminService final : public v1::Admin::Service {
       if (!st.ok()) return st;
       resp->set_made_ready(resp->made_ready() + part.made_ready());
     }
+    log::Info("admin: " + who + ": qrun " + FilterText(*req) + ": " + std::to_string(resp->made_ready()) +
+              " recipient(s) made ready");
     return grpc::Status::OK;
   }
 
-  grpc::Status Manage(grpc::ServerContext*, const v1::ManageQueueRequest* req, v1::ManageResponse* resp) override {
+  grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageQueueRequest* req, v1::ManageResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "Manage", &who); !st.ok()) return st;
     v1::ManageRequest m;
     m.mutable_op()->set_action(req->action());
     *m.mutable_op()->mutable_filter() = RunFilter(req->filter());
@@ -93,10 +114,39 @@ class AdminService final : public v1::Admin::Service {
       resp->set_messages(resp->messages() + part.messages());
       resp->set_skipped(resp->skipped() + part.skipped());
     }
+    log::Info("admin: " + who + ": " + v1::ManageOp::Action_Name(req->action()) + " " + FilterText(req->filter()) +
+              ": " + std::to_string(resp->recipients()) + " recipient(s), " + std::to_string(resp->messages()) +
+              " message(s) deleted, " + std::to_string(resp->skipped()) + " in delivery left alone");
     return grpc::Status::OK;
   }
 
-  grpc::Status HostStatus(grpc::ServerContext*, const v1::HostStatusRequest*, v1::HostStatusResponse* resp) override {
+  grpc::Status Inspect(grpc::ServerContext* ctx, const v1::InspectRequest* req, v1::InspectResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "Inspect", &who); !st.ok()) return st;
+    if (req->qid().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "inspect needs a queue id");
+    // A queue id does not say its shard: ask each until one has it.
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      v1::GetMessageRequest get;
+      get.set_shard(shard);
+      get.set_qid(req->qid());
+      v1::GetMessageResponse part;
+      auto st = CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetMessage(c, get, &part); });
+      if (st.error_code() == grpc::StatusCode::NOT_FOUND) continue;
+      if (!st.ok()) return st;
+      *resp->mutable_message() = std::move(*part.mutable_message());
+      resp->set_headers(std::move(*part.mutable_headers()));
+      resp->set_body_bytes(part.body_bytes());
+      resp->set_shard(shard);
+      return grpc::Status::OK;
+    }
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "no message " + req->qid() + " in the queue");
+  }
+
+  grpc::Status HostStatus(grpc::ServerContext* ctx, const v1::HostStatusRequest*,
+                          v1::HostStatusResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "HostStatus", &who); !st.ok()) return st;
     std::map<std::string, v1::HostStatus> merged;
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
       v1::ListHostStatusRequest req;
@@ -118,8 +168,10 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status PurgeHostStatus(grpc::ServerContext*, const v1::PurgeHostStatusRequest* req,
+  grpc::Status PurgeHostStatus(grpc::ServerContext* ctx, const v1::PurgeHostStatusRequest* req,
                                v1::PurgeHostStatusResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "PurgeHostStatus", &who); !st.ok()) return st;
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
       v1::PurgeHostStatusRequest part_req = *req;
       part_req.set_shard(shard);
@@ -133,7 +185,9 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Mailstats(grpc::ServerContext*, const v1::MailstatsRequest*, v1::MailstatsResponse* resp) override {
+  grpc::Status Mailstats(grpc::ServerContext* ctx, const v1::MailstatsRequest*, v1::MailstatsResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "Mailstats", &who); !st.ok()) return st;
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
@@ -160,8 +214,10 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ClusterStatus(grpc::ServerContext*, const v1::ClusterStatusRequest*,
+  grpc::Status ClusterStatus(grpc::ServerContext* ctx, const v1::ClusterStatusRequest*,
                              v1::ClusterStatusResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "ClusterStatus", &who); !st.ok()) return st;
     resp->set_shards(router_.shards());
     // Every node known: the configured ones and those the members tables name.
     std::set<std::string> asked;
@@ -194,8 +250,10 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status AddReplica(grpc::ServerContext*, const v1::AddReplicaRequest* req,
+  grpc::Status AddReplica(grpc::ServerContext* ctx, const v1::AddReplicaRequest* req,
                           v1::AddReplicaResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "AddReplica", &who); !st.ok()) return st;
     if (req->shard() >= router_.shards()) return BadShard(req->shard());
     return CallLeader(
         req->shard(),
@@ -203,8 +261,10 @@ class AdminService final : public v1::Admin::Service {
         std::chrono::minutes(3));
   }
 
-  grpc::Status RemoveReplica(grpc::ServerContext*, const v1::RemoveReplicaRequest* req,
+  grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req,
                              v1::RemoveReplicaResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "RemoveReplica", &who); !st.ok()) return st;
     if (req->shard() >= router_.shards()) return BadShard(req->shard());
     return CallLeader(
         req->shard(),
@@ -242,14 +302,15 @@ class AdminService final : public v1::Admin::Service {
   }
 
   queue::QueueRouter router_;
+  AdminAuth auth_;
   PolicyTestFn policy_test_;
 };
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards,
+std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards, AdminAuth auth,
                                                 PolicyTestFn policy_test) {
-  return std::make_unique<AdminService>(queues, shards, std::move(policy_test));
+  return std::make_unique<AdminService>(queues, shards, std::move(auth), std::move(policy_test));
 }
 
 }  // namespace mx::control

@@ -154,4 +154,45 @@ std::string FormatPolicyTest(const v1::PolicyTestResponse& resp) {
   return out;
 }
 
+std::string FormatInspect(const v1::InspectResponse& resp) {
+  const auto& e = resp.message().envelope();
+  auto line = [](const std::string& k, const std::string& v) { return Pad(k + ":", 12, false) + v + "\n"; };
+  std::string out = line("Queue ID", e.qid() + " (shard " + std::to_string(resp.shard()) + ")");
+  out += line("Arrived", QTime(e.arrival_unix_us()) + " UTC at " + (e.received_by().empty() ? "?" : e.received_by()));
+  out += line("Sender", "<" + e.sender() + ">" + (e.is_dsn() ? " (a DSN)" : ""));
+  out +=
+      line("Size", std::to_string(resp.body_bytes()) + " bytes, " + (e.body_type().empty() ? "7BIT" : e.body_type()));
+  out += line("Priority", std::to_string(e.priority()) + ", class " + std::to_string(e.precedence_class()));
+  out += line("Client", (e.client_name().empty() ? "unknown" : e.client_name()) + " [" + e.client_addr() + "], helo " +
+                            e.helo() + (e.auth_id().empty() ? "" : ", auth " + e.auth_id()));
+  if (!e.envid().empty() || !e.ret().empty()) out += line("DSN", "ENVID=" + e.envid() + " RET=" + e.ret());
+  if (!e.msgid().empty()) out += line("Message-ID", e.msgid());
+  out += "Recipients:\n";
+  for (const auto& r : resp.message().recipients()) {
+    std::string state = r.status() == v1::RCPT_READY      ? "ready"
+                        : r.status() == v1::RCPT_LEASED   ? "in delivery"
+                        : r.status() == v1::RCPT_DEFERRED ? "deferred until " + QTime(r.next_attempt_unix_us()) + " UTC"
+                        : r.status() == v1::RCPT_HELD     ? "held"
+                        : r.status() == v1::RCPT_DELIVERED ? "delivered"
+                        : r.status() == v1::RCPT_BOUNCED   ? "bounced"
+                                                           : "?";
+    if (r.operator_bounce()) state += ", to be bounced";
+    out += "  <" + r.address() + ">  " + state + ", " + std::to_string(r.attempts()) + " attempt(s)";
+    if (r.last_attempt_unix_us() > 0) out += ", last " + QTime(r.last_attempt_unix_us()) + " UTC";
+    out += "\n";
+    if (!r.last_reply().empty()) out += "      " + r.last_reply() + "\n";
+  }
+  out += "Headers:\n";
+  size_t pos = 0;
+  const std::string& h = resp.headers();
+  while (pos < h.size()) {
+    size_t eol = h.find('\n', pos);
+    std::string l = h.substr(pos, eol == std::string::npos ? std::string::npos : eol - pos);
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+    out += "  " + l + "\n";
+    pos = eol == std::string::npos ? h.size() : eol + 1;
+  }
+  return out;
+}
+
 }  // namespace mx::control

@@ -16,10 +16,12 @@ namespace {
 
 int Usage() {
   fprintf(stderr,
-          "usage: mxctl [--server host:port] [-o text|json] COMMAND [options]\n"
+          "usage: mxctl [--server host:port] [--token-file F] [--tls-ca F [--tls-cert F --tls-key F]]\n"
+          "             [-o text|json] COMMAND [options]\n"
           "commands:\n"
           "  mailq [-I qid] [-S sender] [-R recipient]   list queued messages\n"
           "  mailstats                                   per-mailer statistics\n"
+          "  inspect QID                                 one message: envelope, recipients, headers\n"
           "  hoststat                                    MX host status (cluster-wide)\n"
           "  purgestat [HOST]                            forget host status (all, or one host)\n"
           "  hold|release|delete|bounce [-I qid] [-S sender] [-R recipient] [-D domain]\n"
@@ -36,14 +38,28 @@ int Usage() {
           "              --to ADDR [--to ADDR...] [--header 'Name: value'...] [--auth]\n"
           "                                              run the acceptance policy without sending mail;\n"
           "                                              exit 0 accept, 1 reject, 2 discard\n"
-          "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401.\n");
+          "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401; the token file to $MXCTL_TOKEN_FILE\n"
+          "(first line: the bearer token); --tls-ca (or $MXCTL_TLS_CA) turns TLS on.\n");
   return 64;  // EX_USAGE
 }
 
 int Fail(const grpc::Status& st, const std::string& server) {
   fprintf(stderr, "mxctl: %s: %s (%d)\n", server.c_str(), st.error_message().c_str(),
           static_cast<int>(st.error_code()));
+  const auto code = st.error_code();
+  if (code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED) return 77;  // EX_NOPERM
   return 69;  // EX_UNAVAILABLE
+}
+
+// The first line of a token file, trimmed; "" when unreadable.
+std::string ReadToken(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "r");
+  if (!f) return "";
+  char buf[4096] = {};
+  std::string token = fgets(buf, sizeof buf, f) ? buf : "";
+  fclose(f);
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  return token;
 }
 
 template <typename Msg>
@@ -63,6 +79,10 @@ int main(int argc, char** argv) {
   const char* env = getenv("MXCTL_SERVER");
   std::string server = env ? env : "127.0.0.1:7401";
   std::string output = "text";
+  const char* token_env = getenv("MXCTL_TOKEN_FILE");
+  std::string token_file = token_env ? token_env : "";
+  const char* ca_env = getenv("MXCTL_TLS_CA");
+  mx::GrpcClientTls tls{ca_env ? ca_env : "", "", ""};
   std::vector<std::string> args(argv + 1, argv + argc);
   size_t i = 0;
   for (; i < args.size(); ++i) {
@@ -70,14 +90,42 @@ int main(int argc, char** argv) {
       server = args[++i];
     else if (args[i] == "-o" && i + 1 < args.size())
       output = args[++i];
+    else if (args[i] == "--token-file" && i + 1 < args.size())
+      token_file = args[++i];
+    else if (args[i] == "--tls-ca" && i + 1 < args.size())
+      tls.ca_file = args[++i];
+    else if (args[i] == "--tls-cert" && i + 1 < args.size())
+      tls.cert_file = args[++i];
+    else if (args[i] == "--tls-key" && i + 1 < args.size())
+      tls.key_file = args[++i];
     else
       break;
   }
   if (i >= args.size() || (output != "text" && output != "json")) return Usage();
+  if (tls.cert_file.empty() != tls.key_file.empty()) return Usage();
   std::string cmd = args[i++];
-  auto stub = mx::v1::Admin::NewStub(mx::MakeChannel(server));
+  std::shared_ptr<grpc::Channel> channel;
+  if (tls.ca_file.empty() && tls.cert_file.empty()) {
+    channel = mx::MakeChannel(server);
+  } else {
+    auto c = mx::MakeTlsChannel(server, tls);
+    if (!c.ok()) {
+      fprintf(stderr, "mxctl: %s\n", c.status().message().c_str());
+      return 66;  // EX_NOINPUT
+    }
+    channel = std::move(c).value();
+  }
+  auto stub = mx::v1::Admin::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (!token_file.empty()) {
+    std::string token = ReadToken(token_file);
+    if (token.empty()) {
+      fprintf(stderr, "mxctl: cannot read a token from %s\n", token_file.c_str());
+      return 66;  // EX_NOINPUT
+    }
+    ctx.AddMetadata("authorization", "Bearer " + token);
+  }
 
   if (cmd == "mailq") {
     mx::v1::MailqRequest req;
@@ -102,6 +150,19 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatMailq(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "inspect") {
+    if (i + 1 != args.size()) return Usage();
+    mx::v1::InspectRequest req;
+    req.set_qid(args[i]);
+    mx::v1::InspectResponse resp;
+    auto st = stub->Inspect(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatInspect(resp).c_str(), stdout);
     return 0;
   }
   if (cmd == "hoststat") {

@@ -829,6 +829,33 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     return s ? s->PurgeHostStatus(ctx, req, resp) : err;
   }
 
+  grpc::Status GetMessage(grpc::ServerContext* ctx, const v1::GetMessageRequest* req,
+                          v1::GetMessageResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    if (!s) return err;
+    if (QidGenerator::TimeOf(req->qid()) < 0) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "'" + req->qid() + "' is not a queue id");
+    }
+    if (!s->log().IsLeader()) return s->NotLeader(ctx);
+    auto env = s->sm().GetEnvelope(req->qid());
+    if (!env.ok()) return grpc::Status(grpc::StatusCode::NOT_FOUND, "no message " + req->qid() + " on this shard");
+    auto body = s->sm().GetBody(req->qid());
+    if (body.ok()) {
+      // The header block: up to the first empty line.
+      const std::string& b = *body;
+      size_t end = b.find("\r\n\r\n");
+      resp->set_headers(end == std::string::npos ? b : b.substr(0, end + 2));
+      resp->set_body_bytes(b.size());
+    }
+    for (uint32_t i = 0; i < env->nrcpts(); ++i) {
+      auto r = s->sm().GetRecipient(req->qid(), i);
+      if (r.ok()) *resp->mutable_message()->add_recipients() = std::move(r).value();
+    }
+    *resp->mutable_message()->mutable_envelope() = std::move(env).value();
+    return grpc::Status::OK;
+  }
+
   grpc::Status Permit(grpc::ServerContext* ctx, const v1::PermitRequest* req, v1::PermitResponse* resp) override {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);

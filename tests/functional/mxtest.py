@@ -315,7 +315,8 @@ class Mxd:
                 "tick_interval": "100ms",
             },
             "delivery": {"concurrency": 16, "connect_timeout": "3s", "command_timeout": "10s", "data_timeout": "10s"},
-            "control": {"listen": f"127.0.0.1:{self.control_port}"},
+            "control": {"listen": f"127.0.0.1:{self.control_port}",
+                        "admin_tokens_file": str(self._write_tokens(workdir))},
         }
         for key, value in overrides.items():
             section, _, name = key.partition("__")
@@ -328,6 +329,19 @@ class Mxd:
         self.proc = None
         self.logfile = workdir / "mxd.log"
         self.start()
+
+    def _write_tokens(self, workdir):
+        """Admin tokens: one per role; mxctl() uses the operator's."""
+        import secrets
+
+        self.operator_token, self.read_token = secrets.token_hex(20), secrets.token_hex(20)
+        self.token_file = workdir / "operator-token"
+        self.token_file.write_text(self.operator_token + "\n")
+        self.read_token_file = workdir / "read-token"
+        self.read_token_file.write_text(self.read_token + "\n")
+        tokens = workdir / "admin-tokens"
+        tokens.write_text(f"# name role token\nops operator {self.operator_token}\nviewer read {self.read_token}\n")
+        return tokens
 
     def start(self):
         self.log = open(self.logfile, "a")
@@ -360,9 +374,15 @@ class Mxd:
         self.proc.wait()
         self.log.close()
 
+    def mxctl_run(self, *args, token_file="operator"):
+        """mxctl as a CompletedProcess; token_file "operator", "read", None or a path."""
+        files = {"operator": self.token_file, "read": self.read_token_file}
+        auth = [] if token_file is None else ["--token-file", str(files.get(token_file, token_file))]
+        return subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{self.control_port}", *auth, *args],
+                              capture_output=True, text=True, timeout=30)
+
     def mxctl(self, *args):
-        out = subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{self.control_port}", *args],
-                             capture_output=True, text=True, timeout=30)
+        out = self.mxctl_run(*args)
         assert out.returncode == 0, f"mxctl {args} failed: {out.stderr}"
         return out.stdout
 

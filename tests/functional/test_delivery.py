@@ -8,7 +8,7 @@ import smtplib
 import subprocess
 
 from conftest import MX_BOUNCE, MX_SENDER
-from mxtest import MXCTL, free_port, wait_for
+from mxtest import free_port, wait_for
 
 
 def start(dns, sinks, mxd_factory, **overrides):
@@ -300,6 +300,5 @@ def test_hold_release_and_delete_by_filter(dns, sinks, mxd_factory):
     assert node.mxctl("release", "-R", "hold@").strip() == "1 recipient(s) released"
     wait_for(lambda: sink.count() == 2 and drained(node), what="the released message")
     assert {m[1][0] for m in sink.messages} == {"keep@example.test", "hold@example.test"}  # never the deleted one
-    r = subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{node.control_port}", "delete"], capture_output=True,
-                       text=True)
+    r = node.mxctl_run("delete")
     assert r.returncode == 64 and "delete needs a filter" in r.stderr

@@ -418,13 +418,10 @@ def test_dnsbl_dnswl_and_reverse_dns_through_a_real_dns_server(mxd_factory, tmp_
 def test_policy_test_mode_traces_every_step_without_sending_mail(mxd_factory, tmp_path):
     import json
 
-    from mxtest import MXCTL
-
     node = policy_node(mxd_factory, tmp_path)
 
     def policy_test(*args):
-        return subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{node.control_port}", *args],
-                              capture_output=True, text=True, timeout=30)
+        return node.mxctl_run(*args, token_file="read")  # a read-only role may test policy
 
     r = policy_test("policy", "test", "--client-ip", UNTRUSTED, "--from", "a@sender.test",
                     "--to", "team@corp.test", "--to", "victim%elsewhere.test@corp.test",

@@ -4,12 +4,11 @@ max connections held across two delivery processes, mailertable routes (LMTP,
 a mailer's M= size, error: entries), mxctl bounce, and AAAA handling
 (WorkAroundBrokenAAAA, delivery over IPv6) with a DNS server that fails AAAA."""
 import smtplib
-import subprocess
 
 import pytest
 
 from conftest import MX_DOWN, MX_GOOD, MX_GOOD2, MX_SENDER
-from mxtest import MXCTL, ExtraDelivery, Sink, TinyDns, free_port, metric_value, wait_for
+from mxtest import ExtraDelivery, Sink, TinyDns, free_port, metric_value, wait_for
 
 
 def send(node, rcpts, n=1, sender="a@sender.test", size=0):
@@ -124,8 +123,7 @@ def test_mxctl_bounce_returns_deferred_mail_with_a_dsn(dns, sinks, mxd_factory):
     assert "other@down.test" not in dsn.split("message/delivery-status")[1].split("text/rfc822-headers")[0]
     out = node.mxctl("mailq")
     assert "<other@down.test>" in out and "<stuck@down.test>" not in out, out
-    unfiltered = subprocess.run([str(MXCTL), "--server", f"127.0.0.1:{node.control_port}", "bounce"],
-                                capture_output=True, text=True, timeout=30)
+    unfiltered = node.mxctl_run("bounce")
     assert unfiltered.returncode == 64 and "bounce needs a filter" in unfiltered.stderr
 
 

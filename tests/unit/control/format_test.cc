@@ -79,5 +79,43 @@ TEST(Format, PolicyTest) {
   test::ExpectGolden("control/policy_test.ref", FormatPolicyTest(resp));
 }
 
+TEST(Format, Inspect) {
+  v1::InspectResponse resp;
+  resp.set_shard(2);
+  resp.set_body_bytes(2048);
+  resp.set_headers("Received: from client.example.test\r\n\tby mx1.example.test\r\nSubject: hello\r\n");
+  auto* e = resp.mutable_message()->mutable_envelope();
+  e->set_qid("0Ab3xYzQ1bR2kP");
+  e->set_sender("alice@example.test");
+  e->set_arrival_unix_us(1'800'000'000'000'000);
+  e->set_received_by("mx1");
+  e->set_body_type("8BITMIME");
+  e->set_priority(32048);
+  e->set_client_name("client.example.test");
+  e->set_client_addr("192.0.2.7");
+  e->set_helo("client.example.test");
+  e->set_envid("ENV1");
+  e->set_ret("HDRS");
+  e->set_msgid("<m1@example.test>");
+  auto* r = resp.mutable_message()->add_recipients();
+  r->set_address("bob@remote.test");
+  r->set_status(v1::RCPT_DEFERRED);
+  r->set_attempts(3);
+  r->set_next_attempt_unix_us(1'800'003'600'000'000);
+  r->set_last_attempt_unix_us(1'800'001'800'000'000);
+  r->set_last_reply("451 4.7.1 Greylisted, try again later");
+  r = resp.mutable_message()->add_recipients();
+  r->set_address("carol@remote.test");
+  r->set_status(v1::RCPT_DELIVERED);
+  r->set_attempts(1);
+  r->set_last_attempt_unix_us(1'800'000'060'000'000);
+  r->set_last_reply("250 2.0.0 Ok: queued");
+  r = resp.mutable_message()->add_recipients();
+  r->set_address("dave@remote.test");
+  r->set_status(v1::RCPT_READY);
+  r->set_operator_bounce(true);
+  test::ExpectGolden("control/inspect.ref", FormatInspect(resp));
+}
+
 }  // namespace
 }  // namespace mx::control

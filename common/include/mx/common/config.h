@@ -205,6 +205,15 @@ struct DeliveryConfig {
 struct ControlConfig {
   std::string listen = "127.0.0.1:7401";
   std::vector<std::string> queue;
+  // Who may call the Admin service: "tokens" (bearer tokens with roles from
+  // admin_tokens_file) or "none" (anyone who reaches the port).
+  std::string auth = "tokens";
+  std::string admin_tokens_file;
+  // TLS on the control port (both or neither); with tls_client_ca_file,
+  // clients must also present a certificate signed by it (mTLS).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
 };
 
 struct Config {

@@ -19,10 +19,24 @@ namespace mx {
 // Largest gRPC message mx sends or accepts (a whole message body plus envelope).
 inline constexpr int kMaxGrpcMessageBytes = 64 * 1024 * 1024;
 
+// TLS for a server: PEM files. No cert_file: plaintext. client_ca_file:
+// clients must present a certificate it signed (mTLS).
+struct GrpcServerTls {
+  std::string cert_file, key_file, client_ca_file;
+};
+
 Result<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& listen,
-                                                      const std::vector<grpc::Service*>& services);
+                                                      const std::vector<grpc::Service*>& services,
+                                                      const GrpcServerTls& tls = {});
 
 // An insecure channel to target with mx's message size limits.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+
+// TLS for a client: ca_file verifies the server (empty: system roots);
+// cert_file/key_file identify the client for mTLS.
+struct GrpcClientTls {
+  std::string ca_file, cert_file, key_file;
+};
+Result<std::shared_ptr<grpc::Channel>> MakeTlsChannel(const std::string& target, const GrpcClientTls& tls);
 
 }  // namespace mx

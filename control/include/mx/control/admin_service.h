@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "mx/control/auth.h"
+
 namespace grpc {
 class Service;
 class Status;
@@ -27,7 +29,8 @@ using PolicyTestFn = std::function<grpc::Status(const v1::PolicyTestRequest&, v1
 // queues: queue node addresses to start from; shards: how many shards the
 // cluster has. Calls go to each shard's leader (found as clients find it).
 // Without policy_test, PolicyTest answers UNIMPLEMENTED.
-std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards,
+// Every call is checked against auth (read or operator role).
+std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards, AdminAuth auth,
                                                 PolicyTestFn policy_test = nullptr);
 
 }  // namespace mx::control

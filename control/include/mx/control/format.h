@@ -17,5 +17,7 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp);
 std::string FormatHostStatus(const v1::HostStatusResponse& resp);
 // `mxctl policy test`: one line per step, then the outcome.
 std::string FormatPolicyTest(const v1::PolicyTestResponse& resp);
+// mxctl inspect: envelope, recipients with attempts and last reply, headers.
+std::string FormatInspect(const v1::InspectResponse& resp);
 
 }  // namespace mx::control
