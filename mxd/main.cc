@@ -17,6 +17,7 @@
 #include "mx/common/log.h"
 #include "mx/common/metrics.h"
 #include "mx/control/admin_service.h"
+#include "mx/control/node_reporter.h"
 #include "mx/delivery/resolver.h"
 #include "mx/delivery/worker.h"
 #include "mx/ingress/enqueue_backend.h"
@@ -24,6 +25,7 @@
 #include "mx/ingress/server.h"
 #include "mx/queue/service.h"
 #include "mx/v1/control.pb.h"
+#include "mx/v1/types.pb.h"
 
 namespace {
 
@@ -150,6 +152,24 @@ int main(int argc, char** argv) {
     ingress = std::move(s).value();
   }
 
+  // The node table: this process reports itself and learns whether to drain.
+  std::vector<std::string> roles;
+  for (auto [on, name] : {std::pair{want_ingress, "ingress"}, std::pair{want_queue, "queue"},
+                          std::pair{want_delivery, "delivery"}, std::pair{want_control, "control"}}) {
+    if (on) roles.push_back(name);
+  }
+  mx::control::NodeHooks hooks;
+  hooks.set_drain = [&](bool drain) {
+    if (ingress) ingress->SetDraining(drain);
+    if (delivery) delivery->SetDraining(drain);
+  };
+  hooks.report = [&](mx::v1::NodeInfo* info, bool draining) {
+    info->set_sessions(ingress ? ingress->Sessions() : 0);
+    info->set_in_flight(delivery ? static_cast<uint64_t>(delivery->InFlight()) : 0);
+    info->set_drained(draining && info->sessions() == 0 && info->in_flight() == 0);
+  };
+  auto reporter = mx::control::StartNodeReporter(config, roles, std::move(hooks));
+
   mx::log::Info("mxd " + role + " started (config " + config_path + ")");
   for (;;) {
     int sig = 0;
@@ -176,6 +196,7 @@ int main(int argc, char** argv) {
     mx::log::Info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", stopping");
     break;
   }
+  reporter->Stop();
   // Stop taking mail first, then delivery, then the services that feed them.
   if (ingress) ingress->Stop();
   if (delivery) delivery->Stop();

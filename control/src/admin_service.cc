@@ -120,6 +120,27 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Drain(grpc::ServerContext* ctx, const v1::DrainRequest* req, v1::DrainResponse*) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "Drain", &who); !st.ok()) return st;
+    if (req->name().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "drain needs a node name");
+    v1::SetDrainRequest set;
+    set.set_shard(0);
+    set.set_name(req->name());
+    set.set_drain(!req->undrain());
+    set.set_forget(req->forget());
+    v1::SetDrainResponse ignored;
+    auto st =
+        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->SetDrain(c, set, &ignored); });
+    if (!st.ok()) return st;
+    log::Info("admin: " + who + ": " +
+              (req->forget()    ? "forget "
+               : req->undrain() ? "undrain "
+                                : "drain ") +
+              req->name());
+    return grpc::Status::OK;
+  }
+
   grpc::Status Inspect(grpc::ServerContext* ctx, const v1::InspectRequest* req, v1::InspectResponse* resp) override {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "Inspect", &who); !st.ok()) return st;
@@ -247,6 +268,21 @@ class AdminService final : public v1::Admin::Service {
     }
     std::sort(resp->mutable_nodes()->begin(), resp->mutable_nodes()->end(),
               [](const auto& a, const auto& b) { return a.node_id() < b.node_id(); });
+    // The processes' own reports (the node table on shard 0); without a
+    // leader the replica table above still answers.
+    v1::ListNodesRequest list;
+    list.set_shard(0);
+    v1::ListNodesResponse nodes;
+    auto st =
+        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListNodes(c, list, &nodes); });
+    if (st.ok()) {
+      for (auto& n : *nodes.mutable_nodes()) *resp->add_processes() = std::move(n);
+      resp->set_now_unix_us(nodes.now_unix_us());
+    } else {
+      auto* u = resp->add_unreachable();
+      u->set_address("node table (shard 0)");
+      u->set_error(st.error_message());
+    }
     return grpc::Status::OK;
   }
 

@@ -122,6 +122,26 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
     }
   }
   for (const auto& u : resp.unreachable()) out += "unreachable: " + u.address() + " (" + u.error() + ")\n";
+  if (resp.processes_size() > 0) {
+    out += "Processes:\n";
+    out += Pad("name", 14, false) + Pad("roles", 20, false) + Pad("state", 10, false) + Pad("sessions", 9, true) +
+           Pad("in-flight", 10, true) + Pad("seen", 8, true) + "  host, version\n";
+    for (const auto& p : resp.processes()) {
+      std::string roles;
+      for (const auto& r : p.roles()) roles += (roles.empty() ? "" : ",") + r;
+      if (p.roles_size() == 4) roles = "all";
+      const int64_t ago_s = (resp.now_unix_us() - p.last_seen_unix_us()) / 1'000'000;
+      // Heartbeats come every 2 s: a process silent for 30 s is presumed gone.
+      std::string state = ago_s > 30                 ? "silent"
+                          : p.drain() && p.drained() ? "drained"
+                          : p.drain()                ? "draining"
+                                                     : "active";
+      out += Pad(p.name(), 14, false) + Pad(roles + " ", 20, false) + Pad(state, 10, false) +
+             Pad(std::to_string(p.sessions()), 9, true) + Pad(std::to_string(p.in_flight()), 10, true) +
+             Pad(std::to_string(std::max<int64_t>(ago_s, 0)) + "s", 8, true) + "  " + p.host() + ", " + p.version() +
+             "\n";
+    }
+  }
   return out;
 }
 

@@ -30,7 +30,11 @@ int Usage() {
           "                                              bounce matching recipients to their sender (DSN)\n"
           "  qrun [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              deferred recipients that match: ready now\n"
-          "  cluster status                              every shard's replicas: leader, term, indexes, lag\n"
+          "  cluster status                              every shard's replicas (leader, term, indexes, lag)\n"
+          "                                              and every mxd process (roles, state, load)\n"
+          "  drain|undrain NODE                          take a process out of service (ingress 421s, delivery\n"
+          "                                              finishes its leases and pulls no more) or back in\n"
+          "  forget NODE                                 drop a process that is gone from cluster status\n"
           "  queue add-replica --shard N --id ID --grpc HOST:PORT --raft HOST:PORT\n"
           "                                              add a queue replica to shard N's Raft group\n"
           "  queue remove-replica --shard N --id ID      remove a replica from shard N\n"
@@ -150,6 +154,21 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatMailq(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "drain" || cmd == "undrain" || cmd == "forget") {
+    if (i + 1 != args.size()) return Usage();
+    mx::v1::DrainRequest req;
+    req.set_name(args[i]);
+    req.set_undrain(cmd == "undrain");
+    req.set_forget(cmd == "forget");
+    mx::v1::DrainResponse resp;
+    auto st = stub->Drain(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    printf("%s: %s\n", args[i].c_str(),
+           cmd == "drain"     ? "draining (see mxctl cluster status: drained when nothing is in flight)"
+           : cmd == "undrain" ? "back to work"
+                              : "forgotten");
     return 0;
   }
   if (cmd == "inspect") {

@@ -319,7 +319,7 @@ class Worker final : public DeliveryWorker {
         v1::PullRequest first;
         first.set_worker(worker_id_);
         first.set_shard(shard->id);
-        int64_t free = shard->budget - shard->in_flight.load();
+        int64_t free = draining_ ? 0 : shard->budget - shard->in_flight.load();
         first.set_credits(static_cast<uint32_t>(std::max<int64_t>(free, 0)));
         stream->Write(first);
       }
@@ -408,10 +408,32 @@ class Worker final : public DeliveryWorker {
     shard->in_flight.fetch_sub(1);
     Probe::Get().InFlight(-1);
     std::lock_guard lock(shard->mu);
-    if (!shard->stream) return;  // the next stream starts with fresh credits
+    if (!shard->stream || draining_) return;  // the next stream (or undrain) grants fresh credits
     v1::PullRequest more;
     more.set_credits(1);
     shard->stream->Write(more);
+  }
+
+  void SetDraining(bool draining) override {
+    if (draining_.exchange(draining) == draining) return;
+    log::Info(draining ? "delivery draining: no new leases; deliveries in flight finish" : "delivery pulling again");
+    for (auto& shard : shards_) {
+      std::lock_guard lock(shard->mu);
+      if (!shard->stream) continue;  // a new stream starts with no credits while draining
+      // The queue forgets the credits it holds for us and takes the count
+      // given instead: none while draining, the free slots after.
+      v1::PullRequest req;
+      req.set_revoke(true);
+      if (!draining)
+        req.set_credits(static_cast<uint32_t>(std::max<int64_t>(0, shard->budget - shard->in_flight.load())));
+      shard->stream->Write(req);
+    }
+  }
+
+  int64_t InFlight() const override {
+    int64_t n = 0;
+    for (const auto& shard : shards_) n += shard->in_flight.load();
+    return n;
   }
 
   // Waits until a slot or cached session may have come free, or for `max`.
@@ -1031,6 +1053,7 @@ class Worker final : public DeliveryWorker {
   HostCache hosts_;
   std::thread refresher_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> draining_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;
   std::mutex acks_mu_;

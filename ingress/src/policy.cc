@@ -97,6 +97,7 @@ const char* RejectReasonName(RejectReason r) {
     case RejectReason::kStorage: return "storage";
     case RejectReason::kPrivacy: return "privacy";
     case RejectReason::kEtrn: return "etrn";
+    case RejectReason::kDrain: return "drain";
   }
   return "other";
 }

@@ -177,6 +177,11 @@ class ConnectionLimiter {
     if (auto it = clients_.find(ip); it != clients_.end() && it->second.active > 0) --it->second.active;
   }
 
+  uint32_t Total() const {
+    std::lock_guard lock(mu_);
+    return total_;
+  }
+
  private:
   struct Client {
     uint32_t active = 0;
@@ -188,7 +193,7 @@ class ConnectionLimiter {
     std::erase_if(clients_, [&](const auto& kv) { return kv.second.active == 0 && kv.second.minute + 1 < now_s / 60; });
   }
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   uint32_t total_ = 0;
   uint64_t admitted_ = 0;
   std::unordered_map<std::string, Client> clients_;
@@ -305,6 +310,13 @@ class Server final : public IngressServer {
     return Status::Ok();
   }
 
+  void SetDraining(bool draining) override {
+    if (draining_.exchange(draining) != draining) {
+      log::Info(draining ? "ingress draining: new connections get 421" : "ingress accepting connections again");
+    }
+  }
+  uint64_t Sessions() const override { return limiter_.Total(); }
+
   void Stop() override {
     if (stopped_.exchange(true)) return;
     asio::post(io_, [this] {
@@ -361,9 +373,13 @@ class Server final : public IngressServer {
     // Backpressure is a circuit breaker: while open, one trial session a
     // second still gets in, and its successful Enqueue closes the breaker.
     int64_t last_trial = backpressure_trial_us_.load(std::memory_order_relaxed);
-    if (backpressure_until_us_.load(std::memory_order_relaxed) > now_us &&
-        (now_us - last_trial < 1'000'000 ||
-         !backpressure_trial_us_.compare_exchange_strong(last_trial, now_us, std::memory_order_relaxed))) {
+    if (draining_.load(std::memory_order_relaxed)) {
+      refusal = "421 4.3.2 " + cfg.hostname + " Service not available, node draining; try another";
+      reason = RejectReason::kDrain;
+      log::Info("refused connection from [" + ip + "]: draining");
+    } else if (backpressure_until_us_.load(std::memory_order_relaxed) > now_us &&
+               (now_us - last_trial < 1'000'000 ||
+                !backpressure_trial_us_.compare_exchange_strong(last_trial, now_us, std::memory_order_relaxed))) {
       refusal = "421 4.3.2 " + cfg.hostname + " Service temporarily unavailable, try again later";
       reason = RejectReason::kQueue;
       log::Info("refused connection from [" + ip + "]: queue backpressure");
@@ -645,6 +661,7 @@ class Server final : public IngressServer {
   LoadMonitor load_;
   std::atomic<int64_t> storage_low_until_us_{0};
   std::atomic<int64_t> backpressure_until_us_{0};
+  std::atomic<bool> draining_{false};
   std::atomic<int64_t> backpressure_trial_us_{0};
   InFlight enqueues_;
   asio::io_context io_;

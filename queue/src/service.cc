@@ -262,6 +262,7 @@ class Shard {
       v1::PullRequest r;
       while (stream->Read(&r)) {
         std::lock_guard lock(pull_mu_);
+        if (r.revoke()) st.credits = 0;
         st.credits += r.credits();
         pull_cv_.notify_all();
       }
@@ -434,6 +435,48 @@ class Shard {
     log::Info(tag_ + ": " + v1::ManageOp::Action_Name(action) + ": " + std::to_string(r.recipients) + " recipients, " +
               std::to_string(r.messages) + " messages deleted, " + std::to_string(r.skipped) +
               " skipped (in delivery)");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) {
+    const auto& name = req->node().name();
+    if (name.empty() || name.size() > 253) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a heartbeat needs the node's name (1 to 253 bytes)");
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    cmd.mutable_node()->set_kind(v1::NodeOp::NODE_HEARTBEAT);
+    *cmd.mutable_node()->mutable_info() = req->node();
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    resp->set_drain(sm_->NodeDrain(name));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListNodes(grpc::ServerContext* ctx, v1::ListNodesResponse* resp) {
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    sm_->Nodes(resp);
+    resp->set_now_unix_us(clock_.NowUnixMicros());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SetDrain(grpc::ServerContext* ctx, const v1::SetDrainRequest* req) {
+    if (req->name().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which node?");
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    cmd.mutable_node()->set_kind(req->forget()  ? v1::NodeOp::NODE_FORGET
+                                 : req->drain() ? v1::NodeOp::NODE_DRAIN
+                                                : v1::NodeOp::NODE_UNDRAIN);
+    cmd.mutable_node()->mutable_info()->set_name(req->name());
+    ApplyResult r = Commit(std::move(cmd));
+    if (r.status.code() == Code::kNotFound) return grpc::Status(grpc::StatusCode::NOT_FOUND, r.status.message());
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    log::Info(tag_ + ": node " + req->name() +
+              (req->forget()  ? " forgotten"
+               : req->drain() ? " to drain"
+                              : " back to work"));
     return grpc::Status::OK;
   }
 
@@ -827,6 +870,26 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->PurgeHostStatus(ctx, req, resp) : err;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->Heartbeat(ctx, req, resp) : err;
+  }
+
+  grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
+                         v1::ListNodesResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->ListNodes(ctx, resp) : err;
+  }
+
+  grpc::Status SetDrain(grpc::ServerContext* ctx, const v1::SetDrainRequest* req, v1::SetDrainResponse*) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->SetDrain(ctx, req) : err;
   }
 
   grpc::Status GetMessage(grpc::ServerContext* ctx, const v1::GetMessageRequest* req,

@@ -23,6 +23,7 @@ constexpr const char* kAppliedKey = "applied";
 constexpr const char* kCountsKey = "counts";
 constexpr const char* kStatsSinceKey = "stats_since";
 constexpr const char* kMemberPrefix = "member/";
+constexpr const char* kNodePrefix = "node/";
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -779,6 +780,40 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         member_ops.emplace_back(m.node_id(), m.removed() ? "" : m.grpc_address());
         break;
       }
+      case v1::QueueCommand::kNode: {
+        const auto& op = cmd.node();
+        const std::string key = kNodePrefix + op.info().name();
+        v1::NodeInfo cur;
+        bool found = false;
+        st = b.GetProto(meta_, key, &cur, &found);
+        if (!st.ok()) break;
+        switch (op.kind()) {
+          case v1::NodeOp::NODE_HEARTBEAT: {
+            const bool drain = found && cur.drain();
+            cur = op.info();
+            cur.set_drain(drain);
+            cur.set_last_seen_unix_us(cmd.now_unix_us());
+            b.PutProto(meta_, key, cur);
+            break;
+          }
+          case v1::NodeOp::NODE_DRAIN:
+          case v1::NodeOp::NODE_UNDRAIN:
+            if (!found) {
+              res->status =
+                  Status(Code::kNotFound, "no node '" + op.info().name() + "' (mxctl cluster status lists them)");
+              break;
+            }
+            cur.set_drain(op.kind() == v1::NodeOp::NODE_DRAIN);
+            b.PutProto(meta_, key, cur);
+            break;
+          case v1::NodeOp::NODE_FORGET:
+            if (!found) res->status = Status(Code::kNotFound, "no node '" + op.info().name() + "'");
+            b.Delete(meta_, key);
+            break;
+          default: res->status = Status(Code::kInvalidArgument, "unknown node op"); break;
+        }
+        break;
+      }
       default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
     }
     if (!st.ok()) return st;  // storage failure: nothing written
@@ -958,6 +993,23 @@ void StateMachine::Stats(v1::GetStatsResponse* out) const {
   if (db_->Get(rocksdb::ReadOptions(), meta_, kStatsSinceKey, &v).ok()) {
     out->set_since_unix_us(static_cast<int64_t>(DecodeU64(v)));
   }
+}
+
+void StateMachine::Nodes(v1::ListNodesResponse* out) const {
+  std::shared_lock db_lock(db_mu_);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(kNodePrefix); it->Valid() && it->key().starts_with(kNodePrefix); it->Next()) {
+    v1::NodeInfo n;
+    if (n.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) *out->add_nodes() = std::move(n);
+  }
+}
+
+bool StateMachine::NodeDrain(const std::string& name) const {
+  std::shared_lock db_lock(db_mu_);
+  std::string value;
+  if (!db_->Get(rocksdb::ReadOptions(), meta_, kNodePrefix + name, &value).ok()) return false;
+  v1::NodeInfo n;
+  return n.ParseFromString(value) && n.drain();
 }
 
 void StateMachine::HostStatuses(v1::ListHostStatusResponse* out) const {

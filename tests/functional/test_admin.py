@@ -4,8 +4,8 @@ mTLS on the control port."""
 import smtplib
 import subprocess
 
-from conftest import MX_SENDER
-from mxtest import free_port, metric_value, wait_for
+from conftest import MX_GOOD, MX_SENDER
+from mxtest import ExtraDelivery, free_port, metric_value, wait_for
 
 
 def test_calls_need_a_token_and_changes_need_the_operator_role(mxd_factory, tmp_path):
@@ -77,3 +77,57 @@ def test_control_over_tls_and_mtls(mxd_factory, tmp_path):
     assert mtls.mxctl_run("--tls-ca", str(cert), "mailq").returncode == 69  # no client certificate
     ok = mtls.mxctl_run("--tls-ca", str(cert), "--tls-cert", str(cert), "--tls-key", str(key), "mailq")
     assert ok.returncode == 0 and "Mail queue is empty" in ok.stdout, ok.stderr
+
+
+def test_drain_moves_processes_out_without_losing_or_duplicating_mail(dns, sinks, mxd_factory, tmp_path):
+    port = free_port(MX_GOOD)
+    d = dns(port)
+    sink = sinks(MX_GOOD, port, slow_data=10_000, data_delay=0.05)
+    node = mxd_factory(delivery__dns_servers=[d.server], delivery__smtp_port=port, delivery__concurrency=4)
+    second = ExtraDelivery(node, tmp_path)  # "mx-test-2": a delivery-only process
+
+    def status():
+        return node.mxctl("cluster", "status")
+
+    def state(name):
+        rows = [l.split() for l in status().split("Processes:")[-1].splitlines() if l.startswith(name + " ")]
+        return rows[0][2] if rows else None
+
+    def send(first, n):
+        with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+            for i in range(first, first + n):
+                s.sendmail("a@sender.test", ["u@implicit.test"],
+                           f"Subject: {i}\r\nMessage-ID: <drain-{i}@sender.test>\r\n\r\nx\r\n".encode())
+
+    try:
+        wait_for(lambda: state("mx-test-2") == "active" and state("mx-test") == "active", what="both processes")
+        assert "delivery" in status() and "all" in status()
+        send(0, 20)
+        wait_for(lambda: "stat=Sent" in second.logtext(), what="the second worker to deliver some")
+        assert "mx-test-2: draining" in node.mxctl("drain", "mx-test-2")
+        wait_for(lambda: state("mx-test-2") == "drained", what="the second worker to finish its leases")
+        assert "delivery draining" in second.logtext()
+        sent_by_second = second.logtext().count("stat=Sent")
+        send(20, 20)
+        wait_for(lambda: sink.count() == 40, timeout=60, what="all 40 messages")
+        assert second.logtext().count("stat=Sent") == sent_by_second  # it took nothing new
+        ids = [m[2].split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sink.messages]
+        assert len(set(ids)) == 40  # none lost, none twice
+
+        # Draining an ingress: new connections get 421, the node still delivers.
+        node.mxctl("drain", "mx-test")
+        def refused():
+            try:
+                with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=5) as s:
+                    s.noop()
+                return False
+            except smtplib.SMTPConnectError as e:
+                return e.smtp_code == 421 and b"draining" in e.smtp_error
+        wait_for(refused, what="421 from the draining ingress")
+        assert metric_value(node.metrics(), "mx_ingress_rejections_total", {"reason": "drain", "code": "421"}) >= 1
+        assert "mx-test: back to work" in node.mxctl("undrain", "mx-test")
+        wait_for(lambda: not refused(), what="the ingress to accept again")
+        assert "forgotten" in node.mxctl("forget", "mx-test-2")
+        assert node.mxctl_run("drain", "nosuch").returncode == 69
+    finally:
+        second.stop()

@@ -529,5 +529,33 @@ TEST_F(StateMachineTest, ThrottledDeferralIsNotAnAttempt) {
   EXPECT_EQ(rc->next_attempt_unix_us(), kT0 + 3 * kSec);
 }
 
+TEST_F(StateMachineTest, NodeTableKeepsTheDrainFlagAcrossHeartbeats) {
+  auto node = [&](v1::NodeOp::Kind kind, const std::string& name, int64_t now, uint64_t sessions = 0) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    c.mutable_node()->set_kind(kind);
+    c.mutable_node()->mutable_info()->set_name(name);
+    c.mutable_node()->mutable_info()->set_sessions(sessions);
+    return Apply(c);
+  };
+  EXPECT_EQ(node(v1::NodeOp::NODE_DRAIN, "mx1", kT0).status.code(), Code::kNotFound);  // never heard of
+  node(v1::NodeOp::NODE_HEARTBEAT, "mx1", kT0, 3);
+  EXPECT_FALSE(sm_->NodeDrain("mx1"));
+  EXPECT_TRUE(node(v1::NodeOp::NODE_DRAIN, "mx1", kT0 + kSec).status.ok());
+  node(v1::NodeOp::NODE_HEARTBEAT, "mx1", kT0 + 2 * kSec, 1);  // the report does not clear it
+  EXPECT_TRUE(sm_->NodeDrain("mx1"));
+  v1::ListNodesResponse nodes;
+  sm_->Nodes(&nodes);
+  ASSERT_EQ(nodes.nodes_size(), 1);
+  EXPECT_EQ(nodes.nodes(0).sessions(), 1u);
+  EXPECT_EQ(nodes.nodes(0).last_seen_unix_us(), kT0 + 2 * kSec);  // the command's time
+  node(v1::NodeOp::NODE_UNDRAIN, "mx1", kT0 + 3 * kSec);
+  EXPECT_FALSE(sm_->NodeDrain("mx1"));
+  EXPECT_TRUE(node(v1::NodeOp::NODE_FORGET, "mx1", kT0 + 4 * kSec).status.ok());
+  v1::ListNodesResponse none;
+  sm_->Nodes(&none);
+  EXPECT_EQ(none.nodes_size(), 0);
+}
+
 }  // namespace
 }  // namespace mx::queue

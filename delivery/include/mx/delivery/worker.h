@@ -19,6 +19,10 @@ class DeliveryWorker {
  public:
   virtual ~DeliveryWorker() = default;
   virtual void Stop() = 0;
+  // mxctl drain: no new leases are asked for; deliveries in flight finish.
+  // false: pull again.
+  virtual void SetDraining(bool draining) = 0;
+  virtual int64_t InFlight() const = 0;  // messages being delivered
 };
 
 Result<std::unique_ptr<DeliveryWorker>> StartDelivery(const Config& config, std::unique_ptr<Resolver> resolver,

@@ -53,6 +53,7 @@ enum class RejectReason {
   kStorage,
   kPrivacy,
   kEtrn,
+  kDrain,
 };
 const char* RejectReasonName(RejectReason r);
 

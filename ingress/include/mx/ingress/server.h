@@ -23,6 +23,10 @@ class IngressServer {
   // from config and swaps it in whole; on error the old policy stays and the
   // error (with file:line) is returned. Sessions keep the policy they began with.
   virtual Status Reload(const Config& config) = 0;
+  // mxctl drain: new connections get 421 4.3.2 and are closed; sessions in
+  // progress finish. false: accept again.
+  virtual void SetDraining(bool draining) = 0;
+  virtual uint64_t Sessions() const = 0;  // open SMTP sessions
 };
 
 Result<std::unique_ptr<IngressServer>> StartIngress(const Config& config, std::shared_ptr<EnqueueBackend> backend,

@@ -117,6 +117,9 @@ class StateMachine {
   void Stats(v1::GetStatsResponse* out) const;
   // Every host status this shard recorded.
   void HostStatuses(v1::ListHostStatusResponse* out) const;
+  // The node table (heartbeats, drain flags).
+  void Nodes(v1::ListNodesResponse* out) const;
+  bool NodeDrain(const std::string& name) const;
 
  private:
   // The ready-index key of a recipient under options_.sort_order.

@@ -1,0 +1,102 @@
+// node_reporter.cc — heartbeats to the node table on shard 0.
+#include "mx/control/node_reporter.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "mx/common/log.h"
+#include "mx/queue/client.h"
+#include "mx/v1/queue.grpc.pb.h"
+
+namespace mx::control {
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+class Reporter final : public NodeReporter {
+ public:
+  Reporter(const Config& config, std::vector<std::string> roles, NodeHooks hooks, std::chrono::milliseconds every)
+      : router_(Seeds(config), config.queue.shards), hooks_(std::move(hooks)), every_(every) {
+    info_.set_name(config.node_name);
+    for (auto& r : roles) info_.add_roles(std::move(r));
+    info_.set_version(kVersion);
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    info_.set_host(host);
+    info_.set_started_unix_us(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~Reporter() override { Stop(); }
+
+  void Stop() override {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  static std::vector<std::string> Seeds(const Config& c) {
+    // Any role's queue list names the same cluster; delivery's is filled by default.
+    return !c.delivery.queue.empty() ? c.delivery.queue : c.ingress.queue;
+  }
+
+  void Run() {
+    int failures = 0;
+    for (;;) {
+      v1::HeartbeatRequest req;
+      req.set_shard(0);
+      *req.mutable_node() = info_;
+      if (hooks_.report) hooks_.report(req.mutable_node(), draining_);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      v1::HeartbeatResponse resp;
+      auto target = router_.Leader(0);
+      auto st = target.stub->Heartbeat(&ctx, req, &resp);
+      router_.Observe(0, target.address, ctx, st);
+      if (st.ok()) {
+        failures = 0;
+        if (!known_ || resp.drain() != draining_) {
+          known_ = true;
+          draining_ = resp.drain();
+          if (hooks_.set_drain) hooks_.set_drain(draining_);
+        }
+      } else if (++failures == 5) {  // not just an election at start
+        // The node keeps working as it was; the cluster just does not see it.
+        log::Warn("heartbeats to the node table are failing: " + st.error_message());
+      }
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, st.ok() ? every_ : std::chrono::milliseconds(500), [&] { return stopping_; })) return;
+    }
+  }
+
+  queue::QueueRouter router_;
+  NodeHooks hooks_;
+  std::chrono::milliseconds every_;
+  v1::NodeInfo info_;
+  bool known_ = false;
+  bool draining_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<NodeReporter> StartNodeReporter(const Config& config, std::vector<std::string> roles, NodeHooks hooks,
+                                                std::chrono::milliseconds every) {
+  return std::make_unique<Reporter>(config, std::move(roles), std::move(hooks), every);
+}
+
+}  // namespace mx::control
