@@ -116,6 +116,11 @@ int main(int argc, char** argv) {
           if (!r.ok()) return grpc::Status(static_cast<grpc::StatusCode>(r.status().code()), r.status().message());
           *resp = std::move(r).value();
           return grpc::Status::OK;
+        },
+        [](const mx::v1::PolicyBundle& bundle) -> mx::Result<std::string> {
+          auto p = mx::ingress::Policy::FromBundle(bundle);
+          if (!p.ok()) return p.status();
+          return (*p)->Describe();
         });
     mx::GrpcServerTls tls{config.control.tls_cert_file, config.control.tls_key_file, config.control.tls_client_ca_file};
     auto s = mx::StartGrpcServer(config.control.listen, {admin.get()}, tls);
@@ -163,7 +168,16 @@ int main(int argc, char** argv) {
     if (ingress) ingress->SetDraining(drain);
     if (delivery) delivery->SetDraining(drain);
   };
+  if (ingress || policy_tester) {
+    hooks.apply_policy = [&](const mx::v1::PolicyBundle& bundle) {
+      mx::Status st = mx::Status::Ok();
+      if (policy_tester) st = policy_tester->ApplyBundle(bundle);
+      if (ingress && st.ok()) st = ingress->ApplyBundle(bundle);
+      return st;
+    };
+  }
   hooks.report = [&](mx::v1::NodeInfo* info, bool draining) {
+    info->set_policy_version(ingress ? ingress->PolicyVersion() : policy_tester ? policy_tester->Version() : "");
     info->set_sessions(ingress ? ingress->Sessions() : 0);
     info->set_in_flight(delivery ? static_cast<uint64_t>(delivery->InFlight()) : 0);
     info->set_drained(draining && info->sessions() == 0 && info->in_flight() == 0);

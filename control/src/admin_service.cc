@@ -41,8 +41,59 @@ std::string FilterText(const v1::QueueRunRequest& req) {
 
 class AdminService final : public v1::Admin::Service {
  public:
-  AdminService(const std::vector<std::string>& queues, uint32_t shards, AdminAuth auth, PolicyTestFn policy_test)
-      : router_(queues, shards), auth_(std::move(auth)), policy_test_(std::move(policy_test)) {}
+  AdminService(const std::vector<std::string>& queues, uint32_t shards, AdminAuth auth, PolicyTestFn policy_test,
+               PolicyValidateFn validate)
+      : router_(queues, shards),
+        auth_(std::move(auth)),
+        policy_test_(std::move(policy_test)),
+        validate_(std::move(validate)) {}
+
+  grpc::Status PolicyApply(grpc::ServerContext* ctx, const v1::PolicyApplyRequest* req,
+                           v1::PolicyApplyResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "PolicyApply", &who); !st.ok()) return st;
+    if (!validate_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this control node cannot check policies");
+    v1::PutPolicyRequest put;
+    put.set_shard(0);
+    *put.mutable_bundle() = req->bundle();
+    put.mutable_bundle()->clear_version();
+    put.mutable_bundle()->set_applied_by(who);
+    // Checked whole, as every node will load it: nothing is stored otherwise.
+    auto description = validate_(put.bundle());
+    if (!description.ok()) {
+      log::Warn("admin: " + who + ": policy apply refused: " + description.status().message());
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "policy refused: " + description.status().message());
+    }
+    v1::PutPolicyResponse stored;
+    auto st =
+        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->PutPolicy(c, put, &stored); });
+    if (!st.ok()) return st;
+    resp->set_version(stored.version());
+    resp->set_description(*description);
+    log::Info("admin: " + who + ": policy " + stored.version() + " applied: " + *description);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status PolicyShow(grpc::ServerContext* ctx, const v1::PolicyShowRequest*,
+                          v1::PolicyShowResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "PolicyShow", &who); !st.ok()) return st;
+    v1::GetPolicyRequest get;
+    get.set_shard(0);
+    v1::GetPolicyResponse current;
+    auto st =
+        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetPolicy(c, get, &current); });
+    if (!st.ok()) return st;
+    *resp->mutable_current() = std::move(*current.mutable_bundle());
+    for (auto& [path, text] : *resp->mutable_current()->mutable_files()) text.clear();  // names, not contents
+    v1::ListNodesRequest list;
+    list.set_shard(0);
+    v1::ListNodesResponse nodes;
+    st = CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListNodes(c, list, &nodes); });
+    if (!st.ok()) return st;
+    for (auto& n : *nodes.mutable_nodes()) *resp->add_nodes() = std::move(n);
+    return grpc::Status::OK;
+  }
 
   grpc::Status PolicyTest(grpc::ServerContext* ctx, const v1::PolicyTestRequest* req,
                           v1::PolicyTestResponse* resp) override {
@@ -340,13 +391,14 @@ class AdminService final : public v1::Admin::Service {
   queue::QueueRouter router_;
   AdminAuth auth_;
   PolicyTestFn policy_test_;
+  PolicyValidateFn validate_;
 };
 
 }  // namespace
 
 std::unique_ptr<grpc::Service> MakeAdminService(const std::vector<std::string>& queues, uint32_t shards, AdminAuth auth,
-                                                PolicyTestFn policy_test) {
-  return std::make_unique<AdminService>(queues, shards, std::move(auth), std::move(policy_test));
+                                                PolicyTestFn policy_test, PolicyValidateFn validate) {
+  return std::make_unique<AdminService>(queues, shards, std::move(auth), std::move(policy_test), std::move(validate));
 }
 
 }  // namespace mx::control

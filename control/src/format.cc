@@ -215,4 +215,28 @@ std::string FormatInspect(const v1::InspectResponse& resp) {
   return out;
 }
 
+std::string FormatPolicyShow(const v1::PolicyShowResponse& resp) {
+  const auto& c = resp.current();
+  std::string out;
+  if (c.version().empty()) {
+    out = "No policy pushed: every node runs its own files (ingress section of its mx.yaml).\n";
+  } else {
+    out = "Current: " + c.version() + ", applied " + QTime(c.applied_unix_us()) + " UTC by " + c.applied_by() + "\n";
+    std::vector<std::string> files;
+    for (const auto& [path, _] : c.files()) files.push_back(path);
+    std::sort(files.begin(), files.end());
+    out += "Files:  ";
+    for (const auto& f : files) out += " " + f;
+    out += files.empty() ? " (none)\n" : "\n";
+  }
+  out += Pad("node", 14, false) + Pad("policy", 18, false) + "state\n";
+  for (const auto& n : resp.nodes()) {
+    if (n.policy_version().empty()) continue;  // runs no policy (queue or delivery only)
+    std::string state = n.policy_version() == c.version() || c.version().empty() ? "current" : "behind";
+    if (!n.policy_error().empty()) state = "refused " + c.version() + ": " + n.policy_error();
+    out += Pad(n.name(), 14, false) + Pad(n.policy_version(), 18, false) + state + "\n";
+  }
+  return out;
+}
+
 }  // namespace mx::control

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mx/common/config.h"
 #include "mx/common/grpc_server.h"
 #include "mx/control/format.h"
 #include "mx/v1/control.grpc.pb.h"
@@ -38,6 +39,8 @@ int Usage() {
           "  queue add-replica --shard N --id ID --grpc HOST:PORT --raft HOST:PORT\n"
           "                                              add a queue replica to shard N's Raft group\n"
           "  queue remove-replica --shard N --id ID      remove a replica from shard N\n"
+          "  policy apply --config FILE                  push mx.yaml's ingress policy and its maps to every node\n"
+          "  policy show                                 the cluster's policy version and what each node runs\n"
           "  policy test --client-ip IP [--client-name NAME] [--helo NAME] [--from ADDR]\n"
           "              --to ADDR [--to ADDR...] [--header 'Name: value'...] [--auth]\n"
           "                                              run the acceptance policy without sending mail;\n"
@@ -52,7 +55,50 @@ int Fail(const grpc::Status& st, const std::string& server) {
           static_cast<int>(st.error_code()));
   const auto code = st.error_code();
   if (code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED) return 77;  // EX_NOPERM
-  return 69;  // EX_UNAVAILABLE
+  if (code == grpc::StatusCode::INVALID_ARGUMENT) return 65;  // EX_DATAERR
+  return 69;                                                  // EX_UNAVAILABLE
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char buf[65536];
+  size_t n;
+  out->clear();
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out->append(buf, n);
+  fclose(f);
+  return true;
+}
+
+// mxctl policy apply --config FILE: mx.yaml and the map files its ingress
+// section names (relative to FILE's directory), as one bundle.
+int BuildBundle(const std::string& path, mx::v1::PolicyBundle* bundle) {
+  std::string yaml;
+  if (!ReadFile(path, &yaml)) {
+    fprintf(stderr, "mxctl: cannot read %s\n", path.c_str());
+    return 66;  // EX_NOINPUT
+  }
+  auto cfg = mx::ParseConfig(yaml);
+  if (!cfg.ok()) {
+    fprintf(stderr, "mxctl: %s: %s\n", path.c_str(), cfg.status().message().c_str());
+    return 65;  // EX_DATAERR
+  }
+  bundle->set_yaml(yaml);
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  const auto& in = cfg->ingress;
+  for (const std::string* f : {&in.local_domains_file, &in.relay_domains_file, &in.access_map, &in.aliases,
+                               &in.virtusertable, &in.auth_users_file}) {
+    if (f->empty()) continue;
+    std::string text;
+    const std::string full = f->front() == '/' ? *f : dir + "/" + *f;
+    if (!ReadFile(full, &text)) {
+      fprintf(stderr, "mxctl: cannot read %s (named in %s)\n", full.c_str(), path.c_str());
+      return 66;
+    }
+    (*bundle->mutable_files())[*f] = text;
+  }
+  return 0;
 }
 
 // The first line of a token file, trimmed; "" when unreadable.
@@ -282,6 +328,32 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatClusterStatus(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "policy" && i < args.size() && args[i] == "apply") {
+    if (i + 3 != args.size() || args[i + 1] != "--config") return Usage();
+    mx::v1::PolicyApplyRequest req;
+    if (int rc = BuildBundle(args[i + 2], req.mutable_bundle()); rc != 0) return rc;
+    mx::v1::PolicyApplyResponse resp;
+    auto st = stub->PolicyApply(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json") {
+      PrintJson(resp);
+    } else {
+      printf("policy %s applied: %s\nevery node swaps to it within seconds (mxctl policy show)\n",
+             resp.version().c_str(), resp.description().c_str());
+    }
+    return 0;
+  }
+  if (cmd == "policy" && i < args.size() && args[i] == "show") {
+    if (i + 1 != args.size()) return Usage();
+    mx::v1::PolicyShowResponse resp;
+    auto st = stub->PolicyShow(&ctx, mx::v1::PolicyShowRequest(), &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatPolicyShow(resp).c_str(), stdout);
     return 0;
   }
   if (cmd == "policy") {

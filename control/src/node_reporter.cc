@@ -58,6 +58,7 @@ class Reporter final : public NodeReporter {
       req.set_shard(0);
       *req.mutable_node() = info_;
       if (hooks_.report) hooks_.report(req.mutable_node(), draining_);
+      req.mutable_node()->set_policy_error(policy_error_);
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       v1::HeartbeatResponse resp;
@@ -71,6 +72,9 @@ class Reporter final : public NodeReporter {
           draining_ = resp.drain();
           if (hooks_.set_drain) hooks_.set_drain(draining_);
         }
+        if (hooks_.apply_policy && !resp.policy_version().empty() && resp.policy_version() != policy_tried_) {
+          FetchPolicy(resp.policy_version());
+        }
       } else if (++failures == 5) {  // not just an election at start
         // The node keeps working as it was; the cluster just does not see it.
         log::Warn("heartbeats to the node table are failing: " + st.error_message());
@@ -80,8 +84,28 @@ class Reporter final : public NodeReporter {
     }
   }
 
+  // The cluster's current policy, once per version (a bad one is not
+  // retried until the next push; its error is reported in heartbeats).
+  void FetchPolicy(const std::string& version) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::GetPolicyRequest req;
+    req.set_shard(0);
+    v1::GetPolicyResponse resp;
+    auto target = router_.Leader(0);
+    auto st = target.stub->GetPolicy(&ctx, req, &resp);
+    router_.Observe(0, target.address, ctx, st);
+    if (!st.ok()) return;  // the next heartbeat tries again
+    policy_tried_ = version;
+    if (resp.bundle().version() != version) policy_tried_ = resp.bundle().version();  // newer meanwhile
+    auto applied = hooks_.apply_policy(resp.bundle());
+    policy_error_ = applied.ok() ? "" : applied.message();
+  }
+
   queue::QueueRouter router_;
   NodeHooks hooks_;
+  std::string policy_tried_;  // the pushed version last fetched and installed (or refused)
+  std::string policy_error_;
   std::chrono::milliseconds every_;
   v1::NodeInfo info_;
   bool known_ = false;

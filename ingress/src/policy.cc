@@ -102,9 +102,35 @@ const char* RejectReasonName(RejectReason r) {
   return "other";
 }
 
-Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, const std::string& config_dir) {
+Result<std::shared_ptr<const Policy>> Policy::FromBundle(const v1::PolicyBundle& bundle, const IngressConfig* local) {
+  auto cfg = ParseConfig(bundle.yaml());
+  if (!cfg.ok()) return Status(cfg.status().code(), "mx.yaml: " + cfg.status().message());
+  if (local) {
+    IngressConfig& in = cfg->ingress;
+    in.listen = local->listen;
+    in.hostname = local->hostname;
+    in.threads = local->threads;
+    in.tls_cert_file = local->tls_cert_file;
+    in.tls_key_file = local->tls_key_file;
+    in.queue = local->queue;
+    in.dns_servers = local->dns_servers;
+    in.dns_timeout = local->dns_timeout;
+    in.loadavg_file = local->loadavg_file;
+    in.enqueue_timeout = local->enqueue_timeout;
+  }
+  MapReader reader = [&bundle](const std::string& path) -> Result<std::string> {
+    auto it = bundle.files().find(path);
+    if (it == bundle.files().end()) return Status(Code::kNotFound, path + ": not in the pushed policy");
+    return it->second;
+  };
+  return Load(cfg->ingress, ".", reader, bundle.version().empty() ? "unversioned" : bundle.version());
+}
+
+Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, const std::string& config_dir,
+                                                   const MapReader& reader, const std::string& version) {
   std::shared_ptr<Policy> p(new Policy());
   p->settings_ = config;
+  p->version_ = version;
   p->novrfy_ = p->noexpn_ = false;
   for (const auto& o : config.privacy_options) {
     if (o == "novrfy") p->novrfy_ = true;
@@ -122,8 +148,8 @@ Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, 
   // store(map) keeps it and returns its entry count for Describe().
   auto load = [&](const char* key, const std::string& path, const char* label, auto parse, auto store) -> Status {
     if (path.empty()) return Status::Ok();
-    std::string full = ResolvePath(config_dir, path);
-    auto text = ReadMapFile(full);
+    std::string full = reader ? path : ResolvePath(config_dir, path);
+    auto text = reader ? reader(path) : ReadMapFile(full);
     if (!text.ok())
       return Status(Code::kInvalidArgument, std::string("ingress.") + key + ": " + text.status().message());
     auto parsed = parse(*text, full);
@@ -226,7 +252,7 @@ Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, 
 }
 
 std::string Policy::Describe() const {
-  std::string s = "local_domains=" + std::to_string(local_domains_.size()) +
+  std::string s = "version=" + version_ + " local_domains=" + std::to_string(local_domains_.size()) +
                   " relay_domains=" + std::to_string(relay_domains_.size()) +
                   " header_checks=" + std::to_string(header_rules_.size());
   for (const auto& src : sources_) s += " " + src;

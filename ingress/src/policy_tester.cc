@@ -49,7 +49,23 @@ Result<std::unique_ptr<PolicyTester>> PolicyTester::Start(const Config& config, 
 }
 
 Status PolicyTester::Reload(const Config& config) {
-  auto p = Policy::Load(config.ingress, config.config_dir);
+  {
+    std::lock_guard lock(mu_);
+    local_ = config.ingress;
+  }
+  return Install(Policy::Load(config.ingress, config.config_dir));
+}
+
+Status PolicyTester::ApplyBundle(const v1::PolicyBundle& bundle) {
+  IngressConfig local;
+  {
+    std::lock_guard lock(mu_);
+    local = local_;
+  }
+  return Install(Policy::FromBundle(bundle, &local));
+}
+
+Status PolicyTester::Install(Result<std::shared_ptr<const Policy>> p) {
   std::lock_guard lock(mu_);
   if (!p.ok()) {
     load_error_ = p.status();

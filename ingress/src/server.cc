@@ -310,6 +310,25 @@ class Server final : public IngressServer {
     return Status::Ok();
   }
 
+  Status ApplyBundle(const v1::PolicyBundle& bundle) override {
+    auto policy = Policy::FromBundle(bundle, &config_);
+    if (!policy.ok()) {
+      Probe::Get().PolicyReload(false);
+      log::Error("pushed policy " + bundle.version() + " refused, " +
+                 (policy_.load() ? policy_.load()->version() : std::string("none")) +
+                 " stays in force: " + policy.status().message());
+      return policy.status();
+    }
+    policy_.store(*policy);
+    Probe::Get().PolicyReload(true);
+    log::Info("pushed policy loaded: " + (*policy)->Describe());
+    return Status::Ok();
+  }
+  std::string PolicyVersion() const override {
+    auto p = policy_.load();
+    return p ? p->version() : "";
+  }
+
   void SetDraining(bool draining) override {
     if (draining_.exchange(draining) != draining) {
       log::Info(draining ? "ingress draining: new connections get 421" : "ingress accepting connections again");

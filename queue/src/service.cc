@@ -451,6 +451,38 @@ class Shard {
     ApplyResult r = Commit(std::move(cmd));
     if (!r.status.ok()) return CommitFailed(ctx, r.status);
     resp->set_drain(sm_->NodeDrain(name));
+    resp->set_policy_version(sm_->PolicyVersion());
+    return grpc::Status::OK;
+  }
+
+  // Versions count up: "v<N>-<8 hex of a hash of the content>".
+  grpc::Status PutPolicy(grpc::ServerContext* ctx, const v1::PutPolicyRequest* req, v1::PutPolicyResponse* resp) {
+    if (req->bundle().yaml().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "an empty policy");
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    std::lock_guard lock(policy_mu_);  // one version number per put
+    const std::string prev = sm_->PolicyVersion();
+    uint64_t n = prev.size() > 1 ? std::strtoull(prev.c_str() + 1, nullptr, 10) : 0;
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    *cmd.mutable_policy() = req->bundle();
+    std::string content = req->bundle().yaml();
+    std::map<std::string, std::string> files(req->bundle().files().begin(), req->bundle().files().end());
+    for (const auto& [path, text] : files) content += "\n" + path + "\n" + text;
+    char hash[16];
+    snprintf(hash, sizeof hash, "%08zx", std::hash<std::string>{}(content)&0xffffffffu);
+    cmd.mutable_policy()->set_version("v" + std::to_string(n + 1) + "-" + hash);
+    const std::string version = cmd.policy().version();
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    resp->set_version(version);
+    log::Info(tag_ + ": acceptance policy " + version + " stored (by " + req->bundle().applied_by() + ")");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetPolicy(grpc::ServerContext* ctx, const v1::GetPolicyRequest* req, v1::GetPolicyResponse* resp) {
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    *resp->mutable_bundle() = sm_->CurrentPolicy();
+    if (req->version_only()) resp->mutable_bundle()->clear_files();
     return grpc::Status::OK;
   }
 
@@ -706,6 +738,7 @@ class Shard {
   std::unique_ptr<RaftLog> log_;
   Permits permits_;
   std::atomic<bool> led_before_{false};
+  std::mutex policy_mu_;
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
@@ -884,6 +917,20 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->ListNodes(ctx, resp) : err;
+  }
+
+  grpc::Status PutPolicy(grpc::ServerContext* ctx, const v1::PutPolicyRequest* req,
+                         v1::PutPolicyResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->PutPolicy(ctx, req, resp) : err;
+  }
+
+  grpc::Status GetPolicy(grpc::ServerContext* ctx, const v1::GetPolicyRequest* req,
+                         v1::GetPolicyResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->GetPolicy(ctx, req, resp) : err;
   }
 
   grpc::Status SetDrain(grpc::ServerContext* ctx, const v1::SetDrainRequest* req, v1::SetDrainResponse*) override {

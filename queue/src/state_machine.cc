@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "mx/common/address.h"
 #include "mx/common/log.h"
@@ -24,6 +25,7 @@ constexpr const char* kCountsKey = "counts";
 constexpr const char* kStatsSinceKey = "stats_since";
 constexpr const char* kMemberPrefix = "member/";
 constexpr const char* kNodePrefix = "node/";
+constexpr const char* kPolicyKey = "policy/current";
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -173,6 +175,7 @@ Status StateMachine::OpenDb() {
   ready_index_.clear();
   lease_index_.clear();
   members_.clear();
+  policy_version_.clear();
   sched_floor_ = INT64_MIN;
   applied_ = 0;
   std::string v;
@@ -206,7 +209,13 @@ Status StateMachine::OpenDb() {
     uint64_t id = DecodeU64(it->key().ToString().substr(std::string_view(kMemberPrefix).size()));
     members_[id] = it->value().ToString();
   }
-  return FromRocks(it->status(), "load members");
+  if (auto st = FromRocks(it->status(), "load members"); !st.ok()) return st;
+  std::string value;
+  v1::PolicyBundle policy;
+  if (db_->Get(rocksdb::ReadOptions(), meta_, kPolicyKey, &value).ok() && policy.ParseFromString(value)) {
+    policy_version_ = policy.version();
+  }
+  return Status::Ok();
 }
 
 void StateMachine::CloseDb() {
@@ -276,6 +285,11 @@ uint64_t StateMachine::Digest() const {
   return h;
 }
 
+std::string StateMachine::PolicyVersion() const {
+  std::lock_guard lock(mem_mu_);
+  return policy_version_;
+}
+
 std::map<uint64_t, std::string> StateMachine::Members() const {
   std::lock_guard lock(mem_mu_);
   return members_;
@@ -336,6 +350,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
   ctx.retry_factor = options_.retry_factor;
   bool stats_touched = false;
   std::vector<std::pair<uint64_t, std::string>> member_ops;  // "" = removed
+  std::optional<std::string> policy_version;                 // a policy stored by this batch
 
   // Recipient transitions shared by the command handlers.
   auto clear_index = [&](const v1::Recipient& r, const std::string& qid) {
@@ -814,6 +829,13 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         }
         break;
       }
+      case v1::QueueCommand::kPolicy: {
+        v1::PolicyBundle bundle = cmd.policy();
+        bundle.set_applied_unix_us(cmd.now_unix_us());
+        b.PutProto(meta_, kPolicyKey, bundle);
+        policy_version = bundle.version();
+        break;
+      }
       default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
     }
     if (!st.ok()) return st;  // storage failure: nothing written
@@ -853,6 +875,7 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
       else
         members_[id] = address;
     }
+    if (policy_version) policy_version_ = *policy_version;
     counts_ = ctx.counts;
     sched_floor_ = ctx.sched_floor;
     for (auto& op : ctx.index_ops) {
@@ -1002,6 +1025,14 @@ void StateMachine::Nodes(v1::ListNodesResponse* out) const {
     v1::NodeInfo n;
     if (n.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) *out->add_nodes() = std::move(n);
   }
+}
+
+v1::PolicyBundle StateMachine::CurrentPolicy() const {
+  std::shared_lock db_lock(db_mu_);
+  std::string value;
+  v1::PolicyBundle b;
+  if (db_->Get(rocksdb::ReadOptions(), meta_, kPolicyKey, &value).ok()) b.ParseFromString(value);
+  return b;
 }
 
 bool StateMachine::NodeDrain(const std::string& name) const {

@@ -394,21 +394,26 @@ class Mxd:
 
 
 class ExtraDelivery:
-    """A second delivery worker, `mxd delivery`, in its own process with
-    node's config (its own node name and metrics port), pulling from the
-    same queue."""
+    """A second process of node's cluster, `mxd delivery` (or `mxd ingress`
+    with role="ingress", on its own SMTP port), with node's config but its own
+    node name and metrics port."""
 
-    def __init__(self, node, workdir: Path, name="mx-test-2"):
+    def __init__(self, node, workdir: Path, name="mx-test-2", role="delivery"):
         self.metrics_port = free_port()
+        self.smtp_port = free_port() if role == "ingress" else None
         self.config = workdir / f"{name}.yaml"
-        self.config.write_text(node.config.read_text()
-                               .replace(f"127.0.0.1:{node.metrics_port}", f"127.0.0.1:{self.metrics_port}")
-                               .replace('node_name: "mx-test"', f'node_name: "{name}"'))
+        text = (node.config.read_text()
+                .replace(f"127.0.0.1:{node.metrics_port}", f"127.0.0.1:{self.metrics_port}")
+                .replace('node_name: "mx-test"', f'node_name: "{name}"'))
+        if self.smtp_port:
+            text = text.replace(f"127.0.0.1:{node.smtp_port}", f"127.0.0.1:{self.smtp_port}")
+        self.config.write_text(text)
         self.logfile = workdir / f"{name}.log"
         self.log = open(self.logfile, "w")
-        self.proc = subprocess.Popen([str(MXD), "delivery", "--config", str(self.config)], stdout=self.log,
+        self.proc = subprocess.Popen([str(MXD), role, "--config", str(self.config)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        wait_for(lambda: "pulling from" in self.logtext(), what=f"the delivery worker {name}")
+        ready = "pulling from" if role == "delivery" else "listening for SMTP"
+        wait_for(lambda: ready in self.logtext(), what=f"the {role} process {name}")
 
     def logtext(self):
         return self.logfile.read_text()

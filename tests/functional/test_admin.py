@@ -56,7 +56,7 @@ def test_inspect_shows_envelope_recipients_and_headers(dns, sinks, mxd_factory):
     missing = node.mxctl_run("inspect", "00000000000000")
     assert missing.returncode == 69 and "no message 00000000000000 in the queue" in missing.stderr
     bad = node.mxctl_run("inspect", "x")
-    assert bad.returncode == 69 and "'x' is not a queue id" in bad.stderr
+    assert bad.returncode == 65 and "'x' is not a queue id" in bad.stderr
 
 
 def test_control_over_tls_and_mtls(mxd_factory, tmp_path):

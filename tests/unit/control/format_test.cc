@@ -117,5 +117,29 @@ TEST(Format, Inspect) {
   test::ExpectGolden("control/inspect.ref", FormatInspect(resp));
 }
 
+TEST(Format, PolicyShow) {
+  v1::PolicyShowResponse resp;
+  EXPECT_EQ(FormatPolicyShow(resp),
+            "No policy pushed: every node runs its own files (ingress section of its mx.yaml).\n"
+            "node          policy            state\n");
+  auto* c = resp.mutable_current();
+  c->set_version("v3-1a2b3c4d");
+  c->set_applied_unix_us(1'800'000'000'000'000);
+  c->set_applied_by("alice");
+  (*c->mutable_files())["maps/access"] = "";
+  (*c->mutable_files())["maps/aliases"] = "";
+  auto node = [&](const std::string& name, const std::string& version, const std::string& error) {
+    auto* n = resp.add_nodes();
+    n->set_name(name);
+    n->set_policy_version(version);
+    n->set_policy_error(error);
+  };
+  node("mx1", "v3-1a2b3c4d", "");
+  node("mx2", "v2-99999999", "");
+  node("mx3", "v2-99999999", "maps/access:2: unknown action 'MAYBE'");
+  node("queue-1", "", "");  // runs no policy: not listed
+  test::ExpectGolden("control/policy_show.ref", FormatPolicyShow(resp));
+}
+
 }  // namespace
 }  // namespace mx::control

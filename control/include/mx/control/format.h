@@ -19,5 +19,7 @@ std::string FormatHostStatus(const v1::HostStatusResponse& resp);
 std::string FormatPolicyTest(const v1::PolicyTestResponse& resp);
 // mxctl inspect: envelope, recipients with attempts and last reply, headers.
 std::string FormatInspect(const v1::InspectResponse& resp);
+// mxctl policy show: the current pushed version and each node's.
+std::string FormatPolicyShow(const v1::PolicyShowResponse& resp);
 
 }  // namespace mx::control

@@ -8,6 +8,7 @@
 // DNSBL answers are fetched by the server and passed in.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 #include "mx/common/result.h"
 #include "mx/ingress/client_lookup.h"
 #include "mx/ingress/maps.h"
+#include "mx/v1/types.pb.h"
 
 namespace mx::ingress {
 
@@ -88,11 +90,25 @@ struct HeaderRule {
   std::string origin;           // "ingress.header_checks[0]"
 };
 
+// Where map files come from: given a path as the config names it, its text.
+using MapReader = std::function<Result<std::string>(const std::string& path)>;
+
 class Policy {
  public:
   // Builds the policy from the ingress config; map paths are relative to
-  // config_dir. hostname ($j) is always a local domain.
-  static Result<std::shared_ptr<const Policy>> Load(const IngressConfig& config, const std::string& config_dir);
+  // config_dir (or, with reader, whatever reader makes of them). hostname ($j)
+  // is always a local domain. version names it in logs and cluster status.
+  static Result<std::shared_ptr<const Policy>> Load(const IngressConfig& config, const std::string& config_dir,
+                                                    const MapReader& reader = nullptr,
+                                                    const std::string& version = "local");
+  // A pushed policy (mxctl policy apply): the ingress section of the
+  // bundle's mx.yaml, maps from the bundle's files. With local, what belongs
+  // to the node stays the node's own (hostname, listen, threads, TLS files,
+  // queue, DNS servers, load average file, timeouts). Errors name the key or
+  // file and line.
+  static Result<std::shared_ptr<const Policy>> FromBundle(const v1::PolicyBundle& bundle,
+                                                          const IngressConfig* local = nullptr);
+  const std::string& version() const { return version_; }
 
   const IngressConfig& settings() const { return settings_; }
   bool novrfy() const { return novrfy_; }
@@ -154,6 +170,7 @@ class Policy {
   std::vector<Dnsbl> dnsbl_;
   std::vector<std::string> dnsbl_zone_names_;
   std::vector<std::string> sources_;
+  std::string version_;
 };
 
 }  // namespace mx::ingress

@@ -27,16 +27,24 @@ class PolicyTester {
 
   // Loads the policy from config; on error the previous one stays.
   Status Reload(const Config& config);
+  // The same from a pushed policy.
+  Status ApplyBundle(const v1::PolicyBundle& bundle);
+  std::string Version() const {
+    auto p = policy_.load();
+    return p ? p->version() : "";
+  }
   // kInvalidArgument for a bad request, kFailedPrecondition when no policy loaded.
   Result<v1::PolicyTestResponse> Test(const v1::PolicyTestRequest& request) const;
 
  private:
   PolicyTester(std::unique_ptr<ClientLookup> lookup) : lookup_(std::move(lookup)) {}
+  Status Install(Result<std::shared_ptr<const Policy>> policy);
 
   std::unique_ptr<ClientLookup> lookup_;
   std::atomic<std::shared_ptr<const Policy>> policy_;
   Status load_error_;
-  mutable std::mutex mu_;  // guards load_error_
+  IngressConfig local_;    // this node's own settings (kept under a pushed policy)
+  mutable std::mutex mu_;  // guards load_error_ and local_
 };
 
 }  // namespace mx::ingress

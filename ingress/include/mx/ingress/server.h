@@ -9,6 +9,7 @@
 #include "mx/common/config.h"
 #include "mx/common/result.h"
 #include "mx/ingress/enqueue_backend.h"
+#include "mx/v1/types.pb.h"
 
 namespace mx::ingress {
 
@@ -26,6 +27,10 @@ class IngressServer {
   // mxctl drain: new connections get 421 4.3.2 and are closed; sessions in
   // progress finish. false: accept again.
   virtual void SetDraining(bool draining) = 0;
+  // A pushed policy (mxctl policy apply) replaces the running one whole, or
+  // not at all (the error is returned). TLS settings stay local.
+  virtual Status ApplyBundle(const v1::PolicyBundle& bundle) = 0;
+  virtual std::string PolicyVersion() const = 0;
   virtual uint64_t Sessions() const = 0;  // open SMTP sessions
 };
 

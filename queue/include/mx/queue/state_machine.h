@@ -120,6 +120,9 @@ class StateMachine {
   // The node table (heartbeats, drain flags).
   void Nodes(v1::ListNodesResponse* out) const;
   bool NodeDrain(const std::string& name) const;
+  // The pushed acceptance policy (empty version: none).
+  v1::PolicyBundle CurrentPolicy() const;
+  std::string PolicyVersion() const;
 
  private:
   // The ready-index key of a recipient under options_.sort_order.
@@ -152,6 +155,7 @@ class StateMachine {
   std::set<IndexKey> lease_index_;
   int64_t sched_floor_ = INT64_MIN;
   std::map<uint64_t, std::string> members_;
+  std::string policy_version_;  // of the pushed policy in meta (cheap for heartbeats)
 };
 
 }  // namespace mx::queue
