@@ -257,9 +257,12 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Mailstats(grpc::ServerContext* ctx, const v1::MailstatsRequest*, v1::MailstatsResponse* resp) override {
+  grpc::Status Mailstats(grpc::ServerContext* ctx, const v1::MailstatsRequest* request,
+                         v1::MailstatsResponse* resp) override {
     std::string who;
-    if (auto st = auth_.Check(*ctx, Role::kRead, "Mailstats", &who); !st.ok()) return st;
+    if (auto st = auth_.Check(*ctx, request->reset() ? Role::kOperator : Role::kRead, "Mailstats", &who); !st.ok()) {
+      return st;
+    }
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;
     for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
@@ -283,6 +286,20 @@ class AdminService final : public v1::Admin::Service {
     }
     for (auto& [_, m] : sum) *resp->add_mailers() = m;
     resp->set_since_unix_us(since);
+    if (request->reset()) {
+      // Counts that arrive between the read above and the reset are not shown.
+      for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+        v1::RecordStatsRequest reset;
+        reset.set_shard(shard);
+        reset.set_reset(true);
+        v1::RecordStatsResponse ignored;
+        auto st = CallLeader(shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) {
+          return stub->RecordStats(c, reset, &ignored);
+        });
+        if (!st.ok()) return st;
+      }
+      log::Info("admin: " + who + ": mailstats reset");
+    }
     return grpc::Status::OK;
   }
 

@@ -113,6 +113,11 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
   for (const auto& n : resp.nodes()) {
     for (const auto& r : n.replicas()) {
       if (r.role() != "leader") continue;
+      out += "shard " + std::to_string(r.shard()) + " queue: " + std::to_string(r.messages()) +
+             " messages; recipients " + std::to_string(r.ready()) + " ready, " + std::to_string(r.leased()) +
+             " in delivery, " + std::to_string(r.deferred()) + " deferred, " + std::to_string(r.held()) +
+             " held; oldest " +
+             (r.oldest_age_seconds() > 0 ? log::FormatDelay(r.oldest_age_seconds() * 1'000'000) : "-") + "\n";
       out += "shard " + std::to_string(r.shard()) + " leader " + std::to_string(r.node_id()) + " members:";
       for (const auto& m : r.members()) {
         out += " " + std::to_string(m.id()) + "(" + m.role() + ", " + m.raft_address() + ", behind " +
@@ -125,7 +130,7 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
   if (resp.processes_size() > 0) {
     out += "Processes:\n";
     out += Pad("name", 14, false) + Pad("roles", 20, false) + Pad("state", 10, false) + Pad("sessions", 9, true) +
-           Pad("in-flight", 10, true) + Pad("seen", 8, true) + "  host, version\n";
+           Pad("in-flight", 10, true) + Pad("seen", 8, true) + "  host, version, listening\n";
     for (const auto& p : resp.processes()) {
       std::string roles;
       for (const auto& r : p.roles()) roles += (roles.empty() ? "" : ",") + r;
@@ -139,7 +144,7 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
       out += Pad(p.name(), 14, false) + Pad(roles + " ", 20, false) + Pad(state, 10, false) +
              Pad(std::to_string(p.sessions()), 9, true) + Pad(std::to_string(p.in_flight()), 10, true) +
              Pad(std::to_string(std::max<int64_t>(ago_s, 0)) + "s", 8, true) + "  " + p.host() + ", " + p.version() +
-             "\n";
+             (p.addresses().empty() ? "" : ", " + p.addresses()) + "\n";
     }
   }
   return out;

@@ -21,7 +21,7 @@ int Usage() {
           "             [-o text|json] COMMAND [options]\n"
           "commands:\n"
           "  mailq [-I qid] [-S sender] [-R recipient]   list queued messages\n"
-          "  mailstats                                   per-mailer statistics\n"
+          "  mailstats [--reset]                         per-mailer statistics (--reset, like -p: then clear)\n"
           "  inspect QID                                 one message: envelope, recipients, headers\n"
           "  hoststat                                    MX host status (cluster-wide)\n"
           "  purgestat [HOST]                            forget host status (all, or one host)\n"
@@ -309,9 +309,14 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "mailstats") {
+    mx::v1::MailstatsRequest req;
+    if (i < args.size() && (args[i] == "--reset" || args[i] == "-p")) {
+      req.set_reset(true);
+      ++i;
+    }
     if (i != args.size()) return Usage();
     mx::v1::MailstatsResponse resp;
-    auto st = stub->Mailstats(&ctx, mx::v1::MailstatsRequest(), &resp);
+    auto st = stub->Mailstats(&ctx, req, &resp);
     if (!st.ok()) return Fail(st, server);
     if (output == "json")
       PrintJson(resp);

@@ -23,6 +23,17 @@ class Reporter final : public NodeReporter {
   Reporter(const Config& config, std::vector<std::string> roles, NodeHooks hooks, std::chrono::milliseconds every)
       : router_(Seeds(config), config.queue.shards), hooks_(std::move(hooks)), every_(every) {
     info_.set_name(config.node_name);
+    std::string addresses;
+    auto add = [&](const char* what, const std::string& where) {
+      if (!where.empty()) addresses += (addresses.empty() ? "" : ", ") + std::string(what) + "=" + where;
+    };
+    for (const auto& r : roles) {
+      if (r == "ingress") add("smtp", config.ingress.listen);
+      if (r == "queue") add("queue", config.queue.listen);
+      if (r == "control") add("control", config.control.listen);
+    }
+    add("metrics", config.metrics_listen);
+    info_.set_addresses(addresses);
     for (auto& r : roles) info_.add_roles(std::move(r));
     info_.set_version(kVersion);
     char host[256] = {};

@@ -360,6 +360,7 @@ class Shard {
       if (d.mailer().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "mailer is required");
       *cmd.mutable_stats()->add_deltas() = d;
     }
+    cmd.mutable_stats()->set_reset(req->reset());
     if (!log_->IsLeader()) return NotLeader(ctx);
     ApplyResult r = Commit(std::move(cmd));
     return r.status.ok() ? grpc::Status::OK : CommitFailed(ctx, r.status);
@@ -580,6 +581,13 @@ class Shard {
     auto s = log_->GetStatus();
     s.set_leader_address(AddressOf(s.leader_id()));
     for (auto& m : *s.mutable_members()) m.set_grpc_address(AddressOf(m.id()));
+    const auto counts = sm_->counts();
+    s.set_ready(counts.by_status[v1::RCPT_READY]);
+    s.set_leased(counts.by_status[v1::RCPT_LEASED]);
+    s.set_deferred(counts.by_status[v1::RCPT_DEFERRED]);
+    s.set_held(counts.by_status[v1::RCPT_HELD]);
+    const int64_t oldest = sm_->OldestArrival();
+    if (oldest > 0) s.set_oldest_age_seconds(std::max<int64_t>(0, (clock_.NowUnixMicros() - oldest) / 1'000'000));
     return s;
   }
 

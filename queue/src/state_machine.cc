@@ -782,6 +782,15 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         break;
       }
       case v1::QueueCommand::kStats:
+        if (cmd.stats().reset()) {
+          // Counted so far (in the store and earlier in this batch) is gone.
+          ctx.stats.clear();
+          std::vector<std::string> mailers;
+          auto it = b.Iterator(stats_);
+          for (it->SeekToFirst(); it->Valid(); it->Next()) mailers.push_back(it->key().ToString());
+          for (const auto& m : mailers) b.Delete(stats_, m);
+          b.Put(meta_, kStatsSinceKey, EncodeU64(cmd.now_unix_us()));
+        }
         for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
         stats_touched = true;
         break;

@@ -131,3 +131,43 @@ def test_drain_moves_processes_out_without_losing_or_duplicating_mail(dns, sinks
         assert node.mxctl_run("drain", "nosuch").returncode == 69
     finally:
         second.stop()
+
+
+def test_mailq_filters_find_exactly_the_matching_messages_and_mailstats_resets(dns, sinks, mxd_factory):
+    import json
+
+    port = free_port(MX_SENDER)
+    d = dns(port)
+    node = mxd_factory(delivery__dns_servers=[d.server], delivery__smtp_port=port,
+                       queue__min_backoff="1h", queue__max_backoff="2h")
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        s.sendmail("alice@sender.test", ["a1@down.test"], b"Subject: 1\r\n\r\nx\r\n")
+        s.sendmail("bob@sender.test", ["b1@down.test", "b2@down.test"], b"Subject: 2\r\n\r\nx\r\n")
+        s.sendmail("bob@sender.test", ["b3@down.test"], b"Subject: 3\r\n\r\nx\r\n")
+    wait_for(lambda: node.mxctl("mailq").count("Connection refused") == 3, what="three deferred messages")
+
+    def qids(*filters):
+        out = json.loads(node.mxctl("-o", "json", "mailq", *filters))
+        return sorted(m["envelope"]["qid"] for m in out.get("messages", [])), int(out.get("matched", 0))
+
+    everything, n = qids()
+    assert n == 3
+    alice, n = qids("-S", "alice@")
+    assert n == 1 and len(alice) == 1
+    bob, n = qids("-S", "bob@")
+    assert n == 2 and set(bob) == set(everything) - set(alice)
+    assert qids("-R", "b2@")[0] == [q for q in bob if "b2@down.test" in node.mxctl("inspect", q)]
+    assert qids("-I", alice[0])[0] == alice
+    assert qids("-R", "nobody@")[1] == 0
+    text = node.mxctl("mailq", "-S", "alice@")
+    assert "Total requests: 1" in text and "<a1@down.test>" in text and "bob@" not in text
+
+    def msgsfr():
+        rows = [l.split() for l in node.mxctl("mailstats").splitlines() if l.endswith("esmtp")]
+        return int(rows[0][1]) if rows else 0
+
+    wait_for(lambda: msgsfr() == 3, what="mailstats to count three")
+    assert node.mxctl_run("mailstats", "--reset", token_file="read").returncode == 77
+    printed = node.mxctl("mailstats", "--reset")  # like mailstats -p: the counts, then cleared
+    assert [l.split()[1] for l in printed.splitlines() if l.endswith("esmtp")] == ["3"]
+    assert msgsfr() == 0

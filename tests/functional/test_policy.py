@@ -443,7 +443,7 @@ def test_policy_test_mode_traces_every_step_without_sending_mail(mxd_factory, tm
     assert out["steps"][0]["why"] == "access:2 Connect:127.0.0.3 RELAY"
 
     r = policy_test("policy", "test", "--client-ip", "not-an-ip", "--to", "a@b.test")
-    assert r.returncode == 69 and "client_ip must be an IP address" in r.stderr
+    assert r.returncode == 65 and "client_ip must be an IP address" in r.stderr  # EX_DATAERR
     assert "Mail queue is empty" in node.mxctl("mailq")  # nothing was sent
 
 

@@ -557,5 +557,34 @@ TEST_F(StateMachineTest, NodeTableKeepsTheDrainFlagAcrossHeartbeats) {
   EXPECT_EQ(none.nodes_size(), 0);
 }
 
+TEST_F(StateMachineTest, MailstatsResetClearsEveryCounterAndRestartsSince) {
+  auto stats = [&](int64_t now, uint64_t msgsfr, bool reset) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    c.mutable_stats()->set_reset(reset);
+    if (msgsfr) {
+      auto* d = c.mutable_stats()->add_deltas();
+      d->set_mailer("esmtp");
+      d->set_msgsfr(msgsfr);
+    }
+    return c;
+  };
+  Apply(stats(kT0, 5, false));
+  v1::GetStatsResponse before;
+  sm_->Stats(&before);
+  ASSERT_EQ(before.mailers_size(), 1);
+  EXPECT_EQ(before.mailers(0).msgsfr(), 5u);
+  EXPECT_EQ(before.since_unix_us(), kT0);
+  // One entry: a count, the reset, a count after it (log order decides).
+  auto s1 = stats(kT0 + kSec, 2, false), s2 = stats(kT0 + 2 * kSec, 0, true), s3 = stats(kT0 + 3 * kSec, 1, false);
+  std::vector<ApplyResult> res;
+  ASSERT_TRUE(sm_->Apply(++index_, {&s1, &s2, &s3}, &res).ok());
+  v1::GetStatsResponse after;
+  sm_->Stats(&after);
+  ASSERT_EQ(after.mailers_size(), 1);
+  EXPECT_EQ(after.mailers(0).msgsfr(), 1u);
+  EXPECT_EQ(after.since_unix_us(), kT0 + 2 * kSec);
+}
+
 }  // namespace
 }  // namespace mx::queue
