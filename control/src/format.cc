@@ -129,8 +129,9 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
   for (const auto& u : resp.unreachable()) out += "unreachable: " + u.address() + " (" + u.error() + ")\n";
   if (resp.processes_size() > 0) {
     out += "Processes:\n";
-    out += Pad("name", 14, false) + Pad("roles", 20, false) + Pad("state", 10, false) + Pad("sessions", 9, true) +
-           Pad("in-flight", 10, true) + Pad("seen", 8, true) + "  host, version, listening\n";
+    out += Pad("name", 14, false) + Pad("roles", 20, false) + Pad("state", 10, false) + Pad("policy", 14, false) +
+           Pad("sessions", 9, true) + Pad("in-flight", 10, true) + Pad("seen", 8, true) +
+           "  host, version, listening\n";
     for (const auto& p : resp.processes()) {
       std::string roles;
       for (const auto& r : p.roles()) roles += (roles.empty() ? "" : ",") + r;
@@ -142,6 +143,7 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
                           : p.drain()                ? "draining"
                                                      : "active";
       out += Pad(p.name(), 14, false) + Pad(roles + " ", 20, false) + Pad(state, 10, false) +
+             Pad((p.policy_version().empty() ? "-" : p.policy_version()) + " ", 14, false) +
              Pad(std::to_string(p.sessions()), 9, true) + Pad(std::to_string(p.in_flight()), 10, true) +
              Pad(std::to_string(std::max<int64_t>(ago_s, 0)) + "s", 8, true) + "  " + p.host() + ", " + p.version() +
              (p.addresses().empty() ? "" : ", " + p.addresses()) + "\n";

@@ -91,7 +91,7 @@ def test_drain_moves_processes_out_without_losing_or_duplicating_mail(dns, sinks
 
     def state(name):
         rows = [l.split() for l in status().split("Processes:")[-1].splitlines() if l.startswith(name + " ")]
-        return rows[0][2] if rows else None
+        return rows[0][2] if rows else None  # name, roles, state, policy, …
 
     def send(first, n):
         with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:

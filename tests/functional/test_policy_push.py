@@ -42,6 +42,8 @@ def test_a_pushed_policy_reaches_every_node_and_a_bad_one_changes_nothing(mxd_fa
         assert out.startswith("policy v1-") and "access=maps/access (1)" in out, out
         v1 = out.split()[1]
         wait_for(lambda: versions(node)[0] == {"mx-test": v1, "mx-test-2": v1}, what="every node on v1")
+        processes = node.mxctl("cluster", "status").split("Processes:")[1]
+        assert [l.split()[3] for l in processes.splitlines() if l.startswith("mx-test")] == [v1, v1], processes
         for port in (node.smtp_port, second.smtp_port):
             assert mail_from(port, "x@bad.test") == (550, b"5.7.1 Pushed policy says no")
         assert f"pushed policy loaded: version={v1}" in second.logtext()
