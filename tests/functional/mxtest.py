@@ -407,12 +407,15 @@ class ExtraDelivery:
                 .replace('node_name: "mx-test"', f'node_name: "{name}"'))
         if self.smtp_port:
             text = text.replace(f"127.0.0.1:{node.smtp_port}", f"127.0.0.1:{self.smtp_port}")
+        self.control_port = free_port() if role == "control" else None
+        if self.control_port:
+            text = text.replace(f"127.0.0.1:{node.control_port}", f"127.0.0.1:{self.control_port}")
         self.config.write_text(text)
         self.logfile = workdir / f"{name}.log"
         self.log = open(self.logfile, "w")
         self.proc = subprocess.Popen([str(MXD), role, "--config", str(self.config)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        ready = "pulling from" if role == "delivery" else "listening for SMTP"
+        ready = {"delivery": "pulling from", "ingress": "listening for SMTP", "control": "control serving gRPC"}[role]
         wait_for(lambda: ready in self.logtext(), what=f"the {role} process {name}")
 
     def logtext(self):
