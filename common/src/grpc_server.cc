@@ -5,18 +5,15 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
-#include <fstream>
-#include <sstream>
+#include "mx/common/map_file.h"
 
 namespace mx {
 namespace {
 
 Result<std::string> ReadPem(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status(Code::kNotFound, std::string("cannot read ") + what + " " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  auto text = ReadMapFile(path);
+  if (!text.ok()) return Status(Code::kNotFound, std::string("cannot read ") + what + " " + path);
+  return text;
 }
 
 void ApplyLimits(grpc::ChannelArguments* args) {

@@ -10,6 +10,7 @@
 
 #include "mx/common/config.h"
 #include "mx/common/grpc_server.h"
+#include "mx/common/map_file.h"
 #include "mx/control/format.h"
 #include "mx/v1/control.grpc.pb.h"
 
@@ -59,44 +60,33 @@ int Fail(const grpc::Status& st, const std::string& server) {
   return 69;                                                  // EX_UNAVAILABLE
 }
 
-bool ReadFile(const std::string& path, std::string* out) {
-  FILE* f = fopen(path.c_str(), "rb");
-  if (!f) return false;
-  char buf[65536];
-  size_t n;
-  out->clear();
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out->append(buf, n);
-  fclose(f);
-  return true;
-}
-
 // mxctl policy apply --config FILE: mx.yaml and the map files its ingress
 // section names (relative to FILE's directory), as one bundle.
 int BuildBundle(const std::string& path, mx::v1::PolicyBundle* bundle) {
-  std::string yaml;
-  if (!ReadFile(path, &yaml)) {
+  auto yaml = mx::ReadMapFile(path);
+  if (!yaml.ok()) {
     fprintf(stderr, "mxctl: cannot read %s\n", path.c_str());
     return 66;  // EX_NOINPUT
   }
-  auto cfg = mx::ParseConfig(yaml);
+  auto cfg = mx::ParseConfig(*yaml);
   if (!cfg.ok()) {
     fprintf(stderr, "mxctl: %s: %s\n", path.c_str(), cfg.status().message().c_str());
     return 65;  // EX_DATAERR
   }
-  bundle->set_yaml(yaml);
+  bundle->set_yaml(*yaml);
   const auto slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   const auto& in = cfg->ingress;
   for (const std::string* f : {&in.local_domains_file, &in.relay_domains_file, &in.access_map, &in.aliases,
                                &in.virtusertable, &in.auth_users_file}) {
     if (f->empty()) continue;
-    std::string text;
     const std::string full = f->front() == '/' ? *f : dir + "/" + *f;
-    if (!ReadFile(full, &text)) {
+    auto text = mx::ReadMapFile(full);
+    if (!text.ok()) {
       fprintf(stderr, "mxctl: cannot read %s (named in %s)\n", full.c_str(), path.c_str());
       return 66;
     }
-    (*bundle->mutable_files())[*f] = text;
+    (*bundle->mutable_files())[*f] = std::move(text).value();
   }
   return 0;
 }

@@ -25,6 +25,16 @@ void Permits::Drop(const std::string& holder) {
   holds_.erase(it);
 }
 
+void Permits::Insert(const std::string& holder, const std::vector<Ask>& asks, int64_t expiry_us) {
+  Hold& h = holds_[holder];
+  h.expiry_us = expiry_us;
+  for (const auto& a : asks) {
+    if (a.limit == 0) continue;  // an unlimited key takes no slot
+    h.keys.push_back(a.key);
+    by_key_[a.key].insert(holder);
+  }
+}
+
 void Permits::Expire(const std::string& key, int64_t now_us) {
   auto bk = by_key_.find(key);
   if (bk == by_key_.end()) return;
@@ -58,13 +68,7 @@ bool Permits::Acquire(const std::string& holder, const std::vector<Ask>& asks, i
       return false;
     }
   }
-  Hold& h = holds_[holder];
-  h.expiry_us = now_us + ttl_us;
-  for (const auto& a : asks) {
-    if (a.limit == 0) continue;
-    h.keys.push_back(a.key);
-    by_key_[a.key].insert(holder);
-  }
+  Insert(holder, asks, now_us + ttl_us);
   return true;
 }
 
@@ -75,13 +79,7 @@ void Permits::Renew(const std::string& holder, const std::vector<Ask>& asks, int
     it->second.expiry_us = now_us + ttl_us;
     return;
   }
-  Hold& h = holds_[holder];
-  h.expiry_us = now_us + ttl_us;
-  for (const auto& a : asks) {
-    if (a.limit == 0) continue;
-    h.keys.push_back(a.key);
-    by_key_[a.key].insert(holder);
-  }
+  Insert(holder, asks, now_us + ttl_us);
 }
 
 void Permits::Release(const std::string& holder) {

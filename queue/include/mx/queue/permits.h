@@ -54,8 +54,9 @@ class Permits {
     std::vector<std::string> keys;
     int64_t expiry_us = 0;
   };
-  void Drop(const std::string& holder);                 // mu_ held
-  void Expire(const std::string& key, int64_t now_us);  // mu_ held
+  void Drop(const std::string& holder);                                                     // mu_ held
+  void Insert(const std::string& holder, const std::vector<Ask>& asks, int64_t expiry_us);  // mu_ held
+  void Expire(const std::string& key, int64_t now_us);                                      // mu_ held
 
   std::mutex mu_;
   std::unordered_map<std::string, Hold> holds_;
