@@ -140,7 +140,12 @@ class Proc:
 
 class Cluster:
     def __init__(self, workdir, base_port=21000, shards=1, queue_nodes=3, ingress=2, delivery=2,
-                 build_dir=None, delivery_cfg=None, queue_cfg=None, ingress_cfg=None, log_level="info"):
+                 build_dir=None, delivery_cfg=None, queue_cfg=None, ingress_cfg=None, log_level="info",
+                 raft_host="127.0.0.1", joining=()):
+        """raft_host names the replicas in Raft addresses (a host name is
+        resolved at each connect, as in Kubernetes); joining lists node ids
+        that are in queue.peers with join: true, to be started later with
+        add_queue_node and added with `mxctl queue add-replica`."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         build = Path(build_dir or os.environ.get("MX_BUILD_DIR", ROOT / "build" / "release"))
@@ -148,8 +153,11 @@ class Cluster:
         self.mxctl_bin = build / "control" / "mxctl"
         self.base, self.shards = base_port, shards
         b = base_port
-        self.peers = [{"id": i, "grpc": f"127.0.0.1:{b + 10 * i}", "raft": f"127.0.0.1:{b + 100 + 20 * i}"}
+        self.raft_host = raft_host
+        self.peers = [{"id": i, "grpc": f"127.0.0.1:{b + 10 * i}", "raft": f"{raft_host}:{b + 100 + 20 * i}"}
                       for i in range(1, queue_nodes + 1)]
+        self.peers += [{"id": i, "grpc": f"127.0.0.1:{b + 10 * i}", "raft": f"{raft_host}:{b + 100 + 20 * i}",
+                        "join": True} for i in joining]
         common = {"hostname": "mx.cluster.test", "log_level": log_level}
         queue_common = {"shards": shards, "peers": self.peers, "election_timeout": "1s",
                         "heartbeat_timeout": "100ms", "min_backoff": "1s", "max_backoff": "4s",
@@ -157,9 +165,11 @@ class Cluster:
         queue_common.update(queue_cfg or {})
         self.queue, self.ingress, self.delivery = [], [], []
         for p in self.peers:
+            if p.get("join"):
+                continue
             i = p["id"]
             cfg = dict(common, node_name=f"queue-{i}", metrics_listen=f"127.0.0.1:{b + 200 + i}",
-                       queue=dict(queue_common, node_id=i, listen=p["grpc"], raft_listen=p["raft"],
+                       queue=dict(queue_common, node_id=i, listen=p["grpc"], raft_listen=f"127.0.0.1:{b + 100 + 20 * i}",
                                   data_dir=str(self.dir / f"queue-{i}" / "data")))
             self.queue.append(Proc(self, f"queue-{i}", "queue", cfg, b + 10 * i))
         for j in range(1, ingress + 1):
@@ -190,10 +200,14 @@ class Cluster:
         """A new queue node that joins (no bootstrap) and waits to be added
         with `mxctl queue add-replica`. Returns its Proc (not started)."""
         b = self.base
-        grpc, raft = f"127.0.0.1:{b + 10 * node_id}", f"127.0.0.1:{b + 100 + 20 * node_id}"
+        grpc, raft = f"127.0.0.1:{b + 10 * node_id}", f"{self.raft_host}:{b + 100 + 20 * node_id}"
+        queue = dict(self._queue_common, node_id=node_id, listen=grpc, raft_listen=f"127.0.0.1:{b + 100 + 20 * node_id}",
+                     data_dir=str(self.dir / f"queue-{node_id}" / "data"))
+        # A node listed in queue.peers with join: true joins because of that entry.
+        if not any(p["id"] == node_id for p in self.peers):
+            queue["join"] = True
         cfg = dict(self._common, node_name=f"queue-{node_id}", metrics_listen=f"127.0.0.1:{b + 200 + node_id}",
-                   queue=dict(self._queue_common, node_id=node_id, listen=grpc, raft_listen=raft, join=True,
-                              data_dir=str(self.dir / f"queue-{node_id}" / "data")))
+                   queue=queue)
         p = Proc(self, f"queue-{node_id}", "queue", cfg, b + 10 * node_id)
         p.grpc, p.raft = grpc, raft
         self.queue.append(p)

@@ -284,6 +284,7 @@ Config Parse(const YAML::Node& root) {
           pr.Uint("id", &peer.id);
           pr.Str("grpc", &peer.grpc);
           pr.Str("raft", &peer.raft);
+          pr.Bool("join", &peer.join);
           if (peer.id == 0) Fail(key + ".id", "must be > 0");
           if (peer.grpc.empty() || peer.raft.empty()) Fail(key, "needs grpc and raft addresses");
           CheckHostPort(key + ".grpc", peer.grpc);
@@ -404,12 +405,17 @@ Config Parse(const YAML::Node& root) {
   }
   {
     std::set<uint64_t> ids;
+    size_t founders = 0;
     for (const auto& p : c.queue.peers) {
+      if (!p.join) ++founders;
+      // A replica listed as joining never bootstraps, whatever queue.join says.
+      if (p.join && p.id == c.queue.node_id) c.queue.join = true;
       if (!ids.insert(p.id).second) Fail("queue.peers", "duplicate id " + std::to_string(p.id));
       if (ParseHostPort(p.raft)->port + c.queue.shards - 1 > 65535) {
         Fail("queue.peers", "raft port of node " + std::to_string(p.id) + " leaves no room for every shard");
       }
     }
+    if (founders == 0) Fail("queue.peers", "every peer has join: true; the replicas that bootstrap need join: false");
   }
   if (ParseHostPort(c.queue.raft_listen)->port + c.queue.shards - 1 > 65535) {
     Fail("queue.raft_listen", "port leaves no room for every shard (shard s listens on port + s)");
@@ -521,10 +527,51 @@ Result<HostPort> ParseHostPort(const std::string& text, uint16_t default_port) {
   return hp;
 }
 
-Result<Config> ParseConfig(const std::string& yaml_text) {
+namespace {
+
+// Applies one "a.b.c=value" override to the parsed document before it is
+// read: maps on the way are created, the value is parsed as YAML (so
+// "queue.node_id=3" is a number and "ingress.mynetworks=[10.0.0.0/8]" a list).
+void ApplyOverride(YAML::Node& root, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) Fail("--set " + assignment, "expected key.path=value");
+  const std::string path = assignment.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    Fail("--set " + path, std::string("value is not YAML: ") + e.what());
+  }
+  std::vector<std::string> keys;
+  for (size_t start = 0;;) {
+    const auto dot = path.find('.', start);
+    keys.push_back(path.substr(start, dot - start));
+    if (keys.back().empty()) Fail("--set " + path, "empty key");
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  // YAML::Node assignment rebinds handles, so walk with a list of nodes.
+  std::vector<YAML::Node> chain{root};
+  for (size_t i = 0; i + 1 < keys.size(); ++i) {
+    YAML::Node next = chain.back()[keys[i]];
+    if (next.IsDefined() && !next.IsNull() && !next.IsMap()) Fail("--set " + path, keys[i] + " is not a map");
+    if (!next.IsDefined() || next.IsNull()) {
+      chain.back()[keys[i]] = YAML::Node(YAML::NodeType::Map);
+      next = chain.back()[keys[i]];
+    }
+    chain.push_back(next);
+  }
+  chain.back()[keys.back()] = value.IsNull() ? YAML::Node(YAML::NodeType::Null) : value;
+}
+
+}  // namespace
+
+Result<Config> ParseConfig(const std::string& yaml_text, const std::vector<std::string>& overrides) {
   try {
     YAML::Node root = YAML::Load(yaml_text);
-    if (!root || root.IsNull()) return Parse(YAML::Node(YAML::NodeType::Map));
+    if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+    if (!root.IsMap()) return Status(Code::kInvalidArgument, "expected a map at the top level");
+    for (const auto& o : overrides) ApplyOverride(root, o);
     return Parse(root);
   } catch (const ConfigError& e) {
     return Status(Code::kInvalidArgument, e.message);
@@ -533,12 +580,12 @@ Result<Config> ParseConfig(const std::string& yaml_text) {
   }
 }
 
-Result<Config> LoadConfig(const std::string& path) {
+Result<Config> LoadConfig(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path);
   if (!in) return Status(Code::kNotFound, "cannot read config file " + path);
   std::stringstream ss;
   ss << in.rdbuf();
-  auto r = ParseConfig(ss.str());
+  auto r = ParseConfig(ss.str(), overrides);
   if (!r.ok()) return Status(r.status().code(), path + ": " + r.status().message());
   auto slash = path.rfind('/');
   r->config_dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);

@@ -37,9 +37,12 @@ int Usage() {
           "  drain|undrain NODE                          take a process out of service (ingress 421s, delivery\n"
           "                                              finishes its leases and pulls no more) or back in\n"
           "  forget NODE                                 drop a process that is gone from cluster status\n"
-          "  queue add-replica --shard N --id ID --grpc HOST:PORT --raft HOST:PORT\n"
-          "                                              add a queue replica to shard N's Raft group\n"
-          "  queue remove-replica --shard N --id ID      remove a replica from shard N\n"
+          "  queue add-replica [--shard N|all] --id ID --grpc HOST:PORT --raft HOST:PORT\n"
+          "                                              add a queue replica to every shard's Raft group (or\n"
+          "                                              shard N's); --raft is its queue.peers raft address\n"
+          "                                              (shard 0's; shard s is at port + s)\n"
+          "  queue remove-replica [--shard N|all] --id ID\n"
+          "                                              remove a replica from every shard (or shard N)\n"
           "  policy apply --config FILE                  push mx.yaml's ingress policy and its maps to every node\n"
           "  policy show                                 the cluster's policy version and what each node runs\n"
           "  policy test --client-ip IP [--client-name NAME] [--helo NAME] [--from ADDR]\n"
@@ -156,16 +159,21 @@ int main(int argc, char** argv) {
     channel = std::move(c).value();
   }
   auto stub = mx::v1::Admin::NewStub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  std::string token;
   if (!token_file.empty()) {
-    std::string token = ReadToken(token_file);
+    token = ReadToken(token_file);
     if (token.empty()) {
       fprintf(stderr, "mxctl: cannot read a token from %s\n", token_file.c_str());
       return 66;  // EX_NOINPUT
     }
-    ctx.AddMetadata("authorization", "Bearer " + token);
   }
+  // Commands that make several calls build a context per call.
+  auto set_token = [&token](grpc::ClientContext* c) {
+    if (!token.empty()) c->AddMetadata("authorization", "Bearer " + token);
+  };
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  set_token(&ctx);
 
   if (cmd == "mailq") {
     mx::v1::MailqRequest req;
@@ -390,7 +398,8 @@ int main(int argc, char** argv) {
   if (cmd == "queue") {
     if (i >= args.size()) return Usage();
     std::string sub = args[i++];
-    std::string shard, id, grpc_addr, raft_addr;
+    if (sub != "add-replica" && sub != "remove-replica") return Usage();
+    std::string shard = "all", id, grpc_addr, raft_addr;
     for (; i < args.size(); ++i) {
       if (i + 1 >= args.size()) return Usage();
       if (args[i] == "--shard")
@@ -409,31 +418,65 @@ int main(int argc, char** argv) {
       *out = strtoull(s.c_str(), &end, 10);
       return !s.empty() && end && *end == '\0';
     };
-    uint64_t shard_n = 0, id_n = 0;
-    if (!number(shard, &shard_n) || !number(id, &id_n) || id_n == 0) return Usage();
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(3));
-    grpc::Status st;
+    uint64_t id_n = 0;
+    if (!number(id, &id_n) || id_n == 0) return Usage();
+    // --raft is the replica's queue.peers raft address (shard 0's); shard s
+    // listens on its port + s, as every node computes it.
+    mx::HostPort raft_base;
     if (sub == "add-replica") {
       if (grpc_addr.empty() || raft_addr.empty()) return Usage();
-      mx::v1::AddReplicaRequest req;
-      req.set_shard(static_cast<uint32_t>(shard_n));
-      req.set_node_id(id_n);
-      req.set_grpc_address(grpc_addr);
-      req.set_raft_address(raft_addr);
-      mx::v1::AddReplicaResponse resp;
-      st = stub->AddReplica(&ctx, req, &resp);
-    } else if (sub == "remove-replica") {
-      mx::v1::RemoveReplicaRequest req;
-      req.set_shard(static_cast<uint32_t>(shard_n));
-      req.set_node_id(id_n);
-      mx::v1::RemoveReplicaResponse resp;
-      st = stub->RemoveReplica(&ctx, req, &resp);
-    } else {
-      return Usage();
+      auto hp = mx::ParseHostPort(raft_addr);
+      if (!hp.ok()) {
+        fprintf(stderr, "mxctl: --raft: %s\n", hp.status().message().c_str());
+        return 64;
+      }
+      raft_base = *hp;
     }
-    if (!st.ok()) return Fail(st, server);
-    printf("shard %llu: %s node %llu\n", static_cast<unsigned long long>(shard_n),
-           sub == "add-replica" ? "added" : "removed", static_cast<unsigned long long>(id_n));
+    std::vector<uint32_t> shards;
+    if (shard == "all") {
+      grpc::ClientContext sctx;
+      sctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      set_token(&sctx);
+      mx::v1::ClusterStatusResponse status;
+      if (auto st = stub->ClusterStatus(&sctx, mx::v1::ClusterStatusRequest(), &status); !st.ok()) {
+        return Fail(st, server);
+      }
+      for (uint32_t s = 0; s < status.shards(); ++s) shards.push_back(s);
+    } else {
+      uint64_t n = 0;
+      if (!number(shard, &n) || n > 255) return Usage();
+      shards.push_back(static_cast<uint32_t>(n));
+    }
+    for (uint32_t s : shards) {
+      grpc::ClientContext cctx;
+      cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(3));
+      set_token(&cctx);
+      grpc::Status st;
+      if (sub == "add-replica") {
+        if (raft_base.port + s > 65535) {
+          fprintf(stderr, "mxctl: --raft: port %u + shard %u is past 65535\n", raft_base.port, s);
+          return 64;
+        }
+        mx::HostPort at{raft_base.host, static_cast<uint16_t>(raft_base.port + s)};
+        mx::v1::AddReplicaRequest req;
+        req.set_shard(s);
+        req.set_node_id(id_n);
+        req.set_grpc_address(grpc_addr);
+        req.set_raft_address(at.ToString());
+        mx::v1::AddReplicaResponse resp;
+        st = stub->AddReplica(&cctx, req, &resp);
+      } else {
+        mx::v1::RemoveReplicaRequest req;
+        req.set_shard(s);
+        req.set_node_id(id_n);
+        mx::v1::RemoveReplicaResponse resp;
+        st = stub->RemoveReplica(&cctx, req, &resp);
+      }
+      if (!st.ok()) return Fail(st, server);
+      printf("shard %u: %s node %llu\n", s, sub == "add-replica" ? "added" : "removed",
+             static_cast<unsigned long long>(id_n));
+      fflush(stdout);
+    }
     return 0;
   }
   return Usage();

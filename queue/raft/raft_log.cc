@@ -4,6 +4,7 @@
 #include <uv.h>
 
 #include "fsm.h"  // raft.h, in extern "C"
+#include "name_transport.h"
 extern "C" {
 #include <raft/uv.h>
 }
@@ -64,13 +65,10 @@ class RaftLogImpl final : public RaftLog {
     poll_.data = this;
     uv_timer_init(&loop_, &linger_);
     linger_.data = this;
-    if (int rv = raft_uv_tcp_init(&transport_, &loop_); rv != 0) return Fail("raft_uv_tcp_init", rv);
-    transport_ready_ = true;
     const std::string bind = options_.raft_bind.empty() ? options_.raft_address : options_.raft_bind;
-    if (int rv = raft_uv_tcp_set_bind_address(&transport_, bind.c_str()); rv != 0) {
-      return Fail("bind address " + bind, rv);
-    }
-    if (int rv = raft_uv_init(&io_, &loop_, options_.dir.c_str(), &transport_); rv != 0) {
+    transport_ready_ = true;
+    if (int rv = transport_.Init(&loop_, bind); rv != 0) return Fail("Raft transport (bind address " + bind + ")", rv);
+    if (int rv = raft_uv_init(&io_, &loop_, options_.dir.c_str(), transport_.transport()); rv != 0) {
       return Status(Code::kUnavailable, tag_ + "raft log " + options_.dir + ": " + io_.errmsg);
     }
     io_ready_ = true;
@@ -503,7 +501,7 @@ class RaftLogImpl final : public RaftLog {
 
   void CloseHandles() {
     if (io_ready_) raft_uv_close(&io_);
-    if (transport_ready_) raft_uv_tcp_close(&transport_);
+    if (transport_ready_) transport_.Release();
     io_ready_ = transport_ready_ = false;
     for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(&wake_), reinterpret_cast<uv_handle_t*>(&poll_),
                            reinterpret_cast<uv_handle_t*>(&linger_)}) {
@@ -520,7 +518,7 @@ class RaftLogImpl final : public RaftLog {
   uv_async_t wake_{};
   uv_timer_t poll_{};
   uv_timer_t linger_{};
-  raft_uv_transport transport_{};
+  raft::NameTransport transport_;
   raft_io io_{};
   struct ::raft raft_ {};
   bool loop_ready_ = false, transport_ready_ = false, io_ready_ = false, raft_ready_ = false, started_ = false;

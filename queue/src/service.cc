@@ -113,7 +113,7 @@ class Shard {
     ro.raft_address = ro.raft_bind;
     for (const auto& p : config_.peers) {
       if (p.id == config_.node_id) ro.raft_address = ShardAddress(p.raft, id_);
-      if (!config_.join) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id_)});
+      if (!config_.join && !p.join) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id_)});
     }
     ro.grpc_address = SelfAddress();
     ro.dir = (base / "raft").string();

@@ -345,3 +345,51 @@ def test_replace_a_replica_with_mxctl_add_and_remove(cluster_env):
                   "127.0.0.1:2", check=False)
     assert bad.returncode != 0 and "no shard 7" in bad.stderr
 
+
+
+def test_replicas_named_by_host_name_and_a_listed_joiner(cluster_env):
+    """The Kubernetes layout: Raft addresses are host names (a StatefulSet's
+    DNS names; resolved at every connect because pod IPs change), and the
+    peer list already names a 4th replica with join: true (the StatefulSet
+    scaled past its founders): it must not bootstrap, and joins with
+    `mxctl queue add-replica` on every shard."""
+    make, sink = cluster_env
+    c = make(shards=2, raft_host="localhost", joining=[4])
+    load = Load(c.smtp_ports(), threads=2)
+    try:
+        wait_for(lambda: load.count() >= 30, timeout=30, what="traffic over Raft peers named localhost")
+        new = c.add_queue_node(4)
+        new.start()
+        # No --shard: every shard, each at the raft port + shard.
+        out = c.mxctl("queue", "add-replica", "--id", "4", "--grpc", new.grpc, "--raft", new.raft)
+        assert out.stdout.splitlines() == ["shard 0: added node 4", "shard 1: added node 4"]
+
+        def joined_everywhere():
+            status = c.status()
+            rows = {(int(n["node_id"]), int(r["shard"])): r for n in status["nodes"] for r in n["replicas"]}
+            for shard in (0, 1):
+                leader = next((r for (_, s), r in rows.items() if s == shard and r["role"] == "leader"), None)
+                if leader is None:
+                    return False
+                members = {int(m["id"]): m for m in leader["members"]}
+                mine = rows.get((4, shard))
+                if members.get(4, {}).get("role") != "voter" or mine is None or \
+                        int(mine["applied_index"]) < int(leader["commit_index"]) - 50:
+                    return False
+            return True
+
+        wait_for(joined_everywhere, timeout=40, what="node 4 to be a caught-up voter of both shards")
+        assert "bootstrapped a new Raft group" not in new.logtext()
+        # With a founder gone the group still has a quorum that includes the joiner.
+        c.queue_node(1).kill9()
+        c.wait_leaders(exclude=[1])
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 30, timeout=30, what="250s after losing node 1")
+    finally:
+        load.stop()
+    assert_all_delivered(load, sink)
+    port = int(new.raft.split(":")[1])
+    for r in (r for n in c.status()["nodes"] for r in n["replicas"] if r["role"] == "leader"):
+        members = {int(m["id"]): m["raft_address"] for m in r["members"]}
+        assert members[4] == f"localhost:{port + int(r.get('shard', 0))}"
+        assert {a.split(":")[0] for a in members.values()} == {"localhost"}

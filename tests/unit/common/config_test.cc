@@ -26,6 +26,51 @@ TEST(Config, ParsesUnits) {
   EXPECT_EQ(c->queue.group_commit_linger, std::chrono::microseconds(500));
 }
 
+TEST(Config, OverridesSetKeysBeforeValidation) {
+  const std::string file =
+      "node_name: from-file\nqueue:\n  peers:\n"
+      "    - {id: 1, grpc: \"q-0.peers:7400\", raft: \"q-0.peers:7500\"}\n"
+      "    - {id: 2, grpc: \"q-1.peers:7400\", raft: \"q-1.peers:7500\"}\n";
+  auto c = ParseConfig(file, {"node_name=mx-queue-1", "queue.node_id=2", "ingress.mynetworks=[10.0.0.0/8]",
+                              "delivery.smart_host=\"[relay.test]:2525\""});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->node_name, "mx-queue-1");
+  EXPECT_EQ(c->queue.node_id, 2u);
+  EXPECT_EQ(c->ingress.mynetworks, std::vector<std::string>{"10.0.0.0/8"});
+  EXPECT_EQ(c->delivery.smart_host, "[relay.test]:2525");
+  EXPECT_EQ(c->queue.peers.size(), 2u);
+  // Overridden values are validated like the file's.
+  auto bad = ParseConfig(file, {"queue.node_id=zero"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("queue.node_id"), std::string::npos) << bad.status().message();
+  bad = ParseConfig(file, {"queue.nodeid=2"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("queue.nodeid: unknown key"), std::string::npos) << bad.status().message();
+  bad = ParseConfig(file, {"node_name.x=1"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("node_name is not a map"), std::string::npos) << bad.status().message();
+  bad = ParseConfig(file, {"no-equals-sign"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("expected key.path=value"), std::string::npos) << bad.status().message();
+}
+
+TEST(Config, PeerMarkedJoinDoesNotBootstrapAndMakesItsNodeJoin) {
+  const std::string file =
+      "queue:\n  peers:\n"
+      "    - {id: 1, grpc: \"a:7400\", raft: \"a:7500\"}\n"
+      "    - {id: 4, grpc: \"d:7400\", raft: \"d:7500\", join: true}\n";
+  auto founder = ParseConfig(file, {"queue.node_id=1"});
+  ASSERT_TRUE(founder.ok()) << founder.status().ToString();
+  EXPECT_FALSE(founder->queue.join);
+  EXPECT_TRUE(founder->queue.peers[1].join);
+  auto joiner = ParseConfig(file, {"queue.node_id=4"});
+  ASSERT_TRUE(joiner.ok()) << joiner.status().ToString();
+  EXPECT_TRUE(joiner->queue.join);
+  auto none = ParseConfig("queue:\n  peers:\n    - {id: 1, grpc: \"a:7400\", raft: \"a:7500\", join: true}\n");
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("every peer has join: true"), std::string::npos);
+}
+
 TEST(Config, UnknownKeyIsNamed) {
   auto c = ParseConfig("ingress:\n  max_mesage_size: 5M\n");
   ASSERT_FALSE(c.ok());

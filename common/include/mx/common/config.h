@@ -97,7 +97,10 @@ struct IngressConfig {
 struct QueuePeer {
   uint64_t id = 0;   // Raft server id, unique in the cluster, never reused
   std::string grpc;  // queue gRPC address (host:port)
-  std::string raft;  // Raft address of shard 0; shard s uses port + s
+  std::string raft;  // Raft address of shard 0; shard s uses port + s (a name is resolved at each connect)
+  // Added later with `mxctl queue add-replica`, not a member of the
+  // bootstrap configuration (a StatefulSet scaled past its first replicas).
+  bool join = false;
 };
 
 struct QueueConfig {
@@ -228,8 +231,10 @@ struct Config {
   ControlConfig control;
 };
 
-// Parses YAML text; errors name the offending key.
-Result<Config> ParseConfig(const std::string& yaml_text);
-Result<Config> LoadConfig(const std::string& path);
+// Parses YAML text; errors name the offending key. Each override is
+// "key.path=value" (mxd --set), applied to the document before it is read,
+// so overridden values are validated like the file's own.
+Result<Config> ParseConfig(const std::string& yaml_text, const std::vector<std::string>& overrides = {});
+Result<Config> LoadConfig(const std::string& path, const std::vector<std::string>& overrides = {});
 
 }  // namespace mx
