@@ -4,6 +4,7 @@
 // skeleton (logging, /metrics, gRPC health + reflection) and waits for a signal:
 // SIGTERM/SIGINT stop the node, SIGHUP reloads the ingress policy.
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/codegen/service_type.h>
 #include <signal.h>
 
@@ -41,6 +42,9 @@ int Usage() {
           "validates the configuration and the maps it names, then exits\n");
   return 64;
 }
+
+// The health service name a readiness probe asks for.
+constexpr const char* kReadyService = "mx.ready";
 
 int Die(const std::string& what) {
   mx::log::Error(what);
@@ -196,9 +200,21 @@ int main(int argc, char** argv) {
     if (on) roles.push_back(name);
   }
   mx::control::NodeHooks hooks;
+  // Probes: a health-only gRPC server (control may be TLS, ingress and
+  // delivery serve no gRPC of their own).
+  std::unique_ptr<grpc::Server> health_server;
+  if (!config.health_listen.empty()) {
+    auto h = mx::StartGrpcServer(config.health_listen, {});
+    if (!h.ok()) return Die("health: " + h.status().message());
+    health_server = std::move(h).value();
+    health_server->GetHealthCheckService()->SetServingStatus(kReadyService, true);
+    mx::log::Info("gRPC health on " + config.health_listen);
+  }
   hooks.set_drain = [&](bool drain) {
     if (ingress) ingress->SetDraining(drain);
     if (delivery) delivery->SetDraining(drain);
+    // A drained node leaves its Service's endpoints (readiness on mx.ready).
+    if (health_server) health_server->GetHealthCheckService()->SetServingStatus(kReadyService, !drain);
   };
   if (ingress || policy_tester) {
     hooks.apply_policy = [&](const mx::v1::PolicyBundle& bundle) {
@@ -242,6 +258,7 @@ int main(int argc, char** argv) {
     mx::log::Info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", stopping");
     break;
   }
+  if (health_server) health_server->GetHealthCheckService()->Shutdown();  // probes see NOT_SERVING
   reporter->Stop();
   // Stop taking mail first, then delivery, then the services that feed them.
   if (ingress) ingress->Stop();
@@ -253,6 +270,7 @@ int main(int argc, char** argv) {
   // letting the server's shutdown deadline cancel them.
   if (queue) queue->Stop();
   if (queue_server) queue_server->Shutdown(deadline);
+  if (health_server) health_server->Shutdown(deadline);
   mx::log::Info("mxd stopped");
   return 0;
 }

@@ -182,6 +182,7 @@ Config Parse(const YAML::Node& root) {
     r.Str("hostname", &c.hostname);
     r.Str("log_level", &c.log_level);
     r.Str("metrics_listen", &c.metrics_listen);
+    r.Str("health_listen", &c.health_listen);
     {
       Reader in(r.Child("ingress"), "ingress");
       in.Str("listen", &c.ingress.listen);
@@ -392,6 +393,7 @@ Config Parse(const YAML::Node& root) {
   CheckHostPort("queue.listen", c.queue.listen);
   CheckHostPort("control.listen", c.control.listen);
   CheckHostPort("metrics_listen", c.metrics_listen);
+  if (!c.health_listen.empty()) CheckHostPort("health_listen", c.health_listen);
   for (const auto& s : c.delivery.dns_servers) CheckHostPort("delivery.dns_servers", s);
   for (const auto& s : c.ingress.dns_servers) CheckHostPort("ingress.dns_servers", s);
   if (c.ingress.dns_servers.empty()) c.ingress.dns_servers = c.delivery.dns_servers;

@@ -398,7 +398,7 @@ class ExtraDelivery:
     with role="ingress", on its own SMTP port), with node's config but its own
     node name and metrics port."""
 
-    def __init__(self, node, workdir: Path, name="mx-test-2", role="delivery"):
+    def __init__(self, node, workdir: Path, name="mx-test-2", role="delivery", args=()):
         self.metrics_port = free_port()
         self.smtp_port = free_port() if role == "ingress" else None
         self.config = workdir / f"{name}.yaml"
@@ -413,7 +413,7 @@ class ExtraDelivery:
         self.config.write_text(text)
         self.logfile = workdir / f"{name}.log"
         self.log = open(self.logfile, "w")
-        self.proc = subprocess.Popen([str(MXD), role, "--config", str(self.config)], stdout=self.log,
+        self.proc = subprocess.Popen([str(MXD), role, "--config", str(self.config), *args], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         ready = {"delivery": "pulling from", "ingress": "listening for SMTP", "control": "control serving gRPC"}[role]
         wait_for(lambda: ready in self.logtext(), what=f"the {role} process {name}")

@@ -27,6 +27,33 @@ def test_health_and_reflection(mxd_factory, which):
     assert b"grpc.health.v1.Health" in services
 
 
+def test_health_port_of_an_ingress_follows_drain(mxd_factory, tmp_path):
+    """health_listen (set here with mxd --set, as the Helm chart does): the
+    process is live ("") and ready ("mx.ready") until drained, when it leaves
+    its Service's endpoints; undrain brings it back."""
+    from mxtest import ExtraDelivery, free_port, wait_for
+
+    node = mxd_factory()
+    port = free_port()
+    ing = ExtraDelivery(node, tmp_path, name="ingress-h", role="ingress",
+                        args=["--set", f"health_listen=127.0.0.1:{port}", "--set", "node_name=ingress-k8s"])
+    target = f"127.0.0.1:{port}"
+    serving, not_serving = b"\x08\x01", b"\x08\x02"
+    try:
+        assert health(target) == serving
+        assert health(target, "mx.ready") == serving
+        wait_for(lambda: "ingress-k8s" in node.mxctl("cluster", "status"), what="the ingress in the node table")
+        node.mxctl("drain", "ingress-k8s")
+        wait_for(lambda: health(target, "mx.ready") == not_serving, what="mx.ready NOT_SERVING when drained")
+        assert health(target) == serving  # still alive: liveness must not restart it
+        node.mxctl("undrain", "ingress-k8s")
+        wait_for(lambda: health(target, "mx.ready") == serving, what="mx.ready SERVING again")
+    finally:
+        ing.stop()
+    with pytest.raises(grpc.RpcError):  # gone with the process
+        health(target)
+
+
 def test_enqueue_misuse_is_invalid_argument(mxd_factory):
     node = mxd_factory()
     with grpc.insecure_channel(f"127.0.0.1:{node.queue_port}") as ch:

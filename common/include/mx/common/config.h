@@ -225,6 +225,10 @@ struct Config {
   std::string hostname = "localhost";  // FQDN of this node ($j)
   std::string log_level = "info";
   std::string metrics_listen = "127.0.0.1:9400";  // "" disables /metrics
+  // gRPC health checking only, plaintext, for every role (Kubernetes grpc
+  // probes): service "" is SERVING while the process runs, "mx.ready" while
+  // it is not drained. "" (the default) disables it.
+  std::string health_listen;
   IngressConfig ingress;
   QueueConfig queue;
   DeliveryConfig delivery;
