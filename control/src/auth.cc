@@ -2,25 +2,14 @@
 #include "mx/control/auth.h"
 
 #include <openssl/crypto.h>
-#include <prometheus/counter.h>
-#include <prometheus/family.h>
 
 #include "mx/common/address.h"
 #include "mx/common/log.h"
 #include "mx/common/map_file.h"
-#include "mx/common/metrics.h"
+#include "mx/control/probe.h"
 
 namespace mx::control {
 namespace {
-
-prometheus::Family<prometheus::Counter>& Failures() {
-  static auto& f =
-      prometheus::BuildCounter()
-          .Name("mx_control_auth_failures_total")
-          .Help("Admin calls refused: missing or unknown token (unauthenticated), role too low (forbidden)")
-          .Register(metrics::Registry());
-  return f;
-}
 
 constexpr size_t kMinTokenLength = 20;
 
@@ -81,12 +70,13 @@ Result<AdminAuth> AdminAuth::Parse(std::string_view text, const std::string& nam
 
 grpc::Status AdminAuth::Check(const grpc::ServerContextBase& ctx, Role need, const char* method,
                               std::string* who) const {
+  Probe::Get().Request(method);
   if (open_) {
     *who = "anonymous";
     return grpc::Status::OK;
   }
   auto refuse = [&](grpc::StatusCode code, const char* reason, const std::string& text) {
-    Failures().Add({{"reason", reason}}).Increment();
+    Probe::Get().AuthFailure(reason);
     log::Warn("admin: " + std::string(method) + " from " + ctx.peer() + " refused: " + text);
     return grpc::Status(code, text);
   };

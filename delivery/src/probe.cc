@@ -78,6 +78,21 @@ Probe::Probe() {
            .Help("AAAA lookups that failed temporarily and counted as no IPv6 address (WorkAroundBrokenAAAA)")
            .Register(reg)
            .Add({});
+  for (const char* limit : {"connections", "rate"}) throttled_->Add({{"limit", limit}});
+  retries_ = &prometheus::BuildCounter()
+                  .Name("mx_delivery_retries_total")
+                  .Help("Recipient attempts after an earlier deferral (the queue retried them)")
+                  .Register(reg)
+                  .Add({});
+  // Seconds from arrival to the final outcome: 1 s to 5 days (queue_return).
+  const prometheus::Histogram::BucketBoundaries delay_buckets{1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 432000};
+  auto& delay =
+      prometheus::BuildHistogram()
+          .Name("mx_delivery_delay_seconds")
+          .Help("Time from arrival to a recipient's final outcome (delivered or bounced), as delay= in the log")
+          .Register(reg);
+  delay_delivered_ = &delay.Add({{"result", "delivered"}}, delay_buckets);
+  delay_bounced_ = &delay.Add({{"result", "bounced"}}, delay_buckets);
 }
 
 void Probe::Delivery(const std::string& result, const std::string& mailer, double seconds) {
@@ -87,6 +102,10 @@ void Probe::Delivery(const std::string& result, const std::string& mailer, doubl
 
 void Probe::DnsQuery(const std::string& type, const std::string& result) {
   dns_queries_->Add({{"type", type}, {"result", result}}).Increment();
+}
+
+void Probe::Settled(const std::string& result, double seconds) {
+  (result == "delivered" ? delay_delivered_ : delay_bounced_)->Observe(seconds);
 }
 
 }  // namespace mx::delivery

@@ -884,10 +884,15 @@ class Worker final : public DeliveryWorker {
                       ", pri=" + std::to_string(env.priority()) + ", relay=" + (o.relay.empty() ? domain : o.relay) +
                       (o.tls.empty() ? "" : ", tls=" + o.tls) + ", dsn=" + o.r.dsn_status +
                       ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
-        Probe::Get().Delivery(o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
-                              : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
-                                                                    : "bounced",
-                              mailer, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        const std::string result = o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
+                                   : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
+                                                                         : "bounced";
+        Probe::Get().Delivery(result, mailer,
+                              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        if (rc.attempts() > 0 && !o.throttled) Probe::Get().Retry();
+        if (o.r.outcome != v1::OUTCOME_DEFERRED) {
+          Probe::Get().Settled(result, static_cast<double>(clock_.NowUnixMicros() - env.arrival_unix_us()) / 1e6);
+        }
         DsnRecipient d{rc.address(), rc.orcpt(), o.r.dsn_status, o.relay, o.r.reply};
         switch (owed) {
           case DsnOwed::kFailed: failed.push_back(std::move(d)); break;

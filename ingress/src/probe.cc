@@ -63,10 +63,20 @@ Probe::Probe() {
                   .Name("mx_ingress_policy_reloads_total")
                   .Help("Policy reloads by result (a failed reload keeps the old policy)")
                   .Register(reg);
+  policy_info_ = &prometheus::BuildGauge()
+                      .Name("mx_ingress_policy_info")
+                      .Help("The acceptance policy version this process runs (local, or v<N>-<hash> when pushed)")
+                      .Register(reg);
   dnsbl_ = &prometheus::BuildCounter()
                 .Name("mx_ingress_dnsbl_lookups_total")
                 .Help("DNSBL answers at connect by zone and result (tempfail: DNS failed, client passed)")
                 .Register(reg);
+  // Known label values start at 0, so rate() and alerts see the first event.
+  for (const char* r : {"ok", "failed"}) {
+    auth_->Add({{"result", r}});
+    tls_->Add({{"result", r}});
+  }
+  for (const char* r : {"ok", "error"}) reloads_->Add({{"result", r}});
 }
 
 void Probe::DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind) {
@@ -79,6 +89,13 @@ void Probe::OnAuth(bool ok) {
 
 void Probe::TlsHandshake(bool ok) {
   tls_->Add({{"result", ok ? "ok" : "failed"}}).Increment();
+}
+
+void Probe::PolicyVersion(const std::string& version) {
+  std::lock_guard lock(policy_mu_);
+  if (policy_current_ != nullptr) policy_info_->Remove(policy_current_);
+  policy_current_ = &policy_info_->Add({{"version", version}});
+  policy_current_->Set(1);
 }
 
 void Probe::PolicyReload(bool ok) {

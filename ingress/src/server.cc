@@ -306,6 +306,7 @@ class Server final : public IngressServer {
     policy_.store(*policy);
     tls_.store(*tls);
     Probe::Get().PolicyReload(true);
+    Probe::Get().PolicyVersion((*policy)->version());
     log::Info("policy loaded: " + (*policy)->Describe() + ((*tls) ? " starttls=on" : " starttls=off"));
     return Status::Ok();
   }
@@ -321,6 +322,7 @@ class Server final : public IngressServer {
     }
     policy_.store(*policy);
     Probe::Get().PolicyReload(true);
+    Probe::Get().PolicyVersion((*policy)->version());
     log::Info("pushed policy loaded: " + (*policy)->Describe());
     return Status::Ok();
   }

@@ -78,6 +78,9 @@ Probe::Probe() {
                   .Name("mx_queue_permits_total")
                   .Help("Delivery limit requests answered by this leader: connection slots (acquire) and message rates")
                   .Register(reg);
+  for (const char* op : {"acquire", "rate"}) {
+    for (const char* result : {"granted", "refused"}) permits_->Add({{"op", op}, {"result", result}});
+  }
 }
 
 void Probe::LeaderChanged(uint32_t shard) {

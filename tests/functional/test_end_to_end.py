@@ -96,6 +96,12 @@ def test_temporary_failure_is_retried_then_delivered(dns, sinks, mxd_factory):
     assert [r for _, r in sink.rcpt_log] == ["451 4.7.1 Greylisted, try again later", "250 2.1.5 OK"]
     assert "stat=Deferred (451 4.7.1 Greylisted, try again later)" in node.logtext()
     wait_for(lambda: "Mail queue is empty" in node.mxctl("mailq"), what="queue to drain")
+    # One retry, and the time in the queue covers the backoff.
+    m = node.metrics()
+    assert metric_value(m, "mx_delivery_retries_total") == 1
+    assert metric_value(m, "mx_delivery_delay_seconds_count", {"result": "delivered"}) == 1
+    assert metric_value(m, "mx_delivery_delay_seconds_bucket", {"result": "delivered", "le": "1"}) == 0
+    assert metric_value(m, "mx_delivery_delay_seconds_sum", {"result": "delivered"}) >= 3
 
 
 def test_permanent_failure_bounces_with_a_dsn_to_the_sender(dns, sinks, mxd_factory):

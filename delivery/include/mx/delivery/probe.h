@@ -29,6 +29,11 @@ class Probe {
   // A destination whose recipients were put back by a limit: "connections" or "rate".
   void Throttled(const std::string& limit) { throttled_->Add({{"limit", limit}}).Increment(); }
   void AaaaWorkaround() { aaaa_workaround_->Increment(); }
+  // A recipient attempted again after a deferral (not a throttled put-back).
+  void Retry() { retries_->Increment(); }
+  // A recipient's final outcome (delivered | bounced) and its time in the
+  // queue since arrival: the log's delay=.
+  void Settled(const std::string& result, double seconds);
 
  private:
   Probe();
@@ -46,6 +51,9 @@ class Probe {
   prometheus::Gauge* cache_size_;
   prometheus::Family<prometheus::Counter>* throttled_;
   prometheus::Counter* aaaa_workaround_;
+  prometheus::Counter* retries_;
+  prometheus::Histogram* delay_delivered_;
+  prometheus::Histogram* delay_bounced_;
 };
 
 }  // namespace mx::delivery

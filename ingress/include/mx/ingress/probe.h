@@ -6,6 +6,8 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 
+#include <mutex>
+#include <string>
 #include <string_view>
 
 #include "mx/ingress/session.h"
@@ -35,6 +37,9 @@ class Probe final : public SessionObserver {
   void DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind);
   // result: "ok" or "error"; a failed reload keeps the previous policy.
   void PolicyReload(bool ok);
+  // The policy this process runs: mx_ingress_policy_info{version} is 1 for
+  // it (one series; the previous version's is removed).
+  void PolicyVersion(const std::string& version);
 
  private:
   Probe();
@@ -50,6 +55,9 @@ class Probe final : public SessionObserver {
   prometheus::Family<prometheus::Counter>* tls_;
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Family<prometheus::Counter>* dnsbl_;
+  prometheus::Family<prometheus::Gauge>* policy_info_;
+  std::mutex policy_mu_;
+  prometheus::Gauge* policy_current_ = nullptr;  // guarded by policy_mu_
 };
 
 }  // namespace mx::ingress
