@@ -59,6 +59,10 @@ int CheckOnly(const mx::Config& config, const std::string& role) {
     auto p = mx::ingress::Policy::Load(config.ingress, config.config_dir);
     if (!p.ok()) return Die("config: ingress policy: " + p.status().message());
   }
+  if (all || role == "ingress") {
+    if (auto st = mx::ingress::CheckTls(config.ingress, config.config_dir); !st.ok())
+      return Die("config: " + st.message());
+  }
   if (all || role == "delivery") {
     auto r = mx::delivery::Routing::Load(config.delivery, config.config_dir);
     if (!r.ok()) return Die("config: delivery: " + r.status().message());

@@ -705,4 +705,9 @@ Result<std::unique_ptr<IngressServer>> StartIngress(const Config& config, std::s
   return std::unique_ptr<IngressServer>(std::move(server));
 }
 
+Status CheckTls(const IngressConfig& config, const std::string& config_dir) {
+  auto ctx = MakeTlsContext(config, config_dir);
+  return ctx.ok() ? Status::Ok() : ctx.status();
+}
+
 }  // namespace mx::ingress

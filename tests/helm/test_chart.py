@@ -263,13 +263,23 @@ def test_rendered_objects_hold_together(render, scenario):
     assert len(sums) == 1
 
 
-def materialise(objs, root):
+def self_signed(tmp, name="mx.test.example"):
+    """A fresh certificate and key (PEM text) for a TLS Secret."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp / "k.pem"), "-out", str(tmp / "c.pem"), "-days", "2", "-subj", f"/CN={name}"],
+                   check=True, capture_output=True)
+    return (tmp / "c.pem").read_text(), (tmp / "k.pem").read_text()
+
+
+def materialise(objs, root, external=None):
     """Writes what the pods would see (ConfigMap and Secret volumes) under
     root, so that /etc/mx/mx.yaml is root/etc/mx/mx.yaml, and returns a
-    function that maps a pod path to the local one."""
-    for key, o in objs.items():
-        if o["kind"] not in ("ConfigMap", "Secret"):
-            continue
+    function that maps a pod path to the local one. external: contents of
+    Secrets the operator provides ({"Secret/name": {key: text}})."""
+    sources = {k: o for k, o in objs.items() if o["kind"] in ("ConfigMap", "Secret")}
+    for key, data in (external or {}).items():
+        sources.setdefault(key, {"kind": "Secret", "metadata": {"name": key.split("/", 1)[1]}, "stringData": data})
+    for key, o in sources.items():
         data = dict(o.get("data", {}), **o.get("stringData", {}))
         for _, (_, spec) in pod_specs(objs).items():
             for v in spec.get("volumes", []):
@@ -286,7 +296,7 @@ def materialise(objs, root):
     return lambda path: str(root / path.lstrip("/"))
 
 
-@pytest.mark.parametrize("scenario", ["default", "full"])
+@pytest.mark.parametrize("scenario", ["default", "full", "inline-tls"])
 def test_each_pod_command_line_passes_mxd_check(render, scenario, tmp_path):
     """The ConfigMap's mx.yaml and maps, with the Secrets mounted where the
     pods mount them, pass `mxd ROLE --check` run with the pod's own
@@ -294,7 +304,9 @@ def test_each_pod_command_line_passes_mxd_check(render, scenario, tmp_path):
     mxd = BUILD_DIR / "mxd" / "mxd"
     assert mxd.exists(), f"{mxd}: build first"
     objs = objects(render(CHART / "ci" / f"{scenario}-values.yaml").stdout)
-    local = materialise(objs, tmp_path)
+    cert, key = self_signed(tmp_path)
+    local = materialise(objs, tmp_path, {s: {"tls.crt": cert, "tls.key": key}
+                                         for s in EXTERNAL.get(scenario, ()) if s.endswith("-tls")})
     cfg = Path(local("/etc/mx/mx.yaml"))
     cfg.write_text(cfg.read_text().replace("/var/run/mx-secrets/", local("/var/run/mx-secrets") + "/"))
 
@@ -341,6 +353,23 @@ def test_bad_map_in_values_fails_mxd_check(render, tmp_path):
     r = subprocess.run([str(BUILD_DIR / "mxd" / "mxd"), "ingress", "--config", local("/etc/mx/mx.yaml"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "access" in r.stderr and ":1" in r.stderr, r.stderr
+
+
+def test_mismatched_tls_key_in_values_fails_mxd_check(render, tmp_path):
+    cert, _ = self_signed(tmp_path)
+    _, other_key = self_signed(tmp_path)
+    v = tmp_path / "v.yaml"
+    values = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
+    values["ingress"] = {"tls": {"certificate": cert, "key": other_key}}
+    v.write_text(yaml.safe_dump(values))
+    objs = objects(render(v).stdout)
+    assert objs[f"Secret/{RELEASE}-tls"]["type"] == "kubernetes.io/tls"
+    local = materialise(objs, tmp_path / "root")
+    cfg = Path(local("/etc/mx/mx.yaml"))
+    cfg.write_text(cfg.read_text().replace("/var/run/mx-secrets/", local("/var/run/mx-secrets") + "/"))
+    r = subprocess.run([str(BUILD_DIR / "mxd" / "mxd"), "ingress", "--config", str(cfg), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "ingress.tls_key_file" in r.stderr, r.stderr
 
 
 def test_notes_tell_how_to_add_the_joining_replicas(render):

@@ -40,6 +40,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "mx.authSecret" -}}
 {{- default (printf "%s-auth" (include "mx.fullname" .)) .Values.ingress.auth.existingSecret -}}
 {{- end -}}
+{{/* The STARTTLS Secret: named in values, or made from PEM in values; "" for none. */}}
+{{- define "mx.tlsSecret" -}}
+{{- if .Values.ingress.tls.secretName -}}
+{{- .Values.ingress.tls.secretName -}}
+{{- else if .Values.ingress.tls.certificate -}}
+{{- printf "%s-tls" (include "mx.fullname" .) -}}
+{{- end -}}
+{{- end -}}
 {{- define "mx.authEnabled" -}}
 {{- if or .Values.ingress.auth.existingSecret .Values.ingress.auth.users }}true{{ end -}}
 {{- end -}}
@@ -61,7 +69,7 @@ resolves them at every connect, so a restarted pod's new IP is found.
 {{- $peers = append $peers $peer -}}
 {{- end -}}
 {{- $ingress := dict "listen" (printf "0.0.0.0:%d" (int .Values.ports.smtp)) -}}
-{{- if .Values.ingress.tls.secretName -}}
+{{- if include "mx.tlsSecret" . -}}
 {{- $_ := set $ingress "tls_cert_file" "/var/run/mx-secrets/tls/tls.crt" -}}
 {{- $_ := set $ingress "tls_key_file" "/var/run/mx-secrets/tls/tls.key" -}}
 {{- end -}}

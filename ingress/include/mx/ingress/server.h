@@ -37,4 +37,8 @@ class IngressServer {
 Result<std::unique_ptr<IngressServer>> StartIngress(const Config& config, std::shared_ptr<EnqueueBackend> backend,
                                                     const Clock& clock);
 
+// Loads the STARTTLS certificate chain and key as the server would (a key
+// that does not match its certificate is an error): mxd --check.
+Status CheckTls(const IngressConfig& config, const std::string& config_dir);
+
 }  // namespace mx::ingress
