@@ -17,6 +17,7 @@
 #include "mx/common/config.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
+#include "mx/common/malloc_tuning.h"
 #include "mx/common/metrics.h"
 #include "mx/control/admin_service.h"
 #include "mx/control/node_reporter.h"
@@ -78,6 +79,7 @@ int CheckOnly(const mx::Config& config, const std::string& role) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mx::TuneMalloc();
   if (argc < 2) return Usage();
   std::string role = argv[1];
   std::string config_path = "/etc/mx/mx.yaml";
