@@ -1,6 +1,8 @@
 // state_machine.cc — applies QueueCommands to RocksDB column families.
 #include "mx/queue/state_machine.h"
 
+#include <rocksdb/cache.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
@@ -145,9 +147,20 @@ Status StateMachine::OpenDb() {
   db_opts.create_missing_column_families = true;
   db_opts.max_background_jobs = 2;
   db_opts.keep_log_file_num = 4;
+  // Memory must not grow with the queue's depth: one memtable budget for all
+  // column families (a family's memtable is flushed when the sum reaches it),
+  // and one block cache that also holds the SST index and filter blocks
+  // (which otherwise stay on the heap, one set per file, as the store grows).
+  db_opts.db_write_buffer_size = 64 << 20;
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(32 << 20);
+  table.cache_index_and_filter_blocks = true;
+  table.pin_l0_filter_and_index_blocks_in_cache = true;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
 
   rocksdb::ColumnFamilyOptions base;
   base.write_buffer_size = 32 << 20;
+  base.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (const char* name : kCfNames) {
     rocksdb::ColumnFamilyOptions o = base;
