@@ -128,11 +128,14 @@ class Proc:
             self.sigcont()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError(f"{self.name} did not stop on SIGTERM within {timeout}s")
+        if rc != 0:  # a crash on the way out is a failure, not a stop
+            raise RuntimeError(f"{self.name} exited with {rc} on SIGTERM: {self.logtext()[-2000:]}")
+        return rc
 
     def logtext(self):
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""

@@ -122,22 +122,18 @@ class SessionCache {
     while (count_ > capacity) evicted.push_back(PopOldest());
     return evicted;
   }
-  // Idle longer than timeout (or everything, for shutdown).
+  // Idle longer than timeout.
   std::vector<std::unique_ptr<Conn>> Expired(std::chrono::steady_clock::duration timeout) {
-    std::vector<std::unique_ptr<Conn>> out;
-    const auto cutoff = std::chrono::steady_clock::now() - timeout;
+    return IdleSince(std::chrono::steady_clock::now() - timeout);
+  }
+  // Every idle session (shutdown).
+  std::vector<std::unique_ptr<Conn>> TakeAll() { return IdleSince(std::chrono::steady_clock::time_point::max()); }
+  // Drops what is left, sessions and waiters' timers, while the io_context
+  // they belong to still exists.
+  void Clear() {
+    auto rest = TakeAll();
     std::lock_guard lock(mu_);
-    for (auto it = idle_.begin(); it != idle_.end();) {
-      auto& q = it->second;
-      while (!q.empty() && q.front()->idle_since <= cutoff) {
-        out.push_back(std::move(q.front()));
-        q.pop_front();
-        --count_;
-        Probe::Get().CachedConnections(-1);
-      }
-      it = q.empty() ? idle_.erase(it) : std::next(it);
-    }
-    return out;
+    waiters_.clear();
   }
   bool Peek(const std::string& key) {
     std::lock_guard lock(mu_);
@@ -162,6 +158,23 @@ class SessionCache {
   }
 
  private:
+  // Idle sessions put back at or before cutoff; mu_ not held.
+  std::vector<std::unique_ptr<Conn>> IdleSince(std::chrono::steady_clock::time_point cutoff) {
+    std::vector<std::unique_ptr<Conn>> out;
+    std::lock_guard lock(mu_);
+    for (auto it = idle_.begin(); it != idle_.end();) {
+      auto& q = it->second;
+      while (!q.empty() && q.front()->idle_since <= cutoff) {
+        out.push_back(std::move(q.front()));
+        q.pop_front();
+        --count_;
+        Probe::Get().CachedConnections(-1);
+      }
+      it = q.empty() ? idle_.erase(it) : std::next(it);
+    }
+    return out;
+  }
+
   std::unique_ptr<Conn> PopOldest() {  // mu_ held, count_ > 0
     auto oldest = idle_.begin();
     for (auto it = idle_.begin(); it != idle_.end(); ++it) {
@@ -285,6 +298,8 @@ class Worker final : public DeliveryWorker {
     io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    // Sessions cached after CloseAll, and waiters' timers, go while io_ exists.
+    cache_.Clear();
     // No coroutine runs any more, so no Permit call starts; those in flight
     // end by their 2 s deadline and only post to the stopped io_context.
     for (int i = 0; i < 300 && permit_calls_.load() > 0; ++i) {
@@ -458,7 +473,7 @@ class Worker final : public DeliveryWorker {
   }
 
   awaitable<void> CloseAll() {
-    auto all = CloseEach(cache_.Expired(std::chrono::steady_clock::duration::min()));
+    auto all = CloseEach(cache_.TakeAll());
     co_await std::move(all);
   }
 

@@ -362,12 +362,17 @@ class Mxd:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                rc = self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError("mxd did not stop on SIGTERM within 15s")
-        self.log.close()
+            finally:
+                self.log.close()
+            # A crash while shutting down (a signal, an abort) is a failure too.
+            assert rc == 0, f"mxd exited with {rc} on SIGTERM:\n{self.logtext()[-3000:]}"
+        else:
+            self.log.close()
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -428,10 +433,12 @@ class ExtraDelivery:
             return r.read().decode()
 
     def stop(self):
+        rc = 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
+            rc = self.proc.wait(15)
         self.log.close()
+        assert rc == 0, f"{self.config.stem} exited with {rc} on SIGTERM:\n{self.logtext()[-3000:]}"
 
 
 def metric_value(text, name, labels=None):
