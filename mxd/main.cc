@@ -3,6 +3,7 @@
 // The main only reads the config, starts the roles asked for on the shared
 // skeleton (logging, /metrics, gRPC health + reflection) and waits for a signal:
 // SIGTERM/SIGINT stop the node, SIGHUP reloads the ingress policy.
+#include <absl/synchronization/mutex.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/impl/codegen/service_type.h>
@@ -81,6 +82,9 @@ int CheckOnly(const mx::Config& config, const std::string& role) {
 
 int main(int argc, char** argv) {
   mx::TuneMalloc();
+  // gRPC's absl::Mutex checks every lock order for deadlock cycles (about
+  // 2.5 % of mxd's CPU under SMTP load); mx's locks are tested with TSan.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   if (argc < 2) return Usage();
   std::string role = argv[1];
   std::string config_path = "/etc/mx/mx.yaml";
