@@ -157,10 +157,8 @@ class Cluster:
         self.base, self.shards = base_port, shards
         b = base_port
         self.raft_host = raft_host
-        self.peers = [{"id": i, "grpc": f"127.0.0.1:{b + 10 * i}", "raft": f"{raft_host}:{b + 100 + 20 * i}"}
-                      for i in range(1, queue_nodes + 1)]
-        self.peers += [{"id": i, "grpc": f"127.0.0.1:{b + 10 * i}", "raft": f"{raft_host}:{b + 100 + 20 * i}",
-                        "join": True} for i in joining]
+        self.peers = [self._peer(i) for i in range(1, queue_nodes + 1)]
+        self.peers += [dict(self._peer(i), join=True) for i in joining]
         common = {"hostname": "mx.cluster.test", "log_level": log_level}
         queue_common = {"shards": shards, "peers": self.peers, "election_timeout": "1s",
                         "heartbeat_timeout": "100ms", "min_backoff": "1s", "max_backoff": "4s",
@@ -172,7 +170,7 @@ class Cluster:
                 continue
             i = p["id"]
             cfg = dict(common, node_name=f"queue-{i}", metrics_listen=f"127.0.0.1:{b + 200 + i}",
-                       queue=dict(queue_common, node_id=i, listen=p["grpc"], raft_listen=f"127.0.0.1:{b + 100 + 20 * i}",
+                       queue=dict(queue_common, node_id=i, listen=p["grpc"], raft_listen=self._raft_listen(i),
                                   data_dir=str(self.dir / f"queue-{i}" / "data")))
             self.queue.append(Proc(self, f"queue-{i}", "queue", cfg, b + 10 * i))
         for j in range(1, ingress + 1):
@@ -203,8 +201,9 @@ class Cluster:
         """A new queue node that joins (no bootstrap) and waits to be added
         with `mxctl queue add-replica`. Returns its Proc (not started)."""
         b = self.base
-        grpc, raft = f"127.0.0.1:{b + 10 * node_id}", f"{self.raft_host}:{b + 100 + 20 * node_id}"
-        queue = dict(self._queue_common, node_id=node_id, listen=grpc, raft_listen=f"127.0.0.1:{b + 100 + 20 * node_id}",
+        peer = self._peer(node_id)
+        grpc, raft = peer["grpc"], peer["raft"]
+        queue = dict(self._queue_common, node_id=node_id, listen=grpc, raft_listen=self._raft_listen(node_id),
                      data_dir=str(self.dir / f"queue-{node_id}" / "data"))
         # A node listed in queue.peers with join: true joins because of that entry.
         if not any(p["id"] == node_id for p in self.peers):
@@ -215,6 +214,14 @@ class Cluster:
         p.grpc, p.raft = grpc, raft
         self.queue.append(p)
         return p
+
+    def _peer(self, node_id):
+        """queue.peers entry of queue node node_id (Raft named by raft_host)."""
+        b = self.base
+        return {"id": node_id, "grpc": f"127.0.0.1:{b + 10 * node_id}", "raft": f"{self.raft_host}:{b + 100 + 20 * node_id}"}
+
+    def _raft_listen(self, node_id):
+        return f"127.0.0.1:{self.base + 100 + 20 * node_id}"
 
     @property
     def procs(self):

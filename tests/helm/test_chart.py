@@ -54,17 +54,18 @@ def render(tmp_path_factory):
     return run
 
 
+def merge(dst, src):
+    """Overlays src on dst as helm does for -f files (maps merge, the rest replaces)."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            merge(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
 def values_of(scenario):
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-
-    def merge(dst, src):
-        for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                merge(dst[k], v)
-            else:
-                dst[k] = v
-        return dst
-
     return merge(values, yaml.safe_load((CHART / "ci" / f"{scenario}-values.yaml").read_text()))
 
 
@@ -120,16 +121,7 @@ def test_scenario_values_match_the_schema(scenario):
 ])
 def test_schema_refuses_bad_values(bad, where):
     schema = json.loads((CHART / "values.schema.json").read_text())
-    values = values_of("default")
-
-    def merge(dst, src):
-        for k, v in src.items():
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
-                merge(dst[k], v)
-            else:
-                dst[k] = v
-
-    merge(values, bad)
+    values = merge(values_of("default"), bad)
     with pytest.raises(jsonschema.ValidationError) as e:
         jsonschema.validate(values, schema)
     assert where in str(e.value.path) or where in e.value.message
@@ -274,7 +266,8 @@ def self_signed(tmp, name="mx.test.example"):
 def materialise(objs, root, external=None):
     """Writes what the pods would see (ConfigMap and Secret volumes) under
     root, so that /etc/mx/mx.yaml is root/etc/mx/mx.yaml, and returns a
-    function that maps a pod path to the local one. external: contents of
+    function that maps a pod path to the local one (mx.yaml's secret paths
+    already point at the local copies). external: contents of
     Secrets the operator provides ({"Secret/name": {key: text}})."""
     sources = {k: o for k, o in objs.items() if o["kind"] in ("ConfigMap", "Secret")}
     for key, data in (external or {}).items():
@@ -293,7 +286,11 @@ def materialise(objs, root, external=None):
                             d.mkdir(parents=True, exist_ok=True)
                             for name, text in data.items():
                                 (d / name).write_text(text)
-    return lambda path: str(root / path.lstrip("/"))
+    local = lambda path: str(root / path.lstrip("/"))  # noqa: E731
+    # mx.yaml names the Secrets' pod paths; point them at their local copies.
+    cfg = Path(local("/etc/mx/mx.yaml"))
+    cfg.write_text(cfg.read_text().replace("/var/run/mx-secrets/", local("/var/run/mx-secrets") + "/"))
+    return local
 
 
 @pytest.mark.parametrize("scenario", ["default", "full", "inline-tls"])
@@ -308,7 +305,6 @@ def test_each_pod_command_line_passes_mxd_check(render, scenario, tmp_path):
     local = materialise(objs, tmp_path, {s: {"tls.crt": cert, "tls.key": key}
                                          for s in EXTERNAL.get(scenario, ()) if s.endswith("-tls")})
     cfg = Path(local("/etc/mx/mx.yaml"))
-    cfg.write_text(cfg.read_text().replace("/var/run/mx-secrets/", local("/var/run/mx-secrets") + "/"))
 
     def k8s_expand(arg, env):
         # Kubernetes: $(VAR) from the container's env, $$ is a literal $.
@@ -348,8 +344,6 @@ def test_bad_map_in_values_fails_mxd_check(render, tmp_path):
                  "config: {ingress: {access_map: access}}\nmaps:\n  access: |\n    Connect:10.0.0.1 FROBNICATE\n")
     objs = objects(render(v).stdout)
     local = materialise(objs, tmp_path / "root")
-    cfg = Path(local("/etc/mx/mx.yaml"))
-    cfg.write_text(cfg.read_text().replace("/var/run/mx-secrets/", local("/var/run/mx-secrets") + "/"))
     r = subprocess.run([str(BUILD_DIR / "mxd" / "mxd"), "ingress", "--config", local("/etc/mx/mx.yaml"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "access" in r.stderr and ":1" in r.stderr, r.stderr
@@ -366,7 +360,6 @@ def test_mismatched_tls_key_in_values_fails_mxd_check(render, tmp_path):
     assert objs[f"Secret/{RELEASE}-tls"]["type"] == "kubernetes.io/tls"
     local = materialise(objs, tmp_path / "root")
     cfg = Path(local("/etc/mx/mx.yaml"))
-    cfg.write_text(cfg.read_text().replace("/var/run/mx-secrets/", local("/var/run/mx-secrets") + "/"))
     r = subprocess.run([str(BUILD_DIR / "mxd" / "mxd"), "ingress", "--config", str(cfg), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "ingress.tls_key_file" in r.stderr, r.stderr
