@@ -140,6 +140,12 @@ int main(int argc, char** argv) {
     auto s = mx::StartGrpcServer(config.queue.listen, {queue->service()});
     if (!s.ok()) return Die(s.status().message());
     queue_server = std::move(s).value();
+    // Roles of this process reach their own queue without the socket.
+    std::vector<std::string> self{config.queue.listen};
+    for (const auto& p : config.queue.peers) {
+      if (p.id == config.queue.node_id) self.push_back(p.grpc);
+    }
+    mx::ServeInProcess(self, *queue_server);
     mx::log::Info("queue serving gRPC on " + config.queue.listen);
   }
 

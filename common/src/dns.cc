@@ -1,5 +1,6 @@
 // dns.cc — the c-ares channel thread (poll loop over c-ares' sockets).
 #include "mx/common/dns.h"
+#include "mx/common/thread_name.h"
 
 #include <ares.h>
 #include <arpa/inet.h>
@@ -38,7 +39,10 @@ class AresChannel final : public DnsChannel {
       rc = ares_set_servers_ports_csv(channel_, csv.c_str());
       if (rc != ARES_SUCCESS) return Status(Code::kInvalidArgument, "DNS servers '" + csv + "': " + ares_strerror(rc));
     }
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      SetThreadName("mx-dns");
+      Run();
+    });
     return Status::Ok();
   }
 

@@ -5,6 +5,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <map>
+#include <mutex>
+
 #include "mx/common/map_file.h"
 
 namespace mx {
@@ -61,7 +64,36 @@ Result<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& listen,
   return server;
 }
 
+namespace {
+
+struct InProcess {
+  std::mutex mu;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels;  // by target
+  static InProcess& Get() {
+    static InProcess* p = new InProcess;  // never destroyed: channels outlive exit paths
+    return *p;
+  }
+};
+
+}  // namespace
+
+void ServeInProcess(const std::vector<std::string>& targets, grpc::Server& server) {
+  grpc::ChannelArguments args;
+  ApplyLimits(&args);
+  auto channel = server.InProcessChannel(args);
+  auto& in = InProcess::Get();
+  std::lock_guard lock(in.mu);
+  for (const auto& t : targets) {
+    if (!t.empty()) in.channels[t] = channel;
+  }
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+  {
+    auto& in = InProcess::Get();
+    std::lock_guard lock(in.mu);
+    if (auto it = in.channels.find(target); it != in.channels.end()) return it->second;
+  }
   grpc::ChannelArguments args;
   ApplyLimits(&args);
   // Reconnect quickly after a queue restart: ingress answers 451 meanwhile.

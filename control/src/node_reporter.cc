@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "mx/common/log.h"
+#include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
 #include "mx/v1/queue.grpc.pb.h"
 
@@ -42,7 +43,10 @@ class Reporter final : public NodeReporter {
     info_.set_started_unix_us(
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
             .count());
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      SetThreadName("mx-report");
+      Run();
+    });
   }
   ~Reporter() override { Stop(); }
 

@@ -21,6 +21,7 @@
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
+#include "mx/common/thread_name.h"
 #include "mx/delivery/dsn.h"
 #include "mx/delivery/host_cache.h"
 #include "mx/delivery/probe.h"
@@ -39,6 +40,12 @@ using asio::use_awaitable;
 
 // Permit holds are renewed this often (a third of their TTL).
 constexpr auto kPermitRenewEvery = std::chrono::microseconds(queue::kPermitTtlUs / 3);
+// Ack coalescing: at most this many Ack RPCs per shard are outstanding; acks
+// finished meanwhile wait and leave together as one request (one RPC, one
+// Raft command), up to these limits.
+constexpr int kAcksInFlightPerShard = 2;
+constexpr size_t kMaxAcksPerRequest = 256;
+constexpr size_t kMaxAckRequestBytes = 8u << 20;
 
 template <typename Token>
 auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) {
@@ -251,7 +258,12 @@ class Worker final : public DeliveryWorker {
   ~Worker() override { Stop(); }
 
   void Start() {
-    for (unsigned i = 0; i < std::max(1u, config_.threads); ++i) threads_.emplace_back([this] { io_.run(); });
+    for (unsigned i = 0; i < std::max(1u, config_.threads); ++i) {
+      threads_.emplace_back([this, i] {
+        SetThreadName("mx-dlv-" + std::to_string(i));
+        io_.run();
+      });
+    }
     // Each shard gets an equal share of the concurrency as Pull credits.
     const uint32_t n = router_.shards();
     for (uint32_t id = 0; id < n; ++id) {
@@ -259,10 +271,20 @@ class Worker final : public DeliveryWorker {
       shard->id = id;
       shard->budget = std::max<int64_t>(1, config_.concurrency / n);
       shards_.push_back(shard);
-      pullers_.emplace_back([this, shard] { PullLoop(shard); });
+      pullers_.emplace_back([this, shard] {
+        SetThreadName("mx-pull-" + std::to_string(shard->id));
+        PullLoop(shard);
+      });
     }
-    if (config_.host_status_timeout.count() > 0) refresher_ = std::thread([this] { RefreshHostStatus(); });
-    renewer_ = std::thread([this] { RenewHolds(); });
+    if (config_.host_status_timeout.count() > 0)
+      refresher_ = std::thread([this] {
+        SetThreadName("mx-hoststatus");
+        RefreshHostStatus();
+      });
+    renewer_ = std::thread([this] {
+      SetThreadName("mx-renew");
+      RenewHolds();
+    });
     asio::co_spawn(io_, SweepCache(), asio::detached);
     log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(n) + " queue shard(s) via " +
               std::to_string(config_.queue.size()) + " queue node(s)");
@@ -316,6 +338,9 @@ class Worker final : public DeliveryWorker {
     std::mutex mu;  // guards ctx and writes on stream
     grpc::ClientContext* ctx = nullptr;
     grpc::ClientReaderWriter<v1::PullRequest, v1::PullResponse>* stream = nullptr;
+    std::mutex ack_mu;                        // guards the two below
+    std::deque<v1::AckRequest> acks_waiting;  // one per delivered message, oldest first
+    int acks_sending = 0;                     // Ack RPCs outstanding
   };
 
   // One Pull stream at a time to the shard's leader; follows leader changes.
@@ -419,13 +444,13 @@ class Worker final : public DeliveryWorker {
     return h;
   }
 
-  void ReturnCredit(const std::shared_ptr<Shard>& shard) {
-    shard->in_flight.fetch_sub(1);
-    Probe::Get().InFlight(-1);
+  void ReturnCredit(const std::shared_ptr<Shard>& shard, uint32_t n = 1) {
+    shard->in_flight.fetch_sub(n);
+    Probe::Get().InFlight(-static_cast<int64_t>(n));
     std::lock_guard lock(shard->mu);
     if (!shard->stream || draining_) return;  // the next stream (or undrain) grants fresh credits
     v1::PullRequest more;
-    more.set_credits(1);
+    more.set_credits(n);
     shard->stream->Write(more);
   }
 
@@ -927,14 +952,47 @@ class Worker final : public DeliveryWorker {
     for (auto& h : host_outcomes) *ack.add_hosts() = std::move(h);
     m.reset();  // the body is no longer needed while the ack is in flight
     // Ack on gRPC's callback thread; the credit returns when it completes.
-    auto op = std::make_shared<AckOp>();
-    op->req = std::move(ack);
-    op->req.set_shard(shard->id);
-    op->shard = shard;
-    op->deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+    ack.set_shard(shard->id);
     {
       std::lock_guard lock(acks_mu_);
       ++acks_in_flight_;
+    }
+    {
+      std::lock_guard lock(shard->ack_mu);
+      shard->acks_waiting.push_back(std::move(ack));
+    }
+    SendWaitingAcks(shard);
+  }
+
+  // Sends what waits for the shard as one Ack, unless enough are outstanding
+  // (their completion sends the rest).
+  void SendWaitingAcks(const std::shared_ptr<Shard>& shard) {
+    auto op = std::make_shared<AckOp>();
+    {
+      std::lock_guard lock(shard->ack_mu);
+      if (shard->acks_waiting.empty() || shard->acks_sending >= kAcksInFlightPerShard) return;
+      size_t bytes = 0;
+      while (!shard->acks_waiting.empty() && op->parts.size() < kMaxAcksPerRequest) {
+        size_t b = shard->acks_waiting.front().ByteSizeLong();
+        if (!op->parts.empty() && bytes + b > kMaxAckRequestBytes) break;
+        bytes += b;
+        op->parts.push_back(std::move(shard->acks_waiting.front()));
+        shard->acks_waiting.pop_front();
+      }
+      ++shard->acks_sending;
+    }
+    op->shard = shard;
+    op->deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+    if (op->parts.size() == 1) {
+      op->req = op->parts.front();
+    } else {
+      op->req.set_worker(worker_id_);
+      op->req.set_shard(shard->id);
+      for (const auto& part : op->parts) {
+        op->req.mutable_results()->MergeFrom(part.results());
+        op->req.mutable_dsns()->MergeFrom(part.dsns());
+        op->req.mutable_hosts()->MergeFrom(part.hosts());
+      }
     }
     SendAck(op);
   }
@@ -998,6 +1056,7 @@ class Worker final : public DeliveryWorker {
   // An Ack and its retries: the leases live in the replicated state, so a new
   // leader accepts acks for leases its predecessor handed out.
   struct AckOp {
+    std::vector<v1::AckRequest> parts;  // the deliveries' own acks, merged into req
     v1::AckRequest req;
     v1::AckResponse resp;
     std::unique_ptr<grpc::ClientContext> ctx;
@@ -1036,14 +1095,56 @@ class Worker final : public DeliveryWorker {
                     });
       return;
     }
+    const auto& shard = op->shard;
+    if (!s.ok() && op->parts.size() > 1 && !retryable) {
+      // A verdict on the merged request: each delivery's ack goes on its own,
+      // so one bad part does not cost the others their outcome.
+      log::Warn("ack of " + std::to_string(op->parts.size()) + " deliveries to shard " + std::to_string(shard->id) +
+                " refused (" + s.error_message() + "); sending them one by one");
+      {
+        std::lock_guard lock(shard->ack_mu);
+        for (auto it = op->parts.rbegin(); it != op->parts.rend(); ++it) {
+          shard->acks_waiting.push_front(std::move(*it));
+        }
+      }
+      SplitAcks(shard, op->parts.size());
+      return;
+    }
     if (!s.ok()) {
       Probe::Get().AckFailed();
-      log::Warn("ack to shard " + std::to_string(op->shard->id) + " failed (" + s.error_message() +
+      log::Warn("ack to shard " + std::to_string(shard->id) + " failed (" + s.error_message() +
                 "); the lease will expire and the recipients be retried");
     }
-    ReturnCredit(op->shard);
+    const auto n = static_cast<uint32_t>(op->parts.size());
+    {
+      std::lock_guard lock(shard->ack_mu);
+      --shard->acks_sending;
+    }
+    SendWaitingAcks(shard);
+    ReturnCredit(shard, n);
     std::lock_guard lock(acks_mu_);
-    if (--acks_in_flight_ == 0) acks_cv_.notify_all();
+    acks_in_flight_ -= n;
+    if (acks_in_flight_ == 0) acks_cv_.notify_all();
+  }
+
+  // Sends the first n waiting acks one request each (after a merged one was refused).
+  void SplitAcks(const std::shared_ptr<Shard>& shard, size_t n) {
+    std::vector<std::shared_ptr<AckOp>> ops;
+    {
+      std::lock_guard lock(shard->ack_mu);
+      --shard->acks_sending;  // the refused request
+      for (size_t i = 0; i < n && !shard->acks_waiting.empty(); ++i) {
+        auto op = std::make_shared<AckOp>();
+        op->parts.push_back(std::move(shard->acks_waiting.front()));
+        shard->acks_waiting.pop_front();
+        op->req = op->parts.front();
+        op->shard = shard;
+        op->deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+        ++shard->acks_sending;
+        ops.push_back(std::move(op));
+      }
+    }
+    for (auto& op : ops) SendAck(op);
   }
 
   DeliveryConfig config_;

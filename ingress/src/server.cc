@@ -6,6 +6,7 @@
 // full-expression (they can be destroyed twice): every awaitable that takes
 // arguments is built as a named local first and then awaited.
 #include "mx/ingress/server.h"
+#include "mx/common/thread_name.h"
 
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
@@ -284,8 +285,16 @@ class Server final : public IngressServer {
     port_ = acceptor_.local_endpoint(ec).port();
     asio::co_spawn(io_, AcceptLoop(), asio::detached);
     unsigned n = config_.threads ? config_.threads : std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i) threads_.emplace_back([this] { io_.run(); });
-    stats_thread_ = std::thread([this] { StatsLoop(); });
+    for (unsigned i = 0; i < n; ++i) {
+      threads_.emplace_back([this, i] {
+        SetThreadName("mx-smtp-" + std::to_string(i));
+        io_.run();
+      });
+    }
+    stats_thread_ = std::thread([this] {
+      SetThreadName("mx-smtp-stats");
+      StatsLoop();
+    });
     log::Info("ingress listening for SMTP on " + config_.listen);
     return Status::Ok();
   }

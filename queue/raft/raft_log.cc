@@ -17,6 +17,7 @@ extern "C" {
 #include <unordered_map>
 
 #include "mx/common/log.h"
+#include "mx/common/thread_name.h"
 #include "mx/queue/probe.h"
 
 namespace mx::queue {
@@ -108,7 +109,10 @@ class RaftLogImpl final : public RaftLog {
     started_ = true;
     uv_timer_start(&poll_, &RaftLogImpl::OnPoll, 0, 50);
     RefreshStatus();
-    thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+    thread_ = std::thread([this] {
+      SetThreadName("mx-raft-" + std::to_string(options_.shard));
+      uv_run(&loop_, UV_RUN_DEFAULT);
+    });
     return Status::Ok();
   }
 

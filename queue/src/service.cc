@@ -15,6 +15,7 @@
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
+#include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
 #include "mx/queue/permits.h"
 #include "mx/queue/probe.h"
@@ -149,7 +150,10 @@ class Shard {
     log::Info(tag_ + " opened " + so.dir + " at applied index " + std::to_string(sm_->applied_index()) + ", " +
               std::to_string(sm_->counts().messages) + " messages");
     Probe::Get().SetCounts(id_, sm_->counts(), 0);  // the gauges exist from the start
-    ticker_ = std::thread([this] { TickLoop(); });
+    ticker_ = std::thread([this] {
+      SetThreadName("mx-tick-" + std::to_string(id_));
+      TickLoop();
+    });
     return mx::Status::Ok();
   }
 
@@ -159,6 +163,7 @@ class Shard {
       if (stopping_) return;
       stopping_ = true;
       pull_cv_.notify_all();
+      tick_cv_.notify_all();
     }
     if (ticker_.joinable()) ticker_.join();
     if (log_) log_->Stop();
@@ -717,7 +722,9 @@ class Shard {
     for (;;) {
       {
         std::unique_lock lock(pull_mu_);
-        pull_cv_.wait_for(lock, config_.tick_interval, [&] { return stopping_; });
+        // Its own condition variable: SignalWork (every commit) wakes only the
+        // Pull streams, not the ticker.
+        tick_cv_.wait_for(lock, config_.tick_interval, [&] { return stopping_; });
         if (stopping_) return;
       }
       int64_t now = clock_.NowUnixMicros();
@@ -750,6 +757,7 @@ class Shard {
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
+  std::condition_variable tick_cv_;  // stopping only
   uint64_t work_gen_ = 0;
   bool stopping_ = false;
   std::thread ticker_;

@@ -29,8 +29,15 @@ Result<std::unique_ptr<grpc::Server>> StartGrpcServer(const std::string& listen,
                                                       const std::vector<grpc::Service*>& services,
                                                       const GrpcServerTls& tls = {});
 
-// An insecure channel to target with mx's message size limits.
+// An insecure channel to target with mx's message size limits; for a target
+// served by this process (ServeInProcess), its in-process channel.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target);
+
+// Calls to any of `targets` made by this process through MakeChannel go to
+// `server` over gRPC's in-process transport: no socket, no HTTP/2 framing, no
+// poller wake-ups (`mxd all`: ingress, delivery and control reach the queue of
+// their own process so). Calls from other processes still use the socket.
+void ServeInProcess(const std::vector<std::string>& targets, grpc::Server& server);
 
 // TLS for a client: ca_file verifies the server (empty: system roots);
 // cert_file/key_file identify the client for mTLS.
