@@ -273,6 +273,7 @@ Config Parse(const YAML::Node& root) {
       q.Duration("heartbeat_timeout", &c.queue.heartbeat_timeout);
       q.Uint("snapshot_threshold", &c.queue.snapshot_threshold);
       q.Uint("snapshot_trailing", &c.queue.snapshot_trailing);
+      q.Bytes("raft_segment_size", &c.queue.raft_segment_size);
       q.Uint("max_inflight_entries", &c.queue.max_inflight_entries);
       q.Bool("balance_leaders", &c.queue.balance_leaders);
       if (auto peers = q.Child("peers"); peers.IsDefined()) {
@@ -427,6 +428,8 @@ Config Parse(const YAML::Node& root) {
   }
   if (c.queue.snapshot_threshold == 0) Fail("queue.snapshot_threshold", "must be > 0");
   if (c.queue.max_inflight_entries == 0) Fail("queue.max_inflight_entries", "must be > 0");
+  if (c.queue.raft_segment_size < (1ULL << 20) || c.queue.raft_segment_size > (1ULL << 30))
+    Fail("queue.raft_segment_size", "must be between 1M and 1G");
   // Clients reach the queue through the peers by default (in a single node,
   // the local queue).
   std::vector<std::string> seeds;

@@ -74,6 +74,7 @@ class RaftLogImpl final : public RaftLog {
     }
     io_ready_ = true;
     raft_uv_set_connect_retry_delay(&io_, 200);
+    raft_uv_set_segment_size(&io_, options_.segment_size);
     if (int rv = raft_init(&raft_, &io_, fsm_.fsm(), options_.node_id, options_.raft_address.c_str()); rv != 0) {
       return Fail("raft_init", rv);
     }

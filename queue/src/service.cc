@@ -123,6 +123,7 @@ class Shard {
     ro.heartbeat_timeout_ms = static_cast<unsigned>(config_.heartbeat_timeout.count());
     ro.snapshot_threshold = config_.snapshot_threshold;
     ro.snapshot_trailing = config_.snapshot_trailing;
+    ro.segment_size = config_.raft_segment_size;
     ro.max_batch_commands = config_.group_commit_max_commands;
     ro.max_batch_bytes = config_.group_commit_max_bytes;
     ro.linger = config_.group_commit_linger;

@@ -120,6 +120,10 @@ struct QueueConfig {
   std::chrono::milliseconds heartbeat_timeout{100};
   uint32_t snapshot_threshold = 8192;  // log entries between snapshots
   uint32_t snapshot_trailing = 2048;   // entries kept behind a snapshot for slow followers
+  // Size of a Raft log segment file. Closing a segment costs the Raft thread an
+  // io_destroy (tens of ms: it waits for an RCU grace period), so segments are
+  // large enough that this happens every few seconds at full load, not every one.
+  uint64_t raft_segment_size = 64ULL << 20;
   uint32_t max_inflight_entries = 4;   // uncommitted entries before proposals wait (group commit)
   bool balance_leaders = true;         // shard s prefers peers[s % n] as leader
   uint32_t group_commit_max_commands = 512;

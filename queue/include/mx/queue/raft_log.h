@@ -44,6 +44,7 @@ struct RaftLogOptions {
   unsigned heartbeat_timeout_ms = 100;
   unsigned snapshot_threshold = 8192;  // entries between snapshots
   unsigned snapshot_trailing = 2048;   // entries kept after a snapshot
+  size_t segment_size = 64 << 20;      // Raft log segment file size
   uint32_t max_batch_commands = 512;
   uint64_t max_batch_bytes = 16 << 20;
   std::chrono::microseconds linger{0};
