@@ -17,13 +17,14 @@ TEST(Config, EmptyYieldsDefaults) {
 TEST(Config, ParsesUnits) {
   auto c = ParseConfig(
       "ingress:\n  max_message_size: 5M\n  command_timeout: 2m\n"
-      "queue:\n  min_backoff: 30s\n  max_backoff: 4h\n  group_commit_linger: 500us\n");
+      "queue:\n  min_backoff: 30s\n  max_backoff: 4h\n  group_commit_linger: 500us\n  raft_segment_size: 16M\n");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->ingress.max_message_size, 5u << 20);
   EXPECT_EQ(c->ingress.command_timeout, std::chrono::seconds(120));
   EXPECT_EQ(c->queue.min_backoff, std::chrono::seconds(30));
   EXPECT_EQ(c->queue.max_backoff, std::chrono::hours(4));
   EXPECT_EQ(c->queue.group_commit_linger, std::chrono::microseconds(500));
+  EXPECT_EQ(c->queue.raft_segment_size, 16u << 20);
 }
 
 TEST(Config, OverridesSetKeysBeforeValidation) {
@@ -90,6 +91,9 @@ TEST(Config, BadValuesAreNamed) {
   c = ParseConfig("delivery:\n  smart_host: \"[10.0.0.1]:smtp\"\n");
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("delivery.smart_host"), std::string::npos);
+  c = ParseConfig("queue:\n  raft_segment_size: 64K\n");  // below libraft's sensible minimum
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("queue.raft_segment_size"), std::string::npos);
   c = ParseConfig("ingress: [1, 2\n");
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("YAML"), std::string::npos);
