@@ -12,11 +12,19 @@ namespace fs = std::filesystem;
 
 QueueFsm::QueueFsm(StateMachine& sm, Options options, SnapshotFetcher fetch)
     : sm_(sm), options_(std::move(options)), fetch_(std::move(fetch)) {
-  fsm_.version = 1;
+  // Version 3: the checkpoint is taken by snapshot_async on libuv's thread
+  // pool, so its memtable flush and fsyncs do not stall the Raft loop.
+  fsm_.version = 3;
   fsm_.data = this;
   fsm_.apply = &QueueFsm::Apply;
-  fsm_.snapshot = &QueueFsm::Snapshot;
   fsm_.restore = &QueueFsm::Restore;
+  fsm_.snapshot_finalize = &QueueFsm::SnapshotFinalize;
+  UseAsyncSnapshots(true);
+}
+
+void QueueFsm::UseAsyncSnapshots(bool on) {
+  fsm_.snapshot = on ? &QueueFsm::Snapshot : &QueueFsm::SnapshotSync;
+  fsm_.snapshot_async = on ? &QueueFsm::SnapshotAsync : nullptr;
 }
 
 namespace {
@@ -80,9 +88,27 @@ int QueueFsm::Apply(raft_fsm* fsm, const raft_buffer* buf, void** result) {
   return 0;
 }
 
+// Loop thread: notes the index libraft snapshots at; SnapshotAsync does the work.
 int QueueFsm::Snapshot(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs) {
   auto* self = static_cast<QueueFsm*>(fsm->data);
-  const uint64_t index = self->sm_.applied_index();
+  self->snapshot_index_ = self->sm_.applied_index();
+  *bufs = nullptr;
+  *n_bufs = 0;
+  return 0;
+}
+
+int QueueFsm::SnapshotSync(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs) {
+  Snapshot(fsm, bufs, n_bufs);
+  return SnapshotAsync(fsm, bufs, n_bufs);
+}
+
+// Thread pool, while the loop goes on applying entries: the checkpoint may
+// therefore hold state past the snapshot's index, which is harmless (the
+// applied index is in the store; entries at or below it are skipped when the
+// log after the snapshot is replayed on it).
+int QueueFsm::SnapshotAsync(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs) {
+  auto* self = static_cast<QueueFsm*>(fsm->data);
+  const uint64_t index = self->snapshot_index_;
   const fs::path dir = fs::path(self->options_.snapshot_dir) / std::to_string(index);
   std::error_code ec;
   fs::create_directories(self->options_.snapshot_dir, ec);
@@ -118,6 +144,18 @@ int QueueFsm::Snapshot(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs) {
   return 0;
 }
 
+// Loop thread, after the manifest was written (or the snapshot failed): with
+// version >= 2 the buffers are ours to free.
+int QueueFsm::SnapshotFinalize(raft_fsm*, raft_buffer* bufs[], unsigned* n_bufs) {
+  if (*bufs) {
+    for (unsigned i = 0; i < *n_bufs; ++i) raft_free((*bufs)[i].base);
+    raft_free(*bufs);
+  }
+  *bufs = nullptr;
+  *n_bufs = 0;
+  return 0;
+}
+
 void QueueFsm::PruneSnapshots(uint64_t newest) {
   std::vector<uint64_t> indexes;
   std::error_code ec;
@@ -145,7 +183,7 @@ int QueueFsm::Restore(raft_fsm* fsm, raft_buffer* buf) {
   // Our own snapshot at startup, or a replica already this far along: the
   // store already holds this state (and maybe more, which the log replay skips).
   if (self->sm_.applied_index() >= m.index()) {
-    self->last_snapshot_index_ = std::max(self->last_snapshot_index_, m.index());
+    self->last_snapshot_index_ = std::max(self->last_snapshot_index_.load(), m.index());
     raft_free(buf->base);
     return 0;
   }

@@ -7,7 +7,8 @@
 // that took it, in chunks, and swaps the store. The state never passes through
 // memory whole.
 //
-// Every callback runs on the Raft loop thread.
+// Every callback runs on the Raft loop thread, except SnapshotAsync (libuv's
+// thread pool; the loop goes on applying meanwhile).
 #pragma once
 
 // raft.h (libraft 0.15) has no extern "C" guards of its own.
@@ -15,6 +16,7 @@ extern "C" {
 #include <raft.h>
 }
 
+#include <atomic>
 #include <functional>
 #include <string>
 #include <vector>
@@ -36,13 +38,16 @@ class QueueFsm {
   QueueFsm(StateMachine& sm, Options options, SnapshotFetcher fetch);
 
   raft_fsm* fsm() { return &fsm_; }
+  // Checkpoints are taken on the io's thread pool (the default; needs a raft_io
+  // with async_work) or, off, on the loop thread. Before raft_init.
+  void UseAsyncSnapshots(bool on);
   // The raft instance driving this FSM: apply reads its last_applied to learn
   // the entry's index (libraft 0.15 does not pass it).
   void Attach(struct raft* r) { raft_ = r; }
   // Leader side: where the results of entry `index` go (nullptr: nobody waits).
   std::function<std::vector<ApplyResult>*(uint64_t index)> result_sink;
 
-  uint64_t last_snapshot_index() const { return last_snapshot_index_; }
+  uint64_t last_snapshot_index() const { return last_snapshot_index_.load(); }
   // Snapshots installed from another replica (fetched, not our own).
   uint64_t installs() const { return installs_; }
 
@@ -52,6 +57,9 @@ class QueueFsm {
  private:
   static int Apply(raft_fsm* fsm, const raft_buffer* buf, void** result);
   static int Snapshot(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs);
+  static int SnapshotAsync(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs);
+  static int SnapshotSync(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs);
+  static int SnapshotFinalize(raft_fsm* fsm, raft_buffer* bufs[], unsigned* n_bufs);
   static int Restore(raft_fsm* fsm, raft_buffer* buf);
   void PruneSnapshots(uint64_t keep_from);
 
@@ -60,7 +68,8 @@ class QueueFsm {
   SnapshotFetcher fetch_;
   raft_fsm fsm_{};
   struct raft* raft_ = nullptr;
-  uint64_t last_snapshot_index_ = 0;
+  std::atomic<uint64_t> last_snapshot_index_{0};  // written on the thread pool
+  uint64_t snapshot_index_ = 0;                   // of the snapshot being taken
   uint64_t installs_ = 0;
   std::vector<ApplyResult> scratch_;
 };

@@ -73,6 +73,11 @@ class RaftLogImpl final : public RaftLog {
       return Status(Code::kUnavailable, tag_ + "raft log " + options_.dir + ": " + io_.errmsg);
     }
     io_ready_ = true;
+    // libraft 0.15's libuv io implements async_work (a version-2 field) yet
+    // reports version 1, and raft_init refuses an FSM with snapshot_async on
+    // a version-1 io: checked on Debian 12's libraft-dev 0.15.0.
+    if (io_.version < 2 && io_.async_work != nullptr) io_.version = 2;
+    fsm_.UseAsyncSnapshots(io_.version >= 2 && io_.async_work != nullptr);
     raft_uv_set_connect_retry_delay(&io_, 200);
     raft_uv_set_segment_size(&io_, options_.segment_size);
     if (int rv = raft_init(&raft_, &io_, fsm_.fsm(), options_.node_id, options_.raft_address.c_str()); rv != 0) {
