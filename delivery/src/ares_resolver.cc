@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "mx/common/dns.h"
@@ -29,6 +30,9 @@ class AresResolver final : public Resolver {
   }
 
   void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) override {
+    // An IP literal (a smart host like [192.0.2.1]) is answered here, without
+    // a round trip through the resolver thread.
+    if (auto literal = Literal(host)) return done(std::move(*literal));
     dns_->Post([this, host, done = std::move(done)]() mutable {
       auto req = std::make_shared<Request>();
       req->done = std::move(done);
@@ -39,6 +43,20 @@ class AresResolver final : public Resolver {
   }
 
  private:
+  // The answer for an IP literal host (nothing when host is a name, or an
+  // address of a family delivery does not use: that case keeps its error path).
+  std::optional<MxAnswer> Literal(const std::string& host) const {
+    in_addr a4{};
+    in6_addr a6{};
+    const bool is4 = inet_pton(AF_INET, host.c_str(), &a4) == 1;
+    const bool is6 = !is4 && inet_pton(AF_INET6, host.c_str(), &a6) == 1;
+    if (!(is4 && options_.ipv4) && !(is6 && options_.ipv6)) return std::nullopt;
+    MxAnswer a;
+    a.kind = MxAnswer::Kind::kOk;
+    a.hosts.push_back(MxHost{host, 0, {host}});
+    return a;
+  }
+
   // One ResolveMx/ResolveHost in progress (only touched on the resolver thread).
   struct Request {
     std::string domain;

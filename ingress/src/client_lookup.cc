@@ -7,6 +7,7 @@
 #include <netdb.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "mx/common/address.h"
 
@@ -30,13 +31,16 @@ const char* DnsblResultName(DnsblAnswer::Kind kind) {
 }
 
 // One Lookup() in flight: counts answers outstanding; finishes on the last.
+// Answers come from the DNS thread, or from the caller's thread when cached;
+// each writes its own field of facts, and the release/acquire on pending
+// makes them all visible to whoever finishes.
 struct ClientLookup::Job {
   std::string ip;
   ClientFacts facts;
-  size_t pending = 0;
+  std::atomic<size_t> pending{0};
   std::function<void(ClientFacts)> done;
   void Answered() {
-    if (--pending == 0) done(std::move(facts));
+    if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) done(std::move(facts));
   }
 };
 
@@ -72,10 +76,7 @@ void ClientLookup::Store(const std::string& key, Cached value) {
 void ClientLookup::Resolve(const std::string& name, int type, Answer answer) {
   const std::string key = std::to_string(type) + ":" + ToLower(name);
   Cached cached;
-  if (FromCache(key, &cached)) {
-    dns_->Post([answer = std::move(answer), cached] { answer(true, cached, ""); });
-    return;
-  }
+  if (FromCache(key, &cached)) return answer(true, cached, "");  // on the caller's thread: no hop
   dns_->Query(name, type,
               [this, key, type, answer = std::move(answer)](int status, const unsigned char* abuf, int alen) {
                 Cached c;
@@ -150,7 +151,7 @@ void ClientLookup::Lookup(const std::string& ip, bool reverse, const std::vector
       });
     }
   }
-  dns_->Post([job] { job->Answered(); });
+  job->Answered();  // everything cached: done runs here, on the caller's thread
 }
 
 }  // namespace mx::ingress

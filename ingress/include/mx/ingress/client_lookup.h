@@ -39,7 +39,9 @@ class ClientLookup {
   ClientLookup(std::unique_ptr<DnsChannel> dns, const Clock& clock);
   ~ClientLookup();
 
-  // done runs once, on the DNS thread, when every lookup has answered.
+  // done runs once, when every lookup has answered: on the DNS thread, or on
+  // the caller's thread before Lookup returns when every answer was cached (a
+  // caller that must not run it re-entrantly posts it, as the server does).
   void Lookup(const std::string& ip, bool reverse, const std::vector<std::string>& zones,
               std::function<void(ClientFacts)> done);
 
