@@ -984,7 +984,7 @@ class Worker final : public DeliveryWorker {
     op->shard = shard;
     op->deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
     if (op->parts.size() == 1) {
-      op->req = op->parts.front();
+      op->req = std::move(op->parts.front());  // nothing to split if refused
     } else {
       op->req.set_worker(worker_id_);
       op->req.set_shard(shard->id);
@@ -1137,7 +1137,7 @@ class Worker final : public DeliveryWorker {
         auto op = std::make_shared<AckOp>();
         op->parts.push_back(std::move(shard->acks_waiting.front()));
         shard->acks_waiting.pop_front();
-        op->req = op->parts.front();
+        op->req = std::move(op->parts.front());
         op->shard = shard;
         op->deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
         ++shard->acks_sending;

@@ -124,8 +124,8 @@ struct QueueConfig {
   // io_destroy (tens of ms: it waits for an RCU grace period), so segments are
   // large enough that this happens every few seconds at full load, not every one.
   uint64_t raft_segment_size = 64ULL << 20;
-  uint32_t max_inflight_entries = 4;   // uncommitted entries before proposals wait (group commit)
-  bool balance_leaders = true;         // shard s prefers peers[s % n] as leader
+  uint32_t max_inflight_entries = 4;  // uncommitted entries before proposals wait (group commit)
+  bool balance_leaders = true;        // shard s prefers peers[s % n] as leader
   uint32_t group_commit_max_commands = 512;
   uint64_t group_commit_max_bytes = 16ULL << 20;
   std::chrono::microseconds group_commit_linger{0};
