@@ -123,8 +123,10 @@ void ClientLookup::Lookup(const std::string& ip, bool reverse, const std::vector
   const std::string rev = ReverseName(ip);
   job->pending = 1;  // released at the end, so an all-cached lookup finishes once
   if (!rev.empty()) {
+    // Every slot exists before the first query: answers write their own slot
+    // while later queries are still being issued (no reallocation under them).
+    for (const auto& zone : zones) job->facts.dnsbl.push_back(DnsblAnswer{zone, DnsblAnswer::Kind::kNotListed, {}, ""});
     for (size_t i = 0; i < zones.size(); ++i) {
-      job->facts.dnsbl.push_back(DnsblAnswer{zones[i], DnsblAnswer::Kind::kNotListed, {}, ""});
       ++job->pending;
       Resolve(rev + "." + zones[i], ns_t_a, [job, i](bool ok, const Cached& c, const std::string& error) {
         auto& a = job->facts.dnsbl[i];
