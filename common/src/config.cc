@@ -466,6 +466,9 @@ Config Parse(const YAML::Node& root) {
     Fail("queue.sort_order", "expected priority, time, host or random, got '" + c.queue.sort_order + "'");
   }
   if (c.delivery.concurrency == 0) Fail("delivery.concurrency", "must be > 0");
+  if (c.delivery.connection_cache_size == DeliveryConfig::kCacheAsConcurrency) {
+    c.delivery.connection_cache_size = c.delivery.concurrency;
+  }
   if (c.delivery.queue_return.count() <= 0) Fail("delivery.queue_return", "must be > 0");
   if (c.delivery.tls_security_level != "none" && c.delivery.tls_security_level != "may" &&
       c.delivery.tls_security_level != "encrypt") {

@@ -12,6 +12,13 @@ TEST(Config, EmptyYieldsDefaults) {
   EXPECT_EQ(c->ingress.max_message_size, 10u * 1024 * 1024);
   EXPECT_EQ(c->ingress.queue, std::vector<std::string>{"127.0.0.1:7400"});
   EXPECT_EQ(c->delivery.smtp_port, 25);
+  EXPECT_EQ(c->delivery.connection_cache_size, c->delivery.concurrency);  // every session in use may stay
+  c = ParseConfig("delivery:\n  concurrency: 200\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->delivery.connection_cache_size, 200u);
+  c = ParseConfig("delivery:\n  connection_cache_size: 0\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->delivery.connection_cache_size, 0u);  // off
 }
 
 TEST(Config, ParsesUnits) {
