@@ -32,7 +32,7 @@ class AresResolver final : public Resolver {
   void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) override {
     // An IP literal (a smart host like [192.0.2.1]) is answered here, without
     // a round trip through the resolver thread.
-    if (auto literal = Literal(host)) return done(std::move(*literal));
+    if (auto literal = LiteralAnswer(host)) return done(std::move(*literal));
     dns_->Post([this, host, done = std::move(done)]() mutable {
       auto req = std::make_shared<Request>();
       req->done = std::move(done);
@@ -43,14 +43,21 @@ class AresResolver final : public Resolver {
   }
 
  private:
-  // The answer for an IP literal host (nothing when host is a name, or an
-  // address of a family delivery does not use: that case keeps its error path).
-  std::optional<MxAnswer> Literal(const std::string& host) const {
+  enum class Literal { kNone, kV4, kV6 };
+  static Literal LiteralOf(const std::string& host) {
     in_addr a4{};
     in6_addr a6{};
-    const bool is4 = inet_pton(AF_INET, host.c_str(), &a4) == 1;
-    const bool is6 = !is4 && inet_pton(AF_INET6, host.c_str(), &a6) == 1;
-    if (!(is4 && options_.ipv4) && !(is6 && options_.ipv6)) return std::nullopt;
+    if (inet_pton(AF_INET, host.c_str(), &a4) == 1) return Literal::kV4;
+    if (inet_pton(AF_INET6, host.c_str(), &a6) == 1) return Literal::kV6;
+    return Literal::kNone;
+  }
+  // An address of a family delivery uses (delivery.inet_protocols).
+  bool Usable(Literal l) const { return (l == Literal::kV4 && options_.ipv4) || (l == Literal::kV6 && options_.ipv6); }
+
+  // The answer for an IP literal host (nothing when host is a name, or an
+  // address of a family delivery does not use: that case keeps its error path).
+  std::optional<MxAnswer> LiteralAnswer(const std::string& host) const {
+    if (!Usable(LiteralOf(host))) return std::nullopt;
     MxAnswer a;
     a.kind = MxAnswer::Kind::kOk;
     a.hosts.push_back(MxHost{host, 0, {host}});
@@ -89,12 +96,8 @@ class AresResolver final : public Resolver {
     if (req->pending == 0) return Finish(req);
     for (size_t i = 0; i < n; ++i) {
       const auto& name = req->answer.hosts[i].name;
-      in_addr literal4{};
-      in6_addr literal6{};
-      const bool is4 = inet_pton(AF_INET, name.c_str(), &literal4) == 1;
-      const bool is6 = !is4 && inet_pton(AF_INET6, name.c_str(), &literal6) == 1;
-      if (is4 || is6) {  // an IP literal needs no lookup
-        if ((is4 && options_.ipv4) || (is6 && options_.ipv6)) req->answer.hosts[i].addrs.push_back(name);
+      if (const Literal literal = LiteralOf(name); literal != Literal::kNone) {  // an IP literal needs no lookup
+        if (Usable(literal)) req->answer.hosts[i].addrs.push_back(name);
         req->pending -= per_host;
         if (req->pending == 0) Finish(req);
         continue;

@@ -138,6 +138,7 @@ double Outcomes() {
 class AckBatchingTest : public ::testing::Test {
  protected:
   void Start(const std::string& target) {
+    outcomes_before_ = Outcomes();
     grpc::ServerBuilder builder;
     builder.RegisterService(&queue_);
     server_ = builder.BuildAndStart();
@@ -160,20 +161,25 @@ class AckBatchingTest : public ::testing::Test {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + 2s);
   }
 
+  // Waits until every delivery has its outcome while the first two Acks are
+  // held, then lets the queue answer and waits until every message is acked.
+  void DeliverAllThenRelease() {
+    for (int i = 0; i < 2000 && Outcomes() - outcomes_before_ < kMessages; ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_EQ(Outcomes() - outcomes_before_, kMessages);
+    queue_.Release();
+    ASSERT_TRUE(queue_.WaitAllAcked());
+  }
+
   FakeQueue queue_;
+  double outcomes_before_ = 0;  // this process's outcome count when Start began
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<DeliveryWorker> worker_;
 };
 
 TEST_F(AckBatchingTest, AcksFinishedWhileTwoAreOutstandingLeaveAsOneRequest) {
   queue_.hold_first_two = true;
-  const double before = Outcomes();
   Start("fake-queue-held:1");
-  // Every delivery has its outcome while the first two Acks are held.
-  for (int i = 0; i < 2000 && Outcomes() - before < kMessages; ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_EQ(Outcomes() - before, kMessages);
-  queue_.Release();
-  ASSERT_TRUE(queue_.WaitAllAcked());
+  ASSERT_NO_FATAL_FAILURE(DeliverAllThenRelease());
   std::lock_guard lock(queue_.mu_);
   for (const auto& [qid, n] : queue_.acked_) EXPECT_EQ(n, 1) << qid;
   // Two single acks went out at once; the other eight waited and left as one
@@ -188,12 +194,8 @@ TEST_F(AckBatchingTest, AcksFinishedWhileTwoAreOutstandingLeaveAsOneRequest) {
 TEST_F(AckBatchingTest, AMergedAckTheQueueRefusesIsResentOneDeliveryAtATime) {
   queue_.hold_first_two = true;
   queue_.refuse_merged = true;
-  const double before = Outcomes();
   Start("fake-queue-refusing:1");
-  for (int i = 0; i < 2000 && Outcomes() - before < kMessages; ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_EQ(Outcomes() - before, kMessages);
-  queue_.Release();
-  ASSERT_TRUE(queue_.WaitAllAcked());
+  ASSERT_NO_FATAL_FAILURE(DeliverAllThenRelease());
   std::lock_guard lock(queue_.mu_);
   ASSERT_EQ(queue_.refused_.size(), 1u);
   EXPECT_EQ(queue_.refused_[0], kMessages - 2);
