@@ -202,9 +202,18 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<mx::ingress::IngressServer> ingress;
   if (want_ingress) {
-    auto backend = mx::ingress::MakeGrpcEnqueueBackend(
+    std::shared_ptr<mx::ingress::EnqueueBackend> backend = mx::ingress::MakeGrpcEnqueueBackend(
         config.ingress.queue, config.queue.shards,
         std::chrono::duration_cast<std::chrono::milliseconds>(config.ingress.enqueue_timeout));
+    if (queue) {
+      // mxd all: straight into this node's shards while it leads them.
+      auto* node = queue.get();
+      backend = mx::ingress::MakeLocalFirstEnqueueBackend(
+          [node](uint32_t shard, const mx::v1::NewMessage& m, std::function<void(const mx::Status&)> done) {
+            return node->EnqueueLocal(shard, m, std::move(done));
+          },
+          config.queue.shards, std::move(backend));
+    }
     auto s = mx::ingress::StartIngress(config, backend, clock);
     if (!s.ok()) return Die(s.status().message());
     ingress = std::move(s).value();
@@ -292,7 +301,7 @@ int main(int argc, char** argv) {
   fflush(stdout);
   fflush(stderr);
   // Everything is stopped: every service answered or cancelled its calls,
-  // the Raft logs are closed (fsync'd), RocksDB has every write in its WAL.
+  // the Raft logs are closed (fsync'd) and hold what RocksDB has not flushed.
   // Leave without destructors: releasing the last gRPC objects lets gRPC
   // 1.51 wind down its completion-queue threads, which now and then aborts
   // (grpc_cq_internal_unref: "prior > 0") in a process that is exiting.

@@ -209,31 +209,58 @@ class Shard {
   // Asynchronous: `finish` runs once the entry is committed and applied (on the
   // Raft loop thread), so no gRPC thread waits for the quorum.
   void Enqueue(grpc::ServerContextBase* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp, Finish finish) {
-    auto start = std::chrono::steady_clock::now();
-    const auto& m = req->message();
+    bool not_leader = false;
+    if (auto st = Admit(req->message(), &not_leader); !st.ok()) return finish(not_leader ? NotLeader(ctx) : ToGrpc(st));
+    ProposeEnqueue(req->message(), [this, ctx, resp, finish = std::move(finish),
+                                    qid = req->message().envelope().qid()](const ApplyResult& r) {
+      if (!r.status.ok()) return finish(CommitFailed(ctx, r.status));
+      resp->set_qid(qid);
+      resp->set_commit_index(sm_->applied_index());
+      finish(grpc::Status::OK);
+    });
+  }
+
+  // The same checks and commit for an ingress in this process (mxd all),
+  // without the transport: `done` gets OK once committed, or the refusal
+  // (kUnavailable when this replica does not lead the shard).
+  void EnqueueLocal(const v1::NewMessage& m, std::function<void(const mx::Status&)> done) {
+    bool not_leader = false;
+    if (auto st = Admit(m, &not_leader); !st.ok()) return done(st);
+    ProposeEnqueue(m, [done = std::move(done)](const ApplyResult& r) { done(r.status); });
+  }
+  bool IsLeader() const { return log_->IsLeader(); }
+
+  // Enqueue's admission checks; *not_leader tells why a kUnavailable refusal came.
+  mx::Status Admit(const v1::NewMessage& m, bool* not_leader) {
     if (auto st = ValidateNewMessage(m); !st.ok()) {
       Probe::Get().EnqueueRejected();
-      return finish(ToGrpc(st));
+      return st;
     }
-    if (!log_->IsLeader()) return finish(NotLeader(ctx));
+    if (!log_->IsLeader()) {
+      *not_leader = true;
+      return mx::Status(Code::kUnavailable, tag_ + ": this replica is not the leader");
+    }
     if (auto st = CheckFreeDisk(); !st.ok()) {
       Probe::Get().EnqueueRejected();
-      return finish(ToGrpc(st));
+      return st;
     }
+    return mx::Status::Ok();
+  }
+
+  // Proposes the Enqueue command; `committed` runs on the Raft loop thread.
+  void ProposeEnqueue(const v1::NewMessage& m, std::function<void(const ApplyResult&)> committed) {
+    auto start = std::chrono::steady_clock::now();
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     *cmd.mutable_enqueue()->mutable_message() = m;
-    log_->Propose(std::move(cmd), [this, ctx, resp, start, finish = std::move(finish),
-                                   qid = m.envelope().qid()](const ApplyResult& r) {
+    log_->Propose(std::move(cmd), [this, start, committed = std::move(committed)](const ApplyResult& r) {
       if (!r.status.ok()) {
         Probe::Get().EnqueueRejected();
-        return finish(CommitFailed(ctx, r.status));
+      } else {
+        SignalWork();
+        Probe::Get().Enqueued(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       }
-      SignalWork();
-      resp->set_qid(qid);
-      resp->set_commit_index(sm_->applied_index());
-      Probe::Get().Enqueued(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      finish(grpc::Status::OK);
+      committed(r);
     });
   }
 
@@ -799,6 +826,13 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
       reactor->Finish(err);
     }
     return reactor;
+  }
+
+  bool EnqueueLocal(uint32_t shard, const v1::NewMessage& message,
+                    std::function<void(const mx::Status&)> done) override {
+    if (shard >= shards_.size() || !shards_[shard]->IsLeader()) return false;
+    shards_[shard]->EnqueueLocal(message, std::move(done));
+    return true;
   }
 
   grpc::Status Pull(grpc::ServerContext* ctx,

@@ -5,6 +5,8 @@
 // that makes the session answer 451.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -37,5 +39,15 @@ class EnqueueBackend {
 // the session answers 451 4.3.0 — never 250 without a quorum commit.
 std::shared_ptr<EnqueueBackend> MakeGrpcEnqueueBackend(const std::vector<std::string>& targets, uint32_t shards,
                                                        std::chrono::milliseconds deadline);
+
+// For an ingress sharing its process with a queue node (mxd all): a message
+// goes straight to that node when it leads the message's shard — `local`
+// returns false, without calling its callback, when it does not — else, and
+// when leadership moved while the entry was in flight, through `remote`.
+// The node runs the same admission checks and commit as its gRPC method.
+using LocalEnqueue =
+    std::function<bool(uint32_t shard, const v1::NewMessage& message, std::function<void(const Status&)> done)>;
+std::shared_ptr<EnqueueBackend> MakeLocalFirstEnqueueBackend(LocalEnqueue local, uint32_t shards,
+                                                             std::shared_ptr<EnqueueBackend> remote);
 
 }  // namespace mx::ingress

@@ -10,6 +10,7 @@
 // never on an Asio event loop.
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "mx/common/clock.h"
@@ -20,12 +21,22 @@ namespace grpc {
 class Service;
 }
 
+namespace mx::v1 {
+class NewMessage;
+}
+
 namespace mx::queue {
 
 class QueueNode {
  public:
   virtual ~QueueNode() = default;
   virtual grpc::Service* service() = 0;
+  // Enqueue for an ingress in the same process (mxd all): the checks and the
+  // commit of the gRPC method, without its transport. False, with `done` not
+  // called, when this node does not lead `shard`; otherwise `done` runs once
+  // the message is committed (OK) or refused — on the Raft loop thread or,
+  // for a refusal before the log, on the caller's.
+  virtual bool EnqueueLocal(uint32_t shard, const v1::NewMessage& message, std::function<void(const Status&)> done) = 0;
   // Stops the tick threads, ends Pull streams and closes every shard's log.
   virtual void Stop() = 0;
 };
