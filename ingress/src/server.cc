@@ -226,13 +226,27 @@ class LoadMonitor {
 using TlsStream = asio::ssl::stream<tcp::socket&>;
 
 struct Connection {
+  using TimePoint = asio::steady_timer::time_point;
   explicit Connection(tcp::socket s) : socket(std::move(s)), timer(socket.get_executor()) {
-    timer.expires_at(asio::steady_timer::time_point::max());  // armed per read/write
+    timer.expires_at(TimePoint::max());
+  }
+  // The deadline of the I/O under way, watched by Server::Watchdog. Moving it
+  // later only writes it down (the watchdog re-arms when its timer fires), so
+  // the reads and writes of a session cost no timer operations; moving it
+  // before the armed expiry wakes the watchdog to re-arm.
+  void SetDeadline(TimePoint d) {
+    deadline = d;
+    if (d < timer.expiry()) timer.cancel();
+  }
+  template <typename Duration>
+  void SetTimeout(Duration t) {
+    SetDeadline(asio::steady_timer::clock_type::now() + t);
   }
   tcp::socket socket;
   std::shared_ptr<asio::ssl::context> tls_context;  // keeps the context alive while tls is
   std::unique_ptr<TlsStream> tls;                   // after STARTTLS
   asio::steady_timer timer;
+  TimePoint deadline = TimePoint::max();
   bool timed_out = false;
 };
 
@@ -441,7 +455,7 @@ class Server final : public IngressServer {
     if (!refusal.empty()) {
       Probe::Get().OnReject(reason, 421);
       refusal += "\r\n";
-      conn->timer.expires_after(std::chrono::seconds(10));
+      conn->SetTimeout(std::chrono::seconds(10));
       co_spawn(conn->socket.get_executor(), Watchdog(conn), asio::detached);
       co_await asio::async_write(conn->socket, asio::buffer(refusal), asio::redirect_error(use_awaitable, ec));
       conn->socket.shutdown(tcp::socket::shutdown_both, ec);
@@ -461,12 +475,16 @@ class Server final : public IngressServer {
     limiter_.Release(ip);
   }
 
-  // Cancels the connection's I/O when its deadline passes.
+  // Cancels the connection's I/O when its deadline passes. The timer is armed
+  // at the deadline seen when it was last armed; a later deadline is found
+  // when it fires, an earlier one cancels it (Connection::SetDeadline).
   static awaitable<void> Watchdog(std::shared_ptr<Connection> conn) {
     while (conn->socket.is_open()) {
       boost::system::error_code ec;
+      conn->timer.expires_at(conn->deadline);
       co_await conn->timer.async_wait(asio::redirect_error(use_awaitable, ec));
-      if (conn->timer.expiry() <= asio::steady_timer::clock_type::now()) {
+      if (!conn->socket.is_open()) co_return;
+      if (conn->deadline <= asio::steady_timer::clock_type::now()) {
         conn->timed_out = true;
         conn->socket.cancel(ec);
         co_return;
@@ -476,7 +494,7 @@ class Server final : public IngressServer {
 
   awaitable<void> Write(Connection& conn, Session& s) {
     if (s.output().empty()) co_return;
-    conn.timer.expires_after(config_.command_timeout);
+    conn.SetTimeout(config_.command_timeout);
     boost::system::error_code ec;
     if (conn.tls) {
       co_await asio::async_write(*conn.tls, asio::buffer(s.output()), asio::redirect_error(use_awaitable, ec));
@@ -490,7 +508,7 @@ class Server final : public IngressServer {
   awaitable<Session::Step> Perform(Connection& conn, Session& s, Session::Step step, const Policy& policy) {
     switch (step) {
       case Session::Step::kEnqueue: {
-        conn.timer.expires_at(asio::steady_timer::time_point::max());
+        conn.SetDeadline(Connection::TimePoint::max());
         auto start = std::chrono::steady_clock::now();
         v1::NewMessage m = s.TakeMessage();
         uint64_t size = m.body().size();
@@ -525,7 +543,7 @@ class Server final : public IngressServer {
         co_return s.OnEnqueued(st);
       }
       case Session::Step::kAuthenticate: {
-        conn.timer.expires_after(config_.command_timeout);
+        conn.SetTimeout(config_.command_timeout);
         const AuthUsers* users = policy.auth_users();
         std::string user = s.auth_user(), password = s.auth_password();
         // crypt(3) is slow by design: verify on the auth pool, not an I/O thread.
@@ -556,7 +574,7 @@ class Server final : public IngressServer {
     if (!ctx) co_return false;
     conn.tls_context = ctx;
     conn.tls = std::make_unique<TlsStream>(conn.socket, *ctx);
-    conn.timer.expires_after(config_.command_timeout);
+    conn.SetTimeout(config_.command_timeout);
     boost::system::error_code ec;
     co_await conn.tls->async_handshake(asio::ssl::stream_base::server, asio::redirect_error(use_awaitable, ec));
     Probe::Get().TlsHandshake(!ec);
@@ -627,7 +645,7 @@ class Server final : public IngressServer {
       }
       co_await Write(*conn, s);
       if (conn->timed_out) break;
-      conn->timer.expires_after(s.in_data() ? config_.data_timeout : config_.command_timeout);
+      conn->SetTimeout(s.in_data() ? config_.data_timeout : config_.command_timeout);
       size_t old = buf.size();
       buf.resize(old + kReadChunk);
       size_t n = 0;
@@ -642,9 +660,10 @@ class Server final : public IngressServer {
       if (ec) {
         if (conn->timed_out) {
           conn->timed_out = false;
+          const bool in_data = s.in_data();  // OnTimeout closes the session
           s.OnTimeout();
-          log::Mail(s.log_id(), "timeout after " + std::string(s.in_data() ? "DATA" : "command") + " from " +
-                                    client.name + " [" + client.addr + "]");
+          log::Mail(s.log_id(), "timeout after " + std::string(in_data ? "DATA" : "command") + " from " + client.name +
+                                    " [" + client.addr + "]");
         } else if (ec != asio::error::eof && ec != asio::ssl::error::stream_truncated) {
           log::Debug("read from [" + client.addr + "]: " + ec.message());
         } else if (s.in_data()) {
@@ -655,7 +674,7 @@ class Server final : public IngressServer {
     }
     co_await Write(*conn, s);
     if (conn->tls && !conn->timed_out) {
-      conn->timer.expires_after(std::chrono::seconds(5));
+      conn->SetTimeout(std::chrono::seconds(5));
       co_await conn->tls->async_shutdown(asio::redirect_error(use_awaitable, ec));
     }
     conn->socket.shutdown(tcp::socket::shutdown_both, ec);

@@ -1,6 +1,7 @@
 """Ingress answers over a real socket: limits, relay control, queue outages."""
 import smtplib
 import socket
+import time
 
 import pytest
 
@@ -92,3 +93,41 @@ def test_pipelined_transaction(mxd_factory):
         f.flush()
         assert f.readline().startswith(b"250 2.0.0 Ok: queued as ")
         assert f.readline().startswith(b"221 ")
+
+
+def test_idle_client_times_out_but_an_active_one_does_not(mxd_factory):
+    # Timeout.command is a deadline per command, not per session: a client that
+    # keeps talking past several timeouts stays, one that stops is cut off with
+    # 421 4.4.2 — in the dialogue and in the middle of DATA (nothing queued).
+    node = mxd_factory(ingress__command_timeout="1s", ingress__data_timeout="1s")
+    with socket.create_connection(("127.0.0.1", node.smtp_port)) as c:
+        c.settimeout(15)
+        f = c.makefile("rwb")
+        assert f.readline().startswith(b"220 ")
+        started = time.monotonic()
+        while time.monotonic() - started < 3.5:  # 3.5 timeouts' worth of NOOPs
+            f.write(b"NOOP\r\n")
+            f.flush()
+            assert f.readline().startswith(b"250 ")
+            last_reply = time.monotonic()
+            time.sleep(0.3)
+        assert f.readline() == b"421 4.4.2 mx.mx-test.test Error: timeout exceeded\r\n"
+        assert time.monotonic() - last_reply >= 0.9  # a full timeout after the last command
+        assert f.readline() == b""  # and the connection is closed
+    with socket.create_connection(("127.0.0.1", node.smtp_port)) as c:
+        c.settimeout(15)
+        f = c.makefile("rwb")
+        f.readline()
+        for line, reply in ((b"EHLO client.test", b"250 "), (b"MAIL FROM:<a@sender.test>", b"250 "),
+                            (b"RCPT TO:<b@example.test>", b"250 "), (b"DATA", b"354 ")):
+            f.write(line + b"\r\n")
+            f.flush()
+            answer = f.readline()
+            while answer[3:4] == b"-":
+                answer = f.readline()
+            assert answer.startswith(reply), (line, answer)
+        f.write(b"Subject: stalled\r\n\r\nhalf a body")
+        f.flush()
+        assert f.readline().startswith(b"421 4.4.2 ")
+    wait_for(lambda: "timeout after DATA" in node.logtext(), timeout=10, what="the DATA timeout logged")
+    assert "Mail queue is empty" in node.mxctl("mailq")
