@@ -258,6 +258,9 @@ Config Parse(const YAML::Node& root) {
       in.Str("tls_key_file", &c.ingress.tls_key_file);
       in.Str("auth_users_file", &c.ingress.auth_users_file);
       in.Bool("auth_over_plaintext", &c.ingress.auth_over_plaintext);
+      in.Uint("auth_failures_per_ip", &c.ingress.auth_failures_per_ip);
+      in.Uint("auth_failures_per_user", &c.ingress.auth_failures_per_user);
+      in.Duration("auth_failure_window", &c.ingress.auth_failure_window);
       in.StrList("queue", &c.ingress.queue);
       in.Uint("threads", &c.ingress.threads);
     }
@@ -455,6 +458,7 @@ Config Parse(const YAML::Node& root) {
     Fail("ingress.tls_cert_file", "tls_cert_file and tls_key_file go together");
   }
   if (c.ingress.max_hop_count == 0) Fail("ingress.max_hop_count", "must be > 0");
+  if (c.ingress.auth_failure_window.count() <= 0) Fail("ingress.auth_failure_window", "must be > 0");
   if (c.ingress.max_line_length < 512) Fail("ingress.max_line_length", "must be >= 512 (RFC 5321)");
   if (c.queue.min_backoff.count() <= 0) Fail("queue.min_backoff", "must be > 0");
   if (c.queue.max_backoff < c.queue.min_backoff) Fail("queue.max_backoff", "must be >= queue.min_backoff");

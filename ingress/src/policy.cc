@@ -98,6 +98,7 @@ const char* RejectReasonName(RejectReason r) {
     case RejectReason::kPrivacy: return "privacy";
     case RejectReason::kEtrn: return "etrn";
     case RejectReason::kDrain: return "drain";
+    case RejectReason::kAuthRate: return "auth_rate";
   }
   return "other";
 }

@@ -21,6 +21,7 @@
 #include "mx/common/address.h"
 #include "mx/common/dns.h"
 #include "mx/common/log.h"
+#include "mx/ingress/auth_throttle.h"
 #include "mx/ingress/client_lookup.h"
 #include "mx/ingress/probe.h"
 #include "mx/ingress/session.h"
@@ -544,12 +545,24 @@ class Server final : public IngressServer {
       }
       case Session::Step::kAuthenticate: {
         conn.SetTimeout(config_.command_timeout);
+        const IngressConfig& cfg = policy.settings();
+        const AuthThrottle::Limits limits{cfg.auth_failures_per_ip, cfg.auth_failures_per_user,
+                                          cfg.auth_failure_window};
+        const std::string ip = s.client_addr(), user = s.auth_user();
+        switch (auth_throttle_.Check(ip, user, limits, clock_.NowUnixMicros())) {
+          case AuthThrottle::Verdict::kIpBlocked: co_return s.OnAuthThrottled(/*by_address=*/true);
+          case AuthThrottle::Verdict::kUserBlocked: co_return s.OnAuthThrottled(/*by_address=*/false);
+          case AuthThrottle::Verdict::kOk: break;
+        }
         const AuthUsers* users = policy.auth_users();
-        std::string user = s.auth_user(), password = s.auth_password();
         // crypt(3) is slow by design: verify on the auth pool, not an I/O thread.
-        auto verify =
-            asio::co_spawn(auth_pool_, VerifyPassword(users, std::move(user), std::move(password)), use_awaitable);
+        auto verify = asio::co_spawn(auth_pool_, VerifyPassword(users, user, s.auth_password()), use_awaitable);
         bool ok = co_await std::move(verify);
+        if (ok) {
+          auth_throttle_.Succeeded(user);
+        } else {
+          auth_throttle_.Failed(ip, user, limits, clock_.NowUnixMicros());
+        }
         co_return s.OnAuthResult(ok);
       }
       case Session::Step::kEtrn: {
@@ -707,6 +720,7 @@ class Server final : public IngressServer {
   QidGenerator qids_;
   Observer observer_;
   ConnectionLimiter limiter_;
+  AuthThrottle auth_throttle_;  // failed AUTH per address and user, across sessions
   LoadMonitor load_;
   std::atomic<int64_t> storage_low_until_us_{0};
   std::atomic<int64_t> backpressure_until_us_{0};

@@ -533,6 +533,25 @@ Session::Step Session::OnAuthResult(bool ok) {
   return Reject(RejectReason::kAuth, "535 5.7.8 Authentication credentials invalid");
 }
 
+Session::Step Session::OnAuthThrottled(bool by_address) {
+  std::string user = std::move(auth_user_);
+  auth_user_.clear();
+  auth_password_.assign(auth_password_.size(), '\0');
+  auth_password_.clear();
+  if (by_address) {
+    log::Mail(qid_, "AUTH " + auth_mech_ + " from " + Client() + ": refused, too many failed authentications from " +
+                        client_.addr);
+    Reply("421 4.7.0 " + cfg_.hostname + " Error: too many failed authentications from " + client_.addr);
+    if (observer_) observer_->OnReject(RejectReason::kAuthRate, 421);
+    state_ = State::kClosed;
+    return Step::kClose;
+  }
+  log::Mail(qid_, "AUTH " + auth_mech_ + " from " + Client() + ": refused, too many failed authentications for '" +
+                      user.substr(0, 64) + "'");
+  return Reject(RejectReason::kAuthRate,
+                "454 4.7.0 Temporary authentication failure: too many failed attempts, try again later");
+}
+
 // RFC 1985: a queue run for a domain we are a backup MX for.
 Session::Step Session::OnEtrn(const std::string& arg) {
   if (state_ == State::kConnected) return Reject(RejectReason::kSequence, "503 5.5.1 Error: send HELO/EHLO first");

@@ -371,7 +371,16 @@ class RaftLogImpl final : public RaftLog {
                                                                raft_strerror(status) + "); outcome unknown"));
     }
     delete f;
-    self->Flush(false);
+    if (status == 0) {
+      self->Flush(false);
+    } else {
+      // libraft fails the uncommitted entries while it steps down, before its
+      // state says so and after the leader's bookkeeping is gone: raft_apply
+      // from here reads freed state (ASan: SEGV in raft_apply when a stopped
+      // leader was replaced). Flush from the loop instead, where the new state
+      // fails the waiting proposals with NotLeader.
+      uv_async_send(&self->wake_);
+    }
   }
 
   Status NotLeader() const { return Status(Code::kUnavailable, tag_ + "not the leader"); }

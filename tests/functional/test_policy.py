@@ -170,6 +170,42 @@ def test_starttls_and_auth_with_swaks(mxd_factory, tmp_path):
     assert "authenticated as bob" in node.logtext()
 
 
+def auth_plain(node, source, user, password):
+    """One AUTH PLAIN attempt on a fresh connection (AUTH allowed in the clear here)."""
+    import base64
+    with smtp_from(node, source) as s:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return s.docmd("AUTH PLAIN " + token)
+
+
+def test_auth_guessing_is_throttled_per_address_and_per_user(mxd_factory, tmp_path):
+    node = policy_node(mxd_factory, tmp_path, ingress__auth_over_plaintext=True, ingress__auth_failures_per_ip=3,
+                       ingress__auth_failures_per_user=4, ingress__auth_failure_window="1h",
+                       **make_tls_and_users(tmp_path))
+    # One address guessing: three wrong passwords, then that address is cut
+    # off before its password is looked at — even the right one.
+    for guess in ("a", "b", "c"):
+        assert auth_plain(node, "127.0.0.2", "alice", guess) == (535, b"5.7.8 Authentication credentials invalid")
+    code, text = auth_plain(node, "127.0.0.2", "alice", "secret")
+    assert (code, text) == (421, b"4.7.0 mx.mx-test.test Error: too many failed authentications from 127.0.0.2")
+    # Other addresses are not affected, and a success clears alice's count...
+    assert auth_plain(node, "127.0.0.4", "alice", "secret")[0] == 235
+    # ...so a guesser spread over addresses needs four fresh failures to lock her.
+    for source in ("127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8"):
+        assert auth_plain(node, source, "alice", "wrong")[0] == 535
+    code, text = auth_plain(node, "127.0.0.9", "alice", "secret")
+    assert code == 454 and text.startswith(b"4.7.0 Temporary authentication failure")
+    assert auth_plain(node, "127.0.0.9", "bob", "hunter2")[0] == 235  # only alice is locked
+    text = node.metrics()
+    assert metric_value(text, "mx_ingress_rejections_total", {"reason": "auth_rate", "code": "421"}) == 1
+    assert metric_value(text, "mx_ingress_rejections_total", {"reason": "auth_rate", "code": "454"}) == 1
+    assert metric_value(text, "mx_ingress_auth_total", {"result": "failed"}) == 7
+    log = node.logtext()
+    assert "refused, too many failed authentications from 127.0.0.2" in log
+    assert "refused, too many failed authentications for 'alice'" in log
+    assert "secret" not in log and "hunter2" not in log
+
+
 def recv_reply(sock_file):
     lines = []
     while True:

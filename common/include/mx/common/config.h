@@ -89,8 +89,13 @@ struct IngressConfig {
   // AUTH PLAIN/LOGIN (RFC 4954) against "user:crypt-hash" lines (openssl passwd -6).
   std::string auth_users_file;
   bool auth_over_plaintext = false;  // offer AUTH before STARTTLS (sendmail AUTH_OPTIONS without p)
-  std::vector<std::string> queue;    // queue node gRPC addresses to start from (default: queue.peers)
-  unsigned threads = 0;              // io_context threads; 0 = one per core
+  // Failed AUTH attempts allowed per client address / per user name within
+  // auth_failure_window; past them AUTH is refused unverified (0: no limit).
+  uint32_t auth_failures_per_ip = 10;
+  uint32_t auth_failures_per_user = 20;
+  std::chrono::seconds auth_failure_window{600};
+  std::vector<std::string> queue;  // queue node gRPC addresses to start from (default: queue.peers)
+  unsigned threads = 0;            // io_context threads; 0 = one per core
 };
 
 // A queue replica as the rest of the cluster reaches it.

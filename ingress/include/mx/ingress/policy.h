@@ -56,6 +56,7 @@ enum class RejectReason {
   kPrivacy,
   kEtrn,
   kDrain,
+  kAuthRate,
 };
 const char* RejectReasonName(RejectReason r);
 

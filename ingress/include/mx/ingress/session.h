@@ -72,6 +72,9 @@ class Session {
   void OnTlsStarted();
   // The verified AUTH outcome.
   Step OnAuthResult(bool ok);
+  // AUTH refused unverified: too many failures lately from this client's
+  // address (by_address: 421, the session ends) or for this user name (454).
+  Step OnAuthThrottled(bool by_address);
   // The ETRN queue run outcome (number of recipients made ready, or error).
   Step OnEtrnResult(const Result<uint64_t>& started);
   // The idle or data timeout fired: appends 421, the driver closes.
@@ -82,6 +85,7 @@ class Session {
   bool tls() const { return tls_; }
   const std::string& last_qid() const { return qid_; }
   const std::string& auth_user() const { return auth_user_; }
+  const std::string& client_addr() const { return client_.addr; }
   const std::string& auth_password() const { return auth_password_; }
   const std::string& etrn_domain() const { return etrn_domain_; }
   // The id in this session's log lines: the current queue id.
