@@ -12,26 +12,45 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/stubs/logging.h>
+
 #include "mx/queue/state_machine.h"
 #include "mx/v1/queue.pb.h"
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static std::unique_ptr<mx::queue::StateMachine> sm = [] {
-    const std::string dir =
-        (std::filesystem::temp_directory_path() / ("mx-fuzz-queue-" + std::to_string(getpid()))).string();
+namespace {
+
+// One state machine for the whole run, in a directory removed at exit.
+struct Fixture {
+  Fixture() : dir((std::filesystem::temp_directory_path() / ("mx-fuzz-queue-" + std::to_string(getpid()))).string()) {
+    // Invalid UTF-8 in string fields is logged per input; a replica refuses
+    // such an entry the same way, the fuzzer need not print it.
+    google::protobuf::SetLogHandler(nullptr);
     std::filesystem::remove_all(dir);
     mx::queue::StateMachineOptions o;
     o.dir = dir;
     auto r = mx::queue::StateMachine::Open(o);
     if (!r.ok()) __builtin_trap();
-    return std::move(r).value();
-  }();
-  static uint64_t index = sm->applied_index();
+    sm = std::move(r).value();
+    index = sm->applied_index();
+  }
+  ~Fixture() {
+    sm.reset();
+    std::filesystem::remove_all(dir);
+  }
+  std::string dir;
+  std::unique_ptr<mx::queue::StateMachine> sm;
+  uint64_t index = 0;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static Fixture f;
   mx::v1::QueueEntry entry;
   if (!entry.ParseFromArray(data, static_cast<int>(size))) return 0;
   std::vector<const mx::v1::QueueCommand*> commands;
   for (const auto& c : entry.commands()) commands.push_back(&c);
   std::vector<mx::queue::ApplyResult> results;
-  (void)sm->Apply(++index, commands, &results);
+  (void)f.sm->Apply(++f.index, commands, &results);
   return 0;
 }
