@@ -76,8 +76,9 @@ def to_yaml(value, indent=0):
 class Proc:
     """One mxd process of the cluster."""
 
-    def __init__(self, cluster, name, role, config, ready_port):
+    def __init__(self, cluster, name, role, config, ready_port, host="127.0.0.1", netns=None):
         self.cluster, self.name, self.role = cluster, name, role
+        self.host, self.netns = host, netns  # where ready_port listens; the namespace it runs in
         self.dir = cluster.dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "mx.yaml"
@@ -90,7 +91,9 @@ class Proc:
 
     def start(self, wait=True):
         log = open(self.logfile, "a")
-        self.proc = subprocess.Popen([str(self.cluster.mxd), self.role, "--config", str(self.config)],
+        # `ip netns exec` execs mxd in place: the Popen pid is mxd's own.
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.proc = subprocess.Popen(prefix + [str(self.cluster.mxd), self.role, "--config", str(self.config)],
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:
@@ -98,7 +101,7 @@ class Proc:
 
     def wait_ready(self, timeout=30):
         deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.ready_port):
+        while not port_open(self.host, self.ready_port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.logtext()[-3000:]}")
             if time.monotonic() > deadline:
@@ -144,7 +147,7 @@ class Proc:
 class Cluster:
     def __init__(self, workdir, base_port=21000, shards=1, queue_nodes=3, ingress=2, delivery=2,
                  build_dir=None, delivery_cfg=None, queue_cfg=None, ingress_cfg=None, log_level="info",
-                 raft_host="127.0.0.1", joining=()):
+                 raft_host="127.0.0.1", joining=(), queue_hosts=None, netns=None):
         """raft_host names the replicas in Raft addresses (a host name is
         resolved at each connect, as in Kubernetes); joining lists node ids
         that are in queue.peers with join: true, to be started later with
@@ -157,6 +160,7 @@ class Cluster:
         self.base, self.shards = base_port, shards
         b = base_port
         self.raft_host = raft_host
+        self.queue_hosts, self.netns = dict(queue_hosts or {}), dict(netns or {})
         self.peers = [self._peer(i) for i in range(1, queue_nodes + 1)]
         self.peers += [dict(self._peer(i), join=True) for i in joining]
         common = {"hostname": "mx.cluster.test", "log_level": log_level}
@@ -169,10 +173,10 @@ class Cluster:
             if p.get("join"):
                 continue
             i = p["id"]
-            cfg = dict(common, node_name=f"queue-{i}", metrics_listen=f"127.0.0.1:{b + 200 + i}",
+            cfg = dict(common, node_name=f"queue-{i}", metrics_listen=f"{self._host(i)}:{b + 200 + i}",
                        queue=dict(queue_common, node_id=i, listen=p["grpc"], raft_listen=self._raft_listen(i),
                                   data_dir=str(self.dir / f"queue-{i}" / "data")))
-            self.queue.append(Proc(self, f"queue-{i}", "queue", cfg, b + 10 * i))
+            self.queue.append(Proc(self, f"queue-{i}", "queue", cfg, b + 10 * i, self._host(i), self.netns.get(i)))
         for j in range(1, ingress + 1):
             cfg = dict(common, node_name=f"ingress-{j}", metrics_listen=f"127.0.0.1:{b + 220 + j}",
                        queue={"shards": shards, "peers": self.peers},
@@ -182,7 +186,8 @@ class Cluster:
         for j in range(1, delivery + 1):
             cfg = dict(common, node_name=f"delivery-{j}", metrics_listen=f"127.0.0.1:{b + 240 + j}",
                        queue={"shards": shards, "peers": self.peers},
-                       delivery=dict({"concurrency": 32}, **(delivery_cfg or {})))
+                       delivery=dict({"concurrency": 32, "helo_name": f"delivery-{j}.cluster.test"},
+                                     **(delivery_cfg or {})))
             self.delivery.append(Proc(self, f"delivery-{j}", "delivery", cfg, b + 240 + j))
         # Admin tokens: an operator token for mxctl (the secret file of a real cluster).
         import secrets
@@ -208,9 +213,10 @@ class Cluster:
         # A node listed in queue.peers with join: true joins because of that entry.
         if not any(p["id"] == node_id for p in self.peers):
             queue["join"] = True
-        cfg = dict(self._common, node_name=f"queue-{node_id}", metrics_listen=f"127.0.0.1:{b + 200 + node_id}",
+        cfg = dict(self._common, node_name=f"queue-{node_id}", metrics_listen=f"{self._host(node_id)}:{b + 200 + node_id}",
                    queue=queue)
-        p = Proc(self, f"queue-{node_id}", "queue", cfg, b + 10 * node_id)
+        p = Proc(self, f"queue-{node_id}", "queue", cfg, b + 10 * node_id, self._host(node_id),
+                 self.netns.get(node_id))
         p.grpc, p.raft = grpc, raft
         self.queue.append(p)
         return p
@@ -218,10 +224,15 @@ class Cluster:
     def _peer(self, node_id):
         """queue.peers entry of queue node node_id (Raft named by raft_host)."""
         b = self.base
-        return {"id": node_id, "grpc": f"127.0.0.1:{b + 10 * node_id}", "raft": f"{self.raft_host}:{b + 100 + 20 * node_id}"}
+        raft_host = self._host(node_id) if self.raft_host == "127.0.0.1" else self.raft_host
+        return {"id": node_id, "grpc": f"{self._host(node_id)}:{b + 10 * node_id}",
+                "raft": f"{raft_host}:{b + 100 + 20 * node_id}"}
+
+    def _host(self, node_id):
+        return self.queue_hosts.get(node_id, "127.0.0.1")
 
     def _raft_listen(self, node_id):
-        return f"127.0.0.1:{self.base + 100 + 20 * node_id}"
+        return f"{self._host(node_id)}:{self.base + 100 + 20 * node_id}"
 
     @property
     def procs(self):

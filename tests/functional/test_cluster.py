@@ -1,100 +1,19 @@
 """A real multi-process cluster (3 queue replicas, ingress, delivery, control):
 replicas are killed, stopped and restarted under SMTP load, and every message
 that got a 250 must reach the destination."""
-import re
 import smtplib
-import threading
 import time
 
 import pytest
 
 from conftest import MX_GOOD
-from mxtest import free_port, wait_for  # puts scripts/ on sys.path
+from mxtest import Load, delivered_ids, free_port, wait_for  # puts scripts/ on sys.path
 from mxcluster import Cluster, free_base  # noqa: E402
-
-QUEUED = re.compile(r"queued as (\S+)")
 
 
 def cluster_base():
     """A free base port for a cluster that may grow a 4th queue node."""
     return free_base(queue_nodes=4, shards=3)
-
-
-class Load:
-    """SMTP clients (smtplib) sending uniquely identified messages through the
-    ingress nodes; remembers which got 250, when, and with which queue id."""
-
-    def __init__(self, ports, threads=4, rcpt="user@implicit.test", tag="load"):
-        self.ports, self.rcpt, self.tag = ports, rcpt, tag
-        self.accepted = {}  # Message-ID -> (qid, time)
-        self.failures = []  # (time, reply)
-        self.lock = threading.Lock()
-        self.running = True
-        self.n = 0
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-        for t in self.threads:
-            t.start()
-
-    def _next_id(self, worker):
-        with self.lock:
-            self.n += 1
-            return f"<{self.tag}-{worker}-{self.n}@cluster.test>"
-
-    def _run(self, worker):
-        port = self.ports[worker % len(self.ports)]
-        conn = None
-        while self.running:
-            try:
-                if conn is None:
-                    conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
-                    conn.ehlo("load.test")
-                msgid = self._next_id(worker)
-                body = (f"Message-ID: {msgid}\r\nSubject: load\r\n\r\n" + ("x" * 76 + "\r\n") * 26).encode()
-                conn.mail("load@sender.test")
-                conn.rcpt(self.rcpt)
-                code, reply = conn.data(body)
-                if code == 250:
-                    qid = QUEUED.search(reply.decode()).group(1)
-                    with self.lock:
-                        self.accepted[msgid] = (qid, time.monotonic())
-                else:
-                    with self.lock:
-                        self.failures.append((time.monotonic(), f"{code} {reply.decode()}"))
-                    conn.rset()
-            except (smtplib.SMTPException, OSError) as e:
-                with self.lock:
-                    self.failures.append((time.monotonic(), repr(e)))
-                conn = None
-                time.sleep(0.05)
-
-    def count(self):
-        with self.lock:
-            return len(self.accepted)
-
-    def stop(self):
-        self.running = False
-        for t in self.threads:
-            t.join(60)
-
-    def gap_around(self, t, window=20.0):
-        """The failover time: the longest stretch without a 250 that starts
-        within a second before t (replies already in flight at a kill still
-        arrive after it, so the first 250 after t is not the end of the outage)."""
-        with self.lock:
-            times = sorted(v[1] for v in self.accepted.values())
-        times = [x for x in times if t - 1.0 <= x <= t + window]
-        gaps = [b - a for a, b in zip(times, times[1:]) if a <= t + window]
-        return max(gaps) if gaps else None
-
-
-def delivered_ids(sink):
-    ids = []
-    with sink.lock:
-        for _, _, content in sink.messages:
-            m = re.search(rb"^Message-ID: (\S+)", content, re.M | re.I)
-            if m:
-                ids.append(m.group(1).decode())
-    return ids
 
 
 def assert_all_delivered(load, sink, timeout=90):
