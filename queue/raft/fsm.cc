@@ -1,8 +1,10 @@
 // fsm.cc — QueueFsm: libraft FSM callbacks over the StateMachine.
 #include "fsm.h"
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "mx/common/log.h"
 
@@ -79,11 +81,23 @@ int QueueFsm::Apply(raft_fsm* fsm, const raft_buffer* buf, void** result) {
   std::vector<ApplyResult>* results = self->result_sink ? self->result_sink(index) : nullptr;
   if (!results) results = &self->scratch_;
   Status st = self->sm_.Apply(index, cmds, results);
-  if (!st.ok()) {
-    // Nothing was written; libraft retries the entry on the next commit.
-    log::Error("shard " + std::to_string(self->options_.shard) + ": apply of entry " + std::to_string(index) +
-               " failed: " + st.ToString());
-    return RAFT_IOERR;
+  // A storage failure (the disk is full) writes nothing. The entry is
+  // committed, so it must apply before any later one: retry it here, once a
+  // second, until the store takes it (space came back) or the log stops (the
+  // entry is replayed from the Raft log at the next start). The shard makes
+  // no progress meanwhile: Enqueues time out and are answered 451, never 250.
+  for (int attempt = 1; !st.ok(); ++attempt) {
+    if (attempt == 1 || attempt % 60 == 0) {
+      log::Error("shard " + std::to_string(self->options_.shard) + ": apply of entry " + std::to_string(index) +
+                 " failed (attempt " + std::to_string(attempt) + "), retrying every second: " + st.ToString());
+    }
+    for (int i = 0; i < 10 && !self->stopping.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (self->stopping.load()) return RAFT_IOERR;
+    st = self->sm_.Apply(index, cmds, results);
+    if (st.ok()) {
+      log::Info("shard " + std::to_string(self->options_.shard) + ": entry " + std::to_string(index) +
+                " applied after " + std::to_string(attempt) + " retries");
+    }
   }
   return 0;
 }

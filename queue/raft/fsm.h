@@ -46,6 +46,8 @@ class QueueFsm {
   void Attach(struct raft* r) { raft_ = r; }
   // Leader side: where the results of entry `index` go (nullptr: nobody waits).
   std::function<std::vector<ApplyResult>*(uint64_t index)> result_sink;
+  // Set (from any thread) when the log stops: a failing apply stops retrying.
+  std::atomic<bool> stopping{false};
 
   uint64_t last_snapshot_index() const { return last_snapshot_index_.load(); }
   // Snapshots installed from another replica (fetched, not our own).

@@ -148,6 +148,7 @@ class RaftLogImpl final : public RaftLog {
       if (stopping_) return;
       stopping_ = true;
     }
+    fsm_.stopping.store(true);  // a failing apply blocks the loop: let it go
     if (thread_.joinable()) {
       uv_async_send(&wake_);
       thread_.join();

@@ -2,7 +2,6 @@
 #include "mx/queue/service.h"
 
 #include <grpcpp/grpcpp.h>
-#include <sys/statvfs.h>
 
 #include <condition_variable>
 #include <filesystem>
@@ -17,6 +16,7 @@
 #include "mx/common/qid.h"
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
+#include "mx/queue/disk_budget.h"
 #include "mx/queue/permits.h"
 #include "mx/queue/probe.h"
 #include "mx/queue/raft_log.h"
@@ -83,8 +83,14 @@ Status FetchSnapshotFiles(const v1::SnapshotManifest& m, const std::string& dir)
 // One shard replica hosted by this node.
 class Shard {
  public:
-  Shard(uint32_t id, const QueueConfig& config, const Clock& clock, std::map<uint64_t, std::string> peers)
-      : id_(id), config_(config), clock_(clock), peers_(std::move(peers)), tag_("shard " + std::to_string(id)) {}
+  Shard(uint32_t id, const QueueConfig& config, const Clock& clock, std::map<uint64_t, std::string> peers,
+        DiskBudget* disk)
+      : id_(id),
+        config_(config),
+        clock_(clock),
+        peers_(std::move(peers)),
+        disk_(disk),
+        tag_("shard " + std::to_string(id)) {}
   ~Shard() { Stop(); }
 
   mx::Status Start() {
@@ -102,7 +108,6 @@ class Shard {
                     : config_.sort_order == "random" ? StateMachineOptions::SortOrder::kRandom
                                                      : StateMachineOptions::SortOrder::kPriority;
     so.queue_only_delay_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.min_backoff).count();
-    base_dir_ = base.string();
     auto sm = StateMachine::Open(so);
     if (!sm.ok()) return sm.status();
     sm_ = std::move(sm).value();
@@ -229,6 +234,7 @@ class Shard {
     ProposeEnqueue(m, [done = std::move(done)](const ApplyResult& r) { done(r.status); });
   }
   bool IsLeader() const { return log_->IsLeader(); }
+  uint64_t UnflushedBytes() const { return sm_ ? sm_->UnflushedBytes() : 0; }
 
   // Enqueue's admission checks; *not_leader tells why a kUnavailable refusal came.
   mx::Status Admit(const v1::NewMessage& m, bool* not_leader) {
@@ -240,9 +246,11 @@ class Shard {
       *not_leader = true;
       return mx::Status(Code::kUnavailable, tag_ + ": this replica is not the leader");
     }
-    if (auto st = CheckFreeDisk(); !st.ok()) {
+    // The body lands twice: in the Raft log at once, in a blob file when
+    // the memtable holding it flushes.
+    if (auto st = disk_->Admit(2 * m.body().size() + 1024); !st.ok()) {
       Probe::Get().EnqueueRejected();
-      return st;
+      return mx::Status(st.code(), tag_ + ": " + st.message());
     }
     return mx::Status::Ok();
   }
@@ -625,24 +633,6 @@ class Shard {
   }
 
  private:
-  // MinFreeBlocks: refuse new mail (RESOURCE_EXHAUSTED → 452 4.3.1) while the
-  // queue's file system has less than min_free_disk free; checked once a second.
-  mx::Status CheckFreeDisk() {
-    if (config_.min_free_disk == 0) return mx::Status::Ok();
-    const int64_t now = clock_.NowUnixMicros();
-    if (now - disk_checked_us_.load(std::memory_order_relaxed) > 1'000'000) {
-      disk_checked_us_.store(now, std::memory_order_relaxed);
-      struct statvfs v {};
-      if (statvfs(base_dir_.c_str(), &v) == 0) {
-        disk_free_.store(static_cast<uint64_t>(v.f_bavail) * v.f_frsize, std::memory_order_relaxed);
-      }
-    }
-    uint64_t free = disk_free_.load(std::memory_order_relaxed);
-    if (free >= config_.min_free_disk) return mx::Status::Ok();
-    return mx::Status(Code::kResourceExhausted, tag_ + ": " + std::to_string(free >> 20) +
-                                                    " MiB free on the queue disk, below queue.min_free_disk");
-  }
-
   mx::Status ValidateNewMessage(const v1::NewMessage& m) const {
     const auto& env = m.envelope();
     if (QidGenerator::TimeOf(env.qid()) < 0) {
@@ -772,10 +762,8 @@ class Shard {
   QueueConfig config_;
   const Clock& clock_;
   const std::map<uint64_t, std::string> peers_;  // from the config: node id -> gRPC address
+  DiskBudget* const disk_;                       // the node's, shared by its shards
   const std::string tag_;
-  std::string base_dir_;
-  std::atomic<int64_t> disk_checked_us_{0};
-  std::atomic<uint64_t> disk_free_{UINT64_MAX};
   std::string snapshot_dir_;
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<RaftLog> log_;
@@ -797,10 +785,13 @@ using QueueServiceBase = v1::Queue::WithCallbackMethod_Enqueue<v1::Queue::WithCa
 
 class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
  public:
-  QueueServiceImpl(const QueueConfig& config, const Clock& clock) : config_(config) {
+  QueueServiceImpl(const QueueConfig& config, const Clock& clock)
+      : config_(config), disk_(config.data_dir, config.min_free_disk, clock, [this] { return UnflushedBytes(); }) {
     std::map<uint64_t, std::string> peers;
     for (const auto& p : config.peers) peers[p.id] = p.grpc;
-    for (uint32_t s = 0; s < config.shards; ++s) shards_.push_back(std::make_unique<Shard>(s, config, clock, peers));
+    for (uint32_t s = 0; s < config.shards; ++s) {
+      shards_.push_back(std::make_unique<Shard>(s, config, clock, peers, &disk_));
+    }
   }
   ~QueueServiceImpl() override { Stop(); }
 
@@ -1040,7 +1031,15 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     return shards_[shard].get();
   }
 
+  // Bytes the node's shards hold in memtables, which a flush will write.
+  uint64_t UnflushedBytes() const {
+    uint64_t n = 0;
+    for (const auto& s : shards_) n += s->UnflushedBytes();
+    return n;
+  }
+
   QueueConfig config_;
+  DiskBudget disk_;
   std::vector<std::unique_ptr<Shard>> shards_;
 };
 

@@ -250,6 +250,12 @@ StateMachine::~StateMachine() {
   if (db_) CloseDb();
 }
 
+uint64_t StateMachine::UnflushedBytes() const {
+  uint64_t n = 0;
+  if (!db_->GetAggregatedIntProperty(rocksdb::DB::Properties::kCurSizeAllMemTables, &n)) return 0;
+  return n;
+}
+
 Result<std::vector<std::pair<std::string, uint64_t>>> StateMachine::CreateCheckpoint(const std::string& dir) const {
   std::shared_lock db_lock(db_mu_);
   rocksdb::Checkpoint* raw = nullptr;
@@ -895,6 +901,15 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
   // applied index written in this batch makes that safe): see OpenDb.
   wo.disableWAL = true;
   auto s = db_->Write(wo, b.write_batch());
+  if (!s.ok() && s.IsIOError()) {
+    // A failed flush (the disk filled up) stops RocksDB's writes until
+    // Resume(), which flushes again: once space is back the entry applies
+    // (libraft retries it) and the shard goes on by itself.
+    if (auto r = db_->Resume(); r.ok()) {
+      log::Info("queue store resumed after: " + s.ToString());
+      s = db_->Write(wo, b.write_batch());
+    }
+  }
   if (!s.ok()) return FromRocks(s, "queue write");
   applied_ = index;
   {

@@ -100,6 +100,8 @@ class StateMachine {
   std::map<uint64_t, std::string> Members() const;
 
   uint64_t applied_index() const { return applied_.load(); }
+  // Bytes in memtables (the WAL is off: not yet anywhere on disk).
+  uint64_t UnflushedBytes() const;
   QueueCounts counts() const;
 
   // ---- reads of committed state (any thread) ----
