@@ -647,6 +647,11 @@ class Server final : public IngressServer {
         }
         if (step == Session::Step::kClose) open = false;
       }
+      // A line (a record, as Postfix's smtpd_per_record_deadline has it) must
+      // arrive whole within the timeout: bytes that do not complete one do not
+      // extend the deadline, so a client trickling a byte at a time
+      // (slowloris) is cut off like an idle one.
+      bool progress = pos > 0 || tls_restart;
       if (!tls_restart) buf.erase(0, pos);
       if (!open) break;
       size_t limit = s.in_data() ? kMaxDataLine : config_.max_line_length;
@@ -655,10 +660,11 @@ class Server final : public IngressServer {
         if (buf.back() == '\r') --n;  // keep a CR that may start the CRLF
         if (s.OnLine(std::string_view(buf.data(), n), /*partial=*/true) == Session::Step::kClose) break;
         buf.erase(0, n);
+        progress = true;
       }
       co_await Write(*conn, s);
       if (conn->timed_out) break;
-      conn->SetTimeout(s.in_data() ? config_.data_timeout : config_.command_timeout);
+      if (progress || buf.empty()) conn->SetTimeout(s.in_data() ? config_.data_timeout : config_.command_timeout);
       size_t old = buf.size();
       buf.resize(old + kReadChunk);
       size_t n = 0;

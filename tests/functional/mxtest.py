@@ -225,24 +225,42 @@ class Sink:
 
 
 class TinyDns:
-    """A UDP DNS server for faults unbound will not produce: answers from
-    `records` {(name, type): [rdata]} ("MX": "pref host", "A"/"AAAA": address)
-    and fails `rcodes` {(name, type): rcode} (2 = SERVFAIL). Everything else
-    is NXDOMAIN. Counts queries by (name, type)."""
+    """A DNS server (UDP and TCP on one port) for faults unbound will not
+    produce. Answers from `records` {(name, type): [rdata]} ("MX": "pref host",
+    "A"/"AAAA": address, "CNAME": target; a CNAME is followed, chain and all,
+    into the answer), fails `rcodes` {(name, type): rcode} (2 = SERVFAIL),
+    never answers the questions in `drop` (a resolver timeout), and answers
+    the questions in `truncate` over UDP with TC set and nothing else (the
+    client must ask again over TCP). Everything else is NXDOMAIN. All four
+    may be changed while it runs. Counts queries by (name, type) and, over
+    TCP, in tcp_queries. stop() closes it (the resolver is gone); start()
+    listens again on the same port."""
 
-    TYPES = {"A": 1, "MX": 15, "AAAA": 28}
+    TYPES = {"A": 1, "CNAME": 5, "MX": 15, "AAAA": 28}
 
-    def __init__(self, host="127.0.0.1", records=None, rcodes=None):
+    def __init__(self, host="127.0.0.1", records=None, rcodes=None, drop=(), truncate=()):
+        norm = lambda k: (k[0].lower().rstrip("."), k[1])  # noqa: E731
+        self.records = {norm(k): v for k, v in (records or {}).items()}
+        self.rcodes = {norm(k): v for k, v in (rcodes or {}).items()}
+        self.drop = {norm(k) for k in drop}
+        self.truncate = {norm(k) for k in truncate}
+        self.queries, self.tcp_queries = {}, {}
+        self.host, self.port = host, 0
+        self.start()
+
+    def start(self):
         import socket as socketlib
 
-        self.records = {(n.lower().rstrip("."), t): v for (n, t), v in (records or {}).items()}
-        self.rcodes = {(n.lower().rstrip("."), t): v for (n, t), v in (rcodes or {}).items()}
-        self.queries = {}
         self.sock = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.server = f"{host}:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.sock.bind((self.host, self.port))
+        self.port = self.sock.getsockname()[1]
+        self.tcp = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM)
+        self.tcp.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+        self.tcp.bind((self.host, self.port))
+        self.tcp.listen(16)
+        self.server = f"{self.host}:{self.port}"
+        for target in (self._serve_udp, self._serve_tcp):
+            threading.Thread(target=target, daemon=True).start()
 
     @staticmethod
     def _name(labels):
@@ -251,45 +269,117 @@ class TinyDns:
             out += bytes([len(label)]) + label.encode()
         return out + b"\0"
 
-    def _serve(self):
+    def _rr(self, owner, qtype, value):
         import ipaddress
         import struct
 
+        if qtype == "MX":
+            pref, host = value.split()
+            rdata = struct.pack("!H", int(pref)) + self._name(host)
+        elif qtype == "CNAME":
+            rdata = self._name(value)
+        else:
+            rdata = ipaddress.ip_address(value).packed
+        return self._name(owner) + struct.pack("!HHIH", self.TYPES[qtype], 1, 60, len(rdata)) + rdata
+
+    def _answer(self, data, tcp):
+        """The reply to one query, or None to stay silent."""
+        import struct
+
         names = {v: k for k, v in self.TYPES.items()}
+        qid, _flags, _qdcount = struct.unpack("!HHH", data[:6])
+        pos, labels = 12, []
+        while data[pos]:
+            labels.append(data[pos + 1:pos + 1 + data[pos]].decode().lower())
+            pos += data[pos] + 1
+        question = data[12:pos + 5]
+        qname = ".".join(labels)
+        qtype = names.get(struct.unpack("!H", data[pos + 1:pos + 3])[0], "?")
+        key = (qname, qtype)
+        counts = self.tcp_queries if tcp else self.queries
+        counts[key] = counts.get(key, 0) + 1
+        if key in self.drop:
+            return None
+        flags = 0x8180
+        answers, count = b"", 0
+        rcode = self.rcodes.get(key)
+        if not tcp and key in self.truncate:
+            flags |= 0x0200  # TC: the answer does not fit, ask over TCP
+            rcode = 0
+        elif rcode is None:
+            name = qname
+            for _ in range(8):  # follow CNAMEs, each one in the answer
+                target = self.records.get((name, "CNAME"))
+                if not target or qtype == "CNAME":
+                    break
+                answers += self._rr(name, "CNAME", target[0])
+                count += 1
+                name = target[0].lower().rstrip(".")
+            for v in self.records.get((name, qtype)) or []:
+                answers += self._rr(name, qtype, v)
+                count += 1
+            known = count or any(n == name for n, _ in self.records)
+            rcode = 0 if known else 3
+        header = struct.pack("!HHHHHH", qid, flags | rcode, 1, count, 0, 0)
+        return header + question + answers
+
+    def _serve_udp(self):
+        sock = self.sock
         while True:
             try:
-                data, peer = self.sock.recvfrom(4096)
+                data, peer = sock.recvfrom(4096)
             except OSError:
                 return
-            qid, _flags, qdcount = struct.unpack("!HHH", data[:6])
-            pos, labels = 12, []
-            while data[pos]:
-                labels.append(data[pos + 1:pos + 1 + data[pos]].decode().lower())
-                pos += data[pos] + 1
-            question = data[12:pos + 5]
-            qname = ".".join(labels)
-            qtype = names.get(struct.unpack("!H", data[pos + 1:pos + 3])[0], "?")
-            self.queries[(qname, qtype)] = self.queries.get((qname, qtype), 0) + 1
-            answers = b""
-            count = 0
-            rcode = self.rcodes.get((qname, qtype))
-            if rcode is None:
-                values = self.records.get((qname, qtype))
-                known = any(n == qname for n, _ in self.records)
-                rcode = 0 if (values or known) else 3
-                for v in values or []:
-                    if qtype == "MX":
-                        pref, host = v.split()
-                        rdata = struct.pack("!H", int(pref)) + self._name(host)
-                    else:
-                        rdata = ipaddress.ip_address(v).packed
-                    answers += b"\xc0\x0c" + struct.pack("!HHIH", self.TYPES[qtype], 1, 60, len(rdata)) + rdata
-                    count += 1
-            header = struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, count, 0, 0)
-            self.sock.sendto(header + question + answers, peer)
+            if len(data) < 12:  # shut down (or not DNS)
+                if sock.fileno() < 0 or not data:
+                    return
+                continue
+            reply = self._answer(data, tcp=False)
+            if reply is not None:
+                try:
+                    sock.sendto(reply, peer)
+                except OSError:
+                    return
+
+    def _serve_tcp(self):
+        import struct
+
+        listener = self.tcp
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(5)
+                    while True:
+                        head = conn.recv(2)
+                        if len(head) < 2:
+                            break
+                        (n,) = struct.unpack("!H", head)
+                        data = b""
+                        while len(data) < n:
+                            chunk = conn.recv(n - len(data))
+                            if not chunk:
+                                break
+                            data += chunk
+                        reply = self._answer(data, tcp=True)
+                        if reply is None:
+                            break
+                        conn.sendall(struct.pack("!H", len(reply)) + reply)
+                except OSError:
+                    pass
 
     def stop(self):
-        self.sock.close()
+        import socket as socketlib
+
+        for sock in (self.sock, self.tcp):
+            try:
+                sock.shutdown(socketlib.SHUT_RDWR)  # wakes the thread blocked in it
+            except OSError:
+                pass
+            sock.close()
 
 
 class Mxd:

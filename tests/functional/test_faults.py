@@ -8,6 +8,7 @@ import os
 import re
 import smtplib
 import subprocess
+import threading
 
 import pytest
 
@@ -182,3 +183,294 @@ def test_disk_exhausted_without_min_free_loses_nothing_that_was_acknowledged(sma
     # store failed): a client's retry then duplicates them, never loses them.
     assert set(got) - set(sent) <= {f"<disk-{n}@faults.test>" for n in range(400)}
     node.stop()
+
+
+# --- DNS faults: deferred, never bounced, delivered when DNS answers again ---------------------------------
+
+MX_SENDER_SINK = "127.0.0.5"
+
+
+def dns_node(mxd_factory, dns, port):
+    return mxd_factory(delivery__dns_servers=[dns.server], delivery__smtp_port=port, delivery__dns_timeout="1s",
+                       queue__min_backoff="1s", queue__max_backoff="2s")
+
+
+def send_to(node, rcpt, tag):
+    with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=30) as s:
+        s.sendmail("alice@sender.test", [rcpt], f"Message-ID: <{tag}@faults.test>\r\nSubject: {tag}\r\n\r\nx\r\n".encode())
+
+
+def delivered_tags(sink):
+    with sink.lock:
+        return {MSGID.search(c).group(1).decode().strip("<>").split("@")[0] for _, _, c in sink.messages}
+
+
+SENDER_RECORDS = {("sender.test", "MX"): ["10 mx.sender.test"], ("mx.sender.test", "A"): [MX_SENDER_SINK]}
+
+
+def test_dns_timeouts_and_servfail_defer_and_deliver_when_dns_answers(sinks, mxd_factory):
+    from mxtest import TinyDns
+
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port)
+    bounces = sinks(MX_SENDER_SINK, port)
+    dns = TinyDns(records={("slow.test", "MX"): ["10 mx.slow.test"], ("mx.slow.test", "A"): [MX_GOOD],
+                           ("sf.test", "MX"): ["10 mx.sf.test"], ("mx.sf.test", "A"): [MX_GOOD],
+                           ("hostsf.test", "MX"): ["10 mx.hostsf.test"], **SENDER_RECORDS},
+                  drop=[("slow.test", "MX")], rcodes={("sf.test", "MX"): 2, ("mx.hostsf.test", "A"): 2})
+    try:
+        node = dns_node(mxd_factory, dns, port)
+        send_to(node, "u@slow.test", "slow")
+        send_to(node, "v@sf.test", "sf")
+        send_to(node, "w@hostsf.test", "hostsf")
+        wait_for(lambda: node.mxctl("mailq").count("Deferred") == 3, timeout=30, what="three deferrals")
+        # Retried (the backoff is 1-2 s), and still only deferred.
+        n = dict(dns.queries)
+        wait_for(lambda: all(dns.queries.get(k, 0) > n.get(k, 0) for k in
+                             [("slow.test", "MX"), ("sf.test", "MX"), ("mx.hostsf.test", "A")]),
+                 timeout=30, what="every destination to be retried")
+        q = node.mxctl("mailq")
+        assert "(3 requests)" in q, q  # all still queued
+        assert sink.count() == 0 and bounces.count() == 0
+        text = node.logtext()
+        for rcpt in ("u@slow.test", "v@sf.test", "w@hostsf.test"):
+            lines = [l for l in text.splitlines() if f"to=<{rcpt}>" in l]
+            assert lines and all("stat=Deferred" in l and "dsn=4." in l for l in lines), lines
+        # DNS answers again: everything goes out, nothing ever bounced.
+        dns.drop.clear()
+        dns.rcodes.clear()
+        dns.records[("mx.hostsf.test", "A")] = [MX_GOOD]
+        wait_for(lambda: delivered_tags(sink) == {"slow", "sf", "hostsf"}, timeout=30, what="delivery once DNS works")
+        wait_for(lambda: "Mail queue is empty" in node.mxctl("mailq"), what="the queue to drain")
+        assert bounces.count() == 0
+    finally:
+        dns.stop()
+
+
+def test_truncated_answer_is_asked_again_over_tcp_and_cname_chains_are_followed(sinks, mxd_factory):
+    from mxtest import TinyDns
+
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port)
+    dns = TinyDns(records={("big.test", "MX"): ["10 mx.big.test"], ("mx.big.test", "CNAME"): ["alias1.big.test"],
+                           ("alias1.big.test", "CNAME"): ["alias2.hosting.test"],
+                           ("alias2.hosting.test", "A"): [MX_GOOD], **SENDER_RECORDS},
+                  truncate=[("big.test", "MX"), ("alias2.hosting.test", "A")])
+    try:
+        node = dns_node(mxd_factory, dns, port)
+        send_to(node, "u@big.test", "big")
+        wait_for(lambda: delivered_tags(sink) == {"big"}, timeout=30, what="delivery through TC and CNAMEs")
+        assert dns.tcp_queries.get(("big.test", "MX"), 0) >= 1, dns.tcp_queries
+        assert "relay=mx.big.test. [127.0.0.2]" in node.logtext() or "[127.0.0.2]" in node.logtext()
+    finally:
+        dns.stop()
+
+
+def test_resolver_that_goes_away_defers_mail_until_it_returns(sinks, mxd_factory):
+    from mxtest import TinyDns
+
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port)
+    bounces = sinks(MX_SENDER_SINK, port)
+    dns = TinyDns(records={("gone.test", "MX"): ["10 mx.gone.test"], ("mx.gone.test", "A"): [MX_GOOD],
+                           **SENDER_RECORDS})
+    try:
+        node = dns_node(mxd_factory, dns, port)
+        send_to(node, "u@gone.test", "before")
+        wait_for(lambda: delivered_tags(sink) == {"before"}, what="delivery while DNS works")
+        dns.stop()  # the resolver is gone: its port is closed
+        send_to(node, "u@gone.test", "during")
+        wait_for(lambda: node.logtext().count("to=<u@gone.test>") >= 3, timeout=30,
+                 what="an attempt and a retry without DNS")
+        q = node.mxctl("mailq")
+        assert "Deferred" in q, q
+        assert delivered_tags(sink) == {"before"} and bounces.count() == 0
+        dns.start()  # back on the same port
+        wait_for(lambda: delivered_tags(sink) == {"before", "during"}, timeout=30, what="delivery once DNS is back")
+        assert bounces.count() == 0
+    finally:
+        dns.stop()
+
+
+# --- Remote SMTP servers that misbehave ----------------------------------------------------------------------
+
+class RawPeer:
+    """An SMTP server written on a bare socket, to misbehave on purpose.
+
+    mode "ok" speaks plain SMTP (every reply multiline with multiline=True,
+    each reply after `delay` seconds); "drop-in-data" closes the connection
+    halfway through the message; "hang-after-dot" reads the whole message and
+    never answers; "garbage" greets with something that is not SMTP. mode may
+    change while it runs. Records the messages it accepted and every
+    connection's fate in `events`."""
+
+    def __init__(self, host, port, mode="ok", multiline=False, delay=0.0):
+        import socket as socketlib
+
+        self.mode, self.multiline, self.delay = mode, multiline, delay
+        self.messages, self.events = [], []
+        self.lock = threading.Lock()
+        self.hanging = threading.Event()
+        self.sock = socketlib.socket()
+        self.sock.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn, self.mode), daemon=True).start()
+
+    def _reply(self, f, code, text):
+        import time as t
+
+        if self.delay:
+            t.sleep(self.delay)
+        if self.multiline:
+            f.write(f"{code}-{text}\r\n{code}-this reply goes on\r\n{code} and ends here\r\n".encode())
+        else:
+            f.write(f"{code} {text}\r\n".encode())
+        f.flush()
+
+    def _serve(self, conn, mode):
+        f = conn.makefile("rwb")
+        try:
+            if mode == "garbage":
+                f.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\r\n\x00\xff<html>\r\n")
+                f.flush()
+                self._event("garbage")
+                f.readline()
+                return
+            self._reply(f, 220, "peer.test ESMTP")
+            data = None
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if data is not None:
+                    if line == b".\r\n":
+                        if mode == "hang-after-dot":
+                            self._event("hang")
+                            self.hanging.set()
+                            conn.recv(1)  # blocks until the client gives up and closes
+                            self._event("client closed after its timeout")
+                            return
+                        with self.lock:
+                            self.messages.append(b"".join(data))
+                        self._event("accepted")
+                        data = None
+                        self._reply(f, 250, "2.0.0 accepted")
+                        continue
+                    data.append(line[1:] if line.startswith(b"..") else line)
+                    if mode == "drop-in-data" and len(data) == 3:
+                        self._event("dropped in data")
+                        return
+                    continue
+                if verb in (b"EHLO", b"HELO"):
+                    self._reply(f, 250, "peer.test")
+                elif verb == b"DATA":
+                    data = []
+                    self._reply(f, 354, "go ahead")
+                elif verb == b"QUIT":
+                    self._reply(f, 221, "2.0.0 bye")
+                    return
+                else:
+                    self._reply(f, 250, "2.0.0 ok")
+        except OSError:
+            pass
+        finally:
+            try:
+                f.close()
+                conn.close()
+            except OSError:
+                pass
+
+    def _event(self, what):
+        with self.lock:
+            self.events.append(what)
+
+    def count(self, what):
+        with self.lock:
+            return self.events.count(what)
+
+    def stop(self):
+        import socket as socketlib
+
+        try:
+            self.sock.shutdown(socketlib.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+PEERS = {"drop": "127.0.0.7", "hang": "127.0.0.8", "garbage": "127.0.0.9", "multi": "127.0.0.10",
+         "slow": "127.0.0.11"}
+
+
+def test_misbehaving_peers_defer_mail_and_others_keep_flowing(sinks, mxd_factory):
+    from mxtest import TinyDns
+
+    port = free_port(MX_GOOD)
+    good = sinks(MX_GOOD, port)
+    bounces = sinks(MX_SENDER_SINK, port)
+    records = dict(SENDER_RECORDS)
+    records[("good.test", "MX")] = ["10 mx.good.test"]
+    records[("mx.good.test", "A")] = [MX_GOOD]
+    for name, ip in PEERS.items():
+        records[(f"{name}.test", "MX")] = [f"10 mx.{name}.test"]
+        records[(f"mx.{name}.test", "A")] = [ip]
+    dns = TinyDns(records=records)
+    peers = {"drop": RawPeer(PEERS["drop"], port, "drop-in-data"),
+             "hang": RawPeer(PEERS["hang"], port, "hang-after-dot"),
+             "garbage": RawPeer(PEERS["garbage"], port, "garbage"),
+             "multi": RawPeer(PEERS["multi"], port, multiline=True),
+             "slow": RawPeer(PEERS["slow"], port, delay=0.7)}
+    try:
+        node = mxd_factory(delivery__dns_servers=[dns.server], delivery__smtp_port=port,
+                           delivery__data_timeout="6s", delivery__host_status_timeout="0s",
+                           queue__min_backoff="1s", queue__max_backoff="2s")
+        send_to(node, "u@hang.test", "hang")
+        # While one delivery waits for an answer that never comes, others go on.
+        assert peers["hang"].hanging.wait(15), peers["hang"].events
+        for name in ("good", "drop", "garbage", "multi", "slow"):
+            send_to(node, f"u@{name}.test", name)
+        wait_for(lambda: delivered_tags(good) == {"good"}, timeout=5, what="good mail while a peer hangs")
+        assert peers["hang"].count("client closed after its timeout") == 0  # still hanging
+        # Multiline replies and slow (0.7 s per reply) peers are fine.
+        wait_for(lambda: len(peers["multi"].messages) == 1 and len(peers["slow"].messages) == 1, timeout=30,
+                 what="the multiline and the slow peer to take their mail")
+        # The hanging peer: after data_timeout the message is deferred, not delivered.
+        wait_for(lambda: peers["hang"].count("client closed after its timeout") >= 1, timeout=15,
+                 what="mx to give up on the hanging peer")
+        # Dropped mid-DATA and garbage greetings: deferred and retried, never bounced.
+        wait_for(lambda: peers["drop"].count("dropped in data") >= 2 and peers["garbage"].count("garbage") >= 2,
+                 timeout=30, what="retries to the dropping and the garbage peer")
+        log = node.logtext()
+        for name in ("hang", "drop", "garbage"):
+            lines = [l for l in log.splitlines() if f"to=<u@{name}.test>" in l]
+            assert lines and all("stat=Deferred" in l for l in lines), (name, lines)
+        assert "u@hang.test" in node.mxctl("mailq")
+        assert bounces.count() == 0
+        # They recover: everything deferred is delivered.
+        for name in ("hang", "drop", "garbage"):
+            peers[name].mode = "ok"
+        wait_for(lambda: all(len(peers[n].messages) == 1 for n in ("hang", "drop", "garbage")), timeout=30,
+                 what="delivery once the peers behave")
+        wait_for(lambda: "Mail queue is empty" in node.mxctl("mailq"), what="the queue to drain")
+        assert bounces.count() == 0
+    finally:
+        for p in peers.values():
+            p.stop()
+        dns.stop()
