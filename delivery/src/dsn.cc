@@ -1,6 +1,9 @@
 // dsn.cc — RFC 3464 multipart/report messages and RFC 3461 NOTIFY rules.
 #include "mx/delivery/dsn.h"
 
+#include <algorithm>
+#include <string_view>
+
 #include "mx/common/log.h"
 #include "mx/common/rfc5322.h"
 
@@ -15,6 +18,27 @@ std::string Hours(int64_t us) {
   int64_t m = us / 60'000'000;
   if (m >= 1) return std::to_string(m) + (m == 1 ? " minute" : " minutes");
   return std::to_string(us / 1'000'000) + " seconds";
+}
+
+// A value from outside — a remote server's reply, a remote host's name, a
+// client's address, ORCPT or ENVID, a client's host name — made fit for a
+// line of mx's 7-bit report: control characters (a bare CR or LF would start
+// a field of the sender's choosing) become spaces, 8-bit octets '?', and it
+// is cut to kMaxValue octets so that no line passes RFC 5322's 998.
+constexpr size_t kMaxValue = 900;
+
+std::string Safe(std::string_view v) {
+  std::string out;
+  out.reserve(std::min(v.size(), kMaxValue));
+  for (char ch : v) {
+    if (out.size() >= kMaxValue) {
+      out.replace(kMaxValue - 3, 3, "...");
+      break;
+    }
+    const auto c = static_cast<unsigned char>(ch);
+    out += c < 0x20 || c == 0x7f ? ' ' : c >= 0x80 ? '?' : ch;
+  }
+  return out;
 }
 
 }  // namespace
@@ -58,6 +82,7 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   const std::string to = in.to.empty() ? orig.sender() : in.to;
   if (to.empty() || in.rcpts.empty()) return false;
   const std::string boundary = in.dsn_qid + "/" + in.reporting_mta;
+  const std::string to_field = Safe(to);
   const std::string date = Rfc5322Date(in.now_unix_us);
   const char* action = in.action == DsnAction::kFailed    ? "failed"
                        : in.action == DsnAction::kDelayed ? "delayed"
@@ -72,7 +97,7 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   std::string m;
   m += "Date: " + date + "\r\n";
   m += "From: Mail Delivery Subsystem <MAILER-DAEMON@" + in.reporting_mta + ">\r\n";
-  m += "To: <" + to + ">\r\n";
+  m += "To: <" + to_field + ">\r\n";
   m += "Subject: " + subject + "\r\n";
   m += "Message-ID: <" + in.dsn_qid + "@" + in.reporting_mta + ">\r\n";
   m += "Auto-Submitted: auto-replied\r\n";
@@ -82,8 +107,8 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   m += "--" + boundary + "\r\n";
   m += "Content-Type: text/plain; charset=us-ascii\r\n\r\n";
   m += "The original message was received at " + Rfc5322Date(orig.arrival_unix_us()) + "\r\n";
-  m += "from " + (orig.client_name().empty() ? std::string("unknown") : orig.client_name()) + " [" +
-       orig.client_addr() + "]\r\n\r\n";
+  m += "from " + (orig.client_name().empty() ? std::string("unknown") : Safe(orig.client_name())) + " [" +
+       Safe(orig.client_addr()) + "]\r\n\r\n";
   switch (in.action) {
     case DsnAction::kFailed: m += "   ----- The following addresses had permanent fatal errors -----\r\n"; break;
     case DsnAction::kDelayed: m += "   ----- The following addresses had transient non-fatal errors -----\r\n"; break;
@@ -91,7 +116,7 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
       m += "   ----- The following addresses were relayed to a system that does not send receipts -----\r\n";
       break;
   }
-  for (const auto& r : in.rcpts) m += "<" + r.address + ">\r\n    (reason: " + r.diagnostic + ")\r\n";
+  for (const auto& r : in.rcpts) m += "<" + Safe(r.address) + ">\r\n    (reason: " + Safe(r.diagnostic) + ")\r\n";
   if (in.action == DsnAction::kDelayed) {
     m += "\r\nWarning: message still undelivered after " + Hours(in.queue_warn_us) + "\r\n";
     m += "Will keep trying until message is " + Hours(in.retry_until_us - orig.arrival_unix_us()) + " old\r\n";
@@ -99,20 +124,21 @@ bool BuildDsn(const DsnInput& in, v1::NewMessage* out) {
   m += "\r\n--" + boundary + "\r\n";
   m += "Content-Type: message/delivery-status\r\n\r\n";
   m += "Reporting-MTA: dns; " + in.reporting_mta + "\r\n";
-  if (!orig.envid().empty()) m += "Original-Envelope-Id: " + orig.envid() + "\r\n";
+  if (!orig.envid().empty()) m += "Original-Envelope-Id: " + Safe(orig.envid()) + "\r\n";
   m += "Arrival-Date: " + Rfc5322Date(orig.arrival_unix_us()) + "\r\n";
   for (const auto& r : in.rcpts) {
     m += "\r\n";
     if (!r.orcpt.empty()) {
-      auto semi = r.orcpt.find(';');
+      const std::string orcpt = Safe(r.orcpt);
+      auto semi = orcpt.find(';');
       m += "Original-Recipient: " +
-           (semi == std::string::npos ? r.orcpt : r.orcpt.substr(0, semi) + "; " + r.orcpt.substr(semi + 1)) + "\r\n";
+           (semi == std::string::npos ? orcpt : orcpt.substr(0, semi) + "; " + orcpt.substr(semi + 1)) + "\r\n";
     }
-    m += "Final-Recipient: rfc822; " + r.address + "\r\n";
+    m += "Final-Recipient: rfc822; " + Safe(r.address) + "\r\n";
     m += std::string("Action: ") + action + "\r\n";
-    m += "Status: " + r.status + "\r\n";
-    if (!r.remote_mta.empty()) m += "Remote-MTA: dns; " + r.remote_mta + "\r\n";
-    if (!r.diagnostic.empty()) m += "Diagnostic-Code: smtp; " + r.diagnostic + "\r\n";
+    m += "Status: " + Safe(r.status) + "\r\n";
+    if (!r.remote_mta.empty()) m += "Remote-MTA: dns; " + Safe(r.remote_mta) + "\r\n";
+    if (!r.diagnostic.empty()) m += "Diagnostic-Code: smtp; " + Safe(r.diagnostic) + "\r\n";
     m += "Last-Attempt-Date: " + date + "\r\n";
     if (in.action == DsnAction::kDelayed && in.retry_until_us) {
       m += "Will-Retry-Until: " + Rfc5322Date(in.retry_until_us) + "\r\n";

@@ -29,8 +29,10 @@ std::string AsMessage(std::string_view s) {
   std::string out;
   for (char c : s) {
     if (c == '\r') continue;
-    if (c == '\n') out += "\r\n";
-    else out += c;
+    if (c == '\n')
+      out += "\r\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -48,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view in(reinterpret_cast<const char*>(data), size);
   mx::delivery::DsnInput d;
   const uint8_t mode = size ? data[0] : 0;
-  d.action = mode % 3 == 0 ? mx::delivery::DsnAction::kFailed
+  d.action = mode % 3 == 0   ? mx::delivery::DsnAction::kFailed
              : mode % 3 == 1 ? mx::delivery::DsnAction::kDelayed
                              : mx::delivery::DsnAction::kRelayed;
   d.original.set_sender(std::string(Piece(in, 1)));
@@ -95,10 +97,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       // In the delivery-status part every line is a field of its own, a
       // folded continuation, or empty: no value spills into a new field.
       if (in_status && !line.empty() && line[0] != ' ' && line[0] != '\t' && line.substr(0, 2) != "--") {
-        static constexpr std::string_view kFields[] = {
-            "Content-Type:", "Reporting-MTA:", "Original-Envelope-Id:", "Arrival-Date:", "Original-Recipient:",
-            "Final-Recipient:", "Action:", "Status:", "Remote-MTA:", "Diagnostic-Code:", "Last-Attempt-Date:",
-            "Will-Retry-Until:"};
+        static constexpr std::string_view kFields[] = {"Content-Type:",
+                                                       "Reporting-MTA:",
+                                                       "Original-Envelope-Id:",
+                                                       "Arrival-Date:",
+                                                       "Original-Recipient:",
+                                                       "Final-Recipient:",
+                                                       "Action:",
+                                                       "Status:",
+                                                       "Remote-MTA:",
+                                                       "Diagnostic-Code:",
+                                                       "Last-Attempt-Date:",
+                                                       "Will-Retry-Until:"};
         bool known = false;
         for (auto f : kFields) known |= line.substr(0, f.size()) == f;
         Check(known, "a field forged from inside a value");

@@ -2,11 +2,15 @@
 // through ingress::Session (the server's logic without I/O). The input is cut
 // into lines as the server cuts them (after LF; a fragment without one is
 // sent as a partial line), every step the session asks for is answered
-// (enqueue OK, AUTH refused, TLS "started", ETRN 0), so the fuzzer reaches
-// dot-unstuffing, bare CR/LF checks, size limits, header rules and limits.
+// (enqueue OK, AUTH verified or refused as the first byte says, TLS
+// "started", ETRN 0), so the fuzzer reaches AUTH PLAIN/LOGIN decoding and the
+// throttle's refusal, dot-unstuffing, bare CR/LF checks, size limits, header
+// rules and limits.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "mx/common/clock.h"
@@ -26,6 +30,15 @@ std::shared_ptr<const mx::ingress::Policy> MakePolicy() {
   c.local_domains = {"corp.test"};
   c.header_checks = {{"Subject", "regex", "^((re|fwd?): *)*ILOVEYOU", "501 5.7.1 LoveLetter"},
                      {"X-Mailer", "prefix", "BadMailer", "550 5.7.1 Mailer not accepted"}};
+  // AUTH is offered: a users file of one (the hash is never checked here).
+  const std::string users = "/tmp/mx-session-fuzz-users";
+  if (FILE* f = fopen(users.c_str(), "w")) {
+    fputs("alice:$6$alicesalt$MZ0Qi4h0IzF2XDiaLRaObma36mftDpVab4hCPKo.jBBNlb0n.6OxPAhZSkBkEdse32VUN3XiFVUa8E4ua0nXE.\n",
+          f);
+    fclose(f);
+  }
+  c.auth_users_file = users;
+  c.auth_over_plaintext = true;
   auto p = mx::ingress::Policy::Load(c, ".");
   return p.ok() ? *p : nullptr;
 }
@@ -38,7 +51,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!policy) __builtin_trap();
   mx::ingress::SessionOptions opts;
   opts.tls_available = true;
-  opts.auth_available = false;
+  opts.auth_available = policy->auth_users() != nullptr;
   // The first byte picks the client: trusted (mynetworks) or not.
   mx::ingress::ClientInfo client{size > 0 && (data[0] & 1) ? "127.0.0.1" : "192.0.2.9", "client.test"};
   mx::ingress::Session s(policy, opts, client, mx::SystemClock::Instance(), qids);
@@ -57,7 +70,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           (void)s.TakeMessage();
           step = s.OnEnqueued(mx::Status::Ok());
           break;
-        case Step::kAuthenticate: step = s.OnAuthResult(false); break;
+        case Step::kAuthenticate:
+          // The second bit of the first byte: the password was right; the
+          // third: the throttle refuses before any check.
+          if (size > 0 && (data[0] & 4)) {
+            step = s.OnAuthThrottled((data[0] & 8) != 0);
+          } else {
+            step = s.OnAuthResult(size > 0 && (data[0] & 2));
+          }
+          break;
         case Step::kEtrn: step = s.OnEtrnResult(uint64_t{0}); break;
         case Step::kStartTls:
           s.OnTlsStarted();

@@ -34,6 +34,46 @@ TEST(Dsn, FullReturn) {
   test::ExpectGolden("delivery/golden/dsn_full.ref", m.body());
 }
 
+// Found by tests/fuzz/dsn_fuzz: a remote reply, ORCPT or host name holding a
+// CR, LF, NUL or 8-bit octet went into the report as it was — a bare line end
+// in a value starts a field of the remote's choosing — and a long reply made
+// a line past 998 octets.
+TEST(Dsn, ValuesFromStrangersCannotBreakTheReport) {
+  auto in = Input();
+  in.rcpts[0].diagnostic =
+      std::string("550 5.1.1 no\rBcc: victim@example.test\n") + '\0' + '\xff' + std::string(3000, 'x');
+  in.rcpts[0].orcpt = "rfc822;bob@remote.test\r\nX-Forged: yes";
+  in.rcpts[0].remote_mta = "mx1.remote.test\r\nX-Forged: too";
+  in.original.set_envid("env\nX-Forged: envid");
+  in.original.set_client_name("client\r\n\r\n--boundary");
+  v1::NewMessage m;
+  ASSERT_TRUE(BuildDsn(in, &m));
+  const std::string& b = m.body();
+  const auto returned = b.find("Content-Type: message/rfc822");
+  ASSERT_NE(returned, std::string::npos);
+  const std::string own = b.substr(0, returned);
+  for (size_t i = 0; i < own.size(); ++i) {
+    const auto c = static_cast<unsigned char>(own[i]);
+    if (c == '\n') {
+      ASSERT_EQ(own[i - 1], '\r') << "bare LF at " << i;
+    }
+    if (c == '\r') {
+      ASSERT_EQ(own[i + 1], '\n') << "bare CR at " << i;
+    }
+    ASSERT_TRUE(c == '\r' || c == '\n' || c == '\t' || (c >= 0x20 && c < 0x7f)) << "octet " << int(c) << " at " << i;
+  }
+  size_t start = 0;
+  for (size_t nl; (nl = own.find("\r\n", start)) != std::string::npos; start = nl + 2) {
+    EXPECT_LE(nl - start, 998u);
+    const std::string line = own.substr(start, nl - start);
+    EXPECT_NE(line.rfind("Bcc:", 0), 0u) << line;
+    EXPECT_NE(line.rfind("X-Forged:", 0), 0u) << line;
+  }
+  EXPECT_NE(own.find("Diagnostic-Code: smtp; 550 5.1.1 no Bcc: victim@example.test  ?xxx"), std::string::npos);
+  EXPECT_NE(own.find("xxx...\r\n"), std::string::npos);  // cut, and said so
+  EXPECT_NE(own.find("Original-Recipient: rfc822; bob@remote.test  X-Forged: yes\r\n"), std::string::npos);
+}
+
 TEST(Dsn, BulkPrecedenceReturnsHeadersOnly) {
   auto in = Input();
   in.original.set_precedence_class(-60);
