@@ -72,7 +72,17 @@ class Netns:
     def ip(*args):
         subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
+    @staticmethod
+    def sweep():
+        """Namespaces left by an earlier run that was killed (its pid is gone)."""
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for m in re.finditer(r"^mxchaos(\d+)p?\b", out, re.M):
+            if not Path(f"/proc/{m.group(1)}").exists():
+                subprocess.run(["ip", "netns", "del", m.group(0)], capture_output=True)
+                subprocess.run(["ip", "link", "del", f"mxc{m.group(1)}a"], capture_output=True)
+
     def create(self):
+        self.sweep()
         self.ip("netns", "add", self.name)
         self.created = True
         self.ip("link", "add", self.near, "type", "veth", "peer", "name", self.far)
@@ -211,25 +221,24 @@ class Chaos:
         self.workdir.mkdir(parents=True, exist_ok=True)
         no_netns = netns_available()
         kinds = self.kinds = [k for k in KINDS if not (k == "partition-queue" and no_netns)]
-        self.netns = None
-        if not no_netns:
-            self.netns = Netns()
-            self.netns.create()
-        port = free_port(MX_HOST)
-        self.sink = Sink(MX_HOST, port)
-        self.dns = Unbound(self.workdir, {"implicit.test": "static", "sender.test": "static"},
-                           [f"implicit.test. 60 IN A {MX_HOST}", "sender.test. 60 IN MX 10 mx.sender.test.",
-                            "mx.sender.test. 60 IN A 127.0.0.5"])
-        hosts, ns = {}, {}
-        if self.netns:
-            hosts = {1: self.netns.near_ip, 2: self.netns.near_ip, 3: self.netns.far_ip}
-            ns = {3: self.netns.name}
-        self.cluster = Cluster(self.workdir / "cluster", base_port=free_base(shards=2), shards=2,
-                               delivery_cfg={"dns_servers": [self.dns.server], "smtp_port": port,
-                                             "connect_timeout": "3s"},
-                               queue_hosts=hosts, netns=ns)
-        self.load = self.source = None
+        self.netns = self.sink = self.dns = self.cluster = self.load = self.source = None
         try:
+            if not no_netns:
+                self.netns = Netns()
+                self.netns.create()
+            port = free_port(MX_HOST)
+            self.sink = Sink(MX_HOST, port)
+            self.dns = Unbound(self.workdir, {"implicit.test": "static", "sender.test": "static"},
+                               [f"implicit.test. 60 IN A {MX_HOST}", "sender.test. 60 IN MX 10 mx.sender.test.",
+                                "mx.sender.test. 60 IN A 127.0.0.5"])
+            hosts, ns = {}, {}
+            if self.netns:
+                hosts = {1: self.netns.near_ip, 2: self.netns.near_ip, 3: self.netns.far_ip}
+                ns = {3: self.netns.name}
+            self.cluster = Cluster(self.workdir / "cluster", base_port=free_base(shards=2), shards=2,
+                                   delivery_cfg={"dns_servers": [self.dns.server], "smtp_port": port,
+                                                 "connect_timeout": "3s"},
+                                   queue_hosts=hosts, netns=ns)
             self.cluster.start()
             t0 = time.monotonic()
             self.load = Load(self.cluster.smtp_ports(), threads=4, tag="chaos")
@@ -256,15 +265,17 @@ class Chaos:
                 self.load.stop()
             if self.source:
                 self.source.stop()
-            errors = self.cluster.stop()
-            self.problems += errors
-            for p in self.cluster.procs:
-                log = p.logtext()
-                for marker in CRASH_MARKERS:
-                    if marker in log:
-                        self.problems.append(f"{p.name}: '{marker}' in {p.logfile}")
-            self.sink.stop()
-            self.dns.stop()
+            if self.cluster:
+                self.problems += self.cluster.stop()
+                for p in self.cluster.procs:
+                    log = p.logtext()
+                    for marker in CRASH_MARKERS:
+                        if marker in log:
+                            self.problems.append(f"{p.name}: '{marker}' in {p.logfile}")
+            if self.sink:
+                self.sink.stop()
+            if self.dns:
+                self.dns.stop()
             if self.netns:
                 self.netns.delete()
 
