@@ -68,17 +68,18 @@ Probe::Probe() {
                      .Help("Idle connections in this worker's connection cache")
                      .Register(reg)
                      .Add({});
-  throttled_ = &prometheus::BuildCounter()
-                    .Name("mx_delivery_throttled_total")
-                    .Help("Deliveries put back for a later run by a delivery limit (connections, rate)")
-                    .Register(reg);
+  throttled_ =
+      &prometheus::BuildCounter()
+           .Name("mx_delivery_throttled_total")
+           .Help("Deliveries put back for a later run by a delivery limit (connections, rate, connection_rate)")
+           .Register(reg);
   aaaa_workaround_ =
       &prometheus::BuildCounter()
            .Name("mx_delivery_aaaa_workaround_total")
            .Help("AAAA lookups that failed temporarily and counted as no IPv6 address (WorkAroundBrokenAAAA)")
            .Register(reg)
            .Add({});
-  for (const char* limit : {"connections", "rate"}) throttled_->Add({{"limit", limit}});
+  for (const char* limit : {"connections", "rate", "connection_rate"}) throttled_->Add({{"limit", limit}});
   retries_ = &prometheus::BuildCounter()
                   .Name("mx_delivery_retries_total")
                   .Help("Recipient attempts after an earlier deferral (the queue retried them)")

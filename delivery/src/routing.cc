@@ -1,4 +1,4 @@
-// routing.cc — mailertable, mailers and per-destination limits.
+// routing.cc — mailertable and mailers; the shaping rules are loaded with them.
 #include "mx/delivery/routing.h"
 
 #include <cctype>
@@ -52,12 +52,20 @@ Result<std::string> ErrorReply(std::string_view v) {
 }  // namespace
 
 Result<Routing> Routing::Load(const DeliveryConfig& config, const std::string& config_dir) {
-  if (config.mailertable.empty()) return Parse(config, "", "mailertable");
-  std::string path = config.mailertable;
-  if (path.front() != '/') path = config_dir + "/" + path;
-  auto text = ReadMapFile(path);
-  if (!text.ok()) return Status(text.status().code(), "delivery.mailertable: " + text.status().message());
-  return Parse(config, *text, path);
+  std::string text, path = "mailertable";
+  if (!config.mailertable.empty()) {
+    path = config.mailertable;
+    if (path.front() != '/') path = config_dir + "/" + path;
+    auto t = ReadMapFile(path);
+    if (!t.ok()) return Status(t.status().code(), "delivery.mailertable: " + t.status().message());
+    text = std::move(t).value();
+  }
+  auto r = Parse(config, text, path);
+  if (!r.ok() || config.shaping_file.empty()) return r;
+  auto shaping = Shaping::Load(config, config_dir);  // with the operator's file
+  if (!shaping.ok()) return shaping.status();
+  r->shaping_ = std::move(shaping).value();
+  return r;
 }
 
 Result<Routing> Routing::Parse(const DeliveryConfig& config, std::string_view text, const std::string& name) {
@@ -109,11 +117,12 @@ Result<Routing> Routing::Parse(const DeliveryConfig& config, std::string_view te
     return Status::Ok();
   });
   if (!st.ok()) return st;
-  r.destinations_ = config.destinations;
-  for (auto& d : r.destinations_) {
-    for (auto& dom : d.domains) dom = ToLower(dom);
-  }
-  r.defaults_ = config.destination_defaults;
+  std::vector<std::pair<std::string, std::string>> layers;
+  if (config.shaping_defaults)
+    layers.emplace_back("built-in shaping defaults", std::string(Shaping::ShippedDefaults()));
+  auto shaping = Shaping::Parse(config, layers);
+  if (!shaping.ok()) return shaping.status();
+  r.shaping_ = std::move(shaping).value();
   return r;
 }
 
@@ -129,19 +138,6 @@ Route Routing::RouteFor(std::string_view domain) const {
   }
   if (smart_) return *smart_;
   return Route{esmtp_, std::nullopt, ""};
-}
-
-Limits Routing::LimitsFor(std::string_view domain) const {
-  for (const auto& d : destinations_) {
-    for (const auto& dom : d.domains) {
-      if (InDomain(domain, dom)) {
-        return Limits{"dest:" + d.domains.front(), d.max_connections, d.max_messages_per_connection,
-                      d.max_messages_per_minute};
-      }
-    }
-  }
-  return Limits{"dest:" + ToLower(domain), defaults_.max_connections, defaults_.max_messages_per_connection,
-                defaults_.max_messages_per_minute};
 }
 
 }  // namespace mx::delivery

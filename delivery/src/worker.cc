@@ -247,6 +247,8 @@ class Worker final : public DeliveryWorker {
     encrypt_client_.tls = SmtpClientConfig::Tls::kEncrypt;
     plain_client_ = client_;
     plain_client_.tls = SmtpClientConfig::Tls::kNone;
+    may_client_ = client_;
+    may_client_.tls = SmtpClientConfig::Tls::kMay;
 
     if (!config_.fallback_mx_host.empty()) {
       auto hp = ParseHostPort(config_.fallback_mx_host, config_.smtp_port);  // validated by ParseConfig
@@ -577,15 +579,17 @@ class Worker final : public DeliveryWorker {
     co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
   }
 
-  // Messages per minute: waits for the destination's turn. False when it
-  // would not come before deadline.
-  awaitable<bool> AwaitRate(const Limits& limits, std::chrono::steady_clock::time_point deadline) {
+  // A rate (a site's messages or new connections): waits for the turn under
+  // key (by value: a coroutine outlives its caller's temporaries). False
+  // when it would not come before deadline.
+  awaitable<bool> AwaitRate(std::string key, RateLimit rate, std::chrono::steady_clock::time_point deadline) {
     for (;;) {
       v1::PermitRequest req;
       req.set_op(v1::PermitRequest::RATE);
       auto* k = req.add_holds()->add_keys();
-      k->set_key(limits.key);
-      k->set_limit(limits.max_messages_per_minute);
+      k->set_key(key);
+      k->set_limit(rate.count);
+      k->set_period_s(rate.period_s);
       auto ask = AsyncPermit(router_, permit_calls_, std::move(req), use_awaitable);
       PermitAnswer pa = co_await std::move(ask);
       if (pa.granted) co_return true;
@@ -631,36 +635,36 @@ class Worker final : public DeliveryWorker {
   }
 
   // One transaction to host [ip]:port: a cached session (RSET first) or a
-  // new one, within the destination's limits (connection slots, message
-  // rate), cached again afterwards while it may carry more.
-  awaitable<Attempt> Transact(const Route& route, const Limits& limits, const std::string& host, const std::string& ip,
-                              uint16_t port, const SmtpClientConfig& cc, const v1::LeasedMessage& m,
-                              const std::vector<ClientRcpt>& rcpts) {
+  // new one, within the site's limits (connection slots, message and
+  // connection rates), cached again afterwards while it may carry more.
+  awaitable<Attempt> Transact(const Route& route, const SiteShape& shape, const std::string& host,
+                              const std::string& ip, uint16_t port, const SmtpClientConfig& cc,
+                              const v1::LeasedMessage& m, const std::vector<ClientRcpt>& rcpts) {
     const auto deadline = std::chrono::steady_clock::now() +
                           std::min<std::chrono::steady_clock::duration>(config_.limit_wait, lease_ttl_ / 3);
     const char tls_mode = cc.tls == SmtpClientConfig::Tls::kNone  ? 'n'
                           : cc.tls == SmtpClientConfig::Tls::kMay ? 'm'
                                                                   : 'e';
     const std::string pool_key =
-        limits.key + "|" + route.mailer->name + "|" + ip + "|" + std::to_string(port) + "|" + tls_mode;
+        shape.key + "|" + route.mailer->name + "|" + ip + "|" + std::to_string(port) + "|" + tls_mode;
     std::vector<v1::PermitKey> keys;
-    if (limits.max_connections > 0) {
+    if (shape.max_connections > 0) {
       keys.emplace_back();
-      keys.back().set_key(limits.key);
-      keys.back().set_limit(limits.max_connections);
+      keys.back().set_key(shape.key);
+      keys.back().set_limit(shape.max_connections);
     }
     if (config_.single_thread_delivery) {  // one connection per MX host, cluster-wide
       keys.emplace_back();
       keys.back().set_key("host:" + ToLower(host));
       keys.back().set_limit(1);
     }
-    // Messages per minute: the turn comes before a connection is taken.
-    if (limits.max_messages_per_minute > 0) {
-      auto rate = AwaitRate(limits, deadline);
+    // The message rate: the turn comes before a connection is taken.
+    if (!shape.message_rate.none()) {
+      auto rate = AwaitRate(shape.key, shape.message_rate, deadline);
       if (!co_await std::move(rate)) {
         Probe::Get().Throttled("rate");
-        co_return Throttled("4.4.5 rate limit of " + std::to_string(limits.max_messages_per_minute) +
-                            " messages per minute to " + limits.key.substr(5) + " reached; will retry shortly");
+        co_return Throttled("4.4.5 message rate limit of " + shape.message_rate.ToString() + " for " + shape.site +
+                            " reached; will retry shortly");
       }
     }
     bool retried_fresh = false;
@@ -677,6 +681,14 @@ class Worker final : public DeliveryWorker {
         }
         cached = true;
       } else {
+        if (!shape.connection_rate.none()) {
+          auto rate = AwaitRate("conn:" + shape.site, shape.connection_rate, deadline);
+          if (!co_await std::move(rate)) {
+            Probe::Get().Throttled("connection_rate");
+            co_return Throttled("4.4.5 connection rate limit of " + shape.connection_rate.ToString() + " for " +
+                                shape.site + " reached; will retry shortly");
+          }
+        }
         std::string holder;
         if (!keys.empty()) {
           holder = worker_id_ + "#" + std::to_string(conn_serial_.fetch_add(1));
@@ -685,11 +697,10 @@ class Worker final : public DeliveryWorker {
             // Maybe a session to the same address came back meanwhile.
             if (cache_.Peek(pool_key)) continue;
             Probe::Get().Throttled("connections");
-            co_return Throttled(config_.single_thread_delivery && limits.max_connections == 0
+            co_return Throttled(config_.single_thread_delivery && shape.max_connections == 0
                                     ? "4.4.5 another delivery holds the connection to " + host +
                                           " (single_thread_delivery); will retry shortly"
-                                    : "4.4.5 connection limit for " + limits.key.substr(5) +
-                                          " reached; will retry shortly");
+                                    : "4.4.5 connection limit for " + shape.site + " reached; will retry shortly");
           }
         }
         conn = std::make_unique<Conn>();
@@ -717,7 +728,7 @@ class Worker final : public DeliveryWorker {
         co_await std::move(close);
         continue;
       }
-      const uint32_t per_conn = limits.max_messages_per_connection;
+      const uint32_t per_conn = shape.max_messages_per_connection;
       if (conn->session->usable() && config_.connection_cache_size > 0 &&
           (per_conn == 0 || conn->session->transactions() < per_conn)) {
         auto evict = CloseEach(cache_.Put(std::move(conn), config_.connection_cache_size));
@@ -731,7 +742,7 @@ class Worker final : public DeliveryWorker {
     }
   }
 
-  awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const Route& route, const Limits& limits,
+  awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const Route& route, std::string* site,
                                                 const v1::LeasedMessage& m, const std::vector<ClientRcpt>& rcpts,
                                                 std::vector<v1::HostOutcome>* host_outcomes) {
     auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
@@ -780,8 +791,17 @@ class Worker final : public DeliveryWorker {
     std::string last_error = "no usable MX host";
     const int64_t hoststatus_us =
         std::chrono::duration_cast<std::chrono::microseconds>(config_.host_status_timeout).count();
-    const bool encrypt = encrypt_domains_.count(ToLower(domain)) > 0;
-    SmtpClientConfig base = encrypt ? encrypt_client_ : client_;
+    // The site: its limits, shared by every domain with the same MX hosts.
+    std::vector<std::string> mx_names;
+    for (const auto& h : ans.hosts) mx_names.push_back(h.name);
+    const SiteShape shape = routing_.shaping().For(domain, mx_names);
+    if (shape.named) *site = shape.site;
+    const bool encrypt = shape.tls == SiteTls::kRequired ||
+                         (shape.tls == SiteTls::kDefault && encrypt_domains_.count(ToLower(domain)) > 0);
+    SmtpClientConfig base = encrypt                       ? encrypt_client_
+                            : shape.tls == SiteTls::kNone ? plain_client_
+                            : shape.tls == SiteTls::kMay  ? may_client_
+                                                          : client_;
     base.lmtp = route.mailer->lmtp;
     auto try_hosts = [&](const MxAnswer& hosts, uint16_t p) -> awaitable<std::optional<std::vector<Outcome>>> {
       for (const auto& host : hosts.hosts) {
@@ -795,7 +815,7 @@ class Worker final : public DeliveryWorker {
         }
         bool host_failed = false;
         for (const auto& ip : host.addrs) {
-          auto attempt = Transact(route, limits, host.name, ip, p, base, m, rcpts);
+          auto attempt = Transact(route, shape, host.name, ip, p, base, m, rcpts);
           Attempt at = co_await std::move(attempt);
           if (at.tls_failed && base.tls == SmtpClientConfig::Tls::kMay) {
             // Opportunistic TLS that failed: the same host again, in the clear.
@@ -803,7 +823,7 @@ class Worker final : public DeliveryWorker {
                       "relay=" + host.name + " [" + ip + "]: " + at.error + ", retrying without TLS");
             SmtpClientConfig clear_cc = plain_client_;
             clear_cc.lmtp = route.mailer->lmtp;
-            auto clear = Transact(route, limits, host.name, ip, p, clear_cc, m, rcpts);
+            auto clear = Transact(route, shape, host.name, ip, p, clear_cc, m, rcpts);
             at = co_await std::move(clear);
           }
           if (at.throttled) {  // a limit, not the host: the whole destination waits its turn
@@ -882,9 +902,9 @@ class Worker final : public DeliveryWorker {
       }
       auto attempt_start = std::chrono::steady_clock::now();
       std::vector<Outcome> outs;
+      std::string site;  // when a shaping rule names it
       if (!rcpts.empty()) {
-        const Limits limits = routing_.LimitsFor(domain);  // a coroutine's reference parameters must outlive it
-        auto deliver = DeliverDomain(domain, route, limits, *m, rcpts, &host_outcomes);
+        auto deliver = DeliverDomain(domain, route, &site, *m, rcpts, &host_outcomes);
         outs = co_await std::move(deliver);
       }
       for (int i : bounced) {
@@ -919,10 +939,10 @@ class Worker final : public DeliveryWorker {
             o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0 ? "Service unavailable" : stat;
         log::Mail(env.qid(),
                   "to=<" + rc.address() +
-                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
-                      ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + mailer +
-                      ", pri=" + std::to_string(env.priority()) + ", relay=" + (o.relay.empty() ? domain : o.relay) +
-                      (o.tls.empty() ? "" : ", tls=" + o.tls) + ", dsn=" + o.r.dsn_status +
+                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) + ", xdelay=" +
+                      log::FormatDelay(xdelay) + ", mailer=" + mailer + ", pri=" + std::to_string(env.priority()) +
+                      ", relay=" + (o.relay.empty() ? domain : o.relay) + (o.tls.empty() ? "" : ", tls=" + o.tls) +
+                      (site.empty() ? "" : ", site=" + site) + ", dsn=" + o.r.dsn_status +
                       ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
         const std::string result = o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
                                    : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"
@@ -1155,7 +1175,7 @@ class Worker final : public DeliveryWorker {
   std::unique_ptr<Resolver> resolver_;
   const Clock& clock_;
   QidGenerator qids_;
-  SmtpClientConfig client_, encrypt_client_, plain_client_;
+  SmtpClientConfig client_, encrypt_client_, plain_client_, may_client_;
   std::set<std::string> encrypt_domains_;
   std::set<std::string> self_names_;
   std::optional<Relay> fallback_;

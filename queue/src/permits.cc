@@ -87,16 +87,16 @@ void Permits::Release(const std::string& holder) {
   Drop(holder);
 }
 
-bool Permits::Rate(const std::string& key, uint32_t per_minute, int64_t now_us, int64_t* retry_after_us) {
-  if (per_minute == 0) return true;
-  const int64_t spacing = 60'000'000 / per_minute;
+bool Permits::Rate(const std::string& key, uint32_t limit, uint32_t period_s, int64_t now_us, int64_t* retry_after_us) {
+  if (limit == 0) return true;
+  const int64_t spacing = static_cast<int64_t>(period_s) * 1'000'000 / limit;
   std::lock_guard lock(mu_);
   if (now_us < grace_until_us_) {  // the previous leader's schedule is unknown
     *retry_after_us = grace_until_us_ - now_us;
     return false;
   }
-  if (next_send_us_.size() > 100'000) {  // forget keys idle for a minute
-    std::erase_if(next_send_us_, [&](const auto& kv) { return kv.second < now_us - 60'000'000; });
+  if (next_send_us_.size() > 100'000) {  // forget keys whose next turn has come
+    std::erase_if(next_send_us_, [&](const auto& kv) { return kv.second < now_us; });
   }
   int64_t& next = next_send_us_[key];
   if (now_us < next) {

@@ -592,7 +592,7 @@ class Shard {
         break;
       case v1::PermitRequest::RATE:
         for (const auto& k : req->holds(0).keys()) {
-          if (!permits_.Rate(k.key(), k.limit(), now, &retry)) {
+          if (!permits_.Rate(k.key(), k.limit(), k.period_s() ? k.period_s() : 60, now, &retry)) {
             granted = false;
             break;
           }

@@ -132,6 +132,7 @@ class Sink:
         self.rcpt_log = []  # (address, reply) for every RCPT seen
         self.data_replies = data_replies or {}  # LMTP: address -> its reply after the final dot
         self.connections = 0  # accepted so far
+        self.conn_times = []  # monotonic time of each accepted connection
         self.open = 0  # open now
         self.max_open = 0  # most open at once
         self.rsets = 0
@@ -191,6 +192,7 @@ class Sink:
             def connection_made(self, transport):
                 with sink.lock:
                     sink.connections += 1
+                    sink.conn_times.append(time.monotonic())
                     sink.open += 1
                     sink.max_open = max(sink.max_open, sink.open)
                 super().connection_made(transport)
@@ -210,6 +212,7 @@ class Sink:
         wait_for(lambda: self.open == 0, timeout=5, what="the controller's own connection to close")
         with self.lock:
             self.connections = self.max_open = 0
+            self.conn_times.clear()
 
     def count(self):
         with self.lock:

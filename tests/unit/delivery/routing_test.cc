@@ -99,25 +99,5 @@ TEST(Routing, BadEntriesNameFileAndLine) {
             "mailertable:1: enhanced status 4.1.2 does not match reply 550");
 }
 
-TEST(Routing, LimitsAreSharedByTheDomainsOfAnEntry) {
-  DeliveryConfig c;
-  c.destination_defaults.max_messages_per_connection = 100;
-  c.destinations.push_back(DestinationLimits{{"Example.com", "example.net"}, 2, 10, 60});
-  auto r = MustParse(c, "");
-  auto a = r.LimitsFor("example.com");
-  auto b = r.LimitsFor("mx.example.net");  // a subdomain shares its parent's entry
-  EXPECT_EQ(a.key, "dest:example.com");
-  EXPECT_EQ(b.key, "dest:example.com");
-  EXPECT_EQ(a.max_connections, 2u);
-  EXPECT_EQ(a.max_messages_per_connection, 10u);
-  EXPECT_EQ(a.max_messages_per_minute, 60u);
-  auto other = r.LimitsFor("other.org");  // defaults, per domain
-  EXPECT_EQ(other.key, "dest:other.org");
-  EXPECT_EQ(other.max_messages_per_connection, 100u);
-  EXPECT_EQ(other.max_connections, 0u);
-  EXPECT_NE(r.LimitsFor("third.org").key, other.key);
-  EXPECT_EQ(r.LimitsFor("notexample.com").key, "dest:notexample.com");
-}
-
 }  // namespace
 }  // namespace mx::delivery

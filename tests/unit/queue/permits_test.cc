@@ -63,15 +63,28 @@ TEST(Permits, NewLeaderGrantsNothingNewDuringGraceButTakesOverRenewals) {
 TEST(Permits, RateSpacesMessagesEvenly) {
   Permits p;
   int64_t retry = 0;
-  EXPECT_TRUE(p.Rate("dest:d", 60, 0, &retry));  // 60 per minute: one a second
-  EXPECT_FALSE(p.Rate("dest:d", 60, kSec / 2, &retry));
+  EXPECT_TRUE(p.Rate("dest:d", 60, 60, 0, &retry));  // 60 per minute: one a second
+  EXPECT_FALSE(p.Rate("dest:d", 60, 60, kSec / 2, &retry));
   EXPECT_EQ(retry, kSec / 2);
-  EXPECT_TRUE(p.Rate("dest:d", 60, kSec, &retry));
-  EXPECT_TRUE(p.Rate("dest:other", 60, kSec, &retry));  // keys are independent
-  EXPECT_TRUE(p.Rate("dest:d", 0, kSec, &retry));       // 0: no limit
+  EXPECT_TRUE(p.Rate("dest:d", 60, 60, kSec, &retry));
+  EXPECT_TRUE(p.Rate("dest:other", 60, 60, kSec, &retry));  // keys are independent
+  EXPECT_TRUE(p.Rate("dest:d", 0, 60, kSec, &retry));       // 0: no limit
   p.BecameLeader(10 * kSec, 5 * kSec);
-  EXPECT_FALSE(p.Rate("dest:d", 60, 11 * kSec, &retry));
-  EXPECT_TRUE(p.Rate("dest:d", 60, 15 * kSec, &retry));
+  EXPECT_FALSE(p.Rate("dest:d", 60, 60, 11 * kSec, &retry));
+  EXPECT_TRUE(p.Rate("dest:d", 60, 60, 15 * kSec, &retry));
+}
+
+TEST(Permits, RatePeriodsFromSecondsToHours) {
+  Permits p;
+  int64_t retry = 0;
+  EXPECT_TRUE(p.Rate("site:s", 10, 1, 0, &retry));  // 10/s: 100 ms apart
+  EXPECT_FALSE(p.Rate("site:s", 10, 1, 99'000, &retry));
+  EXPECT_EQ(retry, 1'000);
+  EXPECT_TRUE(p.Rate("site:s", 10, 1, 100'000, &retry));
+  EXPECT_TRUE(p.Rate("site:h", 3000, 3600, 0, &retry));  // 3000/h: 1.2 s apart
+  EXPECT_FALSE(p.Rate("site:h", 3000, 3600, kSec, &retry));
+  EXPECT_EQ(retry, kSec / 5);
+  EXPECT_TRUE(p.Rate("site:h", 3000, 3600, 1'200'000, &retry));
 }
 
 }  // namespace

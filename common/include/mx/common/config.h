@@ -205,7 +205,12 @@ struct DeliveryConfig {
   // SingleThreadDelivery: at most one open connection per MX host across
   // every delivery worker of the cluster.
   bool single_thread_delivery = false;
-  DestinationLimits destination_defaults;       // each domain on its own
+  // Traffic shaping (delivery/include/mx/delivery/shaping.h): the built-in
+  // rules for the big mailbox providers unless shaping_defaults is false,
+  // amended by shaping_file (YAML, relative to mx.yaml).
+  bool shaping_defaults = true;
+  std::string shaping_file;
+  DestinationLimits destination_defaults;       // every site not named by a rule (its MX set)
   std::vector<DestinationLimits> destinations;  // shared by the domains listed
   // How long a message waits for a connection slot or its turn under a
   // rate limit before it is put back for a later run (not a failure).

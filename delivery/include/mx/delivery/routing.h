@@ -5,9 +5,8 @@
 // then ".parent" entries for its subdomains, then "." as catch-all), then
 // delivery.smart_host (mailer "relay"), then the domain's MX hosts (mailer
 // "esmtp"). A mailer is sendmail's M line: a protocol (SMTP or LMTP) and a
-// largest message size (M=). Limits are looked up by recipient domain: the
-// first delivery.destinations entry naming it (or a parent) — its domains
-// share one set of limits — else destination_defaults for that domain alone.
+// largest message size (M=). Limits belong to sites (shaping.h): found once
+// the MX hosts are known.
 #pragma once
 
 #include <map>
@@ -19,6 +18,7 @@
 
 #include "mx/common/config.h"
 #include "mx/common/result.h"
+#include "mx/delivery/shaping.h"
 
 namespace mx::delivery {
 
@@ -40,23 +40,16 @@ struct Route {
   std::string error;               // a mailertable "error:" entry: bounce with this reply
 };
 
-struct Limits {
-  std::string key;  // who shares the limits: "dest:<first domain of the entry>" or "dest:<domain>"
-  uint32_t max_connections = 0;
-  uint32_t max_messages_per_connection = 0;
-  uint32_t max_messages_per_minute = 0;
-};
-
 class Routing {
  public:
   // Reads delivery.mailertable (relative to config_dir) and checks every
-  // entry; errors name file and line.
+  // entry, errors naming file and line; and the shaping rules.
   static Result<Routing> Load(const DeliveryConfig& config, const std::string& config_dir);
   // The same from mailertable text (name is used in errors).
   static Result<Routing> Parse(const DeliveryConfig& config, std::string_view mailertable, const std::string& name);
 
   Route RouteFor(std::string_view domain) const;
-  Limits LimitsFor(std::string_view domain) const;
+  const Shaping& shaping() const { return shaping_; }
   size_t mailertable_size() const { return table_.size(); }
 
  private:
@@ -64,8 +57,7 @@ class Routing {
   std::unordered_map<std::string, Route> table_;  // "example.com", ".example.com", "."
   std::optional<Route> smart_;
   const Mailer* esmtp_ = nullptr;
-  std::vector<DestinationLimits> destinations_;
-  DestinationLimits defaults_;
+  Shaping shaping_;
 };
 
 }  // namespace mx::delivery

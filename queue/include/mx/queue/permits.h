@@ -1,7 +1,7 @@
 // permits.h — cluster-wide delivery limits, kept by shard 0's leader in
-// memory: connection slots (SingleThreadDelivery: one per MX host; a
-// destination's max connections) and message rates (a destination's messages
-// per minute).
+// memory: connection slots (SingleThreadDelivery: one per MX host; a site's
+// max connections) and rates (a site's messages and new connections per
+// period).
 //
 // A slot is held by a holder (one delivery connection) until it is released
 // or its TTL passes without renewal; a worker renews its holds while the
@@ -43,8 +43,9 @@ class Permits {
   void Renew(const std::string& holder, const std::vector<Ask>& asks, int64_t ttl_us, int64_t now_us);
   void Release(const std::string& holder);
 
-  // One message under a per-minute rate, spaced evenly (60 s / limit apart).
-  bool Rate(const std::string& key, uint32_t per_minute, int64_t now_us, int64_t* retry_after_us);
+  // One event (a message, a new connection) under a rate of limit per
+  // period_s seconds, spaced evenly (period_s / limit apart).
+  bool Rate(const std::string& key, uint32_t limit, uint32_t period_s, int64_t now_us, int64_t* retry_after_us);
 
   // Live holders of key (tests, metrics).
   size_t Holders(const std::string& key, int64_t now_us);
