@@ -192,6 +192,50 @@ class AdminService final : public v1::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SiteSuspend(grpc::ServerContext* ctx, const v1::SiteSuspendRequest* req,
+                           v1::SiteSuspendResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "SiteSuspend", &who); !st.ok()) return st;
+    if (req->site().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which site?");
+    if (!req->resume() && (req->duration_s() == 0 || req->duration_s() > 30 * 86400)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "suspend needs a duration from 1s to 30d");
+    }
+    const int64_t now =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    v1::SetSiteStatusRequest set;
+    set.set_shard(0);
+    set.set_clear(req->resume());
+    auto* status = set.mutable_status();
+    status->set_site(req->site());
+    status->set_suspended(true);
+    status->set_until_unix_us(now + static_cast<int64_t>(req->duration_s()) * 1'000'000);
+    status->set_reason(req->reason().empty() ? "suspended by the operator" : req->reason());
+    status->set_by("mxctl (" + who + ")");
+    v1::SetSiteStatusResponse ignored;
+    auto st = CallLeader(
+        0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->SetSiteStatus(c, set, &ignored); });
+    if (!st.ok()) return st;
+    if (!req->resume()) resp->set_until_unix_us(status->until_unix_us());
+    log::Info("admin: " + who + ": " + (req->resume() ? "resume " : "suspend ") + req->site() +
+              (req->resume() ? "" : " for " + std::to_string(req->duration_s()) + "s"));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Sites(grpc::ServerContext* ctx, const v1::SitesRequest*, v1::SitesResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "Sites", &who); !st.ok()) return st;
+    v1::ListSiteStatusRequest req;
+    req.set_shard(0);
+    v1::ListSiteStatusResponse part;
+    auto st = CallLeader(
+        0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListSiteStatus(c, req, &part); });
+    if (!st.ok()) return st;
+    resp->mutable_sites()->Swap(part.mutable_sites());
+    resp->set_now_unix_us(part.now_unix_us());
+    return grpc::Status::OK;
+  }
+
   grpc::Status Inspect(grpc::ServerContext* ctx, const v1::InspectRequest* req, v1::InspectResponse* resp) override {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "Inspect", &who); !st.ok()) return st;

@@ -165,6 +165,27 @@ std::string FormatHostStatus(const v1::HostStatusResponse& resp) {
   return out;
 }
 
+std::string FormatSites(const v1::SitesResponse& resp) {
+  if (resp.sites().empty()) return "No site is suspended or slowed\n";
+  std::string out =
+      Pad("Site", 28, false) + " " + Pad("State", 9, false) + " " + Pad("For", 10, true) + "  By / reason\n";
+  for (const auto& s : resp.sites()) {
+    int64_t left = s.until_unix_us() - resp.now_unix_us();
+    std::string state = s.suspended() ? "suspended" : "slowed";
+    std::string limits;
+    if (!s.suspended()) {
+      if (s.max_connections()) limits += " max_connections=" + std::to_string(s.max_connections());
+      if (s.message_rate_count()) {
+        limits +=
+            " rate=" + std::to_string(s.message_rate_count()) + "/" + std::to_string(s.message_rate_period_s()) + "s";
+      }
+    }
+    out += Pad(s.site(), 28, false) + " " + Pad(state, 9, false) + " " +
+           Pad(log::FormatDelay(left > 0 ? left : 0), 10, true) + "  " + s.by() + limits + ": " + s.reason() + "\n";
+  }
+  return out;
+}
+
 std::string FormatPolicyTest(const v1::PolicyTestResponse& resp) {
   std::string out;
   for (const auto& s : resp.steps()) {

@@ -3,8 +3,10 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,10 @@ int Usage() {
           "  inspect QID                                 one message: envelope, recipients, headers\n"
           "  hoststat                                    MX host status (cluster-wide)\n"
           "  purgestat [HOST]                            forget host status (all, or one host)\n"
+          "  suspend SITE DURATION [REASON...]           no delivery to a site (its name in the delivery log's\n"
+          "                                              site= or a shaping rule) for DURATION (30m, 2h, ...)\n"
+          "  resume SITE                                 lift a suspension (or a reply rule's slowing)\n"
+          "  sites                                       the sites suspended or slowed now\n"
           "  hold|release|delete|bounce [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              hold or release matching recipients, delete\n"
           "                                              matching messages (not while in delivery),\n"
@@ -95,6 +101,22 @@ int BuildBundle(const std::string& path, mx::v1::PolicyBundle* bundle) {
 }
 
 // The first line of a token file, trimmed; "" when unreadable.
+// "90", "30s", "15m", "2h", "1d" → seconds; nullopt when it is none of those.
+std::optional<uint32_t> ParseSeconds(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0 || digits > 7) return std::nullopt;
+  const uint64_t n = std::stoull(text.substr(0, digits));
+  const std::string unit = text.substr(digits);
+  const uint64_t mult = unit.empty() || unit == "s" ? 1
+                        : unit == "m"               ? 60
+                        : unit == "h"               ? 3600
+                        : unit == "d"               ? 86400
+                                                    : 0;
+  if (mult == 0 || n == 0 || n * mult > 30 * 86400) return std::nullopt;
+  return static_cast<uint32_t>(n * mult);
+}
+
 std::string ReadToken(const std::string& path) {
   FILE* f = fopen(path.c_str(), "r");
   if (!f) return "";
@@ -237,6 +259,45 @@ int main(int argc, char** argv) {
       PrintJson(resp);
     else
       fputs(mx::control::FormatHostStatus(resp).c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "suspend" || cmd == "resume") {
+    if (i >= args.size() || (cmd == "resume" && i + 1 != args.size()) || (cmd == "suspend" && i + 2 > args.size())) {
+      return Usage();
+    }
+    mx::v1::SiteSuspendRequest req;
+    req.set_site(args[i]);
+    req.set_resume(cmd == "resume");
+    if (cmd == "suspend") {
+      auto seconds = ParseSeconds(args[i + 1]);
+      if (!seconds) {
+        fprintf(stderr, "mxctl: suspend: '%s' is not a duration (30s, 15m, 2h, 1d)\n", args[i + 1].c_str());
+        return 64;
+      }
+      req.set_duration_s(*seconds);
+      std::string reason;
+      for (size_t k = i + 2; k < args.size(); ++k) reason += (reason.empty() ? "" : " ") + args[k];
+      req.set_reason(reason);
+    }
+    mx::v1::SiteSuspendResponse resp;
+    auto st = stub->SiteSuspend(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (cmd == "resume")
+      printf("%s: resumed (messages put back meanwhile come back within minutes; mxctl qrun for at once)\n",
+             args[i].c_str());
+    else
+      printf("%s: suspended for %s, cluster-wide within seconds\n", args[i].c_str(), args[i + 1].c_str());
+    return 0;
+  }
+  if (cmd == "sites") {
+    if (i != args.size()) return Usage();
+    mx::v1::SitesResponse resp;
+    auto st = stub->Sites(&ctx, mx::v1::SitesRequest(), &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatSites(resp).c_str(), stdout);
     return 0;
   }
   if (cmd == "purgestat") {

@@ -80,6 +80,20 @@ Probe::Probe() {
            .Register(reg)
            .Add({});
   for (const char* limit : {"connections", "rate", "connection_rate"}) throttled_->Add({{"limit", limit}});
+  sites_ = &prometheus::BuildGauge()
+                .Name("mx_delivery_sites")
+                .Help("Sites suspended or slowed (reputation backoff, mxctl suspend), as this worker knows them")
+                .Register(reg);
+  SitesHeld(0, 0);
+  reply_rules_ = &prometheus::BuildCounter()
+                      .Name("mx_delivery_reply_rules_fired_total")
+                      .Help("Shaping reply rules that suspended or slowed a site, by site and action")
+                      .Register(reg);
+  suspended_put_back_ = &prometheus::BuildCounter()
+                             .Name("mx_delivery_suspended_put_back_total")
+                             .Help("Recipients put back for later because their site is suspended")
+                             .Register(reg)
+                             .Add({});
   retries_ = &prometheus::BuildCounter()
                   .Name("mx_delivery_retries_total")
                   .Help("Recipient attempts after an earlier deferral (the queue retried them)")

@@ -36,6 +36,8 @@ SiteTls ParseTls(const std::string& key, const std::string& v) {
   Fail(key, "expected default, none, may or required, got '" + v + "'");
 }
 
+void ReadReplies(Reader& r, Shaping::Rule* rule);
+
 // The settings of a rule (in "default" or a site), each only if given.
 void ReadSettings(Reader& r, Shaping::Rule* rule) {
   if (r.Child("max_connections").IsDefined()) {
@@ -63,6 +65,55 @@ void ReadSettings(Reader& r, Shaping::Rule* rule) {
     rule->tls = ParseTls(r.Key("tls"), tls);
     rule->has_tls = true;
   }
+  ReadReplies(r, rule);
+}
+
+void ReadReplies(Reader& r, Shaping::Rule* rule) {
+  YAML::Node list = r.Child("replies");
+  if (!list.IsDefined()) return;
+  const std::string key = r.Key("replies");
+  if (!list.IsSequence()) Fail(key, "expected a list of {match, action, duration, ...}");
+  rule->has_replies = true;
+  rule->replies.clear();  // a later layer's list replaces the earlier one
+  size_t i = 0;
+  for (const auto& e : list) {
+    const std::string k = key + "[" + std::to_string(i++) + "]";
+    Reader rr(e, k);
+    ReplyRule rep;
+    rr.Str("match", &rep.match);
+    if (rep.match.empty()) Fail(k + ".match", "is required (a regular expression searched in the reply)");
+    try {
+      rep.re = std::make_shared<const std::regex>(rep.match,
+                                                  std::regex::ECMAScript | std::regex::icase | std::regex::optimize);
+    } catch (const std::regex_error& err) {
+      Fail(k + ".match", std::string("not a regular expression: ") + err.what());
+    }
+    std::string action = "suspend";
+    rr.Str("action", &action);
+    if (action != "suspend" && action != "slow") Fail(k + ".action", "expected suspend or slow, got '" + action + "'");
+    rep.suspend = action == "suspend";
+    std::chrono::seconds duration{0};
+    rr.Duration("duration", &duration);
+    if (duration.count() <= 0 || duration > std::chrono::hours(24 * 30)) {
+      Fail(k + ".duration", "is required, from 1s to 30d");
+    }
+    rep.duration_s = static_cast<uint32_t>(duration.count());
+    rr.Uint("max_connections", &rep.max_connections);
+    std::string rate;
+    rr.Str("max_message_rate", &rate);
+    if (!rate.empty()) {
+      auto parsed = ParseRate(rate);
+      if (!parsed.ok()) Fail(k + ".max_message_rate", parsed.status().message());
+      rep.message_rate = *parsed;
+    }
+    if (rep.suspend && (rep.max_connections || !rep.message_rate.none())) {
+      Fail(k, "max_connections and max_message_rate belong to action: slow");
+    }
+    if (!rep.suspend && !rep.max_connections && rep.message_rate.none()) {
+      Fail(k, "action: slow needs max_connections or max_message_rate");
+    }
+    rule->replies.push_back(std::move(rep));
+  }
 }
 
 // Fields given in `over` replace those of `base`.
@@ -77,6 +128,7 @@ void Amend(Shaping::Rule* base, const Shaping::Rule& over) {
   if (over.has_message_rate) base->message_rate = over.message_rate, base->has_message_rate = true;
   if (over.has_connection_rate) base->connection_rate = over.connection_rate, base->has_connection_rate = true;
   if (over.has_tls) base->tls = over.tls, base->has_tls = true;
+  if (over.has_replies) base->replies = over.replies, base->has_replies = true;
 }
 
 bool ValidPattern(const std::string& p) {
@@ -126,6 +178,16 @@ void ParseLayer(const std::string& text, Shaping::Rule* defaults, std::vector<Sh
 }
 
 }  // namespace
+
+const ReplyRule* SiteShape::MatchReply(std::string_view reply) const {
+  for (const auto* list : {site_replies, default_replies}) {
+    if (!list) continue;
+    for (const auto& r : *list) {
+      if (std::regex_search(reply.begin(), reply.end(), *r.re)) return &r;
+    }
+  }
+  return nullptr;
+}
 
 std::string RateLimit::ToString() const {
   if (count == 0) return "none";
@@ -232,6 +294,8 @@ SiteShape Shaping::Shape(const Rule& r, std::string site, bool named) const {
   out.message_rate = r.has_message_rate ? r.message_rate : default_.message_rate;
   out.connection_rate = r.has_connection_rate ? r.connection_rate : default_.connection_rate;
   out.tls = r.has_tls ? r.tls : default_.tls;
+  if (&r != &default_) out.site_replies = &r.replies;
+  out.default_replies = &default_.replies;
   return out;
 }
 

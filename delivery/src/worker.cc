@@ -7,6 +7,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -208,7 +209,53 @@ struct Outcome {
   bool dsn_forwarded = false;  // the next hop took over the NOTIFY request
   std::string tls;             // protocol and cipher when the session was encrypted
   bool throttled = false;      // put back by a delivery limit, not by the destination
+  int64_t not_before = 0;      // throttled because the site is suspended: not before then
 };
+
+// The cluster's suspended and slowed sites as this worker knows them: shard
+// 0's list (refreshed with the host status) and this worker's own triggers.
+class SiteBook {
+ public:
+  std::optional<v1::SiteStatus> Get(const std::string& site, int64_t now_us) const {
+    std::lock_guard lock(mu_);
+    auto it = sites_.find(site);
+    if (it == sites_.end() || it->second.until_unix_us() <= now_us) return std::nullopt;
+    return it->second;
+  }
+  void Set(const v1::SiteStatus& s, int64_t now_us) {
+    std::lock_guard lock(mu_);
+    sites_[s.site()] = s;
+    set_at_[s.site()] = now_us;
+  }
+  // Shard 0's view replaces this one, but for what this worker set since the
+  // refresh began (its SetSiteStatus may not have committed yet).
+  void Merge(const v1::ListSiteStatusResponse& from_shard0, int64_t refresh_started_us, size_t* suspended,
+             size_t* slowed) {
+    std::lock_guard lock(mu_);
+    std::unordered_map<std::string, v1::SiteStatus> next;
+    for (const auto& st : from_shard0.sites()) next[st.site()] = st;
+    std::erase_if(set_at_, [&](const auto& kv) { return kv.second < refresh_started_us; });
+    for (const auto& [site, _] : set_at_) {
+      if (auto it = sites_.find(site); it != sites_.end()) next.emplace(site, it->second);
+    }
+    sites_ = std::move(next);
+    *suspended = *slowed = 0;
+    for (const auto& [_, st] : sites_) ++(st.suspended() ? *suspended : *slowed);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, v1::SiteStatus> sites_;
+  std::unordered_map<std::string, int64_t> set_at_;
+};
+
+// Printable ASCII only (a reply quoted in a site's reason; protobuf strings
+// must be UTF-8), at most max octets.
+std::string PrintableCut(std::string_view text, size_t max) {
+  std::string out;
+  for (char c : text.substr(0, max)) out += (c >= 0x20 && c < 0x7f) ? c : ' ';
+  return out;
+}
 
 class Worker final : public DeliveryWorker {
  public:
@@ -433,9 +480,60 @@ class Worker final : public DeliveryWorker {
         for (auto& h : *resp.mutable_hosts()) all.push_back(std::move(h));
       }
       if (complete && !stopping_) Probe::Get().HostsKnown(hosts_.Merge(all, started));
+      if (!stopping_) RefreshSites(clock_.NowUnixMicros());
       std::unique_lock lock(stop_mu_);
       stop_cv_.wait_for(lock, std::chrono::seconds(2), [&] { return stopping_.load(); });
     }
+  }
+
+  // Shard 0's suspended and slowed sites.
+  void RefreshSites(int64_t started) {
+    auto target = router_.Leader(0);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ListSiteStatusRequest req;
+    v1::ListSiteStatusResponse resp;
+    auto st = target.stub->ListSiteStatus(&ctx, req, &resp);
+    router_.Observe(0, target.address, ctx, st);
+    if (!st.ok()) return;  // keep the old view
+    size_t suspended = 0, slowed = 0;
+    sites_.Merge(resp, started, &suspended, &slowed);
+    Probe::Get().SitesHeld(suspended, slowed);
+  }
+
+  // A reply rule matched: the site is suspended or slowed here at once and,
+  // through shard 0, everywhere within seconds. A site already in that
+  // state is left as it is (one trigger per episode, not one per reply).
+  void TriggerSite(const SiteShape& shape, const ReplyRule& rule, const std::string& reply, const std::string& qid) {
+    const int64_t now = clock_.NowUnixMicros();
+    if (auto cur = sites_.Get(shape.site, now); cur && (cur->suspended() || !rule.suspend)) return;
+    v1::SiteStatus st;
+    st.set_site(shape.site);
+    st.set_suspended(rule.suspend);
+    st.set_until_unix_us(now + static_cast<int64_t>(rule.duration_s) * 1'000'000);
+    st.set_reason(PrintableCut(reply, 300));
+    st.set_by("reply rule /" + PrintableCut(rule.match, 80) + "/ on " + worker_id_);
+    st.set_max_connections(rule.max_connections);
+    st.set_message_rate_count(rule.message_rate.count);
+    st.set_message_rate_period_s(rule.message_rate.none() ? 0 : rule.message_rate.period_s);
+    st.set_since_unix_us(now);
+    sites_.Set(st, now);
+    Probe::Get().ReplyRuleFired(shape.named ? shape.site : "other", rule.suspend ? "suspend" : "slow");
+    log::Warn("site " + shape.site + (rule.suspend ? " suspended" : " slowed") + " for " +
+              std::to_string(rule.duration_s) + "s by a reply rule (" + qid + "): " + st.reason());
+    auto call = AsyncCall<v1::SetSiteStatusRequest, v1::SetSiteStatusResponse>::WithDeadline(std::chrono::seconds(2));
+    call->req.set_shard(0);
+    *call->req.mutable_status() = std::move(st);
+    auto target = router_.Leader(0);
+    permit_calls_.fetch_add(1);  // waited for at Stop, like the Permit calls
+    target.stub->async()->SetSiteStatus(
+        &call->ctx, &call->req, &call->resp, [this, call, address = target.address](grpc::Status s) {
+          router_.Observe(0, address, call->ctx, s);
+          if (!s.ok()) {
+            log::Warn("storing site " + call->req.status().site() + "'s state failed: " + s.error_message());
+          }
+          permit_calls_.fetch_sub(1);
+        });
   }
 
   static v1::HostOutcome HostOutcomeOf(const std::string& host, bool ok, const std::string& reply) {
@@ -794,8 +892,33 @@ class Worker final : public DeliveryWorker {
     // The site: its limits, shared by every domain with the same MX hosts.
     std::vector<std::string> mx_names;
     for (const auto& h : ans.hosts) mx_names.push_back(h.name);
-    const SiteShape shape = routing_.shaping().For(domain, mx_names);
+    SiteShape shape = routing_.shaping().For(domain, mx_names);
     if (shape.named) *site = shape.site;
+    // Reputation backoff: a suspended site waits (its recipients come back
+    // when it ends, spread over a minute); a slowed one gets tighter limits.
+    auto suspended_outcomes = [&](const v1::SiteStatus& st) {
+      // Spread over a tenth of the suspension, at most a minute.
+      const int64_t span = std::clamp<int64_t>((st.until_unix_us() - st.since_unix_us()) / 10, 1, 60'000'000);
+      const int64_t spread = static_cast<int64_t>(std::hash<std::string>{}(m.envelope().qid()) % span);
+      auto out = all(v1::OUTCOME_DEFERRED, "4.4.5",
+                     "4.4.5 site " + st.site() + " is suspended for " +
+                         log::FormatDelay(std::max<int64_t>(0, st.until_unix_us() - clock_.NowUnixMicros())) + " (" +
+                         st.by() + "): " + st.reason());
+      for (auto& o : out) {
+        o.throttled = true;
+        o.not_before = st.until_unix_us() + spread;
+      }
+      Probe::Get().SuspendedPutBack(out.size());
+      return out;
+    };
+    if (auto st = sites_.Get(shape.site, clock_.NowUnixMicros())) {
+      if (st->suspended()) co_return suspended_outcomes(*st);
+      if (st->max_connections() > 0 && (shape.max_connections == 0 || st->max_connections() < shape.max_connections)) {
+        shape.max_connections = st->max_connections();
+      }
+      if (st->message_rate_count() > 0)
+        shape.message_rate = RateLimit{st->message_rate_count(), st->message_rate_period_s()};
+    }
     const bool encrypt = shape.tls == SiteTls::kRequired ||
                          (shape.tls == SiteTls::kDefault && encrypt_domains_.count(ToLower(domain)) > 0);
     SmtpClientConfig base = encrypt                       ? encrypt_client_
@@ -825,6 +948,28 @@ class Worker final : public DeliveryWorker {
             clear_cc.lmtp = route.mailer->lmtp;
             auto clear = Transact(route, shape, host.name, ip, p, clear_cc, m, rcpts);
             at = co_await std::move(clear);
+          }
+          // Reputation backoff: the replies of this attempt against the site's rules.
+          if (!at.throttled) {
+            const ReplyRule* fired = nullptr;
+            std::string matched;
+            if (at.try_next || at.rcpts.empty()) {
+              if ((fired = shape.MatchReply(at.error))) matched = at.error;
+            }
+            for (const auto& r : at.rcpts) {
+              if (fired) break;
+              if (!r.reply.empty() && r.reply[0] != '2' && (fired = shape.MatchReply(r.reply))) matched = r.reply;
+            }
+            if (fired) {
+              TriggerSite(shape, *fired, matched, m.envelope().qid());
+              if (fired->suspend && at.try_next) {  // no other host of the site either
+                if (auto st = sites_.Get(shape.site, clock_.NowUnixMicros())) co_return suspended_outcomes(*st);
+              }
+              if (!fired->suspend) {  // tighter limits from the next connection on
+                if (fired->max_connections > 0) shape.max_connections = fired->max_connections;
+                if (!fired->message_rate.none()) shape.message_rate = fired->message_rate;
+              }
+            }
           }
           if (at.throttled) {  // a limit, not the host: the whole destination waits its turn
             log::Mail(m.envelope().qid(), "relay=" + host.name + ": " + at.error);
@@ -931,6 +1076,7 @@ class Worker final : public DeliveryWorker {
         res->set_relay(o.relay);
         res->set_mailer(mailer);
         res->set_throttled(o.throttled);
+        if (o.not_before > 0) res->set_not_before_unix_us(o.not_before);
         if (o.r.outcome == v1::OUTCOME_DELIVERED) res->set_bytes(env.size());
         const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED  ? "Sent"
                            : o.r.outcome == v1::OUTCOME_DEFERRED ? "Deferred"
@@ -1192,6 +1338,7 @@ class Worker final : public DeliveryWorker {
   std::vector<std::shared_ptr<Shard>> shards_;
   std::vector<std::thread> pullers_;
   HostCache hosts_;
+  SiteBook sites_;
   std::thread refresher_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};

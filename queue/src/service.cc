@@ -377,7 +377,9 @@ class Shard {
       auto* out = op->add_results();
       *out = r;
       if (r.outcome() == v1::OUTCOME_DEFERRED && r.throttled()) {
-        out->set_next_attempt_unix_us(now + ThrottleDelay());
+        // A suspended site's recipients wait for its end (at most an hour).
+        const int64_t later = std::min<int64_t>(r.not_before_unix_us(), now + 3'600'000'000LL);
+        out->set_next_attempt_unix_us(std::max(now + ThrottleDelay(), later));
       } else if (r.outcome() == v1::OUTCOME_DEFERRED) {
         auto rc = sm_->GetRecipient(r.qid(), r.index());
         uint32_t attempts = rc.ok() ? rc->attempts() : 0;
@@ -551,6 +553,39 @@ class Shard {
               (req->forget()  ? " forgotten"
                : req->drain() ? " to drain"
                               : " back to work"));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SetSiteStatus(grpc::ServerContext* ctx, const v1::SetSiteStatusRequest* req) {
+    const auto& st = req->status();
+    if (st.site().empty() || st.site().size() > 1024) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which site? (1 to 1024 characters)");
+    }
+    if (!req->clear() && st.until_unix_us() <= clock_.NowUnixMicros()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a site status needs a time in the future");
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    *cmd.mutable_site()->mutable_status() = st;
+    if (st.reason().size() > 512) {  // cut at a UTF-8 character boundary
+      size_t cut = 512;
+      while (cut > 0 && (static_cast<unsigned char>(st.reason()[cut]) & 0xC0) == 0x80) --cut;
+      cmd.mutable_site()->mutable_status()->set_reason(st.reason().substr(0, cut));
+    }
+    cmd.mutable_site()->set_clear(req->clear());
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    log::Info(tag_ + ": site " + st.site() + (req->clear() ? " resumed" : (st.suspended() ? " suspended" : " slowed")) +
+              " (" + st.by() + ")");
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListSiteStatus(grpc::ServerContext* ctx, v1::ListSiteStatusResponse* resp) {
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    const int64_t now = clock_.NowUnixMicros();
+    sm_->Sites(now, resp);
+    resp->set_now_unix_us(now);
     return grpc::Status::OK;
   }
 
@@ -979,6 +1014,20 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->SetDrain(ctx, req) : err;
+  }
+
+  grpc::Status SetSiteStatus(grpc::ServerContext* ctx, const v1::SetSiteStatusRequest* req,
+                             v1::SetSiteStatusResponse*) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->SetSiteStatus(ctx, req) : err;
+  }
+
+  grpc::Status ListSiteStatus(grpc::ServerContext* ctx, const v1::ListSiteStatusRequest* req,
+                              v1::ListSiteStatusResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->ListSiteStatus(ctx, resp) : err;
   }
 
   grpc::Status GetMessage(grpc::ServerContext* ctx, const v1::GetMessageRequest* req,

@@ -28,6 +28,7 @@ constexpr const char* kStatsSinceKey = "stats_since";
 constexpr const char* kMemberPrefix = "member/";
 constexpr const char* kNodePrefix = "node/";
 constexpr const char* kPolicyKey = "policy/current";
+constexpr const char* kSitePrefix = "site/";
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -872,6 +873,22 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         policy_version = bundle.version();
         break;
       }
+      case v1::QueueCommand::kSite: {
+        const auto& op = cmd.site();
+        if (op.status().site().empty()) {
+          res->status = Status(Code::kInvalidArgument, "a site status needs a site");
+          break;
+        }
+        const std::string key = kSitePrefix + op.status().site();
+        if (op.clear()) {
+          b.Delete(meta_, key);
+        } else {
+          v1::SiteStatus status = op.status();
+          status.set_since_unix_us(cmd.now_unix_us());
+          b.PutProto(meta_, key, status);
+        }
+        break;
+      }
       default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
     }
     if (!st.ok()) return st;  // storage failure: nothing written
@@ -1069,6 +1086,17 @@ void StateMachine::Nodes(v1::ListNodesResponse* out) const {
   for (it->Seek(kNodePrefix); it->Valid() && it->key().starts_with(kNodePrefix); it->Next()) {
     v1::NodeInfo n;
     if (n.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) *out->add_nodes() = std::move(n);
+  }
+}
+
+void StateMachine::Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const {
+  std::shared_lock db_lock(db_mu_);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(kSitePrefix); it->Valid() && it->key().starts_with(kSitePrefix); it->Next()) {
+    v1::SiteStatus s;
+    if (s.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) && s.until_unix_us() > now_us) {
+      *out->add_sites() = std::move(s);
+    }
   }
 }
 

@@ -1,8 +1,10 @@
 """Traffic shaping by site against real peers (aiosmtpd) and a real DNS server:
 domains sharing an MX set share one site's limits and connections, across two
 delivery processes; a site named by MX suffix; messages per connection, message
-and connection rates; TLS required for a site."""
+and connection rates; TLS required for a site; reputation backoff (a reply rule
+suspends a site for every worker) and mxctl suspend/resume/sites."""
 import smtplib
+import time
 
 import pytest
 
@@ -22,6 +24,9 @@ RECORDS = {
     ("in.secure.test", "A"): [MX_GOOD],
     ("plain.test", "MX"): ["10 mx.plain.test"],
     ("mx.plain.test", "A"): [MX_GOOD],
+    ("c.test", "MX"): ["10 mx.ts.test"],
+    ("d.test", "MX"): ["10 mx.ts.test"],
+    ("mx.ts.test", "A"): [MX_GOOD],
 }
 
 
@@ -128,3 +133,65 @@ def test_a_bad_shaping_file_stops_the_start_with_its_name_and_key(tmp_path, mxd_
         mxd_factory(delivery__shaping_file=bad)
     log = (tmp_path / "mx" / "mxd.log").read_text()
     assert "shaping.yaml: sites.p.max_message_rate: expected a rate like 10/s" in log, log
+
+
+TS04 = "421 4.7.0 [TS04] Messages from 127.0.0.1 temporarily deferred due to user complaints"
+
+
+def test_a_reply_rule_suspends_the_site_for_every_worker(tinydns, sinks, mxd_factory, tmp_path):
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port, rcpt_replies={"bad@c.test": TS04})
+    rules = ("sites:\n  ts:\n    mx: [.ts.test]\n    replies:\n"
+             "      - match: '\\[TSS?04\\]'\n        action: suspend\n        duration: 8s\n")
+    node = mxd_factory(delivery__dns_servers=[tinydns.server], delivery__smtp_port=port,
+                       delivery__shaping_file=shaping(tmp_path, rules), queue__min_backoff="1h",
+                       queue__max_backoff="2h")
+    second = ExtraDelivery(node, tmp_path)
+    try:
+        send(node, [["bad@c.test"]])
+        wait_for(lambda: ("bad@c.test", TS04) in sink.rcpt_log, what="the [TS04] reply")
+        triggered = time.monotonic()
+        # Both workers hold the suspension: the one that saw the reply at once,
+        # the other from shard 0 within its refresh.
+        held = lambda p: metric_value(p.metrics(), "mx_delivery_sites", {"state": "suspended"}) == 1  # noqa: E731
+        wait_for(lambda: held(node) and held(second), what="both workers to hold the suspension")
+        sites = node.mxctl("sites")
+        assert "ts" in sites and "suspended" in sites and "[TS04]" in sites, sites
+        # Another domain of the same site waits, on either worker.
+        send(node, [[f"good{i}@d.test"] for i in range(6)])
+        wait_for(lambda: "is suspended" in node.mxctl("mailq"), what="the suspension in mailq")
+        assert sink.count() == 0
+        wait_for(lambda: sink.count() == 6, timeout=60, what="the 6 messages after the suspension")
+        firsts = min(t for t, _ in sink.arrivals)
+        assert firsts >= triggered + 8 - 2.5, firsts - triggered  # not before it ended (2 s refresh slack)
+        fired = sum(metric_value(p.metrics(), "mx_delivery_reply_rules_fired_total",
+                                 {"site": "ts", "action": "suspend"}) or 0 for p in (node, second))
+        assert fired == 1  # one trigger for the episode
+        assert "<bad@c.test>" in node.mxctl("mailq")  # deferred by the 421 itself (backoff 1h)
+    finally:
+        second.stop()
+
+
+def test_mxctl_suspends_and_resumes_a_site(tinydns, sinks, mxd_factory):
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port)
+    node = mxd_factory(delivery__dns_servers=[tinydns.server], delivery__smtp_port=port)
+    site = "mx:mx.ts.test"  # no rule names it: its MX set is the site
+    out = node.mxctl("suspend", site, "1h", "complaints", "spike")
+    assert "suspended for 1h" in out, out
+    sites = node.mxctl("sites")
+    assert site in sites and "complaints spike" in sites and "mxctl" in sites, sites
+    # Workers learn it from shard 0 within their refresh (2 s).
+    wait_for(lambda: metric_value(node.metrics(), "mx_delivery_sites", {"state": "suspended"}) == 1,
+             what="the worker to hold the suspension")
+    send(node, [["u@c.test"], ["v@d.test"]])
+    wait_for(lambda: node.mxctl("mailq").count("is suspended") == 2, what="both put back for the suspension")
+    assert sink.count() == 0
+    assert "resumed" in node.mxctl("resume", site)
+    assert "No site is suspended" in node.mxctl("sites")
+    wait_for(lambda: metric_value(node.metrics(), "mx_delivery_sites", {"state": "suspended"}) == 0,
+             what="the worker to drop the suspension")
+    node.mxctl("qrun")
+    wait_for(lambda: sink.count() == 2, what="delivery after resume and qrun")
+    bad = node.mxctl_run("suspend", site, "forever")
+    assert bad.returncode == 64 and "not a duration" in bad.stderr

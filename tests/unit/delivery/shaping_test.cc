@@ -106,6 +106,64 @@ TEST(Shaping, ShippedDefaultsParseAndNameTheBigProviders) {
   EXPECT_TRUE(other.message_rate.none());
 }
 
+TEST(Shaping, ReplyRulesOfTheSiteThenTheDefault) {
+  auto s = MustParse(DeliveryConfig{}, {{"t", R"(
+default:
+  replies:
+    - match: 'temporarily rate limited'
+      action: slow
+      max_connections: 1
+      max_message_rate: 1/min
+      duration: 90m
+sites:
+  yahooish:
+    mx: [.yahoo.example]
+    replies:
+      - match: '\[TSS?04\]'
+        action: suspend
+        duration: 2h
+)"}});
+  auto y = s.For("y.example", {"mta5.yahoo.example"});
+  const ReplyRule* r = y.MatchReply("421 4.7.0 [TS04] Messages from 192.0.2.1 temporarily deferred");
+  ASSERT_NE(r, nullptr);
+  EXPECT_TRUE(r->suspend);
+  EXPECT_EQ(r->duration_s, 7200u);
+  EXPECT_NE(y.MatchReply("421 4.7.0 [tss04] deferred"), nullptr);  // case-insensitive
+  const ReplyRule* d = y.MatchReply("450 4.7.650 The mail server has been temporarily rate limited");
+  ASSERT_NE(d, nullptr);  // the default's rules apply to every site, after its own
+  EXPECT_FALSE(d->suspend);
+  EXPECT_EQ(d->max_connections, 1u);
+  EXPECT_EQ(d->message_rate.ToString(), "1/min");
+  EXPECT_EQ(y.MatchReply("550 5.1.1 no such user"), nullptr);
+  auto other = s.For("o.example", {"mx.o.example"});
+  EXPECT_EQ(other.MatchReply("421 [TS04] x"), nullptr);  // another site's rule
+  EXPECT_NE(other.MatchReply("temporarily rate limited"), nullptr);
+  // The shipped rules: Yahoo's complaint deferral, Gmail's unusual rate.
+  auto shipped = MustParse(DeliveryConfig{}, {{"built-in", std::string(Shaping::ShippedDefaults())}});
+  auto yahoo = shipped.For("yahoo.com", {"mta6.am0.yahoodns.net"});
+  ASSERT_NE(yahoo.MatchReply("421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to user complaints"),
+            nullptr);
+  EXPECT_TRUE(yahoo.MatchReply("421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred")->suspend);
+  auto gmail = shipped.For("gmail.com", {"gmail-smtp-in.l.google.com"});
+  ASSERT_NE(gmail.MatchReply("421-4.7.28 Gmail has detected an unusual rate of unsolicited mail"), nullptr);
+  EXPECT_FALSE(gmail.MatchReply("421-4.7.28 unusual rate")->suspend);
+}
+
+TEST(Shaping, BadReplyRulesAreNamed) {
+  EXPECT_EQ(ParseError("default:\n  replies:\n    - action: suspend\n      duration: 1h\n"),
+            "shaping.yaml: default.replies[0].match: is required (a regular expression searched in the reply)");
+  EXPECT_EQ(ParseError("default:\n  replies:\n    - match: 'x'\n      action: suspend\n"),
+            "shaping.yaml: default.replies[0].duration: is required, from 1s to 30d");
+  EXPECT_EQ(ParseError("default:\n  replies:\n    - match: 'x'\n      action: pause\n      duration: 1h\n"),
+            "shaping.yaml: default.replies[0].action: expected suspend or slow, got 'pause'");
+  EXPECT_EQ(ParseError("default:\n  replies:\n    - match: 'x'\n      action: slow\n      duration: 1h\n"),
+            "shaping.yaml: default.replies[0]: action: slow needs max_connections or max_message_rate");
+  EXPECT_EQ(ParseError("default:\n  replies:\n    - match: 'x'\n      duration: 1h\n      max_connections: 1\n"),
+            "shaping.yaml: default.replies[0]: max_connections and max_message_rate belong to action: slow");
+  EXPECT_TRUE(ParseError("default:\n  replies:\n    - match: '[unclosed'\n      duration: 1h\n")
+                  .starts_with("shaping.yaml: default.replies[0].match: not a regular expression"));
+}
+
 TEST(Shaping, RatesParse) {
   EXPECT_EQ(ParseRate("10/s")->period_s, 1u);
   EXPECT_EQ(ParseRate("100/min")->period_s, 60u);

@@ -15,6 +15,8 @@ std::string FormatMailstats(const v1::MailstatsResponse& resp);
 std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp);
 // `mxctl hoststat`: sendmail's hoststat table.
 std::string FormatHostStatus(const v1::HostStatusResponse& resp);
+// mxctl sites: the sites suspended or slowed, how long is left, why.
+std::string FormatSites(const v1::SitesResponse& resp);
 // `mxctl policy test`: one line per step, then the outcome.
 std::string FormatPolicyTest(const v1::PolicyTestResponse& resp);
 // mxctl inspect: envelope, recipients with attempts and last reply, headers.

@@ -29,6 +29,19 @@ class Probe {
   // A destination whose recipients were put back by a limit: "connections" or "rate".
   void Throttled(const std::string& limit) { throttled_->Add({{"limit", limit}}).Increment(); }
   void AaaaWorkaround() { aaaa_workaround_->Increment(); }
+  // Sites suspended or slowed as this worker knows them (shard 0's list and
+  // its own triggers).
+  void SitesHeld(size_t suspended, size_t slowed) {
+    sites_->Add({{"state", "suspended"}}).Set(static_cast<double>(suspended));
+    sites_->Add({{"state", "slowed"}}).Set(static_cast<double>(slowed));
+  }
+  // A reply rule fired: site is the rule's site name ("other" for a site no
+  // rule names, to keep the label set bounded); action suspend | slow.
+  void ReplyRuleFired(const std::string& site, const std::string& action) {
+    reply_rules_->Add({{"site", site}, {"action", action}}).Increment();
+  }
+  // Recipients put back because their site is suspended.
+  void SuspendedPutBack(size_t n) { suspended_put_back_->Increment(static_cast<double>(n)); }
   // A recipient attempted again after a deferral (not a throttled put-back).
   void Retry() { retries_->Increment(); }
   // A recipient's final outcome (delivered | bounced) and its time in the
@@ -52,6 +65,9 @@ class Probe {
   prometheus::Family<prometheus::Counter>* throttled_;
   prometheus::Counter* aaaa_workaround_;
   prometheus::Counter* retries_;
+  prometheus::Family<prometheus::Gauge>* sites_;
+  prometheus::Family<prometheus::Counter>* reply_rules_;
+  prometheus::Counter* suspended_put_back_;
   prometheus::Histogram* delay_delivered_;
   prometheus::Histogram* delay_bounced_;
 };

@@ -15,6 +15,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <regex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -43,6 +45,18 @@ enum class SiteTls {
   kRequired,  // no delivery without TLS (Postfix "encrypt")
 };
 
+// Reputation backoff: a reply (a greeting, a MAIL/RCPT/DATA answer, a
+// connection error) that matches suspends the site, or slows it to tighter
+// limits, for a while — cluster-wide, through shard 0 (v1::SiteStatus).
+struct ReplyRule {
+  std::string match;  // ECMAScript regex, case-insensitive, searched in the reply
+  std::shared_ptr<const std::regex> re;
+  bool suspend = true;  // false: slow
+  uint32_t duration_s = 0;
+  uint32_t max_connections = 0;   // slow: at most this many connections (0: unchanged)
+  RateLimit message_rate{0, 60};  // slow: at most this message rate (none: unchanged)
+};
+
 // The effective shaping of one site.
 struct SiteShape {
   std::string site;                          // the rule's name, or "mx:" + the sorted MX host names
@@ -53,6 +67,11 @@ struct SiteShape {
   RateLimit message_rate;                    // messages, cluster-wide
   RateLimit connection_rate;                 // new connections, cluster-wide
   SiteTls tls = SiteTls::kDefault;
+  // The site's reply rules, then the default rule's (owned by the Shaping).
+  const std::vector<ReplyRule>* site_replies = nullptr;
+  const std::vector<ReplyRule>* default_replies = nullptr;
+  // The first rule that matches reply, or null.
+  const ReplyRule* MatchReply(std::string_view reply) const;
 };
 
 class Shaping {
@@ -68,6 +87,8 @@ class Shaping {
     uint32_t max_messages_per_connection = 0;
     RateLimit message_rate{0, 60}, connection_rate{0, 60};
     SiteTls tls = SiteTls::kDefault;
+    bool has_replies = false;
+    std::vector<ReplyRule> replies;
   };
 
   // The shipped defaults (unless delivery.shaping_defaults is false), then

@@ -122,6 +122,8 @@ class StateMachine {
   // The node table (heartbeats, drain flags).
   void Nodes(v1::ListNodesResponse* out) const;
   bool NodeDrain(const std::string& name) const;
+  // The sites suspended or slowed at now_us.
+  void Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const;
   // The pushed acceptance policy (empty version: none).
   v1::PolicyBundle CurrentPolicy() const;
   std::string PolicyVersion() const;
