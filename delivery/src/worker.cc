@@ -5,9 +5,9 @@
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
-#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
