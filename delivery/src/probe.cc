@@ -89,6 +89,7 @@ Probe::Probe() {
                       .Name("mx_delivery_reply_rules_fired_total")
                       .Help("Shaping reply rules that suspended or slowed a site, by site and action")
                       .Register(reg);
+  for (const char* action : {"suspend", "slow"}) reply_rules_->Add({{"site", "other"}, {"action", action}});
   suspended_put_back_ = &prometheus::BuildCounter()
                              .Name("mx_delivery_suspended_put_back_total")
                              .Help("Recipients put back for later because their site is suspended")
