@@ -90,6 +90,11 @@ Probe::Probe() {
                       .Help("Shaping reply rules that suspended or slowed a site, by site and action")
                       .Register(reg);
   for (const char* action : {"suspend", "slow"}) reply_rules_->Add({{"site", "other"}, {"action", action}});
+  reply_classes_ = &prometheus::BuildCounter()
+                        .Name("mx_delivery_reply_classes_total")
+                        .Help("Recipients not delivered, by class of the reply (bounce classification) and result")
+                        .Register(reg);
+  for (const char* result : {"deferred", "bounced"}) reply_classes_->Add({{"class", "other"}, {"result", result}});
   suspended_put_back_ = &prometheus::BuildCounter()
                              .Name("mx_delivery_suspended_put_back_total")
                              .Help("Recipients put back for later because their site is suspended")

@@ -23,6 +23,7 @@
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
 #include "mx/common/thread_name.h"
+#include "mx/delivery/bounce_class.h"
 #include "mx/delivery/dsn.h"
 #include "mx/delivery/host_cache.h"
 #include "mx/delivery/probe.h"
@@ -1078,6 +1079,12 @@ class Worker final : public DeliveryWorker {
         res->set_throttled(o.throttled);
         if (o.not_before > 0) res->set_not_before_unix_us(o.not_before);
         if (o.r.outcome == v1::OUTCOME_DELIVERED) res->set_bytes(env.size());
+        // Why it was not delivered (throttled put-backs are not the destination's answer).
+        std::string cls;
+        if (o.r.outcome != v1::OUTCOME_DELIVERED && !o.throttled) {
+          cls = std::string(BounceClassName(ClassifyReply(o.r.reply, o.r.dsn_status)));
+          Probe::Get().ReplyClass(cls, o.r.outcome == v1::OUTCOME_BOUNCED ? "bounced" : "deferred");
+        }
         const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED  ? "Sent"
                            : o.r.outcome == v1::OUTCOME_DEFERRED ? "Deferred"
                                                                  : "User unknown";
@@ -1085,10 +1092,11 @@ class Worker final : public DeliveryWorker {
             o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0 ? "Service unavailable" : stat;
         log::Mail(env.qid(),
                   "to=<" + rc.address() +
-                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) + ", xdelay=" +
-                      log::FormatDelay(xdelay) + ", mailer=" + mailer + ", pri=" + std::to_string(env.priority()) +
-                      ", relay=" + (o.relay.empty() ? domain : o.relay) + (o.tls.empty() ? "" : ", tls=" + o.tls) +
-                      (site.empty() ? "" : ", site=" + site) + ", dsn=" + o.r.dsn_status +
+                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
+                      ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + mailer +
+                      ", pri=" + std::to_string(env.priority()) + ", relay=" + (o.relay.empty() ? domain : o.relay) +
+                      (o.tls.empty() ? "" : ", tls=" + o.tls) + (site.empty() ? "" : ", site=" + site) +
+                      ", dsn=" + o.r.dsn_status + (cls.empty() ? "" : ", class=" + cls) +
                       ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
         const std::string result = o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
                                    : o.r.outcome == v1::OUTCOME_DEFERRED ? "deferred"

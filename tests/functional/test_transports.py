@@ -3,6 +3,7 @@ the connection cache, messages per connection, SingleThreadDelivery and
 max connections held across two delivery processes, mailertable routes (LMTP,
 a mailer's M= size, error: entries), mxctl bounce, and AAAA handling
 (WorkAroundBrokenAAAA, delivery over IPv6) with a DNS server that fails AAAA."""
+import re
 import smtplib
 
 import pytest
@@ -103,6 +104,10 @@ def test_mailertable_lmtp_mailer_size_and_error_entries(dns, sinks, mxd_factory,
     assert "550 5.1.2 gone.test does not receive mail" in senders.messages[2][2].decode()
     log = node.logtext()
     assert "to=<ok@lmtp.test>" in log and "mailer=lmtp" in log
+    # Bounce classification: in the log line and the metrics.
+    assert re.search(r"to=<full@lmtp.test>.*class=quota, stat=", log), log
+    assert re.search(r"to=<z@gone.test>.*class=bad_domain, stat=", log), log
+    assert metric_value(node.metrics(), "mx_delivery_reply_classes_total", {"class": "quota", "result": "bounced"}) == 1
     wait_for(lambda: "Mail queue is empty" in node.mxctl("mailq"), what="the queue to drain")
     rows = {l.split()[-1]: l.split() for l in node.mxctl("mailstats").splitlines() if l.strip()[:1].isdigit()}
     assert rows["lmtp"][3] == "1" and rows["small"][3] == "1", rows  # msgsto per mailer

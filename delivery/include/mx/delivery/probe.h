@@ -40,6 +40,11 @@ class Probe {
   void ReplyRuleFired(const std::string& site, const std::string& action) {
     reply_rules_->Add({{"site", site}, {"action", action}}).Increment();
   }
+  // A recipient not delivered, by class (bounce_class.h) and result
+  // (deferred | bounced).
+  void ReplyClass(const std::string& cls, const std::string& result) {
+    reply_classes_->Add({{"class", cls}, {"result", result}}).Increment();
+  }
   // Recipients put back because their site is suspended.
   void SuspendedPutBack(size_t n) { suspended_put_back_->Increment(static_cast<double>(n)); }
   // A recipient attempted again after a deferral (not a throttled put-back).
@@ -68,6 +73,7 @@ class Probe {
   prometheus::Family<prometheus::Gauge>* sites_;
   prometheus::Family<prometheus::Counter>* reply_rules_;
   prometheus::Counter* suspended_put_back_;
+  prometheus::Family<prometheus::Counter>* reply_classes_;
   prometheus::Histogram* delay_delivered_;
   prometheus::Histogram* delay_bounced_;
 };
