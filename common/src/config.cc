@@ -195,6 +195,52 @@ Config Parse(const YAML::Node& root) {
       d.Str("inet_protocols", &c.delivery.inet_protocols);
       d.Bool("work_around_broken_aaaa", &c.delivery.work_around_broken_aaaa);
       d.Str("mailertable", &c.delivery.mailertable);
+      if (auto sl = d.Child("sources"); sl.IsDefined()) {
+        if (!sl.IsMap()) Fail("delivery.sources", "expected a mapping of name: {address, ehlo, max_message_rate}");
+        for (const auto& kv : sl) {
+          EgressSource src;
+          src.name = kv.first.as<std::string>();
+          const std::string key = "delivery.sources." + src.name;
+          Reader sr(kv.second, key);
+          sr.Str("address", &src.address);
+          sr.Str("ehlo", &src.ehlo);
+          sr.Str("max_message_rate", &src.max_message_rate);
+          if (src.address.empty()) Fail(key + ".address", "is required (a local IP address)");
+          if (!Cidr::Parse(src.address).ok() || src.address.find('/') != std::string::npos) {
+            Fail(key + ".address", "expected an IP address, got '" + src.address + "'");
+          }
+          if (src.name.empty() || src.name.find_first_of(" \t|@,") != std::string::npos) Fail(key, "bad source name");
+          c.delivery.sources.push_back(std::move(src));
+        }
+      }
+      if (auto pl = d.Child("pools"); pl.IsDefined()) {
+        if (!pl.IsMap()) Fail("delivery.pools", "expected a mapping of name: {sources: {name: weight}, senders}");
+        for (const auto& kv : pl) {
+          EgressPool pool;
+          pool.name = kv.first.as<std::string>();
+          const std::string key = "delivery.pools." + pool.name;
+          Reader pr(kv.second, key);
+          pr.StrList("senders", &pool.senders);
+          auto srcs = pr.Child("sources");
+          if (!srcs.IsDefined() || !srcs.IsMap() || srcs.size() == 0) {
+            Fail(key + ".sources", "expected a mapping of source name: weight");
+          }
+          for (const auto& s2 : srcs) {
+            const std::string name = s2.first.as<std::string>();
+            uint64_t weight = 0;
+            const std::string wt = s2.second.as<std::string>();
+            auto [p, ec] = std::from_chars(wt.data(), wt.data() + wt.size(), weight);
+            if (ec != std::errc() || p != wt.data() + wt.size() || weight == 0 || weight > 1000000) {
+              Fail(key + ".sources." + name, "expected a weight from 1 to 1000000, got '" + wt + "'");
+            }
+            bool known = false;
+            for (const auto& src : c.delivery.sources) known = known || src.name == name;
+            if (!known) Fail(key + ".sources." + name, "no such source in delivery.sources");
+            pool.sources.emplace_back(name, static_cast<uint32_t>(weight));
+          }
+          c.delivery.pools.push_back(std::move(pool));
+        }
+      }
       d.Bool("shaping_defaults", &c.delivery.shaping_defaults);
       d.Str("shaping_file", &c.delivery.shaping_file);
       auto limits = [](Reader& lr, DestinationLimits* out) {

@@ -79,7 +79,8 @@ Probe::Probe() {
            .Help("AAAA lookups that failed temporarily and counted as no IPv6 address (WorkAroundBrokenAAAA)")
            .Register(reg)
            .Add({});
-  for (const char* limit : {"connections", "rate", "connection_rate"}) throttled_->Add({{"limit", limit}});
+  for (const char* limit : {"connections", "rate", "connection_rate", "source_rate"})
+    throttled_->Add({{"limit", limit}});
   sites_ = &prometheus::BuildGauge()
                 .Name("mx_delivery_sites")
                 .Help("Sites suspended or slowed (reputation backoff, mxctl suspend), as this worker knows them")

@@ -36,9 +36,23 @@ class Conn {
   Conn(const Conn&) = delete;
   Conn& operator=(const Conn&) = delete;
 
-  awaitable<bool> Connect(const tcp::endpoint& ep, std::chrono::seconds timeout, std::string* error) {
-    Arm(timeout);
+  awaitable<bool> Connect(const tcp::endpoint& ep, std::chrono::seconds timeout, const std::string& source,
+                          std::string* error) {
     boost::system::error_code ec;
+    if (!source.empty()) {  // an egress source: bind before connecting
+      auto local = asio::ip::make_address(source, ec);
+      if (!ec && local.is_v4() != ep.address().is_v4()) {
+        *error = "source address " + source + " cannot reach " + ep.address().to_string();
+        co_return false;
+      }
+      if (!ec) socket_.open(ep.protocol(), ec);
+      if (!ec) socket_.bind(tcp::endpoint(local, 0), ec);
+      if (ec) {
+        *error = "cannot bind source address " + source + ": " + ec.message();
+        co_return false;
+      }
+    }
+    Arm(timeout);
     co_await socket_.async_connect(ep, asio::redirect_error(use_awaitable, ec));
     timer_.cancel();
     if (ec) {
@@ -217,7 +231,7 @@ class Session final : public SmtpSession {
       a->error = "bad address " + ip;
       co_return false;
     }
-    if (!co_await c_.Connect(tcp::endpoint(addr, port), config_.connect_timeout, &a->error)) {
+    if (!co_await c_.Connect(tcp::endpoint(addr, port), config_.connect_timeout, config_.source_address, &a->error)) {
       a->try_next = true;
       co_return false;
     }

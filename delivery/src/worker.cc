@@ -13,6 +13,7 @@
 #include <future>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -213,6 +214,18 @@ struct Outcome {
   int64_t not_before = 0;      // throttled because the site is suspended: not before then
 };
 
+// An egress source as the worker uses it, and a pool's weighted picks.
+struct EgressPick {
+  std::string name, address, ehlo;
+  RateLimit rate;
+};
+struct EgressPoolPicks {
+  std::string name;
+  std::vector<std::pair<size_t, uint32_t>> picks;  // index into the sources, weight
+  uint64_t total = 0;
+  std::vector<std::string> senders;
+};
+
 // The cluster's suspended and slowed sites as this worker knows them: shard
 // 0's list (refreshed with the host status) and this worker's own triggers.
 class SiteBook {
@@ -297,6 +310,41 @@ class Worker final : public DeliveryWorker {
     plain_client_.tls = SmtpClientConfig::Tls::kNone;
     may_client_ = client_;
     may_client_.tls = SmtpClientConfig::Tls::kMay;
+
+    for (const auto& src : config_.sources) {
+      auto rate = ParseRate(src.max_message_rate.empty() ? "none" : src.max_message_rate);
+      sources_.push_back(EgressPick{src.name, src.address, src.ehlo, rate.ok() ? *rate : RateLimit{0, 60}});
+    }
+    if (!sources_.empty()) {
+      auto index_of = [&](const std::string& n) {
+        for (size_t i = 0; i < sources_.size(); ++i) {
+          if (sources_[i].name == n) return i;
+        }
+        return size_t{0};  // validated by ParseConfig
+      };
+      bool has_default = false;
+      for (const auto& p : config_.pools) {
+        EgressPoolPicks pp;
+        pp.name = p.name;
+        for (const auto& d : p.senders) pp.senders.push_back(ToLower(d));
+        for (const auto& [n, w] : p.sources) {
+          pp.picks.emplace_back(index_of(n), w);
+          pp.total += w;
+        }
+        has_default = has_default || p.name == "default";
+        pools_.push_back(std::move(pp));
+      }
+      if (!has_default) {
+        EgressPoolPicks all;
+        all.name = "default";
+        for (size_t i = 0; i < sources_.size(); ++i) {
+          all.picks.emplace_back(i, 1);
+          ++all.total;
+        }
+        pools_.push_back(std::move(all));
+      }
+      std::stable_partition(pools_.begin(), pools_.end(), [](const auto& p) { return p.name != "default"; });
+    }
 
     if (!config_.fallback_mx_host.empty()) {
       auto hp = ParseHostPort(config_.fallback_mx_host, config_.smtp_port);  // validated by ParseConfig
@@ -485,6 +533,30 @@ class Worker final : public DeliveryWorker {
       std::unique_lock lock(stop_mu_);
       stop_cv_.wait_for(lock, std::chrono::seconds(2), [&] { return stopping_.load(); });
     }
+  }
+
+  // The source for a message from sender: its pool (the first naming the
+  // sender's domain, else "default"), one source by weight. Null without
+  // delivery.sources.
+  const EgressPick* PickSource(const std::string& sender) {
+    if (pools_.empty()) return nullptr;
+    const std::string domain = DomainOf(sender);
+    const EgressPoolPicks* pool = &pools_.back();
+    for (const auto& p : pools_) {
+      bool match = false;
+      for (const auto& d : p.senders) match = match || (!domain.empty() && InDomain(domain, d));
+      if (match) {
+        pool = &p;
+        break;
+      }
+    }
+    thread_local std::minstd_rand rng(std::random_device{}());
+    uint64_t n = std::uniform_int_distribution<uint64_t>(0, pool->total - 1)(rng);
+    for (const auto& [i, w] : pool->picks) {
+      if (n < w) return &sources_[i];
+      n -= w;
+    }
+    return &sources_[pool->picks.back().first];
   }
 
   // Shard 0's suspended and slowed sites.
@@ -757,7 +829,16 @@ class Worker final : public DeliveryWorker {
       keys.back().set_key("host:" + ToLower(host));
       keys.back().set_limit(1);
     }
-    // The message rate: the turn comes before a connection is taken.
+    // The source's warm-up rate, then the site's message rate: the turns come
+    // before a connection is taken.
+    if (!shape.source_rate.none()) {
+      auto rate = AwaitRate("src:" + shape.source, shape.source_rate, deadline);
+      if (!co_await std::move(rate)) {
+        Probe::Get().Throttled("source_rate");
+        co_return Throttled("4.4.5 message rate limit of " + shape.source_rate.ToString() + " for source " +
+                            shape.source + " reached; will retry shortly");
+      }
+    }
     if (!shape.message_rate.none()) {
       auto rate = AwaitRate(shape.key, shape.message_rate, deadline);
       if (!co_await std::move(rate)) {
@@ -842,7 +923,8 @@ class Worker final : public DeliveryWorker {
   }
 
   awaitable<std::vector<Outcome>> DeliverDomain(const std::string& domain, const Route& route, std::string* site,
-                                                const v1::LeasedMessage& m, const std::vector<ClientRcpt>& rcpts,
+                                                std::string* source, const v1::LeasedMessage& m,
+                                                const std::vector<ClientRcpt>& rcpts,
                                                 std::vector<v1::HostOutcome>* host_outcomes) {
     auto all = [&](v1::Outcome o, const std::string& dsn, const std::string& text) {
       return std::vector<Outcome>(rcpts.size(), Outcome{RcptOutcome{o, text, dsn}, "", false, "", false});
@@ -927,6 +1009,15 @@ class Worker final : public DeliveryWorker {
                             : shape.tls == SiteTls::kMay  ? may_client_
                                                           : client_;
     base.lmtp = route.mailer->lmtp;
+    // Egress: the message's pool picks a source; limits hold per site and source.
+    if (const EgressPick* src = PickSource(m.envelope().sender())) {
+      base.source_address = src->address;
+      if (!src->ehlo.empty()) base.helo_name = src->ehlo;
+      shape.key += "@" + src->name;
+      shape.source = src->name;
+      shape.source_rate = src->rate;
+      *source = src->name;
+    }
     auto try_hosts = [&](const MxAnswer& hosts, uint16_t p) -> awaitable<std::optional<std::vector<Outcome>>> {
       for (const auto& host : hosts.hosts) {
         const std::string key = ToLower(host.name);
@@ -947,6 +1038,8 @@ class Worker final : public DeliveryWorker {
                       "relay=" + host.name + " [" + ip + "]: " + at.error + ", retrying without TLS");
             SmtpClientConfig clear_cc = plain_client_;
             clear_cc.lmtp = route.mailer->lmtp;
+            clear_cc.helo_name = base.helo_name;
+            clear_cc.source_address = base.source_address;
             auto clear = Transact(route, shape, host.name, ip, p, clear_cc, m, rcpts);
             at = co_await std::move(clear);
           }
@@ -1048,9 +1141,10 @@ class Worker final : public DeliveryWorker {
       }
       auto attempt_start = std::chrono::steady_clock::now();
       std::vector<Outcome> outs;
-      std::string site;  // when a shaping rule names it
+      std::string site;    // when a shaping rule names it
+      std::string source;  // the egress source, when delivery.sources are configured
       if (!rcpts.empty()) {
-        auto deliver = DeliverDomain(domain, route, &site, *m, rcpts, &host_outcomes);
+        auto deliver = DeliverDomain(domain, route, &site, &source, *m, rcpts, &host_outcomes);
         outs = co_await std::move(deliver);
       }
       for (int i : bounced) {
@@ -1092,10 +1186,10 @@ class Worker final : public DeliveryWorker {
             o.r.outcome == v1::OUTCOME_BOUNCED && o.r.dsn_status.rfind("5.1.1", 0) != 0 ? "Service unavailable" : stat;
         log::Mail(env.qid(),
                   "to=<" + rc.address() +
-                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) +
-                      ", xdelay=" + log::FormatDelay(xdelay) + ", mailer=" + mailer +
-                      ", pri=" + std::to_string(env.priority()) + ", relay=" + (o.relay.empty() ? domain : o.relay) +
-                      (o.tls.empty() ? "" : ", tls=" + o.tls) + (site.empty() ? "" : ", site=" + site) +
+                      ">, delay=" + log::FormatDelay(clock_.NowUnixMicros() - env.arrival_unix_us()) + ", xdelay=" +
+                      log::FormatDelay(xdelay) + ", mailer=" + mailer + ", pri=" + std::to_string(env.priority()) +
+                      ", relay=" + (o.relay.empty() ? domain : o.relay) + (o.tls.empty() ? "" : ", tls=" + o.tls) +
+                      (site.empty() ? "" : ", site=" + site) + (source.empty() ? "" : ", source=" + source) +
                       ", dsn=" + o.r.dsn_status + (cls.empty() ? "" : ", class=" + cls) +
                       ", stat=" + (o.r.outcome == v1::OUTCOME_BOUNCED ? stat_text : stat) + " (" + o.r.reply + ")");
         const std::string result = o.r.outcome == v1::OUTCOME_DELIVERED  ? "delivered"
@@ -1347,6 +1441,8 @@ class Worker final : public DeliveryWorker {
   std::vector<std::thread> pullers_;
   HostCache hosts_;
   SiteBook sites_;
+  std::vector<EgressPick> sources_;
+  std::vector<EgressPoolPicks> pools_;  // "default" last
   std::thread refresher_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};

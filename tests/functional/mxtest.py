@@ -129,6 +129,7 @@ class Sink:
         self.data_started = 0
         self.messages = []  # (mail_from, [rcpts], content bytes)
         self.arrivals = []  # (monotonic time, EHLO name of the sender) of each entry of messages
+        self.peers = []  # (client address, EHLO name) of each entry of messages
         self.rcpt_log = []  # (address, reply) for every RCPT seen
         self.data_replies = data_replies or {}  # LMTP: address -> its reply after the final dot
         self.connections = 0  # accepted so far
@@ -175,6 +176,7 @@ class Sink:
                         return "\r\n".join(replies)
                     sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
                     sink.arrivals.append((time.monotonic(), session.host_name))
+                    sink.peers.append((session.peer[0], session.host_name))
                 return "250 2.0.0 Ok: delivered"
 
         extra = {} if size_limit is None else {"data_size_limit": size_limit}  # announced as SIZE

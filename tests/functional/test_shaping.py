@@ -2,7 +2,9 @@
 domains sharing an MX set share one site's limits and connections, across two
 delivery processes; a site named by MX suffix; messages per connection, message
 and connection rates; TLS required for a site; reputation backoff (a reply rule
-suspends a site for every worker) and mxctl suspend/resume/sites."""
+suspends a site for every worker) and mxctl suspend/resume/sites; egress
+sources and pools (bound addresses, EHLO names, weights, per-sender pools,
+a source's rate)."""
 import smtplib
 import time
 
@@ -195,3 +197,40 @@ def test_mxctl_suspends_and_resumes_a_site(tinydns, sinks, mxd_factory):
     wait_for(lambda: sink.count() == 2, what="delivery after resume and qrun")
     bad = node.mxctl_run("suspend", site, "forever")
     assert bad.returncode == 64 and "not a duration" in bad.stderr
+
+
+def test_egress_sources_bind_addresses_by_pool_and_weight(tinydns, sinks, mxd_factory):
+    port = free_port(MX_GOOD)
+    sink = sinks(MX_GOOD, port)
+    sources = {"out1": {"address": "127.0.0.20", "ehlo": "out1.sender.test"},
+               "out2": {"address": "127.0.0.21", "ehlo": "out2.sender.test"},
+               "news": {"address": "127.0.0.22", "ehlo": "news-out.sender.test", "max_message_rate": "5/s"}}
+    pools = {"default": {"sources": {"out1": 3, "out2": 1}},
+             "newsletters": {"sources": {"news": 1}, "senders": ["news.test"]}}
+    node = mxd_factory(delivery__dns_servers=[tinydns.server], delivery__smtp_port=port,
+                       delivery__sources=sources, delivery__pools=pools, delivery__concurrency=8,
+                       delivery__connection_cache_size=0)  # a new connection (and pick) per message
+    send(node, [[f"u{i}@a.test"] for i in range(40)])
+    with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+        for i in range(6):
+            s.sendmail("list@news.test", [f"n{i}@b.test"], f"Subject: n{i}\r\n\r\nx\r\n".encode())
+    wait_for(lambda: sink.count() == 46, timeout=60, what="46 messages")
+    by_sender = {}
+    for (mail_from, _, _), peer in zip(sink.messages, sink.peers):
+        by_sender.setdefault(mail_from.split("@")[1], []).append(peer)
+    regular = by_sender["sender.test"]
+    # Each source with its own EHLO name; both default sources used, 3:1.
+    assert set(regular) == {("127.0.0.20", "out1.sender.test"), ("127.0.0.21", "out2.sender.test")}, set(regular)
+    assert sum(p[0] == "127.0.0.20" for p in regular) > sum(p[0] == "127.0.0.21" for p in regular)
+    assert set(by_sender["news.test"]) == {("127.0.0.22", "news-out.sender.test")}
+    assert "source=out1" in node.logtext() and "source=news" in node.logtext()
+    # The newsletter source's warm-up rate: 5/s, spaced evenly.
+    news = sorted(t for (t, _), (mf, _, _) in zip(sink.arrivals, sink.messages) if mf.endswith("@news.test"))
+    assert news[-1] - news[0] >= 5 * 0.2 * 0.9, news
+
+
+def test_bad_egress_config_is_refused(mxd_factory):
+    with pytest.raises(AssertionError, match="delivery.pools.p.sources.t: no such source in delivery.sources"):
+        mxd_factory(delivery__sources={"s": {"address": "127.0.0.20"}}, delivery__pools={"p": {"sources": {"t": 1}}})
+    with pytest.raises(AssertionError, match="delivery.sources.s.address: expected an IP address, got 'nowhere'"):
+        mxd_factory("two", delivery__sources={"s": {"address": "nowhere"}})

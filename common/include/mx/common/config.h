@@ -165,6 +165,26 @@ struct MailerConfig {
   uint64_t max_message_size = 0;  // 0: no limit of its own
 };
 
+// An egress source: a local address outgoing connections are bound to, and
+// the EHLO name that goes with it (its PTR name, for the receiving side).
+struct EgressSource {
+  std::string name;
+  std::string address;  // IPv4 or IPv6 literal, local to the delivery node
+  std::string ehlo;     // default: delivery.helo_name
+  // Warm-up: at most this many messages per period through this source,
+  // every site together, cluster-wide ("1000/h", "50000/d"; "" none).
+  std::string max_message_rate;
+};
+
+// A weighted set of sources; a message's pool is the first naming its
+// sender's domain in `senders`, else "default" (all sources, weight 1, when
+// not configured).
+struct EgressPool {
+  std::string name;
+  std::vector<std::pair<std::string, uint32_t>> sources;  // source name, weight
+  std::vector<std::string> senders;                       // envelope sender domains (and subdomains)
+};
+
 struct DeliveryConfig {
   std::vector<std::string> queue;        // queue node gRPC addresses (default: queue.peers)
   std::vector<std::string> dns_servers;  // "ip:port"; empty = system resolv.conf
@@ -210,6 +230,9 @@ struct DeliveryConfig {
   // amended by shaping_file (YAML, relative to mx.yaml).
   bool shaping_defaults = true;
   std::string shaping_file;
+  // Egress sources and pools (none: the system picks the source address).
+  std::vector<EgressSource> sources;
+  std::vector<EgressPool> pools;
   DestinationLimits destination_defaults;       // every site not named by a rule (its MX set)
   std::vector<DestinationLimits> destinations;  // shared by the domains listed
   // How long a message waits for a connection slot or its turn under a

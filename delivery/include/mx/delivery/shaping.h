@@ -67,6 +67,10 @@ struct SiteShape {
   RateLimit message_rate;                    // messages, cluster-wide
   RateLimit connection_rate;                 // new connections, cluster-wide
   SiteTls tls = SiteTls::kDefault;
+  // The egress source delivery uses (set by the worker; "" none): the permit
+  // key is then per site and source, and the source's own rate applies.
+  std::string source;
+  RateLimit source_rate;
   // The site's reply rules, then the default rule's (owned by the Shaping).
   const std::vector<ReplyRule>* site_replies = nullptr;
   const std::vector<ReplyRule>* default_replies = nullptr;

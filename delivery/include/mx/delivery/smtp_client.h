@@ -23,7 +23,8 @@ namespace mx::delivery {
 
 struct SmtpClientConfig {
   std::string helo_name = "localhost";
-  bool lmtp = false;  // RFC 2033: LHLO, one reply per recipient after the final dot
+  std::string source_address;  // bind outgoing connections to it (an egress source); "" any
+  bool lmtp = false;           // RFC 2033: LHLO, one reply per recipient after the final dot
   // STARTTLS (Postfix smtp_tls_security_level): kNone never, kMay when the
   // peer offers it (a failed handshake is retried in the clear by the
   // caller), kEncrypt always (a peer without STARTTLS is a failed host).
