@@ -862,7 +862,7 @@ class Worker final : public DeliveryWorker {
         cached = true;
       } else {
         if (!shape.connection_rate.none()) {
-          auto rate = AwaitRate("conn:" + shape.site, shape.connection_rate, deadline);
+          auto rate = AwaitRate("conn:" + shape.key.substr(5), shape.connection_rate, deadline);  // per source too
           if (!co_await std::move(rate)) {
             Probe::Get().Throttled("connection_rate");
             co_return Throttled("4.4.5 connection rate limit of " + shape.connection_rate.ToString() + " for " +
@@ -1060,7 +1060,10 @@ class Worker final : public DeliveryWorker {
                 if (auto st = sites_.Get(shape.site, clock_.NowUnixMicros())) co_return suspended_outcomes(*st);
               }
               if (!fired->suspend) {  // tighter limits from the next connection on
-                if (fired->max_connections > 0) shape.max_connections = fired->max_connections;
+                if (fired->max_connections > 0 &&
+                    (shape.max_connections == 0 || fired->max_connections < shape.max_connections)) {
+                  shape.max_connections = fired->max_connections;
+                }
                 if (!fired->message_rate.none()) shape.message_rate = fired->message_rate;
               }
             }
