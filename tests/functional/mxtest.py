@@ -256,12 +256,28 @@ class TinyDns:
     def start(self):
         import socket as socketlib
 
-        self.sock = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_DGRAM)
-        self.sock.bind((self.host, self.port))
-        self.port = self.sock.getsockname()[1]
-        self.tcp = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM)
-        self.tcp.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
-        self.tcp.bind((self.host, self.port))
+        # The UDP port the kernel picks may be taken for TCP (another
+        # process's connection): pick again. A restart keeps its port.
+        fixed = self.port != 0
+        for attempt in range(50):
+            self.sock = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_DGRAM)
+            self.sock.bind((self.host, self.port))
+            port = self.sock.getsockname()[1]
+            self.tcp = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM)
+            self.tcp.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((self.host, port))
+                break
+            except OSError:
+                self.sock.close()
+                self.tcp.close()
+                if fixed and attempt == 49:
+                    raise
+                if fixed:
+                    time.sleep(0.1)
+        else:
+            raise OSError(f"no port free for both UDP and TCP on {self.host}")
+        self.port = port
         self.tcp.listen(16)
         self.server = f"{self.host}:{self.port}"
         for target in (self._serve_udp, self._serve_tcp):
