@@ -3,7 +3,6 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
-#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -13,6 +12,7 @@
 #include "mx/common/config.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/map_file.h"
+#include "mx/common/yaml_reader.h"
 #include "mx/control/format.h"
 #include "mx/v1/control.grpc.pb.h"
 
@@ -101,20 +101,19 @@ int BuildBundle(const std::string& path, mx::v1::PolicyBundle* bundle) {
 }
 
 // The first line of a token file, trimmed; "" when unreadable.
-// "90", "30s", "15m", "2h", "1d" → seconds; nullopt when it is none of those.
+// A duration as mx.yaml writes it ("90", "30s", "15m", "2h", "1d") in whole
+// seconds, from 1 s to 30 days; nullopt otherwise.
 std::optional<uint32_t> ParseSeconds(const std::string& text) {
-  size_t digits = 0;
-  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
-  if (digits == 0 || digits > 7) return std::nullopt;
-  const uint64_t n = std::stoull(text.substr(0, digits));
-  const std::string unit = text.substr(digits);
-  const uint64_t mult = unit.empty() || unit == "s" ? 1
-                        : unit == "m"               ? 60
-                        : unit == "h"               ? 3600
-                        : unit == "d"               ? 86400
-                                                    : 0;
-  if (mult == 0 || n == 0 || n * mult > 30 * 86400) return std::nullopt;
-  return static_cast<uint32_t>(n * mult);
+  if (text.size() > 12) return std::nullopt;  // no overflow in the multiplication
+  try {
+    const auto d = mx::yaml::ParseDuration("duration", text);
+    if (d.count() % 1'000'000 != 0 || d < std::chrono::seconds(1) || d > std::chrono::hours(24 * 30)) {
+      return std::nullopt;
+    }
+    return static_cast<uint32_t>(d.count() / 1'000'000);
+  } catch (const mx::yaml::ConfigError&) {
+    return std::nullopt;
+  }
 }
 
 std::string ReadToken(const std::string& path) {

@@ -60,16 +60,31 @@ Result<Routing> Routing::Load(const DeliveryConfig& config, const std::string& c
     if (!t.ok()) return Status(t.status().code(), "delivery.mailertable: " + t.status().message());
     text = std::move(t).value();
   }
-  auto r = Parse(config, text, path);
-  if (!r.ok() || config.shaping_file.empty()) return r;
-  auto shaping = Shaping::Load(config, config_dir);  // with the operator's file
+  auto shaping = Shaping::Load(config, config_dir);  // the built-in rules and the operator's file
   if (!shaping.ok()) return shaping.status();
-  r->shaping_ = std::move(shaping).value();
-  return r;
+  return Build(config, text, path, std::move(shaping).value());
 }
 
 Result<Routing> Routing::Parse(const DeliveryConfig& config, std::string_view text, const std::string& name) {
+  std::vector<std::pair<std::string, std::string>> layers;
+  if (config.shaping_defaults)
+    layers.emplace_back("built-in shaping defaults", std::string(Shaping::ShippedDefaults()));
+  auto shaping = Shaping::Parse(config, layers);
+  if (!shaping.ok()) return shaping.status();
+  return Build(config, text, name, std::move(shaping).value());
+}
+
+Result<Routing> Routing::Build(const DeliveryConfig& config, std::string_view text, const std::string& name,
+                               Shaping shaping) {
+  for (const auto& src : config.sources) {  // egress sources' warm-up rates
+    if (src.max_message_rate.empty()) continue;
+    if (auto rate = ParseRate(src.max_message_rate); !rate.ok()) {
+      return Status(Code::kInvalidArgument,
+                    "delivery.sources." + src.name + ".max_message_rate: " + rate.status().message());
+    }
+  }
   Routing r;
+  r.shaping_ = std::move(shaping);
   for (const char* n : {"esmtp", "smtp", "relay"}) r.mailers_[n] = Mailer{n, false, 0};
   r.mailers_["lmtp"] = Mailer{"lmtp", true, 0};
   for (const auto& m : config.mailers) r.mailers_[m.name] = Mailer{m.name, m.protocol == "lmtp", m.max_message_size};
@@ -117,12 +132,6 @@ Result<Routing> Routing::Parse(const DeliveryConfig& config, std::string_view te
     return Status::Ok();
   });
   if (!st.ok()) return st;
-  std::vector<std::pair<std::string, std::string>> layers;
-  if (config.shaping_defaults)
-    layers.emplace_back("built-in shaping defaults", std::string(Shaping::ShippedDefaults()));
-  auto shaping = Shaping::Parse(config, layers);
-  if (!shaping.ok()) return shaping.status();
-  r.shaping_ = std::move(shaping).value();
   return r;
 }
 

@@ -190,15 +190,8 @@ class Chaos:
             self.netns.cut()
             time.sleep(rng.uniform(3.0, 6.0))
             self.netns.heal()
-        elif kind == "kill9-ingress":
-            p = rng.choice(c.ingress)
-            fault.update(target=p.name, leader=False)
-            p.kill9()
-            self.killed.add(p.name)
-            time.sleep(rng.uniform(0.5, 2.0))
-            p.start()
-        elif kind == "kill9-delivery":
-            p = rng.choice(c.delivery)
+        elif kind in ("kill9-ingress", "kill9-delivery"):
+            p = rng.choice(c.ingress if kind == "kill9-ingress" else c.delivery)
             fault.update(target=p.name, leader=False)
             p.kill9()
             self.killed.add(p.name)

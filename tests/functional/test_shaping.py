@@ -234,3 +234,5 @@ def test_bad_egress_config_is_refused(mxd_factory):
         mxd_factory(delivery__sources={"s": {"address": "127.0.0.20"}}, delivery__pools={"p": {"sources": {"t": 1}}})
     with pytest.raises(AssertionError, match="delivery.sources.s.address: expected an IP address, got 'nowhere'"):
         mxd_factory("two", delivery__sources={"s": {"address": "nowhere"}})
+    with pytest.raises(AssertionError, match="delivery.sources.s.max_message_rate: expected a rate like 10/s"):
+        mxd_factory("three", delivery__sources={"s": {"address": "127.0.0.20", "max_message_rate": "lots"}})

@@ -53,6 +53,8 @@ class Routing {
   size_t mailertable_size() const { return table_.size(); }
 
  private:
+  static Result<Routing> Build(const DeliveryConfig& config, std::string_view mailertable, const std::string& name,
+                               Shaping shaping);
   std::map<std::string, Mailer> mailers_;
   std::unordered_map<std::string, Route> table_;  // "example.com", ".example.com", "."
   std::optional<Route> smart_;
