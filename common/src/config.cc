@@ -114,6 +114,43 @@ Config Parse(const YAML::Node& root) {
       in.Uint("auth_failures_per_ip", &c.ingress.auth_failures_per_ip);
       in.Uint("auth_failures_per_user", &c.ingress.auth_failures_per_user);
       in.Duration("auth_failure_window", &c.ingress.auth_failure_window);
+      if (auto dk = in.Child("dkim"); dk.IsDefined()) {
+        Reader dr(dk, "ingress.dkim");
+        if (auto keys = dr.Child("keys"); keys.IsDefined()) {
+          if (!keys.IsSequence()) Fail("ingress.dkim.keys", "expected a list of {domain, selector, key_file}");
+          size_t i = 0;
+          for (const auto& k : keys) {
+            const std::string key = "ingress.dkim.keys[" + std::to_string(i++) + "]";
+            Reader kr(k, key);
+            DkimKey dkey;
+            kr.Str("domain", &dkey.domain);
+            kr.Str("selector", &dkey.selector);
+            kr.Str("key_file", &dkey.key_file);
+            if (dkey.domain.empty() || dkey.selector.empty() || dkey.key_file.empty()) {
+              Fail(key, "needs domain, selector and key_file");
+            }
+            for (char ch : dkey.selector) {
+              if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.' && ch != '_') {
+                Fail(key + ".selector", "'" + dkey.selector + "' is not a DNS label sequence");
+              }
+            }
+            for (char ch : dkey.domain) {
+              if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '.') {
+                Fail(key + ".domain", "'" + dkey.domain + "' is not a domain name");
+              }
+            }
+            c.ingress.dkim.keys.push_back(std::move(dkey));
+          }
+        }
+        dr.StrList("headers", &c.ingress.dkim.headers);
+        dr.Bool("oversign", &c.ingress.dkim.oversign);
+        dr.Duration("signature_ttl", &c.ingress.dkim.signature_ttl);
+        for (const auto& h : c.ingress.dkim.headers) {
+          if (h.empty() || h.find_first_of(": \t") != std::string::npos) {
+            Fail("ingress.dkim.headers", "'" + h + "' is not a header name");
+          }
+        }
+      }
       in.StrList("queue", &c.ingress.queue);
       in.Uint("threads", &c.ingress.threads);
     }
@@ -502,6 +539,11 @@ Result<Config> LoadConfig(const std::string& path, const std::vector<std::string
   if (!r.ok()) return Status(r.status().code(), path + ": " + r.status().message());
   auto slash = path.rfind('/');
   r->config_dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  // DKIM keys stay the node's own even under a pushed policy, so their
+  // paths are fixed here, relative to this file.
+  for (auto& k : r->ingress.dkim.keys) {
+    if (!k.key_file.empty() && k.key_file.front() != '/') k.key_file = r->config_dir + "/" + k.key_file;
+  }
   return r;
 }
 

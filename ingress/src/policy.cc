@@ -99,6 +99,7 @@ const char* RejectReasonName(RejectReason r) {
     case RejectReason::kEtrn: return "etrn";
     case RejectReason::kDrain: return "drain";
     case RejectReason::kAuthRate: return "auth_rate";
+    case RejectReason::kDkim: return "dkim";
   }
   return "other";
 }
@@ -119,6 +120,8 @@ Result<std::shared_ptr<const Policy>> Policy::FromBundle(const v1::PolicyBundle&
     in.loadavg_file = local->loadavg_file;
     in.enqueue_timeout = local->enqueue_timeout;
   }
+  // DKIM keys are secrets: a bundle never carries them, the node keeps its own.
+  cfg->ingress.dkim = local ? local->dkim : DkimConfig{};
   MapReader reader = [&bundle](const std::string& path) -> Result<std::string> {
     auto it = bundle.files().find(path);
     if (it == bundle.files().end()) return Status(Code::kNotFound, path + ": not in the pushed policy");
@@ -196,6 +199,10 @@ Result<std::shared_ptr<const Policy>> Policy::Load(const IngressConfig& config, 
     });
   }
   if (!st.ok()) return st;
+  auto dkim = DkimSigner::Load(config.dkim);
+  if (!dkim.ok()) return dkim.status();
+  p->dkim_ = std::move(dkim).value();
+  if (!p->dkim_->empty()) p->sources_.push_back("dkim=" + std::to_string(p->dkim_->size()) + " keys");
 
   for (size_t i = 0; i < config.header_checks.size(); ++i) {
     const auto& hc = config.header_checks[i];

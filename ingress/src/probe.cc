@@ -71,7 +71,12 @@ Probe::Probe() {
                 .Name("mx_ingress_dnsbl_lookups_total")
                 .Help("DNSBL answers at connect by zone and result (tempfail: DNS failed, client passed)")
                 .Register(reg);
+  dkim_ = &prometheus::BuildCounter()
+               .Name("mx_ingress_dkim_signatures_total")
+               .Help("DKIM signatures made at ingress by algorithm (error: signing failed, message refused 451)")
+               .Register(reg);
   // Known label values start at 0, so rate() and alerts see the first event.
+  for (const char* a : {"rsa-sha256", "ed25519-sha256", "error"}) dkim_->Add({{"algorithm", a}});
   for (const char* r : {"ok", "failed"}) {
     auth_->Add({{"result", r}});
     tls_->Add({{"result", r}});
@@ -81,6 +86,10 @@ Probe::Probe() {
 
 void Probe::DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind) {
   dnsbl_->Add({{"zone", zone}, {"result", DnsblResultName(kind)}}).Increment();
+}
+
+void Probe::OnDkim(std::string_view algorithm, bool ok) {
+  dkim_->Add({{"algorithm", ok ? std::string(algorithm) : "error"}}).Increment();
 }
 
 void Probe::OnAuth(bool ok) {

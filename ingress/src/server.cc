@@ -130,6 +130,7 @@ class Observer final : public SessionObserver {
     }
   }
   void OnAuth(bool ok) override { Probe::Get().OnAuth(ok); }
+  void OnDkim(std::string_view algorithm, bool ok) override { Probe::Get().OnDkim(algorithm, ok); }
   void OnDiscard() override {
     Probe::Get().OnDiscard();
     discarded.fetch_add(1, std::memory_order_relaxed);

@@ -663,12 +663,35 @@ Session::Step Session::FinishData() {
     return Step::kDiscard;
   }
   HeaderFacts facts = ScanHeaders(data_);
-  std::string body = ReceivedHeader();
   std::string msgid = facts.message_id;
+  std::string added;  // header fields we add above the client's
   if (!facts.has_message_id) {
     msgid = "<" + qid_ + "@" + cfg_.hostname + ">";
-    body += "Message-ID: " + msgid + "\r\n";
+    added = "Message-ID: " + msgid + "\r\n";
   }
+  // DKIM: mail from trusted clients whose From: domain has keys; the
+  // signatures go on top, above our Received: (which they do not cover).
+  std::string dkim_log;
+  std::string body;
+  if (Trusted() && !policy_->dkim().empty()) {
+    auto sig = policy_->dkim().Sign(added, data_, clock_.NowUnixMicros() / 1'000'000);
+    if (!sig.ok()) {
+      log::Error(qid_ + ": DKIM signing failed: " + sig.status().message());
+      if (observer_) observer_->OnDkim("", false);
+      ResetTransaction();
+      return Reject(RejectReason::kDkim, "451 4.7.5 Error: DKIM signing failed, try again later");
+    }
+    if (!sig->algorithms.empty()) {
+      body = std::move(sig->headers);
+      dkim_log = ", dkim=" + sig->domain;
+      for (const auto& a : sig->algorithms) {
+        dkim_log += (&a == &sig->algorithms.front() ? " " : ",") + a;
+        if (observer_) observer_->OnDkim(a, true);
+      }
+    }
+  }
+  body += ReceivedHeader();
+  body += added;
   body.reserve(body.size() + data_.size());
   body += data_;
   data_.clear();
@@ -701,6 +724,7 @@ Session::Step Session::FinishData() {
                 ", class=" + std::to_string(facts.precedence_class) + ", nrcpts=" + std::to_string(rcpts_.size()) +
                 ", msgid=" + msgid + ", proto=" + (esmtp_ ? "ESMTP" : "SMTP") + ", relay=" + Client();
   if (!auth_id_.empty()) accept_log_ += ", auth=" + auth_id_;
+  accept_log_ += dkim_log;
   if (options_.queue_only) accept_log_ += ", queue-only (load)";
   message_.set_body(std::move(body));
   return Step::kEnqueue;

@@ -232,7 +232,7 @@ class Sink:
 class TinyDns:
     """A DNS server (UDP and TCP on one port) for faults unbound will not
     produce. Answers from `records` {(name, type): [rdata]} ("MX": "pref host",
-    "A"/"AAAA": address, "CNAME": target; a CNAME is followed, chain and all,
+    "A"/"AAAA": address, "CNAME": target, "TXT": text; a CNAME is followed, chain and all,
     into the answer), fails `rcodes` {(name, type): rcode} (2 = SERVFAIL),
     never answers the questions in `drop` (a resolver timeout), and answers
     the questions in `truncate` over UDP with TC set and nothing else (the
@@ -241,7 +241,7 @@ class TinyDns:
     TCP, in tcp_queries. stop() closes it (the resolver is gone); start()
     listens again on the same port."""
 
-    TYPES = {"A": 1, "CNAME": 5, "MX": 15, "AAAA": 28}
+    TYPES = {"A": 1, "CNAME": 5, "MX": 15, "TXT": 16, "AAAA": 28}
 
     def __init__(self, host="127.0.0.1", records=None, rcodes=None, drop=(), truncate=()):
         norm = lambda k: (k[0].lower().rstrip("."), k[1])  # noqa: E731
@@ -299,6 +299,9 @@ class TinyDns:
             rdata = struct.pack("!H", int(pref)) + self._name(host)
         elif qtype == "CNAME":
             rdata = self._name(value)
+        elif qtype == "TXT":  # character-strings of at most 255 octets
+            text = value.encode()
+            rdata = b"".join(bytes([len(text[i:i + 255])]) + text[i:i + 255] for i in range(0, len(text), 255))
         else:
             rdata = ipaddress.ip_address(value).packed
         return self._name(owner) + struct.pack("!HHIH", self.TYPES[qtype], 1, 60, len(rdata)) + rdata

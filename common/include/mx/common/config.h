@@ -30,6 +30,24 @@ struct HeaderCheck {
   std::string reply;  // "550 5.7.1 text"
 };
 
+// One DKIM signing key (ingress.dkim.keys[]): mail whose From: domain is
+// domain (or a subdomain of it) is signed with it. The key type decides the
+// algorithm: RSA (>= 1024 bits) rsa-sha256, Ed25519 ed25519-sha256.
+struct DkimKey {
+  std::string domain;    // d=
+  std::string selector;  // s=: the TXT record is at <selector>._domainkey.<domain>
+  std::string key_file;  // PEM private key (PKCS#8 or PKCS#1); relative to mx.yaml
+};
+
+// DKIM signing at ingress (OpenDKIM's KeyTable/SigningTable): messages from
+// trusted clients (mynetworks, Connect: RELAY, authenticated) are signed.
+struct DkimConfig {
+  std::vector<DkimKey> keys;
+  std::vector<std::string> headers;       // header names to sign (empty: the built-in list)
+  bool oversign = true;                   // sign each present header once more (no one can add another)
+  std::chrono::seconds signature_ttl{0};  // x= = t= + this (0: no expiry)
+};
+
 // One DNS block (or allow) list, consulted in order at connect.
 struct DnsblZone {
   std::string zone;                // e.g. "zen.spamhaus.org"
@@ -94,6 +112,8 @@ struct IngressConfig {
   uint32_t auth_failures_per_ip = 10;
   uint32_t auth_failures_per_user = 20;
   std::chrono::seconds auth_failure_window{600};
+  // DKIM signing keys: the node's own, like the TLS files (never pushed in a policy bundle).
+  DkimConfig dkim;
   std::vector<std::string> queue;  // queue node gRPC addresses to start from (default: queue.peers)
   unsigned threads = 0;            // io_context threads; 0 = one per core
 };

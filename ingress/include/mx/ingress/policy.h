@@ -19,6 +19,7 @@
 #include "mx/common/config.h"
 #include "mx/common/result.h"
 #include "mx/ingress/client_lookup.h"
+#include "mx/ingress/dkim.h"
 #include "mx/ingress/maps.h"
 #include "mx/v1/types.pb.h"
 
@@ -57,6 +58,7 @@ enum class RejectReason {
   kEtrn,
   kDrain,
   kAuthRate,
+  kDkim,  // signing failed: 451 4.7.5
 };
 const char* RejectReasonName(RejectReason r);
 
@@ -116,6 +118,8 @@ class Policy {
   bool noexpn() const { return noexpn_; }
   // AUTH users (nullptr when ingress.auth_users_file is not set).
   const AuthUsers* auth_users() const { return auth_users_ ? &*auth_users_ : nullptr; }
+  // DKIM signing keys (ingress.dkim; empty signer when none are set).
+  const DkimSigner& dkim() const { return *dkim_; }
 
   // Connect: mynetworks and access Connect: (kRelay = trusted client).
   Verdict CheckConnect(const ClientInfo& client) const;
@@ -163,6 +167,7 @@ class Policy {
   AliasMap aliases_;
   VirtuserTable virtusers_;
   std::optional<AuthUsers> auth_users_;
+  std::shared_ptr<const DkimSigner> dkim_;
   std::vector<HeaderRule> header_rules_;
   struct Dnsbl {
     DnsblZone config;

@@ -32,6 +32,7 @@ class Probe final : public SessionObserver {
   void OnReject(RejectReason reason, int code) override;
   void OnAuth(bool ok) override;
   void OnDiscard() override { discarded_->Increment(); }
+  void OnDkim(std::string_view algorithm, bool ok) override;
   void TlsHandshake(bool ok);
   // One DNSBL answer at connect (zone: a configured zone, so the label is bounded).
   void DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind);
@@ -55,6 +56,7 @@ class Probe final : public SessionObserver {
   prometheus::Family<prometheus::Counter>* tls_;
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Family<prometheus::Counter>* dnsbl_;
+  prometheus::Family<prometheus::Counter>* dkim_;
   prometheus::Family<prometheus::Gauge>* policy_info_;
   std::mutex policy_mu_;
   prometheus::Gauge* policy_current_ = nullptr;  // guarded by policy_mu_

@@ -40,6 +40,8 @@ class SessionObserver {
   virtual void OnReject(RejectReason reason, int code) = 0;
   virtual void OnAuth(bool ok) = 0;
   virtual void OnDiscard() = 0;
+  // A DKIM signature made (ok) or a message refused because signing failed.
+  virtual void OnDkim(std::string_view /*algorithm*/, bool /*ok*/) {}
 };
 
 class Session {
