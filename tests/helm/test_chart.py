@@ -27,7 +27,7 @@ BUILD_DIR = Path(os.environ.get("MX_BUILD_DIR", ROOT / "build" / "release"))
 SCENARIOS = sorted(p.name[: -len("-values.yaml")] for p in (CHART / "ci").glob("*-values.yaml"))
 NAMESPACE, RELEASE = "mail", "mx"
 # Secrets a scenario names but leaves to the operator (cert-manager, sealed secrets).
-EXTERNAL = {"full": {"Secret/mail-example-net-tls", "Secret/regcred"},
+EXTERNAL = {"full": {"Secret/mail-example-net-tls", "Secret/regcred", "Secret/mail-example-net-dkim"},
             "existing-secrets": {"Secret/mx-admin-tokens", "Secret/mx-smtp-users"}}
 
 
@@ -100,6 +100,10 @@ def test_required_values_fail_with_their_message(render, tmp_path):
     v.write_text((CHART / "ci" / "default-values.yaml").read_text() + "queue: {replicas: 3, bootstrapReplicas: 4}\n")
     r = render(v, check=False)
     assert r.returncode == 1 and "bootstrapReplicas cannot exceed queue.replicas" in r.stderr
+    v.write_text((CHART / "ci" / "default-values.yaml").read_text() +
+                 "ingress: {dkim: {keys: [{domain: example.com, selector: s, file: k.pem}]}}\n")
+    r = render(v, check=False)
+    assert r.returncode == 1 and "ingress.dkim.existingSecret names the Secret" in r.stderr
 
 
 # ---- values.schema.json ----------------------------------------------------
@@ -118,6 +122,7 @@ def test_scenario_values_match_the_schema(scenario):
     ({"control": {"adminTokens": {"tokens": [{"name": "x", "role": "read", "token": "short"}]}}}, "token"),
     ({"queue": {"storrage": {"size": "1Gi"}}}, "storrage"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
+    ({"ingress": {"dkim": {"keys": [{"domain": "example.com", "selector": "s"}]}}}, "file"),
 ])
 def test_schema_refuses_bad_values(bad, where):
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -302,8 +307,15 @@ def test_each_pod_command_line_passes_mxd_check(render, scenario, tmp_path):
     assert mxd.exists(), f"{mxd}: build first"
     objs = objects(render(CHART / "ci" / f"{scenario}-values.yaml").stdout)
     cert, key = self_signed(tmp_path)
-    local = materialise(objs, tmp_path, {s: {"tls.crt": cert, "tls.key": key}
-                                         for s in EXTERNAL.get(scenario, ()) if s.endswith("-tls")})
+    external = {s: {"tls.crt": cert, "tls.key": key} for s in EXTERNAL.get(scenario, ()) if s.endswith("-tls")}
+    if scenario == "full":  # the DKIM keys the values name, made as an operator would
+        keys = {}
+        for name, algo in (("example.net.rsa.pem", ["RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+                           ("example.net.ed25519.pem", ["ED25519"])):
+            keys[name] = subprocess.run(["openssl", "genpkey", "-algorithm", *algo], check=True, capture_output=True,
+                                        text=True).stdout
+        external["Secret/mail-example-net-dkim"] = keys
+    local = materialise(objs, tmp_path, external)
     cfg = Path(local("/etc/mx/mx.yaml"))
 
     def k8s_expand(arg, env):

@@ -76,6 +76,13 @@ resolves them at every connect, so a restarted pod's new IP is found.
 {{- if include "mx.authEnabled" . -}}
 {{- $_ := set $ingress "auth_users_file" "/var/run/mx-secrets/auth/users" -}}
 {{- end -}}
+{{- with .Values.ingress.dkim.keys -}}
+{{- $keys := list -}}
+{{- range . -}}
+{{- $keys = append $keys (dict "domain" .domain "selector" .selector "key_file" (printf "/var/run/mx-secrets/dkim/%s" .file)) -}}
+{{- end -}}
+{{- $_ := set $ingress "dkim" (dict "keys" $keys) -}}
+{{- end -}}
 {{- $chart := dict
   "hostname" (required "hostname is required (the FQDN of the mail service)" .Values.hostname)
   "log_level" .Values.logLevel
