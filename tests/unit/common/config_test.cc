@@ -1,6 +1,9 @@
 // config_test.cc — mx.yaml parsing: defaults, units, and precise errors.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "mx/common/config.h"
 
 namespace mx {
@@ -104,6 +107,37 @@ TEST(Config, BadValuesAreNamed) {
   c = ParseConfig("ingress: [1, 2\n");
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("YAML"), std::string::npos);
+}
+
+TEST(Config, DkimKeysAreCheckedAndTheirPathsFollowTheConfigFile) {
+  auto c = ParseConfig(
+      "ingress:\n  dkim:\n    keys:\n      - {domain: example.com, selector: s1, key_file: k.pem}\n"
+      "    signature_ttl: 7d\n");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_EQ(c->ingress.dkim.keys.size(), 1u);
+  EXPECT_EQ(c->ingress.dkim.signature_ttl, std::chrono::hours(24 * 7));
+  EXPECT_TRUE(c->ingress.dkim.oversign);
+  for (const auto& [yaml, key] : std::vector<std::pair<std::string, std::string>>{
+           {"{domain: example.com, key_file: k.pem}", "ingress.dkim.keys[0]: needs domain, selector and key_file"},
+           {"{domain: example.com, selector: 's 1', key_file: k.pem}", "ingress.dkim.keys[0].selector"},
+           {"{domain: 'ex ample.com', selector: s, key_file: k.pem}", "ingress.dkim.keys[0].domain"},
+           {"{domain: example.com, selector: s, key_file: k.pem, algorithm: rsa}",
+            "ingress.dkim.keys[0].algorithm: unknown key"}}) {
+    auto bad = ParseConfig("ingress:\n  dkim:\n    keys:\n      - " + yaml + "\n");
+    ASSERT_FALSE(bad.ok()) << yaml;
+    EXPECT_NE(bad.status().message().find(key), std::string::npos) << bad.status().message();
+  }
+  // A relative key file is relative to mx.yaml, not to where mxd runs.
+  const std::string dir = testing::TempDir() + "mx-config-dkim";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/mx.yaml") << "ingress:\n  dkim:\n    keys:\n"
+                                     "      - {domain: example.com, selector: s1, key_file: keys/k.pem}\n"
+                                     "      - {domain: example.com, selector: s2, key_file: /etc/k.pem}\n";
+  auto loaded = LoadConfig(dir + "/mx.yaml");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().message();
+  EXPECT_EQ(loaded->ingress.dkim.keys[0].key_file, dir + "/keys/k.pem");
+  EXPECT_EQ(loaded->ingress.dkim.keys[1].key_file, "/etc/k.pem");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Config, HostPort) {
