@@ -224,6 +224,11 @@ Config Parse(const YAML::Node& root) {
       d.Duration("host_status_timeout", &c.delivery.host_status_timeout);
       d.Str("tls_security_level", &c.delivery.tls_security_level);
       d.StrList("tls_encrypt_domains", &c.delivery.tls_encrypt_domains);
+      d.Str("tls_ca_file", &c.delivery.tls_ca_file);
+      d.Duration("tls_failure_memory", &c.delivery.tls_failure_memory);
+      d.Bool("mta_sts", &c.delivery.mta_sts);
+      d.Uint("mta_sts_port", &c.delivery.mta_sts_port);
+      d.Duration("mta_sts_timeout", &c.delivery.mta_sts_timeout);
       d.StrList("mx_self_names", &c.delivery.mx_self_names);
       d.Uint("connection_cache_size", &c.delivery.connection_cache_size);
       d.Duration("connection_cache_timeout", &c.delivery.connection_cache_timeout);
@@ -416,6 +421,8 @@ Config Parse(const YAML::Node& root) {
       c.delivery.tls_security_level != "encrypt") {
     Fail("delivery.tls_security_level", "expected none, may or encrypt");
   }
+  if (c.delivery.mta_sts_port == 0) Fail("delivery.mta_sts_port", "must be > 0");
+  if (c.delivery.mta_sts_timeout.count() <= 0) Fail("delivery.mta_sts_timeout", "must be > 0");
   if (c.delivery.inet_protocols != "all" && c.delivery.inet_protocols != "ipv4" &&
       c.delivery.inet_protocols != "ipv6") {
     Fail("delivery.inet_protocols", "expected all, ipv4 or ipv6");

@@ -42,6 +42,40 @@ class AresResolver final : public Resolver {
     });
   }
 
+  void ResolveTxt(const std::string& name, std::function<void(TxtAnswer)> done) override {
+    dns_->Post([this, name, done = std::move(done)]() mutable {
+      dns_->Query(name, ns_t_txt, [name, done = std::move(done)](int status, const unsigned char* abuf, int alen) {
+        Probe::Get().DnsQuery("TXT", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
+        TxtAnswer a;
+        if (status == ARES_SUCCESS) {
+          ares_txt_ext* txt = nullptr;
+          int rc = ares_parse_txt_reply_ext(abuf, alen, &txt);
+          if (rc == ARES_SUCCESS) {
+            a.kind = TxtAnswer::Kind::kOk;
+            for (auto* t = txt; t; t = t->next) {
+              std::string piece(reinterpret_cast<const char*>(t->txt), t->length);
+              if (t->record_start || a.records.empty()) {
+                a.records.push_back(std::move(piece));
+              } else {
+                a.records.back() += piece;  // the next string of the same record
+              }
+            }
+            ares_free_data(txt);
+          } else if (rc == ARES_ENODATA) {
+            a.kind = TxtAnswer::Kind::kNone;
+          } else {
+            a.error = "malformed TXT answer for " + name + ": " + ares_strerror(rc);
+          }
+        } else if (!IsTemporary(status)) {
+          a.kind = TxtAnswer::Kind::kNone;
+        } else {
+          a.error = "Name server: " + name + " (TXT): " + ares_strerror(status);
+        }
+        done(std::move(a));
+      });
+    });
+  }
+
  private:
   enum class Literal { kNone, kV4, kV6 };
   static Literal LiteralOf(const std::string& host) {

@@ -96,6 +96,16 @@ Probe::Probe() {
                         .Help("Recipients not delivered, by class of the reply (bounce classification) and result")
                         .Register(reg);
   for (const char* result : {"deferred", "bounced"}) reply_classes_->Add({{"class", "other"}, {"result", result}});
+  mta_sts_ = &prometheus::BuildCounter()
+                  .Name("mx_delivery_mta_sts_total")
+                  .Help("Deliveries to a destination by its MTA-STS policy mode (delivery.mta_sts on)")
+                  .Register(reg);
+  for (const char* mode : {"none", "testing", "enforce"}) mta_sts_->Add({{"mode", mode}});
+  tls_remembered_ = &prometheus::BuildCounter()
+                         .Name("mx_delivery_tls_failure_remembered_total")
+                         .Help("Connections sent in the clear at once: STARTTLS failed at that address lately")
+                         .Register(reg)
+                         .Add({});
   suspended_put_back_ = &prometheus::BuildCounter()
                              .Name("mx_delivery_suspended_put_back_total")
                              .Help("Recipients put back for later because their site is suspended")

@@ -64,17 +64,26 @@ class Conn {
   }
 
   // RFC 3207 client side: after "220" to STARTTLS. SNI names the MX host.
-  awaitable<bool> StartTls(asio::ssl::context& ctx, const std::string& sni, std::chrono::seconds timeout,
+  // verify: the certificate must chain to ctx's trust anchors and name sni.
+  awaitable<bool> StartTls(asio::ssl::context& ctx, const std::string& sni, bool verify, std::chrono::seconds timeout,
                            std::string* error) {
     buf_.clear();  // nothing the server sent before the handshake counts after it
     tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, ctx);
-    if (!sni.empty()) SSL_set_tlsext_host_name(tls_->native_handle(), sni.c_str());
+    SSL* ssl = tls_->native_handle();
+    if (!sni.empty()) SSL_set_tlsext_host_name(ssl, sni.c_str());
+    if (verify) {
+      SSL_set1_host(ssl, sni.c_str());
+      SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+    }
     Arm(timeout);
     boost::system::error_code ec;
     co_await tls_->async_handshake(asio::ssl::stream_base::client, asio::redirect_error(use_awaitable, ec));
     timer_.cancel();
     if (ec) {
-      *error = "TLS handshake failed: " + ec.message();
+      const long v = SSL_get_verify_result(ssl);
+      *error = verify && v != X509_V_OK
+                   ? std::string("TLS certificate of ") + sni + " not trusted: " + X509_verify_cert_error_string(v)
+                   : "TLS handshake failed: " + ec.message();
       co_return false;
     }
     co_return true;
@@ -250,7 +259,7 @@ class Session final : public SmtpSession {
       if (r.code != 220) {
         if (config_.tls == Tls::kEncrypt) co_return Refused(a, "TLS is required, but STARTTLS was refused: " + r.text);
       } else {
-        if (!co_await c_.StartTls(*config_.tls_context, sni, config_.command_timeout, &a->error)) {
+        if (!co_await c_.StartTls(*config_.tls_context, sni, config_.verify, config_.command_timeout, &a->error)) {
           a->try_next = true;
           a->tls_failed = true;
           broken_ = true;

@@ -27,6 +27,7 @@
 #include "mx/delivery/bounce_class.h"
 #include "mx/delivery/dsn.h"
 #include "mx/delivery/host_cache.h"
+#include "mx/delivery/mta_sts.h"
 #include "mx/delivery/probe.h"
 #include "mx/delivery/routing.h"
 #include "mx/delivery/smtp_client.h"
@@ -354,6 +355,35 @@ class Worker final : public DeliveryWorker {
   }
 
   ~Worker() override { Stop(); }
+
+  // delivery.mta_sts: ctx verifies certificates against the trust anchors.
+  void EnableMtaSts(std::shared_ptr<asio::ssl::context> ctx) {
+    verified_client_ = encrypt_client_;
+    verified_client_.tls_context = ctx;
+    verified_client_.verify = true;
+    MtaSts::Options o;
+    o.https_port = config_.mta_sts_port;
+    o.timeout = config_.mta_sts_timeout;
+    o.tls = std::move(ctx);
+    sts_ = std::make_unique<MtaSts>(*resolver_, clock_, std::move(o));
+  }
+
+  // An opportunistic STARTTLS failed at ip lately: plaintext there for a while.
+  bool TlsBroken(const std::string& ip) {
+    std::lock_guard lock(tls_mu_);
+    auto it = tls_broken_.find(ip);
+    if (it == tls_broken_.end()) return false;
+    if (clock_.NowUnixMicros() < it->second) return true;
+    tls_broken_.erase(it);
+    return false;
+  }
+  void RememberTlsBroken(const std::string& ip) {
+    const int64_t ttl = std::chrono::duration_cast<std::chrono::microseconds>(config_.tls_failure_memory).count();
+    if (ttl <= 0) return;
+    std::lock_guard lock(tls_mu_);
+    if (tls_broken_.size() > 100'000) tls_broken_.clear();  // a bound, not a policy
+    tls_broken_[ip] = clock_.NowUnixMicros() + ttl;
+  }
 
   void Start() {
     for (unsigned i = 0; i < std::max(1u, config_.threads); ++i) {
@@ -813,9 +843,11 @@ class Worker final : public DeliveryWorker {
                               const v1::LeasedMessage& m, const std::vector<ClientRcpt>& rcpts) {
     const auto deadline = std::chrono::steady_clock::now() +
                           std::min<std::chrono::steady_clock::duration>(config_.limit_wait, lease_ttl_ / 3);
-    const char tls_mode = cc.tls == SmtpClientConfig::Tls::kNone  ? 'n'
-                          : cc.tls == SmtpClientConfig::Tls::kMay ? 'm'
-                                                                  : 'e';
+    // A verified session is good only for the name it was verified for.
+    const std::string tls_mode = cc.verify                                ? "v:" + ToLower(host)
+                                 : cc.tls == SmtpClientConfig::Tls::kNone ? "n"
+                                 : cc.tls == SmtpClientConfig::Tls::kMay  ? "m"
+                                                                          : "e";
     const std::string pool_key =
         shape.key + "|" + route.mailer->name + "|" + ip + "|" + std::to_string(port) + "|" + tls_mode;
     std::vector<v1::PermitKey> keys;
@@ -1009,6 +1041,38 @@ class Worker final : public DeliveryWorker {
                             : shape.tls == SiteTls::kMay  ? may_client_
                                                           : client_;
     base.lmtp = route.mailer->lmtp;
+    // MTA-STS: an enforce policy keeps only the MX hosts it lists and
+    // requires verified TLS with them; testing only logs.
+    if (sts_ && !route.relay) {
+      auto lookup = sts_->Lookup(domain);
+      MtaSts::Answer sts = co_await std::move(lookup);
+      const auto mode = sts.policy ? sts.policy->mode : StsPolicy::Mode::kNone;
+      Probe::Get().MtaSts(StsModeName(mode));
+      if (mode != StsPolicy::Mode::kNone) {
+        const StsPolicy& policy = *sts.policy;
+        std::string unlisted;
+        for (const auto& h : ans.hosts) {
+          if (!policy.Matches(h.name)) unlisted += (unlisted.empty() ? "" : ", ") + h.name;
+        }
+        if (mode == StsPolicy::Mode::kTesting) {
+          if (!unlisted.empty()) {
+            log::Mail(m.envelope().qid(), "MTA-STS testing policy of " + domain + " (id " + policy.id +
+                                              ") does not list " + unlisted + "; delivering anyway");
+          }
+        } else {
+          std::erase_if(ans.hosts, [&](const MxHost& h) { return !policy.Matches(h.name); });
+          if (ans.hosts.empty()) {
+            co_return all(v1::OUTCOME_DEFERRED, "4.7.5",
+                          "4.7.5 MTA-STS policy of " + domain + " (enforce, id " + policy.id +
+                              ") lists none of its MX hosts (" + unlisted + "; policy mx: " + policy.MxList() + ")");
+          }
+          SmtpClientConfig verified = verified_client_;
+          verified.lmtp = base.lmtp;
+          verified.helo_name = base.helo_name;
+          base = std::move(verified);
+        }
+      }
+    }
     // Egress: the message's pool picks a source; limits hold per site and source.
     if (const EgressPick* src = PickSource(m.envelope().sender())) {
       base.source_address = src->address;
@@ -1029,17 +1093,22 @@ class Worker final : public DeliveryWorker {
           continue;
         }
         bool host_failed = false;
+        SmtpClientConfig clear_cc = plain_client_;
+        clear_cc.lmtp = route.mailer->lmtp;
+        clear_cc.helo_name = base.helo_name;
+        clear_cc.source_address = base.source_address;
         for (const auto& ip : host.addrs) {
-          auto attempt = Transact(route, shape, host.name, ip, p, base, m, rcpts);
+          // Opportunistic TLS that failed at this address lately: straight to plaintext.
+          const bool remembered = base.tls == SmtpClientConfig::Tls::kMay && TlsBroken(ip);
+          if (remembered) Probe::Get().TlsFailureRemembered();
+          auto attempt = Transact(route, shape, host.name, ip, p, remembered ? clear_cc : base, m, rcpts);
           Attempt at = co_await std::move(attempt);
           if (at.tls_failed && base.tls == SmtpClientConfig::Tls::kMay) {
-            // Opportunistic TLS that failed: the same host again, in the clear.
+            // Opportunistic TLS that failed: the same host again, in the clear,
+            // and without trying TLS there for delivery.tls_failure_memory.
             log::Mail(m.envelope().qid(),
                       "relay=" + host.name + " [" + ip + "]: " + at.error + ", retrying without TLS");
-            SmtpClientConfig clear_cc = plain_client_;
-            clear_cc.lmtp = route.mailer->lmtp;
-            clear_cc.helo_name = base.helo_name;
-            clear_cc.source_address = base.source_address;
+            RememberTlsBroken(ip);
             auto clear = Transact(route, shape, host.name, ip, p, clear_cc, m, rcpts);
             at = co_await std::move(clear);
           }
@@ -1427,6 +1496,10 @@ class Worker final : public DeliveryWorker {
   const Clock& clock_;
   QidGenerator qids_;
   SmtpClientConfig client_, encrypt_client_, plain_client_, may_client_;
+  SmtpClientConfig verified_client_;  // MTA-STS enforce: kEncrypt with certificate checks
+  std::unique_ptr<MtaSts> sts_;       // null: delivery.mta_sts is off
+  std::mutex tls_mu_;
+  std::unordered_map<std::string, int64_t> tls_broken_;  // address -> until (µs): STARTTLS failed there
   std::set<std::string> encrypt_domains_;
   std::set<std::string> self_names_;
   std::optional<Relay> fallback_;
@@ -1463,6 +1536,23 @@ Result<std::unique_ptr<DeliveryWorker>> StartDelivery(const Config& config, std:
   auto routing = Routing::Load(config.delivery, config.config_dir);
   if (!routing.ok()) return routing.status();
   auto w = std::make_unique<Worker>(config, std::move(routing).value(), std::move(resolver), clock);
+  if (config.delivery.mta_sts) {
+    // Verified TLS: the configured trust anchors, else the system's.
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                     asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+    boost::system::error_code ec;
+    const std::string& ca = config.delivery.tls_ca_file;
+    if (ca.empty()) {
+      ctx->set_default_verify_paths(ec);
+    } else {
+      ctx->load_verify_file(ca.front() == '/' ? ca : config.config_dir + "/" + ca, ec);
+    }
+    if (ec)
+      return Status(Code::kInvalidArgument,
+                    "delivery.tls_ca_file: " + (ca.empty() ? "system" : ca) + ": " + ec.message());
+    w->EnableMtaSts(std::move(ctx));
+  }
   w->Start();
   return std::unique_ptr<DeliveryWorker>(std::move(w));
 }

@@ -229,6 +229,16 @@ struct DeliveryConfig {
   // STARTTLS to MX hosts (Postfix smtp_tls_security_level): none | may | encrypt.
   std::string tls_security_level = "may";
   std::vector<std::string> tls_encrypt_domains;  // these destinations always need TLS
+  // Trust anchors for verified TLS (MTA-STS): a PEM bundle; empty: the system's.
+  std::string tls_ca_file;
+  // An opportunistic STARTTLS whose handshake failed: that address gets
+  // plaintext for this long without trying again (0: try every time).
+  std::chrono::seconds tls_failure_memory{3600};
+  // MTA-STS (RFC 8461), opt-in: recipient domains' policies are fetched and
+  // an `enforce` policy is obeyed (listed MX hosts, verified TLS, else defer).
+  bool mta_sts = false;
+  uint16_t mta_sts_port = 443;               // HTTPS port of mta-sts.<domain> (tests use another)
+  std::chrono::seconds mta_sts_timeout{10};  // DNS + HTTPS fetch of one policy
   // Secondary-MX role: MX host names that are this cluster (besides
   // `hostname`). Mail is relayed only to better-preference MX hosts; a
   // domain whose best MX is us bounces (5.4.6) instead of looping.

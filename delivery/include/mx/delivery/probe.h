@@ -47,6 +47,10 @@ class Probe {
   }
   // Recipients put back because their site is suspended.
   void SuspendedPutBack(size_t n) { suspended_put_back_->Increment(static_cast<double>(n)); }
+  // A destination's MTA-STS policy mode at a delivery attempt (none | testing | enforce).
+  void MtaSts(const std::string& mode) { mta_sts_->Add({{"mode", mode}}).Increment(); }
+  // An address where opportunistic STARTTLS failed lately got plaintext at once.
+  void TlsFailureRemembered() { tls_remembered_->Increment(); }
   // A recipient attempted again after a deferral (not a throttled put-back).
   void Retry() { retries_->Increment(); }
   // A recipient's final outcome (delivered | bounced) and its time in the
@@ -74,6 +78,8 @@ class Probe {
   prometheus::Family<prometheus::Counter>* reply_rules_;
   prometheus::Counter* suspended_put_back_;
   prometheus::Family<prometheus::Counter>* reply_classes_;
+  prometheus::Family<prometheus::Counter>* mta_sts_;
+  prometheus::Counter* tls_remembered_;
   prometheus::Histogram* delay_delivered_;
   prometheus::Histogram* delay_bounced_;
 };

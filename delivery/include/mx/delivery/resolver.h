@@ -33,12 +33,26 @@ struct MxAnswer {
   std::vector<MxHost> hosts;
 };
 
+// TXT records of one name (MTA-STS): each record's strings joined.
+struct TxtAnswer {
+  enum class Kind { kOk, kNone, kTempFail };  // kNone: no such name or no TXT
+  Kind kind = Kind::kTempFail;
+  std::string error;
+  std::vector<std::string> records;
+};
+
 class Resolver {
  public:
   virtual ~Resolver() = default;
   virtual void ResolveMx(const std::string& domain, std::function<void(MxAnswer)> done) = 0;
   // A records of one host (smart host, fallback MX host); empty list on failure.
   virtual void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) = 0;
+  // TXT records; a resolver without them answers kTempFail.
+  virtual void ResolveTxt(const std::string& /*name*/, std::function<void(TxtAnswer)> done) {
+    TxtAnswer a;
+    a.error = "TXT lookups are not supported by this resolver";
+    done(std::move(a));
+  }
 };
 
 struct ResolverOptions {

@@ -28,9 +28,13 @@ struct SmtpClientConfig {
   // STARTTLS (Postfix smtp_tls_security_level): kNone never, kMay when the
   // peer offers it (a failed handshake is retried in the clear by the
   // caller), kEncrypt always (a peer without STARTTLS is a failed host).
-  // Certificates are not verified (as Postfix's may/encrypt).
+  // Certificates are not verified (as Postfix's may/encrypt) unless verify.
   enum class Tls { kNone, kMay, kEncrypt } tls = Tls::kMay;
   std::shared_ptr<boost::asio::ssl::context> tls_context;  // client context, set when tls != kNone
+  // With kEncrypt (MTA-STS enforce): the certificate must chain to the trust
+  // anchors of tls_context and name the host (the SNI name); else the host
+  // fails like one without STARTTLS.
+  bool verify = false;
   std::chrono::seconds connect_timeout{30};
   std::chrono::seconds greeting_timeout{300};
   std::chrono::seconds command_timeout{300};
