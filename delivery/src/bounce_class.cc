@@ -33,12 +33,12 @@ const std::vector<TextRule>& TextRules() {
                                                     R"(message (is )?too (large|big)|exceeds? (the )?(maximum|fixed)|)"
                                                     R"(size limit|message size)",
                                                     kFlags)});
-    r->push_back(
-        {BounceClass::kPolicy, std::regex(R"(\bspf\b|\bdkim\b|\bdmarc\b|unauthenticated|authentication|)"
-                                          R"(relay(ing)? (access )?(denied|not permitted)|not permitted to relay|)"
-                                          R"(rate limit|too many (messages|connections|recipients)|)"
-                                          R"(tls (is )?required|starttls|reverse dns|\bptr\b)",
-                                          kFlags)});
+    r->push_back({BounceClass::kPolicy,
+                  std::regex(R"(\bspf\b|\bdkim\b|\bdmarc\b|unauthenticated|authentication|)"
+                             R"(relay(ing)? (access )?(denied|not permitted)|not permitted to relay|)"
+                             R"(rate limit|too many (messages|connections|recipients)|)"
+                             R"(tls (is )?required|starttls|certificate .*not trusted|mta-sts|reverse dns|\bptr\b)",
+                             kFlags)});
     r->push_back({BounceClass::kBadDomain, std::regex(R"(domain (not found|does not exist|name not found)|)"
                                                       R"(host (or domain name )?not found|no mx|nxdomain|null mx|)"
                                                       R"(does not (accept|receive) mail|unroutable|unrouteable)",

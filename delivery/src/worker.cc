@@ -1148,7 +1148,9 @@ class Worker final : public DeliveryWorker {
           if (at.try_next) {
             last_error = at.error + " with " + relay;
             log::Mail(m.envelope().qid(), "relay=" + relay + ": " + at.error + ", trying next host");
-            host_failed = true;
+            // A certificate that fails a domain's policy is not the host being
+            // down: other domains may still use it.
+            if (!(base.verify && at.tls_failed)) host_failed = true;
             continue;
           }
           const int64_t now = clock_.NowUnixMicros();
