@@ -151,6 +151,7 @@ Config Parse(const YAML::Node& root) {
           }
         }
       }
+      in.Bool("check_suppressions", &c.ingress.check_suppressions);
       in.StrList("queue", &c.ingress.queue);
       in.Uint("threads", &c.ingress.threads);
     }
@@ -227,6 +228,7 @@ Config Parse(const YAML::Node& root) {
       d.Str("tls_ca_file", &c.delivery.tls_ca_file);
       d.Duration("tls_failure_memory", &c.delivery.tls_failure_memory);
       d.Bool("mta_sts", &c.delivery.mta_sts);
+      d.Bool("suppress_hard_bounces", &c.delivery.suppress_hard_bounces);
       d.Uint("mta_sts_port", &c.delivery.mta_sts_port);
       d.Duration("mta_sts_timeout", &c.delivery.mta_sts_timeout);
       d.StrList("mx_self_names", &c.delivery.mx_self_names);

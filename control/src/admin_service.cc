@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
@@ -233,6 +234,65 @@ class AdminService final : public v1::Admin::Service {
     if (!st.ok()) return st;
     resp->mutable_sites()->Swap(part.mutable_sites());
     resp->set_now_unix_us(part.now_unix_us());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Suppress(grpc::ServerContext* ctx, const v1::SuppressAdminRequest* req,
+                        v1::SuppressAdminResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "Suppress", &who); !st.ok()) return st;
+    if (req->add().empty() && req->remove().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which address?");
+    }
+    v1::SuppressRequest set;
+    set.set_shard(0);
+    for (const auto& a : req->add()) {
+      auto* e = set.add_add();
+      e->set_address(a);
+      e->set_reason(req->reason().empty() ? "suppressed by the operator" : req->reason());
+      e->set_bounce_class("manual");
+      e->set_by("mxctl (" + who + ")");
+    }
+    for (const auto& a : req->remove()) set.add_remove(a);
+    v1::SuppressResponse done;
+    auto st =
+        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->Suppress(c, set, &done); });
+    if (!st.ok()) return st;
+    resp->set_added(done.added());
+    resp->set_removed(done.removed());
+    for (const auto& a : req->add()) log::Info("admin: " + who + ": suppress " + a);
+    for (const auto& a : req->remove()) log::Info("admin: " + who + ": unsuppress " + a);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Suppressions(grpc::ServerContext* ctx, const v1::SuppressionsRequest* req,
+                            v1::SuppressionsResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kRead, "Suppressions", &who); !st.ok()) return st;
+    const uint32_t limit = req->limit() == 0 ? 100 : std::min<uint32_t>(req->limit(), 10000);
+    v1::ListSuppressionsRequest list;
+    list.set_shard(0);
+    v1::ListSuppressionsResponse part;
+    auto call = [&] {
+      part.Clear();
+      return CallLeader(
+          0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListSuppressions(c, list, &part); });
+    };
+    if (!req->address().empty()) {
+      list.set_address(req->address());
+    } else {
+      // The newest changes: find the last sequence number, then read back from it.
+      list.set_after_seq(std::numeric_limits<uint64_t>::max() - 1);
+      if (auto st = call(); !st.ok()) return st;
+      const uint64_t back = std::min<uint64_t>(part.last_seq(), static_cast<uint64_t>(limit) * 4);
+      list.set_after_seq(part.last_seq() - back);
+      list.set_limit(10000);
+    }
+    if (auto st = call(); !st.ok()) return st;
+    for (int k = part.entries_size() - 1; k >= 0 && static_cast<uint32_t>(resp->entries_size()) < limit; --k) {
+      if (!part.entries(k).removed()) *resp->add_entries() = part.entries(k);
+    }
+    resp->set_total(part.total());
     return grpc::Status::OK;
   }
 

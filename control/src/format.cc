@@ -4,11 +4,11 @@
 #include "mx/common/log.h"
 
 #include <algorithm>
+#include <ctime>
 #include <map>
+#include <string>
 #include <tuple>
 #include <vector>
-
-#include <ctime>
 
 namespace mx::control {
 namespace {
@@ -182,6 +182,30 @@ std::string FormatSites(const v1::SitesResponse& resp) {
     }
     out += Pad(s.site(), 28, false) + " " + Pad(state, 9, false) + " " +
            Pad(log::FormatDelay(left > 0 ? left : 0), 10, true) + "  " + s.by() + limits + ": " + s.reason() + "\n";
+  }
+  return out;
+}
+
+// "2026-11-23 20:01" (UTC).
+static std::string Minute(int64_t unix_us) {
+  time_t t = static_cast<time_t>(unix_us / 1'000'000);
+  tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
+  return buf;
+}
+
+std::string FormatSuppressions(const v1::SuppressionsResponse& resp) {
+  if (resp.entries().empty())
+    return resp.total() ? "No such address on the suppression list\n" : "The suppression list is empty\n";
+  std::string out = Pad("Address", 36, false) + " " + Pad("Since", 20, false) + "  Class / by: reason\n";
+  for (const auto& e : resp.entries()) {
+    out += Pad(e.address(), 36, false) + " " + Pad(Minute(e.added_unix_us()), 20, false) + "  " + e.bounce_class() +
+           " / " + e.by() + ": " + e.reason() + "\n";
+  }
+  if (resp.total() > static_cast<uint64_t>(resp.entries_size())) {
+    out += "(" + std::to_string(resp.entries_size()) + " newest of " + std::to_string(resp.total()) + ")\n";
   }
   return out;
 }

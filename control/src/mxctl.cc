@@ -32,6 +32,9 @@ int Usage() {
           "                                              site= or a shaping rule) for DURATION (30m, 2h, ...)\n"
           "  resume SITE                                 lift a suspension (or a reply rule's slowing)\n"
           "  sites                                       the sites suspended or slowed now\n"
+          "  suppress ADDRESS [REASON...]                refuse RCPT to ADDRESS at every ingress (550 5.1.1)\n"
+          "  unsuppress ADDRESS                          take ADDRESS off the suppression list\n"
+          "  suppressions [ADDRESS]                      the suppression list (newest first), or one address\n"
           "  hold|release|delete|bounce [-I qid] [-S sender] [-R recipient] [-D domain]\n"
           "                                              hold or release matching recipients, delete\n"
           "                                              matching messages (not while in delivery),\n"
@@ -298,6 +301,40 @@ int main(int argc, char** argv) {
     else
       fputs(mx::control::FormatSites(resp).c_str(), stdout);
     return 0;
+  }
+  if (cmd == "suppress" || cmd == "unsuppress") {
+    if (i >= args.size() || (cmd == "unsuppress" && i + 1 != args.size())) return Usage();
+    mx::v1::SuppressAdminRequest req;
+    if (cmd == "suppress") {
+      req.add_add(args[i]);
+      std::string reason;
+      for (size_t k = i + 1; k < args.size(); ++k) reason += (reason.empty() ? "" : " ") + args[k];
+      req.set_reason(reason);
+    } else {
+      req.add_remove(args[i]);
+    }
+    mx::v1::SuppressAdminResponse resp;
+    auto st = stub->Suppress(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (cmd == "suppress")
+      printf("%s: %s\n", args[i].c_str(),
+             resp.added() ? "suppressed (every ingress refuses it within seconds)" : "was already suppressed");
+    else
+      printf("%s: %s\n", args[i].c_str(), resp.removed() ? "no longer suppressed" : "was not suppressed");
+    return 0;
+  }
+  if (cmd == "suppressions") {
+    if (i + 1 < args.size()) return Usage();
+    mx::v1::SuppressionsRequest req;
+    if (i < args.size()) req.set_address(args[i]);
+    mx::v1::SuppressionsResponse resp;
+    auto st = stub->Suppressions(&ctx, req, &resp);
+    if (!st.ok()) return Fail(st, server);
+    if (output == "json")
+      PrintJson(resp);
+    else
+      fputs(mx::control::FormatSuppressions(resp).c_str(), stdout);
+    return req.address().empty() || resp.entries_size() > 0 ? 0 : 1;
   }
   if (cmd == "purgestat") {
     if (i + 1 < args.size()) return Usage();

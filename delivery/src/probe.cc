@@ -101,6 +101,11 @@ Probe::Probe() {
                   .Help("Deliveries to a destination by its MTA-STS policy mode (delivery.mta_sts on)")
                   .Register(reg);
   for (const char* mode : {"none", "testing", "enforce"}) mta_sts_->Add({{"mode", mode}});
+  suppressed_ = &prometheus::BuildCounter()
+                     .Name("mx_delivery_suppressed_total")
+                     .Help("Addresses put on the suppression list after a hard bounce (delivery.suppress_hard_bounces)")
+                     .Register(reg)
+                     .Add({});
   tls_remembered_ = &prometheus::BuildCounter()
                          .Name("mx_delivery_tls_failure_remembered_total")
                          .Help("Connections sent in the clear at once: STARTTLS failed at that address lately")

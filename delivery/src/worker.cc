@@ -639,6 +639,30 @@ class Worker final : public DeliveryWorker {
         });
   }
 
+  // Hard bounces onto shard 0's suppression list (asynchronous; a failure
+  // is logged: the next hard bounce of the address adds it).
+  void SendSuppressions(v1::SuppressRequest req) {
+    auto call = AsyncCall<v1::SuppressRequest, v1::SuppressResponse>::WithDeadline(std::chrono::seconds(5));
+    call->req = std::move(req);
+    call->req.set_shard(0);
+    auto target = router_.Leader(0);
+    permit_calls_.fetch_add(1);  // waited for at Stop, like the Permit calls
+    target.stub->async()->Suppress(
+        &call->ctx, &call->req, &call->resp, [this, call, address = target.address](grpc::Status s) {
+          router_.Observe(0, address, call->ctx, s);
+          if (!s.ok()) {
+            log::Warn("adding " + call->req.add(0).address() + " (and " + std::to_string(call->req.add_size() - 1) +
+                      " more) to the suppression list failed: " + s.error_message());
+          } else if (call->resp.added() > 0) {
+            Probe::Get().Suppressed(call->resp.added());
+            for (const auto& a : call->req.add()) {
+              log::Info("suppression list: " + a.address() + " added (" + a.reason() + ")");
+            }
+          }
+          permit_calls_.fetch_sub(1);
+        });
+  }
+
   static v1::HostOutcome HostOutcomeOf(const std::string& host, bool ok, const std::string& reply) {
     v1::HostOutcome h;
     h.set_host(host);
@@ -1193,6 +1217,7 @@ class Worker final : public DeliveryWorker {
 
     v1::AckRequest ack;
     ack.set_worker(worker_id_);
+    v1::SuppressRequest suppress;  // hard bounces to put on the suppression list
     const int64_t age = clock_.NowUnixMicros() - env.arrival_unix_us();
     const int64_t warn_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_warn).count();
     const int64_t return_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.queue_return).count();
@@ -1252,6 +1277,16 @@ class Worker final : public DeliveryWorker {
         if (o.r.outcome != v1::OUTCOME_DELIVERED && !o.throttled) {
           cls = std::string(BounceClassName(ClassifyReply(o.r.reply, o.r.dsn_status)));
           Probe::Get().ReplyClass(cls, o.r.outcome == v1::OUTCOME_BOUNCED ? "bounced" : "deferred");
+          // A hard bounce for a mailbox that does not exist, answered by the
+          // destination itself: onto the suppression list.
+          if (config_.suppress_hard_bounces && o.r.outcome == v1::OUTCOME_BOUNCED && !o.relay.empty() &&
+              cls == "invalid_recipient" && !o.r.reply.empty() && o.r.reply[0] == '5') {
+            v1::Suppression* sup = suppress.add_add();
+            sup->set_address(rc.address());
+            sup->set_reason(PrintableCut(o.r.reply, 300));
+            sup->set_bounce_class(cls);
+            sup->set_by(worker_id_ + " (" + env.qid() + ")");
+          }
         }
         const char* stat = o.r.outcome == v1::OUTCOME_DELIVERED  ? "Sent"
                            : o.r.outcome == v1::OUTCOME_DEFERRED ? "Deferred"
@@ -1292,6 +1327,7 @@ class Worker final : public DeliveryWorker {
     }
     QueueDsns(*m, std::move(failed), std::move(delayed), std::move(relayed), return_us, &ack);
     for (auto& h : host_outcomes) *ack.add_hosts() = std::move(h);
+    if (suppress.add_size() > 0) SendSuppressions(std::move(suppress));
     m.reset();  // the body is no longer needed while the ack is in flight
     // Ack on gRPC's callback thread; the credit returns when it completes.
     ack.set_shard(shard->id);

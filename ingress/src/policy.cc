@@ -100,6 +100,7 @@ const char* RejectReasonName(RejectReason r) {
     case RejectReason::kDrain: return "drain";
     case RejectReason::kAuthRate: return "auth_rate";
     case RejectReason::kDkim: return "dkim";
+    case RejectReason::kSuppressed: return "suppressed";
   }
   return "other";
 }

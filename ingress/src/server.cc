@@ -125,6 +125,7 @@ class Observer final : public SessionObserver {
       case RejectReason::kRedirect:
       case RejectReason::kHeader:
       case RejectReason::kHops:
+      case RejectReason::kSuppressed:
       case RejectReason::kDnsbl: rejected.fetch_add(1, std::memory_order_relaxed); break;
       default: break;
     }
@@ -311,6 +312,10 @@ class Server final : public IngressServer {
       SetThreadName("mx-smtp-stats");
       StatsLoop();
     });
+    if (config_.check_suppressions) {
+      suppressions_ =
+          std::make_unique<SuppressionFollower>(config.ingress.queue, config.queue.shards, std::chrono::seconds(2));
+    }
     log::Info("ingress listening for SMTP on " + config_.listen);
     return Status::Ok();
   }
@@ -471,6 +476,7 @@ class Server final : public IngressServer {
     opts.auth_available = policy->auth_users() != nullptr;
     opts.queue_only = cfg.queue_la > 0 && load >= cfg.queue_la;
     opts.storage_low = storage_low_until_us_.load(std::memory_order_relaxed) > now_us;
+    if (suppressions_) opts.suppressions = &suppressions_->set();
     asio::co_spawn(conn->socket.get_executor(), Watchdog(conn), asio::detached);
     auto serve = Serve(conn, std::move(policy), std::move(opts), ip);
     co_await std::move(serve);
@@ -723,6 +729,7 @@ class Server final : public IngressServer {
   std::atomic<std::shared_ptr<asio::ssl::context>> tls_;
   std::shared_ptr<EnqueueBackend> backend_;
   std::unique_ptr<ClientLookup> lookup_;
+  std::unique_ptr<SuppressionFollower> suppressions_;  // null: ingress.check_suppressions off
   const Clock& clock_;
   QidGenerator qids_;
   Observer observer_;

@@ -375,6 +375,14 @@ Session::Step Session::OnRcpt(const std::string& arg) {
                         v.why + ")");
     return Reject(v.reason, v.reply);
   }
+  // The cluster's suppression list: an address that hard-bounced before.
+  if (options_.suppressions && options_.suppressions->Contains(rcpt)) {
+    const std::string reply =
+        "550 5.1.1 <" + rcpt + ">: Recipient address rejected: on the suppression list (it bounced)";
+    log::Mail(qid_, "reject: RCPT from " + Client() + ": " + reply + "; from=<" + sender_ + "> to=<" + rcpt +
+                        "> (suppressed)");
+    return Reject(RejectReason::kSuppressed, reply);
+  }
   if (v.kind == Verdict::Kind::kDiscard && !discard_) {
     discard_ = true;
     discard_why_ = v.why;

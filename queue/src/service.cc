@@ -11,6 +11,7 @@
 #include <random>
 #include <thread>
 
+#include "mx/common/address.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
@@ -581,6 +582,46 @@ class Shard {
     return grpc::Status::OK;
   }
 
+  grpc::Status Suppress(grpc::ServerContext* ctx, const v1::SuppressRequest* req, v1::SuppressResponse* resp) {
+    if (req->add_size() + req->remove_size() > 10000) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "at most 10000 addresses per call");
+    }
+    v1::QueueCommand cmd;
+    auto bad = [](const std::string& a) { return a.empty() || a.size() > 320 || a.find('@') == std::string::npos; };
+    for (const auto& a : req->add()) {
+      if (bad(a.address()))
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "not an address: '" + a.address() + "'");
+      v1::Suppression* e = cmd.mutable_suppress()->add_add();
+      *e = a;
+      e->set_address(ToLower(a.address()));
+      if (e->reason().size() > 512) {  // cut at a UTF-8 character boundary
+        size_t cut = 512;
+        while (cut > 0 && (static_cast<unsigned char>(e->reason()[cut]) & 0xC0) == 0x80) --cut;
+        e->mutable_reason()->resize(cut);
+      }
+    }
+    for (const auto& a : req->remove()) {
+      if (bad(a)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "not an address: '" + a + "'");
+      cmd.mutable_suppress()->add_remove(ToLower(a));
+    }
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return CommitFailed(ctx, r.status);
+    resp->set_added(r.suppressed);
+    resp->set_removed(r.unsuppressed);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListSuppressions(grpc::ServerContext* ctx, const v1::ListSuppressionsRequest* req,
+                                v1::ListSuppressionsResponse* resp) {
+    if (!log_->IsLeader()) return NotLeader(ctx);
+    v1::ListSuppressionsRequest r = *req;
+    r.set_address(ToLower(req->address()));
+    sm_->Suppressions(r, resp);
+    return grpc::Status::OK;
+  }
+
   grpc::Status ListSiteStatus(grpc::ServerContext* ctx, v1::ListSiteStatusResponse* resp) {
     if (!log_->IsLeader()) return NotLeader(ctx);
     const int64_t now = clock_.NowUnixMicros();
@@ -1021,6 +1062,19 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->SetSiteStatus(ctx, req) : err;
+  }
+
+  grpc::Status Suppress(grpc::ServerContext* ctx, const v1::SuppressRequest* req, v1::SuppressResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->Suppress(ctx, req, resp) : err;
+  }
+
+  grpc::Status ListSuppressions(grpc::ServerContext* ctx, const v1::ListSuppressionsRequest* req,
+                                v1::ListSuppressionsResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->ListSuppressions(ctx, req, resp) : err;
   }
 
   grpc::Status ListSiteStatus(grpc::ServerContext* ctx, const v1::ListSiteStatusRequest* req,

@@ -29,6 +29,10 @@ constexpr const char* kMemberPrefix = "member/";
 constexpr const char* kNodePrefix = "node/";
 constexpr const char* kPolicyKey = "policy/current";
 constexpr const char* kSitePrefix = "site/";
+constexpr const char* kSuppPrefix = "supp/";        // address -> Suppression (current)
+constexpr const char* kSuppSeqPrefix = "suppseq/";  // big-endian seq -> Suppression (its latest change)
+constexpr const char* kSuppLastKey = "supp_last_seq";
+constexpr const char* kSuppTotalKey = "supp_total";
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -889,6 +893,55 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
         }
         break;
       }
+      case v1::QueueCommand::kSuppress: {
+        // Every change gets the next sequence number; an address keeps only
+        // its latest change in the log, so followers read each address once.
+        std::string v;
+        bool found = false;
+        if (st = b.Get(meta_, kSuppLastKey, &v, &found); !st.ok()) break;
+        uint64_t seq = found ? DecodeU64(v) : 0;
+        if (st = b.Get(meta_, kSuppTotalKey, &v, &found); !st.ok()) break;
+        int64_t total = found ? static_cast<int64_t>(DecodeU64(v)) : 0;
+        auto change = [&](v1::Suppression entry) -> Status {
+          const std::string key = kSuppPrefix + entry.address();
+          v1::Suppression old;
+          bool had = false;
+          if (auto gs = b.GetProto(meta_, key, &old, &had); !gs.ok()) return gs;
+          const bool was_on = had && !old.removed();
+          if (entry.removed()) {
+            if (!was_on) return Status::Ok();  // nothing to remove
+            --total;
+            ++res->unsuppressed;
+          } else {
+            if (was_on) return Status::Ok();  // already on the list: keep its first reason
+            ++total;
+            ++res->suppressed;
+          }
+          if (had) b.Delete(meta_, kSuppSeqPrefix + EncodeU64(old.seq()));
+          entry.set_seq(++seq);
+          entry.set_added_unix_us(cmd.now_unix_us());
+          b.PutProto(meta_, key, entry);
+          b.PutProto(meta_, kSuppSeqPrefix + EncodeU64(seq), entry);
+          return Status::Ok();
+        };
+        for (const auto& a : cmd.suppress().add()) {
+          if (a.address().empty()) continue;
+          v1::Suppression e = a;
+          e.set_removed(false);
+          if (st = change(std::move(e)); !st.ok()) break;
+        }
+        for (const auto& addr : cmd.suppress().remove()) {
+          if (!st.ok() || addr.empty()) continue;
+          v1::Suppression e;
+          e.set_address(addr);
+          e.set_removed(true);
+          st = change(std::move(e));
+        }
+        if (!st.ok()) break;
+        b.Put(meta_, kSuppLastKey, EncodeU64(seq));
+        b.Put(meta_, kSuppTotalKey, EncodeU64(static_cast<uint64_t>(std::max<int64_t>(0, total))));
+        break;
+      }
       default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
     }
     if (!st.ok()) return st;  // storage failure: nothing written
@@ -1097,6 +1150,30 @@ void StateMachine::Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const 
     if (s.ParseFromArray(it->value().data(), static_cast<int>(it->value().size())) && s.until_unix_us() > now_us) {
       *out->add_sites() = std::move(s);
     }
+  }
+}
+
+void StateMachine::Suppressions(const v1::ListSuppressionsRequest& req, v1::ListSuppressionsResponse* out) const {
+  std::shared_lock db_lock(db_mu_);
+  std::string value;
+  if (db_->Get(rocksdb::ReadOptions(), meta_, kSuppLastKey, &value).ok()) out->set_last_seq(DecodeU64(value));
+  if (db_->Get(rocksdb::ReadOptions(), meta_, kSuppTotalKey, &value).ok()) out->set_total(DecodeU64(value));
+  if (!req.address().empty()) {
+    v1::Suppression e;
+    if (db_->Get(rocksdb::ReadOptions(), meta_, kSuppPrefix + req.address(), &value).ok() && e.ParseFromString(value) &&
+        !e.removed()) {
+      *out->add_entries() = std::move(e);
+    }
+    return;
+  }
+  const uint32_t limit = req.limit() == 0 || req.limit() > 10000 ? 10000 : req.limit();
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  const std::string start = kSuppSeqPrefix + EncodeU64(req.after_seq() + 1);
+  for (it->Seek(start);
+       it->Valid() && it->key().starts_with(kSuppSeqPrefix) && static_cast<uint32_t>(out->entries_size()) < limit;
+       it->Next()) {
+    v1::Suppression e;
+    if (e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) *out->add_entries() = std::move(e);
   }
 }
 

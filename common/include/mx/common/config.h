@@ -112,6 +112,9 @@ struct IngressConfig {
   uint32_t auth_failures_per_ip = 10;
   uint32_t auth_failures_per_user = 20;
   std::chrono::seconds auth_failure_window{600};
+  // RCPT to an address on the cluster's suppression list is refused
+  // (550 5.1.1); the list is followed from shard 0 every 2 s.
+  bool check_suppressions = true;
   // DKIM signing keys: the node's own, like the TLS files (never pushed in a policy bundle).
   DkimConfig dkim;
   std::vector<std::string> queue;  // queue node gRPC addresses to start from (default: queue.peers)
@@ -234,6 +237,10 @@ struct DeliveryConfig {
   // An opportunistic STARTTLS whose handshake failed: that address gets
   // plaintext for this long without trying again (0: try every time).
   std::chrono::seconds tls_failure_memory{3600};
+  // A hard bounce (5xx, class invalid_recipient, answered by the
+  // destination) puts the address on the cluster's suppression list, which
+  // every ingress checks at RCPT.
+  bool suppress_hard_bounces = false;
   // MTA-STS (RFC 8461), opt-in: recipient domains' policies are fetched and
   // an `enforce` policy is obeyed (listed MX hosts, verified TLS, else defer).
   bool mta_sts = false;

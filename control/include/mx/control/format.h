@@ -17,6 +17,8 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp);
 std::string FormatHostStatus(const v1::HostStatusResponse& resp);
 // mxctl sites: the sites suspended or slowed, how long is left, why.
 std::string FormatSites(const v1::SitesResponse& resp);
+// mxctl suppressions: address, since, class, by and reason.
+std::string FormatSuppressions(const v1::SuppressionsResponse& resp);
 // `mxctl policy test`: one line per step, then the outcome.
 std::string FormatPolicyTest(const v1::PolicyTestResponse& resp);
 // mxctl inspect: envelope, recipients with attempts and last reply, headers.

@@ -51,6 +51,8 @@ class Probe {
   void MtaSts(const std::string& mode) { mta_sts_->Add({{"mode", mode}}).Increment(); }
   // An address where opportunistic STARTTLS failed lately got plaintext at once.
   void TlsFailureRemembered() { tls_remembered_->Increment(); }
+  // Addresses a hard bounce put on the suppression list.
+  void Suppressed(uint32_t n) { suppressed_->Increment(n); }
   // A recipient attempted again after a deferral (not a throttled put-back).
   void Retry() { retries_->Increment(); }
   // A recipient's final outcome (delivered | bounced) and its time in the
@@ -80,6 +82,7 @@ class Probe {
   prometheus::Family<prometheus::Counter>* reply_classes_;
   prometheus::Family<prometheus::Counter>* mta_sts_;
   prometheus::Counter* tls_remembered_;
+  prometheus::Counter* suppressed_;
   prometheus::Histogram* delay_delivered_;
   prometheus::Histogram* delay_bounced_;
 };

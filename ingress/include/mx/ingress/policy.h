@@ -58,7 +58,8 @@ enum class RejectReason {
   kEtrn,
   kDrain,
   kAuthRate,
-  kDkim,  // signing failed: 451 4.7.5
+  kDkim,        // signing failed: 451 4.7.5
+  kSuppressed,  // RCPT to an address on the suppression list: 550 5.1.1
 };
 const char* RejectReasonName(RejectReason r);
 

@@ -19,6 +19,7 @@
 #include "mx/common/qid.h"
 #include "mx/common/result.h"
 #include "mx/ingress/policy.h"
+#include "mx/ingress/suppressions.h"
 #include "mx/v1/types.pb.h"
 
 namespace mx::ingress {
@@ -26,11 +27,12 @@ namespace mx::ingress {
 // What the driver offers this session (fixed for the session's life).
 struct SessionOptions {
   std::string node_name = "mx";
-  bool tls_available = false;        // a certificate is loaded: STARTTLS offered
-  bool auth_available = false;       // a users file is loaded: AUTH possible
-  bool queue_only = false;           // QueueLA: accepted mail waits for a queue run
-  bool storage_low = false;          // the queue refused for lack of disk lately
-  uint32_t max_junk_commands = 100;  // NOOP/RSET/VRFY/EXPN/HELP/ETRN before they count as errors
+  bool tls_available = false;                    // a certificate is loaded: STARTTLS offered
+  bool auth_available = false;                   // a users file is loaded: AUTH possible
+  bool queue_only = false;                       // QueueLA: accepted mail waits for a queue run
+  bool storage_low = false;                      // the queue refused for lack of disk lately
+  uint32_t max_junk_commands = 100;              // NOOP/RSET/VRFY/EXPN/HELP/ETRN before they count as errors
+  const SuppressionSet* suppressions = nullptr;  // RCPT to these is refused (null: no check)
 };
 
 class SessionObserver {

@@ -59,6 +59,8 @@ struct ApplyResult {
   uint64_t recipients = 0;                  // ManageOp: recipients held or deleted
   uint64_t messages = 0;                    // ManageOp: messages deleted
   uint64_t skipped = 0;                     // ManageOp: messages with a lease in flight
+  uint32_t suppressed = 0;                  // SuppressOp: addresses added
+  uint32_t unsuppressed = 0;                // SuppressOp: addresses removed
 };
 
 // An entry of an ordered recipient index: (priority or time, qid, index).
@@ -124,6 +126,8 @@ class StateMachine {
   bool NodeDrain(const std::string& name) const;
   // The sites suspended or slowed at now_us.
   void Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const;
+  // The suppression list: one address, or the change log after req.after_seq.
+  void Suppressions(const v1::ListSuppressionsRequest& req, v1::ListSuppressionsResponse* out) const;
   // The pushed acceptance policy (empty version: none).
   v1::PolicyBundle CurrentPolicy() const;
   std::string PolicyVersion() const;
