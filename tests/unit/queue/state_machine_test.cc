@@ -557,6 +557,61 @@ TEST_F(StateMachineTest, NodeTableKeepsTheDrainFlagAcrossHeartbeats) {
   EXPECT_EQ(none.nodes_size(), 0);
 }
 
+// The suppression list: each change gets the next sequence number, an
+// address keeps only its latest change in the log, removals stay as
+// tombstones for followers, and it survives a reopen.
+TEST_F(StateMachineTest, SuppressionListKeepsOneChangePerAddressInSequence) {
+  auto op = [&](std::vector<std::string> add, std::vector<std::string> remove, int64_t now) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    for (const auto& a : add) {
+      auto* e = c.mutable_suppress()->add_add();
+      e->set_address(a);
+      e->set_reason("550 5.1.1 unknown " + a);
+    }
+    for (const auto& a : remove) c.mutable_suppress()->add_remove(a);
+    return Apply(c);
+  };
+  auto list = [&](uint64_t after, const std::string& address = "") {
+    v1::ListSuppressionsRequest req;
+    req.set_after_seq(after);
+    req.set_address(address);
+    v1::ListSuppressionsResponse resp;
+    sm_->Suppressions(req, &resp);
+    return resp;
+  };
+  auto r = op({"a@x.test", "b@x.test", "a@x.test"}, {}, kT0);
+  EXPECT_EQ(r.suppressed, 2u);  // a second add of a listed address changes nothing
+  r = op({"a@x.test"}, {"b@x.test", "nobody@x.test"}, kT0 + kSec);
+  EXPECT_EQ(r.suppressed, 0u);
+  EXPECT_EQ(r.unsuppressed, 1u);
+  auto all = list(0);
+  EXPECT_EQ(all.total(), 1u);
+  EXPECT_EQ(all.last_seq(), 3u);
+  ASSERT_EQ(all.entries_size(), 2);  // a (seq 1) and b's tombstone (seq 3); b's add is gone
+  EXPECT_EQ(all.entries(0).address(), "a@x.test");
+  EXPECT_EQ(all.entries(0).seq(), 1u);
+  EXPECT_EQ(all.entries(0).added_unix_us(), kT0);
+  EXPECT_EQ(all.entries(0).reason(), "550 5.1.1 unknown a@x.test");
+  EXPECT_EQ(all.entries(1).address(), "b@x.test");
+  EXPECT_TRUE(all.entries(1).removed());
+  // A follower that has seen seq 1 reads only the tombstone.
+  auto later = list(1);
+  ASSERT_EQ(later.entries_size(), 1);
+  EXPECT_EQ(later.entries(0).seq(), 3u);
+  EXPECT_EQ(list(0, "a@x.test").entries_size(), 1);
+  EXPECT_EQ(list(0, "b@x.test").entries_size(), 0);  // removed: not found
+  // Back on the list: a new position in the log, the tombstone replaced.
+  op({"b@x.test"}, {}, kT0 + 2 * kSec);
+  Open();
+  all = list(0);
+  EXPECT_EQ(all.total(), 2u);
+  ASSERT_EQ(all.entries_size(), 2);
+  EXPECT_EQ(all.entries(1).address(), "b@x.test");
+  EXPECT_EQ(all.entries(1).seq(), 4u);
+  EXPECT_FALSE(all.entries(1).removed());
+}
+
 TEST_F(StateMachineTest, MailstatsResetClearsEveryCounterAndRestartsSince) {
   auto stats = [&](int64_t now, uint64_t msgsfr, bool reset) {
     v1::QueueCommand c;
