@@ -152,6 +152,8 @@ Config Parse(const YAML::Node& root) {
         }
       }
       in.Bool("check_suppressions", &c.ingress.check_suppressions);
+      in.Str("inject_listen", &c.ingress.inject_listen);
+      in.Str("inject_tokens_file", &c.ingress.inject_tokens_file);
       in.StrList("queue", &c.ingress.queue);
       in.Uint("threads", &c.ingress.threads);
     }
@@ -403,6 +405,10 @@ Config Parse(const YAML::Node& root) {
     Fail("ingress.tls_cert_file", "tls_cert_file and tls_key_file go together");
   }
   if (c.ingress.max_hop_count == 0) Fail("ingress.max_hop_count", "must be > 0");
+  CheckHostPort("ingress.inject_listen", c.ingress.inject_listen);
+  if (!c.ingress.inject_listen.empty() && c.ingress.inject_tokens_file.empty()) {
+    Fail("ingress.inject_tokens_file", "inject_listen needs a tokens file (the API is never open to anyone)");
+  }
   if (c.ingress.auth_failure_window.count() <= 0) Fail("ingress.auth_failure_window", "must be > 0");
   if (c.ingress.max_line_length < 512) Fail("ingress.max_line_length", "must be >= 512 (RFC 5321)");
   if (c.queue.min_backoff.count() <= 0) Fail("queue.min_backoff", "must be > 0");

@@ -75,7 +75,12 @@ Probe::Probe() {
                .Name("mx_ingress_dkim_signatures_total")
                .Help("DKIM signatures made at ingress by algorithm (error: signing failed, message refused 451)")
                .Register(reg);
+  inject_ = &prometheus::BuildCounter()
+                 .Name("mx_ingress_inject_requests_total")
+                 .Help("Inject API calls by result (ok, invalid, unauthenticated, rejected, unavailable)")
+                 .Register(reg);
   // Known label values start at 0, so rate() and alerts see the first event.
+  for (const char* r : {"ok", "invalid", "unauthenticated", "rejected", "unavailable"}) inject_->Add({{"result", r}});
   for (const char* a : {"rsa-sha256", "ed25519-sha256", "error"}) dkim_->Add({{"algorithm", a}});
   for (const char* r : {"ok", "failed"}) {
     auth_->Add({{"result", r}});

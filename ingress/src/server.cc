@@ -8,21 +8,27 @@
 #include "mx/ingress/server.h"
 #include "mx/common/thread_name.h"
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/service_type.h>
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <cstdio>
 
 #include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 #include <unordered_map>
 
 #include "mx/common/address.h"
 #include "mx/common/dns.h"
+#include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/ingress/auth_throttle.h"
 #include "mx/ingress/client_lookup.h"
+#include "mx/ingress/inject.h"
 #include "mx/ingress/probe.h"
 #include "mx/ingress/session.h"
 
@@ -316,7 +322,39 @@ class Server final : public IngressServer {
       suppressions_ =
           std::make_unique<SuppressionFollower>(config.ingress.queue, config.queue.shards, std::chrono::seconds(2));
     }
+    if (!config_.inject_listen.empty()) {
+      if (auto st = StartInject(config); !st.ok()) return st;
+    }
     log::Info("ingress listening for SMTP on " + config_.listen);
+    return Status::Ok();
+  }
+
+  // The gRPC injection API on ingress.inject_listen (ingress/inject.h).
+  Status StartInject(const Config& config) {
+    const std::string& file = config_.inject_tokens_file;
+    const std::string path = file.front() == '/' ? file : config.config_dir + "/" + file;
+    std::ifstream in(path);
+    if (!in) return Status(Code::kInvalidArgument, "ingress.inject_tokens_file: cannot read " + path);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto tokens = ParseInjectTokens(text.str(), path);
+    if (!tokens.ok()) return Status(Code::kInvalidArgument, "ingress.inject_tokens_file: " + tokens.status().message());
+    InjectContext c;
+    c.policy = [this] { return policy_.load(); };
+    c.backend = backend_;
+    c.suppressions = suppressions_ ? &suppressions_->set() : nullptr;
+    c.clock = &clock_;
+    c.qids = &qids_;
+    c.observer = &observer_;
+    c.node_name = node_name_;
+    c.hostname = config_.hostname;
+    c.tokens = std::move(tokens).value();
+    c.enqueue_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(config_.enqueue_timeout);
+    inject_service_ = MakeInjectService(std::move(c));
+    auto server = StartGrpcServer(config_.inject_listen, {inject_service_.get()});
+    if (!server.ok()) return Status(server.status().code(), "ingress.inject_listen: " + server.status().message());
+    inject_server_ = std::move(server).value();
+    log::Info("ingress serving the Inject API on " + config_.inject_listen);
     return Status::Ok();
   }
 
@@ -370,6 +408,7 @@ class Server final : public IngressServer {
 
   void Stop() override {
     if (stopped_.exchange(true)) return;
+    if (inject_server_) inject_server_->Shutdown(std::chrono::system_clock::now() + config_.enqueue_timeout);
     asio::post(io_, [this] {
       boost::system::error_code ec;
       acceptor_.close(ec);
@@ -730,6 +769,8 @@ class Server final : public IngressServer {
   std::shared_ptr<EnqueueBackend> backend_;
   std::unique_ptr<ClientLookup> lookup_;
   std::unique_ptr<SuppressionFollower> suppressions_;  // null: ingress.check_suppressions off
+  std::unique_ptr<grpc::Service> inject_service_;      // null: ingress.inject_listen unset
+  std::unique_ptr<grpc::Server> inject_server_;
   const Clock& clock_;
   QidGenerator qids_;
   Observer observer_;

@@ -9,6 +9,7 @@
 #include "mx/common/base64.h"
 #include "mx/common/log.h"
 #include "mx/common/rfc5322.h"
+#include "mx/ingress/assemble.h"
 #include "mx/ingress/smtp_command.h"
 
 namespace mx::ingress {
@@ -670,39 +671,26 @@ Session::Step Session::FinishData() {
     ResetTransaction();
     return Step::kDiscard;
   }
-  HeaderFacts facts = ScanHeaders(data_);
-  std::string msgid = facts.message_id;
-  std::string added;  // header fields we add above the client's
-  if (!facts.has_message_id) {
-    msgid = "<" + qid_ + "@" + cfg_.hostname + ">";
-    added = "Message-ID: " + msgid + "\r\n";
-  }
-  // DKIM: mail from trusted clients whose From: domain has keys; the
-  // signatures go on top, above our Received: (which they do not cover).
-  std::string dkim_log;
-  std::string body;
-  if (Trusted() && !policy_->dkim().empty()) {
-    auto sig = policy_->dkim().Sign(added, data_, clock_.NowUnixMicros() / 1'000'000);
-    if (!sig.ok()) {
-      log::Error(qid_ + ": DKIM signing failed: " + sig.status().message());
-      if (observer_) observer_->OnDkim("", false);
-      ResetTransaction();
-      return Reject(RejectReason::kDkim, "451 4.7.5 Error: DKIM signing failed, try again later");
-    }
-    if (!sig->algorithms.empty()) {
-      body = std::move(sig->headers);
-      dkim_log = ", dkim=" + sig->domain;
-      for (const auto& a : sig->algorithms) {
-        dkim_log += (&a == &sig->algorithms.front() ? " " : ",") + a;
-        if (observer_) observer_->OnDkim(a, true);
-      }
-    }
-  }
-  body += ReceivedHeader();
-  body += added;
-  body.reserve(body.size() + data_.size());
-  body += data_;
+  auto assembled =
+      AssembleMessage(*policy_, data_, ReceivedHeader(), qid_, cfg_.hostname, Trusted(), clock_.NowUnixMicros());
   data_.clear();
+  if (!assembled.ok()) {
+    log::Error(qid_ + ": DKIM signing failed: " + assembled.status().message());
+    if (observer_) observer_->OnDkim("", false);
+    ResetTransaction();
+    return Reject(RejectReason::kDkim, "451 4.7.5 Error: DKIM signing failed, try again later");
+  }
+  std::string dkim_log;
+  if (!assembled->algorithms.empty()) {
+    dkim_log = ", dkim=" + assembled->dkim_domain;
+    for (size_t i = 0; i < assembled->algorithms.size(); ++i) {
+      dkim_log += (i ? "," : " ") + assembled->algorithms[i];
+      if (observer_) observer_->OnDkim(assembled->algorithms[i], true);
+    }
+  }
+  const HeaderFacts& facts = assembled->facts;
+  const std::string msgid = assembled->msgid;
+  std::string body = std::move(assembled->body);
 
   message_.Clear();
   auto* env = message_.mutable_envelope();

@@ -112,6 +112,11 @@ struct IngressConfig {
   uint32_t auth_failures_per_ip = 10;
   uint32_t auth_failures_per_user = 20;
   std::chrono::seconds auth_failure_window{600};
+  // The gRPC injection API (proto/mx/v1/inject.proto) for applications:
+  // off unless inject_listen is set; calls need a token from
+  // inject_tokens_file ("<name> <token>" lines, relative to mx.yaml).
+  std::string inject_listen;
+  std::string inject_tokens_file;
   // RCPT to an address on the cluster's suppression list is refused
   // (550 5.1.1); the list is followed from shard 0 every 2 s.
   bool check_suppressions = true;

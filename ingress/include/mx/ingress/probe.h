@@ -33,6 +33,8 @@ class Probe final : public SessionObserver {
   void OnAuth(bool ok) override;
   void OnDiscard() override { discarded_->Increment(); }
   void OnDkim(std::string_view algorithm, bool ok) override;
+  // An Inject call: ok | invalid | unauthenticated | rejected | unavailable.
+  void InjectRequest(const std::string& result) { inject_->Add({{"result", result}}).Increment(); }
   void TlsHandshake(bool ok);
   // One DNSBL answer at connect (zone: a configured zone, so the label is bounded).
   void DnsblAnswer(const std::string& zone, ingress::DnsblAnswer::Kind kind);
@@ -57,6 +59,7 @@ class Probe final : public SessionObserver {
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Family<prometheus::Counter>* dnsbl_;
   prometheus::Family<prometheus::Counter>* dkim_;
+  prometheus::Family<prometheus::Counter>* inject_;
   prometheus::Family<prometheus::Gauge>* policy_info_;
   std::mutex policy_mu_;
   prometheus::Gauge* policy_current_ = nullptr;  // guarded by policy_mu_

@@ -1,0 +1,33 @@
+// assemble.cc — Message-ID, DKIM and Received: around an accepted message.
+#include "mx/ingress/assemble.h"
+
+namespace mx::ingress {
+
+Result<AssembledMessage> AssembleMessage(const Policy& policy, std::string_view data, const std::string& received,
+                                         const std::string& qid, const std::string& hostname, bool sign,
+                                         int64_t now_unix_us) {
+  AssembledMessage out;
+  out.facts = ScanHeaders(data);
+  out.msgid = out.facts.message_id;
+  std::string added;  // header fields we add above the submitter's
+  if (!out.facts.has_message_id) {
+    out.msgid = "<" + qid + "@" + hostname + ">";
+    added = "Message-ID: " + out.msgid + "\r\n";
+  }
+  // The signatures go on top, above our Received: (which they do not cover).
+  if (sign && !policy.dkim().empty()) {
+    auto sig = policy.dkim().Sign(added, data, now_unix_us / 1'000'000);
+    if (!sig.ok()) return sig.status();
+    out.body = std::move(sig->headers);
+    out.dkim_domain = std::move(sig->domain);
+    out.algorithms = std::move(sig->algorithms);
+    if (out.algorithms.empty()) out.dkim_domain.clear();
+  }
+  out.body.reserve(out.body.size() + received.size() + added.size() + data.size());
+  out.body += received;
+  out.body += added;
+  out.body += data;
+  return out;
+}
+
+}  // namespace mx::ingress
