@@ -191,6 +191,7 @@ int main(int argc, char** argv) {
     ro.ipv4 = config.delivery.inet_protocols != "ipv6";
     ro.ipv6 = config.delivery.inet_protocols != "ipv4";
     ro.work_around_broken_aaaa = config.delivery.work_around_broken_aaaa;
+    ro.dnssec = config.delivery.dane;
     auto r = mx::delivery::MakeAresResolver(
         config.delivery.dns_servers, std::chrono::duration_cast<std::chrono::milliseconds>(config.delivery.dns_timeout),
         ro);

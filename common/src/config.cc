@@ -230,6 +230,7 @@ Config Parse(const YAML::Node& root) {
       d.Str("tls_ca_file", &c.delivery.tls_ca_file);
       d.Duration("tls_failure_memory", &c.delivery.tls_failure_memory);
       d.Bool("mta_sts", &c.delivery.mta_sts);
+      d.Bool("dane", &c.delivery.dane);
       d.Bool("suppress_hard_bounces", &c.delivery.suppress_hard_bounces);
       d.Uint("mta_sts_port", &c.delivery.mta_sts_port);
       d.Duration("mta_sts_timeout", &c.delivery.mta_sts_timeout);

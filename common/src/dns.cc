@@ -53,6 +53,21 @@ class AresChannel final : public DnsChannel {
     });
   }
 
+  void QueryAd(const std::string& name, int type, Done done) override {
+    Post([this, name, type, done = std::move(done)]() mutable {
+      unsigned char* q = nullptr;
+      int qlen = 0;
+      // No EDNS (0): the AD bit alone asks for it (RFC 6840 5.7); c-ares
+      // retries a truncated answer over TCP.
+      int rc = ares_create_query(name.c_str(), 1 /* C_IN */, type, 0, 1 /* RD */, &q, &qlen, 0);
+      if (rc != ARES_SUCCESS) return done(rc, nullptr, 0);
+      q[3] |= 0x20;  // AD
+      auto* ctx = new Done(std::move(done));
+      ares_send(channel_, q, qlen, &AresChannel::OnRawAnswer, ctx);
+      ares_free_string(q);
+    });
+  }
+
   void Post(std::function<void()> fn) override {
     {
       std::lock_guard lock(mu_);
@@ -65,6 +80,30 @@ class AresChannel final : public DnsChannel {
   static void OnAnswer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
     std::unique_ptr<Done> done(static_cast<Done*>(arg));
     if (status == ARES_EDESTRUCTION) return;
+    (*done)(status, abuf, alen);
+  }
+
+  // ares_send reports any answer as success: map its RCODE as ares_query would.
+  static void OnRawAnswer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+    std::unique_ptr<Done> done(static_cast<Done*>(arg));
+    if (status == ARES_EDESTRUCTION) return;
+    if (status == ARES_SUCCESS && alen >= 12) {
+      const int rcode = abuf[3] & 0x0f;
+      const int ancount = (abuf[6] << 8) | abuf[7];
+      if (rcode == 3) {
+        status = ARES_ENOTFOUND;
+      } else if (rcode == 2) {
+        status = ARES_ESERVFAIL;
+      } else if (rcode == 5) {
+        status = ARES_EREFUSED;
+      } else if (rcode != 0) {
+        status = ARES_EBADRESP;
+      } else if (ancount == 0) {
+        status = ARES_ENODATA;
+      }
+    } else if (status == ARES_SUCCESS) {
+      status = ARES_EBADRESP;
+    }
     (*done)(status, abuf, alen);
   }
 
@@ -129,6 +168,10 @@ Result<std::unique_ptr<DnsChannel>> DnsChannel::Start(const std::vector<std::str
   auto c = std::make_unique<AresChannel>();
   if (auto st = c->Init(servers, timeout); !st.ok()) return st;
   return std::unique_ptr<DnsChannel>(std::move(c));
+}
+
+bool AnswerIsSecure(const unsigned char* answer, int length) {
+  return answer != nullptr && length >= 12 && (answer[3] & 0x20) != 0;
 }
 
 std::string ReverseName(const std::string& ip) {

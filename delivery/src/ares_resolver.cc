@@ -42,6 +42,25 @@ class AresResolver final : public Resolver {
     });
   }
 
+  void ResolveTlsa(const std::string& host, uint16_t port, std::function<void(TlsaAnswer)> done) override {
+    const std::string name = "_" + std::to_string(port) + "._tcp." + host;
+    dns_->QueryAd(name, 52 /* TLSA */, [name, done = std::move(done)](int status, const unsigned char* abuf, int alen) {
+      Probe::Get().DnsQuery("TLSA", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
+      TlsaAnswer a;
+      a.secure = AnswerIsSecure(abuf, alen);
+      if (status == ARES_SUCCESS) {
+        a.kind = TlsaAnswer::Kind::kOk;
+        a.records = ParseTlsaAnswer(abuf, alen);
+        if (a.records.empty()) a.kind = TlsaAnswer::Kind::kNone;
+      } else if (!IsTemporary(status)) {
+        a.kind = TlsaAnswer::Kind::kNone;
+      } else {
+        a.error = "Name server: " + name + " (TLSA): " + ares_strerror(status);
+      }
+      done(std::move(a));
+    });
+  }
+
   void ResolveTxt(const std::string& name, std::function<void(TxtAnswer)> done) override {
     dns_->Post([this, name, done = std::move(done)]() mutable {
       dns_->Query(name, ns_t_txt, [name, done = std::move(done)](int status, const unsigned char* abuf, int alen) {
@@ -113,10 +132,16 @@ class AresResolver final : public Resolver {
     auto req = std::make_shared<Request>();
     req->domain = domain;
     req->done = std::move(done);
-    dns_->Query(domain, ns_t_mx, [this, req](int status, const unsigned char* abuf, int alen) {
+    auto on_mx = [this, req](int status, const unsigned char* abuf, int alen) {
       Probe::Get().DnsQuery("MX", status == ARES_SUCCESS ? "ok" : ares_strerror(status));
+      req->answer.secure = status == ARES_SUCCESS && AnswerIsSecure(abuf, alen);
       OnMx(req, status, abuf, alen);
-    });
+    };
+    if (options_.dnssec) {
+      dns_->QueryAd(domain, ns_t_mx, std::move(on_mx));
+    } else {
+      dns_->Query(domain, ns_t_mx, std::move(on_mx));
+    }
   }
 
   // Queries A and/or AAAA (delivery.inet_protocols) for every host of req;
@@ -269,6 +294,51 @@ class AresResolver final : public Resolver {
 };
 
 }  // namespace
+
+std::vector<Tlsa> ParseTlsaAnswer(const unsigned char* a, int length) {
+  std::vector<Tlsa> out;
+  const size_t n = length > 0 ? static_cast<size_t>(length) : 0;
+  if (!a || n < 12) return out;
+  // Skips a (possibly compressed) name; false when it runs off the end.
+  auto skip_name = [&](size_t* p) {
+    while (*p < n) {
+      const unsigned char len = a[*p];
+      if (len == 0) {
+        ++*p;
+        return true;
+      }
+      if ((len & 0xC0) == 0xC0) {
+        *p += 2;
+        return *p <= n;
+      }
+      *p += 1 + len;
+    }
+    return false;
+  };
+  const int qd = (a[4] << 8) | a[5], an = (a[6] << 8) | a[7];
+  size_t p = 12;
+  for (int i = 0; i < qd; ++i) {
+    if (!skip_name(&p) || p + 4 > n) return out;
+    p += 4;
+  }
+  for (int i = 0; i < an; ++i) {
+    if (!skip_name(&p) || p + 10 > n) return out;
+    const int type = (a[p] << 8) | a[p + 1];
+    const size_t rdlen = (a[p + 8] << 8) | a[p + 9];
+    p += 10;
+    if (p + rdlen > n) return out;
+    if (type == 52 && rdlen >= 3) {
+      Tlsa t;
+      t.usage = a[p];
+      t.selector = a[p + 1];
+      t.mtype = a[p + 2];
+      t.data.assign(reinterpret_cast<const char*>(a + p + 3), rdlen - 3);
+      out.push_back(std::move(t));
+    }
+    p += rdlen;
+  }
+  return out;
+}
 
 Result<std::unique_ptr<Resolver>> MakeAresResolver(const std::vector<std::string>& servers,
                                                    std::chrono::milliseconds timeout, ResolverOptions options) {

@@ -101,6 +101,11 @@ Probe::Probe() {
                   .Help("Deliveries to a destination by its MTA-STS policy mode (delivery.mta_sts on)")
                   .Register(reg);
   for (const char* mode : {"none", "testing", "enforce"}) mta_sts_->Add({{"mode", mode}});
+  dane_ = &prometheus::BuildCounter()
+               .Name("mx_delivery_dane_total")
+               .Help("DANE checks of MX hosts by result (secure, unusable, insecure, lookup_failed)")
+               .Register(reg);
+  for (const char* r : {"secure", "unusable", "insecure", "lookup_failed"}) dane_->Add({{"result", r}});
   suppressed_ = &prometheus::BuildCounter()
                      .Name("mx_delivery_suppressed_total")
                      .Help("Addresses put on the suppression list after a hard bounce (delivery.suppress_hard_bounces)")

@@ -65,13 +65,23 @@ class Conn {
 
   // RFC 3207 client side: after "220" to STARTTLS. SNI names the MX host.
   // verify: the certificate must chain to ctx's trust anchors and name sni.
-  awaitable<bool> StartTls(asio::ssl::context& ctx, const std::string& sni, bool verify, std::chrono::seconds timeout,
-                           std::string* error) {
+  // tlsa: DANE records the certificate must match instead (RFC 7672).
+  awaitable<bool> StartTls(asio::ssl::context& ctx, const std::string& sni, bool verify, const std::vector<Tlsa>& tlsa,
+                           std::chrono::seconds timeout, std::string* error) {
     buf_.clear();  // nothing the server sent before the handshake counts after it
     tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, ctx);
     SSL* ssl = tls_->native_handle();
     if (!sni.empty()) SSL_set_tlsext_host_name(ssl, sni.c_str());
-    if (verify) {
+    if (!tlsa.empty()) {
+      SSL_dane_enable(ssl, sni.c_str());  // DANE-TA(2) also checks the name
+      SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+      for (const auto& t : tlsa) {
+        SSL_dane_tlsa_add(ssl, t.usage, t.selector, t.mtype, reinterpret_cast<const unsigned char*>(t.data.data()),
+                          t.data.size());
+      }
+      SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+      verify = true;
+    } else if (verify) {
       SSL_set1_host(ssl, sni.c_str());
       SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
     }
@@ -259,7 +269,8 @@ class Session final : public SmtpSession {
       if (r.code != 220) {
         if (config_.tls == Tls::kEncrypt) co_return Refused(a, "TLS is required, but STARTTLS was refused: " + r.text);
       } else {
-        if (!co_await c_.StartTls(*config_.tls_context, sni, config_.verify, config_.command_timeout, &a->error)) {
+        if (!co_await c_.StartTls(*config_.tls_context, sni, config_.verify, config_.tlsa, config_.command_timeout,
+                                  &a->error)) {
           a->try_next = true;
           a->tls_failed = true;
           broken_ = true;

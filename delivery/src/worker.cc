@@ -66,6 +66,20 @@ auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) 
       token, std::move(name));
 }
 
+// The TLSA records of _<port>._tcp.<host>; the answer is posted to the caller's executor.
+template <typename Token>
+auto AsyncTlsa(Resolver& resolver, std::string host, uint16_t port, Token&& token) {
+  return asio::async_initiate<Token, void(TlsaAnswer)>(
+      [&resolver, port](auto handler, std::string h) {
+        auto ex = asio::get_associated_executor(handler);
+        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+        resolver.ResolveTlsa(h, port, [shared, ex](TlsaAnswer a) {
+          asio::post(ex, [shared, a = std::move(a)]() mutable { (*shared)(std::move(a)); });
+        });
+      },
+      token, std::move(host));
+}
+
 struct PermitAnswer {
   bool granted = false;
   std::chrono::milliseconds retry_after{0};
@@ -366,6 +380,13 @@ class Worker final : public DeliveryWorker {
     o.timeout = config_.mta_sts_timeout;
     o.tls = std::move(ctx);
     sts_ = std::make_unique<MtaSts>(*resolver_, clock_, std::move(o));
+  }
+
+  // delivery.dane: ctx is DANE-enabled (SSL_CTX_dane_enable).
+  void EnableDane(std::shared_ptr<asio::ssl::context> ctx) {
+    dane_client_ = encrypt_client_;
+    dane_client_.tls_context = std::move(ctx);
+    dane_ = true;
   }
 
   // An opportunistic STARTTLS failed at ip lately: plaintext there for a while.
@@ -868,7 +889,8 @@ class Worker final : public DeliveryWorker {
     const auto deadline = std::chrono::steady_clock::now() +
                           std::min<std::chrono::steady_clock::duration>(config_.limit_wait, lease_ttl_ / 3);
     // A verified session is good only for the name it was verified for.
-    const std::string tls_mode = cc.verify                                ? "v:" + ToLower(host)
+    const std::string tls_mode = !cc.tlsa.empty()                         ? "d:" + ToLower(host)
+                                 : cc.verify                              ? "v:" + ToLower(host)
                                  : cc.tls == SmtpClientConfig::Tls::kNone ? "n"
                                  : cc.tls == SmtpClientConfig::Tls::kMay  ? "m"
                                                                           : "e";
@@ -1121,13 +1143,42 @@ class Worker final : public DeliveryWorker {
         clear_cc.lmtp = route.mailer->lmtp;
         clear_cc.helo_name = base.helo_name;
         clear_cc.source_address = base.source_address;
+        // DANE (RFC 7672): a host of a DNSSEC-secure MX answer with secure
+        // TLSA records gets TLS checked against them, or no mail.
+        SmtpClientConfig host_cc = base;
+        if (dane_ && hosts.secure && !route.relay) {
+          auto lookup = AsyncTlsa(*resolver_, host.name, p, use_awaitable);
+          TlsaAnswer tlsa = co_await std::move(lookup);
+          if (tlsa.kind == TlsaAnswer::Kind::kTempFail) {
+            // A secure MX whose TLSA cannot be had: not sent without it.
+            last_error = "4.7.5 DANE: TLSA lookup failed (" + tlsa.error + ")";
+            log::Mail(m.envelope().qid(), "relay=" + host.name + ": " + last_error + ", trying next host");
+            Probe::Get().Dane("lookup_failed");
+            continue;
+          }
+          if (tlsa.kind == TlsaAnswer::Kind::kOk && tlsa.secure) {
+            std::vector<Tlsa> usable;  // DANE-TA(2) and DANE-EE(3) only (RFC 7672 3.1.3)
+            for (auto& t : tlsa.records) {
+              if ((t.usage == 2 || t.usage == 3) && t.selector <= 1 && t.mtype <= 2) usable.push_back(std::move(t));
+            }
+            SmtpClientConfig dane_cc = usable.empty() ? encrypt_client_ : dane_client_;  // none usable: TLS, unchecked
+            dane_cc.tlsa = std::move(usable);
+            dane_cc.lmtp = base.lmtp;
+            dane_cc.helo_name = base.helo_name;
+            dane_cc.source_address = base.source_address;
+            host_cc = std::move(dane_cc);
+            Probe::Get().Dane(host_cc.tlsa.empty() ? "unusable" : "secure");
+          } else {
+            Probe::Get().Dane("insecure");
+          }
+        }
         for (const auto& ip : host.addrs) {
           // Opportunistic TLS that failed at this address lately: straight to plaintext.
-          const bool remembered = base.tls == SmtpClientConfig::Tls::kMay && TlsBroken(ip);
+          const bool remembered = host_cc.tls == SmtpClientConfig::Tls::kMay && TlsBroken(ip);
           if (remembered) Probe::Get().TlsFailureRemembered();
-          auto attempt = Transact(route, shape, host.name, ip, p, remembered ? clear_cc : base, m, rcpts);
+          auto attempt = Transact(route, shape, host.name, ip, p, remembered ? clear_cc : host_cc, m, rcpts);
           Attempt at = co_await std::move(attempt);
-          if (at.tls_failed && base.tls == SmtpClientConfig::Tls::kMay) {
+          if (at.tls_failed && host_cc.tls == SmtpClientConfig::Tls::kMay) {
             // Opportunistic TLS that failed: the same host again, in the clear,
             // and without trying TLS there for delivery.tls_failure_memory.
             log::Mail(m.envelope().qid(),
@@ -1174,7 +1225,7 @@ class Worker final : public DeliveryWorker {
             log::Mail(m.envelope().qid(), "relay=" + relay + ": " + at.error + ", trying next host");
             // A certificate that fails a domain's policy is not the host being
             // down: other domains may still use it.
-            if (!(base.verify && at.tls_failed)) host_failed = true;
+            if (!((host_cc.verify || !host_cc.tlsa.empty()) && at.tls_failed)) host_failed = true;
             continue;
           }
           const int64_t now = clock_.NowUnixMicros();
@@ -1535,7 +1586,9 @@ class Worker final : public DeliveryWorker {
   QidGenerator qids_;
   SmtpClientConfig client_, encrypt_client_, plain_client_, may_client_;
   SmtpClientConfig verified_client_;  // MTA-STS enforce: kEncrypt with certificate checks
-  std::unique_ptr<MtaSts> sts_;       // null: delivery.mta_sts is off
+  SmtpClientConfig dane_client_;      // DANE: kEncrypt on a DANE-enabled context
+  bool dane_ = false;
+  std::unique_ptr<MtaSts> sts_;  // null: delivery.mta_sts is off
   std::mutex tls_mu_;
   std::unordered_map<std::string, int64_t> tls_broken_;  // address -> until (µs): STARTTLS failed there
   std::set<std::string> encrypt_domains_;
@@ -1590,6 +1643,15 @@ Result<std::unique_ptr<DeliveryWorker>> StartDelivery(const Config& config, std:
       return Status(Code::kInvalidArgument,
                     "delivery.tls_ca_file: " + (ca.empty() ? "system" : ca) + ": " + ec.message());
     w->EnableMtaSts(std::move(ctx));
+  }
+  if (config.delivery.dane) {
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                     asio::ssl::context::no_sslv3);
+    if (SSL_CTX_dane_enable(ctx->native_handle()) <= 0) {
+      return Status(Code::kInternal, "delivery.dane: OpenSSL cannot enable DANE");
+    }
+    w->EnableDane(std::move(ctx));
   }
   w->Start();
   return std::unique_ptr<DeliveryWorker>(std::move(w));

@@ -232,23 +232,27 @@ class Sink:
 class TinyDns:
     """A DNS server (UDP and TCP on one port) for faults unbound will not
     produce. Answers from `records` {(name, type): [rdata]} ("MX": "pref host",
-    "A"/"AAAA": address, "CNAME": target, "TXT": text; a CNAME is followed, chain and all,
+    "A"/"AAAA": address, "CNAME": target, "TXT": text, "TLSA": "usage selector
+    mtype hex"; a CNAME is followed, chain and all,
     into the answer), fails `rcodes` {(name, type): rcode} (2 = SERVFAIL),
     never answers the questions in `drop` (a resolver timeout), and answers
     the questions in `truncate` over UDP with TC set and nothing else (the
-    client must ask again over TCP). Everything else is NXDOMAIN. All four
+    client must ask again over TCP). Answers to the questions in `secure`
+    carry the AD bit, as a validating resolver's would (a DNSSEC stand-in:
+    mx trusts its resolver's AD bit). Everything else is NXDOMAIN. All five
     may be changed while it runs. Counts queries by (name, type) and, over
     TCP, in tcp_queries. stop() closes it (the resolver is gone); start()
     listens again on the same port."""
 
-    TYPES = {"A": 1, "CNAME": 5, "MX": 15, "TXT": 16, "AAAA": 28}
+    TYPES = {"A": 1, "CNAME": 5, "MX": 15, "TXT": 16, "AAAA": 28, "TLSA": 52}
 
-    def __init__(self, host="127.0.0.1", records=None, rcodes=None, drop=(), truncate=()):
+    def __init__(self, host="127.0.0.1", records=None, rcodes=None, drop=(), truncate=(), secure=()):
         norm = lambda k: (k[0].lower().rstrip("."), k[1])  # noqa: E731
         self.records = {norm(k): v for k, v in (records or {}).items()}
         self.rcodes = {norm(k): v for k, v in (rcodes or {}).items()}
         self.drop = {norm(k) for k in drop}
         self.truncate = {norm(k) for k in truncate}
+        self.secure = {norm(k) for k in secure}
         self.queries, self.tcp_queries = {}, {}
         self.host, self.port = host, 0
         self.start()
@@ -299,6 +303,9 @@ class TinyDns:
             rdata = struct.pack("!H", int(pref)) + self._name(host)
         elif qtype == "CNAME":
             rdata = self._name(value)
+        elif qtype == "TLSA":
+            usage, selector, mtype, data = value.split()
+            rdata = bytes([int(usage), int(selector), int(mtype)]) + bytes.fromhex(data)
         elif qtype == "TXT":  # character-strings of at most 255 octets
             text = value.encode()
             rdata = b"".join(bytes([len(text[i:i + 255])]) + text[i:i + 255] for i in range(0, len(text), 255))
@@ -324,7 +331,7 @@ class TinyDns:
         counts[key] = counts.get(key, 0) + 1
         if key in self.drop:
             return None
-        flags = 0x8180
+        flags = 0x8180 | (0x0020 if key in self.secure else 0)  # AD for "validated" answers
         answers, count = b"", 0
         rcode = self.rcodes.get(key)
         if not tcp and key in self.truncate:

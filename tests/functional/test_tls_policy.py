@@ -4,7 +4,9 @@ over HTTPS by a real server, records from a real DNS server and MX hosts
 to listed MX hosts with a verified certificate, and is deferred — never sent
 in the clear — otherwise; `testing` delivers and logs; a domain whose policy
 cannot be fetched has none. An address where opportunistic STARTTLS broke
-gets plaintext at once for a while."""
+gets plaintext at once for a while. DANE: secure TLSA records (the DNS
+server sets the AD bit a validating resolver would) decide which
+certificate an MX host must present."""
 import http.server
 import smtplib
 import socket
@@ -251,4 +253,68 @@ def test_a_broken_starttls_is_remembered_per_address(mxd_factory):
         assert metric_value(node.metrics(), "mx_delivery_tls_failure_remembered_total") == 2
     finally:
         peer.stop()
+        dns.stop()
+
+
+DANE_GOOD = "127.0.0.46"   # self-signed certificate whose key the TLSA record names
+DANE_OTHER = "127.0.0.47"  # a certificate the TLSA record does not name
+
+
+def spki_sha256(cert):
+    """TLSA 3 1 1 data: SHA-256 of the certificate's SubjectPublicKeyInfo."""
+    import hashlib
+
+    pub = subprocess.run(["openssl", "x509", "-in", cert, "-pubkey", "-noout"], check=True, capture_output=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub, check=True,
+                         capture_output=True).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+def test_dane_checks_tls_against_secure_tlsa_records(pki, sinks, mxd_factory):
+    port = free_port(DANE_GOOD)
+    good_cert = pki["issue"]("dane-good", ["anything.example"], ca=False)  # DANE-EE: names and chains do not matter
+    other_cert = pki["issue"]("dane-other", ["mx.danebad.test"], ca=False)
+    good = sinks(DANE_GOOD, port, tls=good_cert)
+    other = sinks(DANE_OTHER, port, tls=other_cert)
+    plain = sinks(PLAIN_MX, port)
+    tlsa = f"3 1 1 {spki_sha256(good_cert[0])}"
+    records, secure = {}, []
+    for domain, ip, signed in (("dane.test", DANE_GOOD, True), ("danebad.test", DANE_OTHER, True),
+                               ("daneplain.test", PLAIN_MX, True), ("insecure.test", DANE_OTHER, False)):
+        records[(domain, "MX")] = [f"10 mx.{domain}"]
+        records[(f"mx.{domain}", "A")] = [ip]
+        records[(f"_{port}._tcp.mx.{domain}", "TLSA")] = [tlsa]
+        if signed:
+            secure += [(domain, "MX"), (f"_{port}._tcp.mx.{domain}", "TLSA")]
+    dns = TinyDns(records=records, secure=secure)
+    try:
+        node = mxd_factory(delivery__dns_servers=[dns.server], delivery__smtp_port=port, delivery__dane=True,
+                           queue__min_backoff="1h", queue__max_backoff="2h")
+        domains = ["dane.test", "danebad.test", "daneplain.test", "insecure.test"]
+        with smtplib.SMTP("127.0.0.1", node.smtp_port) as s:
+            for d in domains:
+                s.sendmail("a@sender.test", [f"user@{d}"], f"Subject: to {d}\r\n\r\nx\r\n".encode())
+
+        def outcome(domain):
+            return next((l for l in node.logtext().splitlines() if f"to=<user@{domain}>" in l and "stat=" in l), None)
+
+        wait_for(lambda: all(outcome(d) for d in domains), timeout=60, what="an outcome for every domain")
+        # The certificate's key is the one the secure TLSA record names: delivered over TLS.
+        assert "stat=Sent" in outcome("dane.test") and "tls=TLSv1" in outcome("dane.test"), outcome("dane.test")
+        assert [r for _, r, _ in good.messages] == [["user@dane.test"]]
+        # Another key: deferred, never sent.
+        line = outcome("danebad.test")
+        assert "stat=Deferred" in line and "not trusted" in line and "DANE" in line, line
+        # No STARTTLS at a host with secure TLSA records: deferred, not sent in the clear.
+        line = outcome("daneplain.test")
+        assert "stat=Deferred" in line and "STARTTLS" in line, line
+        assert plain.messages == []
+        # The same records without DNSSEC count for nothing: opportunistic TLS as before.
+        assert "stat=Sent" in outcome("insecure.test"), outcome("insecure.test")
+        assert [r for _, r, _ in other.messages] == [["user@insecure.test"]]
+        metrics = node.metrics()
+        assert metric_value(metrics, "mx_delivery_dane_total", {"result": "secure"}) >= 3
+        assert metric_value(metrics, "mx_delivery_dane_total", {"result": "insecure"}) == 0  # insecure MX: no TLSA asked
+        assert dns.queries.get((f"_{port}._tcp.mx.insecure.test", "TLSA"), 0) == 0
+    finally:
         dns.stop()

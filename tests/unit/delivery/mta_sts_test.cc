@@ -1,5 +1,5 @@
 // mta_sts_test.cc — MTA-STS records, policy files and MX patterns (RFC 8461
-// 3.1, 3.2, 4.1), including the RFC's own examples.
+// 3.1, 3.2, 4.1), including the RFC's own examples; TLSA answers for DANE.
 #include "mx/delivery/mta_sts.h"
 
 #include <gtest/gtest.h>
@@ -52,6 +52,36 @@ TEST(MtaStsTest, BadPolicyFilesSayWhatIsWrong) {
     auto p = ParseStsPolicy(text);
     ASSERT_FALSE(p.ok()) << text;
     EXPECT_NE(p.status().message().find(why), std::string::npos) << text << ": " << p.status().message();
+  }
+}
+
+// A TLSA answer as a resolver sends it: the question, then a compressed
+// owner name pointing at it, and one "3 1 1" record.
+TEST(DaneTest, TlsaRecordsAreReadFromARawAnswer) {
+  std::string msg("\x12\x34\x81\xa0\x00\x01\x00\x02\x00\x00\x00\x00", 12);  // AD set, 2 answers
+  const std::string qname("\x03_25\x04_tcp\x02mx\x04test\x00", 18);
+  msg += qname + std::string("\x00\x34\x00\x01", 4);
+  auto rr = [](const std::string& rdata) {
+    std::string r("\xc0\x0c\x00\x34\x00\x01\x00\x00\x0e\x10", 10);
+    r += static_cast<char>(rdata.size() >> 8);
+    r += static_cast<char>(rdata.size() & 0xff);
+    return r + rdata;
+  };
+  msg += rr(std::string("\x03\x01\x01", 3) + std::string(32, '\xab'));
+  msg += rr(std::string("\x02\x00\x02", 3) + std::string(64, '\x01'));
+  auto recs = ParseTlsaAnswer(reinterpret_cast<const unsigned char*>(msg.data()), static_cast<int>(msg.size()));
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].usage, 3);
+  EXPECT_EQ(recs[0].selector, 1);
+  EXPECT_EQ(recs[0].mtype, 1);
+  EXPECT_EQ(recs[0].data, std::string(32, '\xab'));
+  EXPECT_EQ(recs[1].usage, 2);
+  EXPECT_EQ(recs[1].mtype, 2);
+  EXPECT_EQ(recs[1].data.size(), 64u);
+  // Cut short anywhere: what was whole is kept, nothing is read past the end.
+  for (size_t n = 0; n < msg.size(); ++n) {
+    auto part = ParseTlsaAnswer(reinterpret_cast<const unsigned char*>(msg.data()), static_cast<int>(n));
+    EXPECT_LE(part.size(), 2u);
   }
 }
 

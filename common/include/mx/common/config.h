@@ -249,6 +249,10 @@ struct DeliveryConfig {
   // MTA-STS (RFC 8461), opt-in: recipient domains' policies are fetched and
   // an `enforce` policy is obeyed (listed MX hosts, verified TLS, else defer).
   bool mta_sts = false;
+  // DANE (RFC 7672), opt-in: an MX host with DNSSEC-secure TLSA records
+  // (AD bit from dns_servers, which must validate) gets TLS checked against
+  // them, or no mail. Needs a validating resolver the node trusts.
+  bool dane = false;
   uint16_t mta_sts_port = 443;               // HTTPS port of mta-sts.<domain> (tests use another)
   std::chrono::seconds mta_sts_timeout{10};  // DNS + HTTPS fetch of one policy
   // Secondary-MX role: MX host names that are this cluster (besides

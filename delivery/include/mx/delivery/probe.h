@@ -49,6 +49,9 @@ class Probe {
   void SuspendedPutBack(size_t n) { suspended_put_back_->Increment(static_cast<double>(n)); }
   // A destination's MTA-STS policy mode at a delivery attempt (none | testing | enforce).
   void MtaSts(const std::string& mode) { mta_sts_->Add({{"mode", mode}}).Increment(); }
+  // A DANE check of an MX host (delivery.dane): secure (TLSA to match),
+  // unusable (TLS without checks), insecure (no DNSSEC: as before), lookup_failed.
+  void Dane(const std::string& result) { dane_->Add({{"result", result}}).Increment(); }
   // An address where opportunistic STARTTLS failed lately got plaintext at once.
   void TlsFailureRemembered() { tls_remembered_->Increment(); }
   // Addresses a hard bounce put on the suppression list.
@@ -83,6 +86,7 @@ class Probe {
   prometheus::Family<prometheus::Counter>* mta_sts_;
   prometheus::Counter* tls_remembered_;
   prometheus::Counter* suppressed_;
+  prometheus::Family<prometheus::Counter>* dane_;
   prometheus::Histogram* delay_delivered_;
   prometheus::Histogram* delay_bounced_;
 };

@@ -30,8 +30,24 @@ struct MxAnswer {
   Kind kind = Kind::kTempFail;
   std::string error;  // why, for logs and deferral reasons
   bool implicit = false;
+  bool secure = false;  // the MX answer carried the AD bit (ResolverOptions::dnssec)
   std::vector<MxHost> hosts;
 };
+
+// A TLSA record (RFC 6698): certificate usage, selector, matching type, data.
+struct Tlsa {
+  uint8_t usage = 0, selector = 0, mtype = 0;
+  std::string data;
+};
+struct TlsaAnswer {
+  enum class Kind { kOk, kNone, kTempFail };
+  Kind kind = Kind::kTempFail;
+  bool secure = false;  // AD bit: DNSSEC-validated by the resolver
+  std::string error;
+  std::vector<Tlsa> records;
+};
+// The TLSA records of a raw DNS answer (every TLSA in the answer section).
+std::vector<Tlsa> ParseTlsaAnswer(const unsigned char* answer, int length);
 
 // TXT records of one name (MTA-STS): each record's strings joined.
 struct TxtAnswer {
@@ -47,6 +63,15 @@ class Resolver {
   virtual void ResolveMx(const std::string& domain, std::function<void(MxAnswer)> done) = 0;
   // A records of one host (smart host, fallback MX host); empty list on failure.
   virtual void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) = 0;
+  // TLSA records of _<port>._tcp.<host>, with the AD bit; a resolver
+  // without them answers kNone (no DANE).
+  virtual void ResolveTlsa(const std::string& host, uint16_t port, std::function<void(TlsaAnswer)> done) {
+    (void)host;
+    (void)port;
+    TlsaAnswer a;
+    a.kind = TlsaAnswer::Kind::kNone;
+    done(std::move(a));
+  }
   // TXT records; a resolver without them answers kTempFail.
   virtual void ResolveTxt(const std::string& /*name*/, std::function<void(TxtAnswer)> done) {
     TxtAnswer a;
@@ -62,6 +87,9 @@ struct ResolverOptions {
   // as "no IPv6 address". Without it the host is unusable for this attempt
   // (its IPv4 addresses are not tried), as in sendmail.
   bool work_around_broken_aaaa = false;
+  // DANE: MX queries ask for the AD bit (the resolver must validate DNSSEC
+  // and be trusted: on the host or a protected network).
+  bool dnssec = false;
 };
 
 // servers: "ip:port" list; empty uses /etc/resolv.conf.

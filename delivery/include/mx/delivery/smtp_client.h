@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "mx/delivery/resolver.h"
 #include "mx/v1/queue.pb.h"
 
 namespace mx::delivery {
@@ -35,6 +36,9 @@ struct SmtpClientConfig {
   // anchors of tls_context and name the host (the SNI name); else the host
   // fails like one without STARTTLS.
   bool verify = false;
+  // DANE (RFC 7672): with kEncrypt, the certificate must match one of these
+  // (DANE-TA(2) or DANE-EE(3) records; tls_context must be DANE-enabled).
+  std::vector<Tlsa> tlsa;
   std::chrono::seconds connect_timeout{30};
   std::chrono::seconds greeting_timeout{300};
   std::chrono::seconds command_timeout{300};
