@@ -1626,33 +1626,36 @@ Result<std::unique_ptr<DeliveryWorker>> StartDelivery(const Config& config, std:
                                                       const Clock& clock) {
   auto routing = Routing::Load(config.delivery, config.config_dir);
   if (!routing.ok()) return routing.status();
-  auto w = std::make_unique<Worker>(config, std::move(routing).value(), std::move(resolver), clock);
+  // The TLS contexts first: a bad trust anchor file stops the start before any thread does.
+  std::shared_ptr<asio::ssl::context> sts_ctx, dane_ctx;
   if (config.delivery.mta_sts) {
     // Verified TLS: the configured trust anchors, else the system's.
-    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
-    ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                     asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+    sts_ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    sts_ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                         asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
     boost::system::error_code ec;
     const std::string& ca = config.delivery.tls_ca_file;
     if (ca.empty()) {
-      ctx->set_default_verify_paths(ec);
+      sts_ctx->set_default_verify_paths(ec);
     } else {
-      ctx->load_verify_file(ca.front() == '/' ? ca : config.config_dir + "/" + ca, ec);
+      sts_ctx->load_verify_file(ca.front() == '/' ? ca : config.config_dir + "/" + ca, ec);
     }
-    if (ec)
+    if (ec) {
       return Status(Code::kInvalidArgument,
                     "delivery.tls_ca_file: " + (ca.empty() ? "system" : ca) + ": " + ec.message());
-    w->EnableMtaSts(std::move(ctx));
+    }
   }
   if (config.delivery.dane) {
-    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
-    ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                     asio::ssl::context::no_sslv3);
-    if (SSL_CTX_dane_enable(ctx->native_handle()) <= 0) {
+    dane_ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    dane_ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                          asio::ssl::context::no_sslv3);
+    if (SSL_CTX_dane_enable(dane_ctx->native_handle()) <= 0) {
       return Status(Code::kInternal, "delivery.dane: OpenSSL cannot enable DANE");
     }
-    w->EnableDane(std::move(ctx));
   }
+  auto w = std::make_unique<Worker>(config, std::move(routing).value(), std::move(resolver), clock);
+  if (sts_ctx) w->EnableMtaSts(std::move(sts_ctx));
+  if (dane_ctx) w->EnableDane(std::move(dane_ctx));
   w->Start();
   return std::unique_ptr<DeliveryWorker>(std::move(w));
 }

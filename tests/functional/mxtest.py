@@ -25,8 +25,29 @@ MXD = BUILD_DIR / "mxd" / "mxd"
 MXCTL = BUILD_DIR / "control" / "mxctl"
 
 
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+    """A TCP port free on host for a server a test starts next. Taken from
+    10000-19999: below the kernel's ephemeral range (32768+), where an
+    outgoing connection could take it before the server binds it, and below
+    the clusters' ranges (free_base: 20000+); never the same twice in a run."""
+    import random
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(500):
+        port = random.randrange(10000, 20000)
+        if port in _handed_out:
+            continue
+        with socket.socket(family) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(family) as s:  # crowded: let the kernel pick
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -318,3 +318,10 @@ def test_dane_checks_tls_against_secure_tlsa_records(pki, sinks, mxd_factory):
         assert dns.queries.get((f"_{port}._tcp.mx.insecure.test", "TLSA"), 0) == 0
     finally:
         dns.stop()
+
+
+def test_an_unreadable_trust_anchor_file_stops_the_start(mxd_factory, tmp_path):
+    with pytest.raises(AssertionError, match="mxd exited with"):
+        mxd_factory(delivery__mta_sts=True, delivery__tls_ca_file=str(tmp_path / "no-such-ca.pem"))
+    log = (tmp_path / "mx" / "mxd.log").read_text()
+    assert "delivery.tls_ca_file: " + str(tmp_path / "no-such-ca.pem") in log, log
