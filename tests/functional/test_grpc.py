@@ -39,8 +39,15 @@ def test_health_port_of_an_ingress_follows_drain(mxd_factory, tmp_path):
                         args=["--set", f"health_listen=127.0.0.1:{port}", "--set", "node_name=ingress-k8s"])
     target = f"127.0.0.1:{port}"
     serving, not_serving = b"\x08\x01", b"\x08\x02"
+
+    def answer():  # the health port opens just after the SMTP listener's log line
+        try:
+            return health(target)
+        except grpc.RpcError:
+            return None
+
     try:
-        assert health(target) == serving
+        assert wait_for(answer, what="the health port") == serving
         assert health(target, "mx.ready") == serving
         wait_for(lambda: "ingress-k8s" in node.mxctl("cluster", "status"), what="the ingress in the node table")
         node.mxctl("drain", "ingress-k8s")
