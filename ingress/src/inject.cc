@@ -323,15 +323,9 @@ class InjectService final : public v1::Inject::Service {
       const std::string peer = ctx.peer();
       const std::string received = "Received: from " + who + " (inject " + peer + ")\r\n\tby " + cfg.hostname + " (" +
                                    c_.node_name + ") with HTTP id " + qid + "; " + Rfc5322Date(now) + "\r\n";
-      auto assembled = AssembleMessage(*policy, data, received, qid, cfg.hostname, true, now);
+      auto assembled = AssembleMessage(*policy, data, received, qid, cfg.hostname, true, now, c_.observer);
       if (!assembled.ok()) {
-        if (c_.observer) c_.observer->OnDkim("", false);
         return grpc::Status(grpc::StatusCode::UNAVAILABLE, "DKIM signing failed: " + assembled.status().message());
-      }
-      std::string dkim_log;
-      for (size_t i = 0; i < assembled->algorithms.size(); ++i) {
-        dkim_log += (i ? "," : ", dkim=" + assembled->dkim_domain + " ") + assembled->algorithms[i];
-        if (c_.observer) c_.observer->OnDkim(assembled->algorithms[i], true);
       }
       auto* env = p.message.mutable_envelope();
       env->set_qid(qid);
@@ -360,7 +354,7 @@ class InjectService final : public v1::Inject::Service {
       p.log_line = "from=<" + req.sender() + ">, size=" + std::to_string(assembled->body.size()) +
                    ", class=" + std::to_string(assembled->facts.precedence_class) +
                    ", nrcpts=" + std::to_string(p.message.recipients_size()) + ", msgid=" + assembled->msgid +
-                   ", proto=INJECT, relay=inject [" + peer + "], auth=" + who + dkim_log;
+                   ", proto=INJECT, relay=inject [" + peer + "], auth=" + who + assembled->dkim_log;
       p.qid = qid;
       p.size = assembled->body.size();
       p.message.set_body(std::move(assembled->body));

@@ -671,22 +671,13 @@ Session::Step Session::FinishData() {
     ResetTransaction();
     return Step::kDiscard;
   }
-  auto assembled =
-      AssembleMessage(*policy_, data_, ReceivedHeader(), qid_, cfg_.hostname, Trusted(), clock_.NowUnixMicros());
+  auto assembled = AssembleMessage(*policy_, data_, ReceivedHeader(), qid_, cfg_.hostname, Trusted(),
+                                   clock_.NowUnixMicros(), observer_);
   data_.clear();
   if (!assembled.ok()) {
     log::Error(qid_ + ": DKIM signing failed: " + assembled.status().message());
-    if (observer_) observer_->OnDkim("", false);
     ResetTransaction();
     return Reject(RejectReason::kDkim, "451 4.7.5 Error: DKIM signing failed, try again later");
-  }
-  std::string dkim_log;
-  if (!assembled->algorithms.empty()) {
-    dkim_log = ", dkim=" + assembled->dkim_domain;
-    for (size_t i = 0; i < assembled->algorithms.size(); ++i) {
-      dkim_log += (i ? "," : " ") + assembled->algorithms[i];
-      if (observer_) observer_->OnDkim(assembled->algorithms[i], true);
-    }
   }
   const HeaderFacts& facts = assembled->facts;
   const std::string msgid = assembled->msgid;
@@ -720,7 +711,7 @@ Session::Step Session::FinishData() {
                 ", class=" + std::to_string(facts.precedence_class) + ", nrcpts=" + std::to_string(rcpts_.size()) +
                 ", msgid=" + msgid + ", proto=" + (esmtp_ ? "ESMTP" : "SMTP") + ", relay=" + Client();
   if (!auth_id_.empty()) accept_log_ += ", auth=" + auth_id_;
-  accept_log_ += dkim_log;
+  accept_log_ += assembled->dkim_log;
   if (options_.queue_only) accept_log_ += ", queue-only (load)";
   message_.set_body(std::move(body));
   return Step::kEnqueue;

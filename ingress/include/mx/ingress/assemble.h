@@ -10,6 +10,7 @@
 #include "mx/common/result.h"
 #include "mx/common/rfc5322.h"
 #include "mx/ingress/policy.h"
+#include "mx/ingress/session.h"
 
 namespace mx::ingress {
 
@@ -19,13 +20,15 @@ struct AssembledMessage {
   HeaderFacts facts;                    // of the message as submitted
   std::string dkim_domain;              // d= of the signatures ("" when not signed)
   std::vector<std::string> algorithms;  // one per signature
+  std::string dkim_log;                 // ", dkim=example.com rsa-sha256,ed25519-sha256" ("" when not signed)
 };
 
 // received: our whole Received: field (with its CRLF). sign: the submitter
-// is trusted, so mail from a domain with keys is signed. Fails only when
-// signing failed (the caller answers 451 4.7.5).
+// is trusted, so mail from a domain with keys is signed; each signature (or
+// the failure) is reported to observer when given. Fails only when signing
+// failed (the caller answers 451 4.7.5).
 Result<AssembledMessage> AssembleMessage(const Policy& policy, std::string_view data, const std::string& received,
                                          const std::string& qid, const std::string& hostname, bool sign,
-                                         int64_t now_unix_us);
+                                         int64_t now_unix_us, SessionObserver* observer);
 
 }  // namespace mx::ingress
