@@ -26,6 +26,14 @@ constexpr const char* kLeaderMetadataKey = "mx-leader";
 // the request certainly had no effect.
 constexpr const char* kRejectedMetadataKey = "mx-rejected";
 
+// The shard whose Raft group also keeps the cluster's metadata (node table,
+// drain, policy, site status, suppressions); its leader keeps the permits.
+constexpr uint32_t kMetadataShard = 0;
+
+// Longest a delivery permit hold lives without renewal, and a new permit
+// leader's grace period. Workers renew every third of it.
+constexpr int64_t kPermitTtlUs = 10'000'000;
+
 // Whether a failed call certainly had no effect on the queue: refused before
 // the log, or never connected. Otherwise (a timeout, a connection lost
 // mid-call, leadership lost after proposing) the command may still commit.

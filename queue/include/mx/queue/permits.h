@@ -18,11 +18,9 @@
 #include <unordered_map>
 #include <vector>
 
-namespace mx::queue {
+#include "mx/queue/client.h"  // kPermitTtlUs
 
-// Longest a hold lives without renewal; a new leader's grace period. Workers
-// renew every third of it.
-constexpr int64_t kPermitTtlUs = 10'000'000;
+namespace mx::queue {
 
 class Permits {
  public:

@@ -1,0 +1,119 @@
+// queue_link.cc — QueueLink and MetadataLink over gRPC (callback API) through
+// the leader-following router.
+#include "queue_link.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "mx/common/async_call.h"
+#include "mx/queue/client.h"
+#include "mx/v1/queue.grpc.pb.h"
+
+namespace mx::delivery {
+namespace {
+
+using queue::kMetadataShard;
+
+class GrpcQueueLink final : public QueueLink {
+ public:
+  explicit GrpcQueueLink(queue::QueueRouter& router) : router_(router) {}
+
+  uint32_t shards() const override { return router_.shards(); }
+
+  void Ack(uint32_t shard, std::shared_ptr<const v1::AckRequest> req, std::chrono::system_clock::time_point deadline,
+           std::function<void(const grpc::Status&, bool)> done) override {
+    struct Call {
+      grpc::ClientContext ctx;
+      std::shared_ptr<const v1::AckRequest> req;
+      v1::AckResponse resp;
+    };
+    auto call = std::make_shared<Call>();
+    call->req = std::move(req);
+    call->ctx.set_deadline(deadline);
+    auto target = router_.Leader(shard);
+    target.stub->async()->Ack(&call->ctx, call->req.get(), &call->resp,
+                              [this, shard, call, done = std::move(done), address = target.address](grpc::Status s) {
+                                const bool new_leader = router_.Observe(shard, address, call->ctx, s);
+                                done(s, new_leader);
+                              });
+  }
+
+  grpc::Status ListHostStatus(uint32_t shard, v1::ListHostStatusResponse* resp) override {
+    auto target = router_.Leader(shard);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ListHostStatusRequest req;
+    req.set_shard(shard);
+    auto st = target.stub->ListHostStatus(&ctx, req, resp);
+    router_.Observe(shard, target.address, ctx, st);
+    return st;
+  }
+
+ private:
+  queue::QueueRouter& router_;
+};
+
+class GrpcMetadataLink final : public MetadataLink {
+ public:
+  explicit GrpcMetadataLink(queue::QueueRouter& router) : router_(router) {}
+
+  void Permit(v1::PermitRequest req,
+              std::function<void(const grpc::Status&, const v1::PermitResponse&)> done) override {
+    auto call = AsyncCall<v1::PermitRequest, v1::PermitResponse>::WithDeadline(std::chrono::seconds(2));
+    call->req = std::move(req);
+    auto target = router_.Leader(kMetadataShard);
+    target.stub->async()->Permit(&call->ctx, &call->req, &call->resp,
+                                 [this, call, done = std::move(done), address = target.address](grpc::Status s) {
+                                   router_.Observe(kMetadataShard, address, call->ctx, s);
+                                   done(s, call->resp);
+                                 });
+  }
+
+  void SetSiteStatus(v1::SiteStatus status, std::function<void(const grpc::Status&)> done) override {
+    auto call = AsyncCall<v1::SetSiteStatusRequest, v1::SetSiteStatusResponse>::WithDeadline(std::chrono::seconds(2));
+    call->req.set_shard(kMetadataShard);
+    *call->req.mutable_status() = std::move(status);
+    auto target = router_.Leader(kMetadataShard);
+    target.stub->async()->SetSiteStatus(&call->ctx, &call->req, &call->resp,
+                                        [this, call, done = std::move(done), address = target.address](grpc::Status s) {
+                                          router_.Observe(kMetadataShard, address, call->ctx, s);
+                                          done(s);
+                                        });
+  }
+
+  void Suppress(v1::SuppressRequest req,
+                std::function<void(const grpc::Status&, const v1::SuppressResponse&)> done) override {
+    auto call = AsyncCall<v1::SuppressRequest, v1::SuppressResponse>::WithDeadline(std::chrono::seconds(5));
+    call->req = std::move(req);
+    call->req.set_shard(kMetadataShard);
+    auto target = router_.Leader(kMetadataShard);
+    target.stub->async()->Suppress(&call->ctx, &call->req, &call->resp,
+                                   [this, call, done = std::move(done), address = target.address](grpc::Status s) {
+                                     router_.Observe(kMetadataShard, address, call->ctx, s);
+                                     done(s, call->resp);
+                                   });
+  }
+
+  grpc::Status ListSiteStatus(v1::ListSiteStatusResponse* resp) override {
+    auto target = router_.Leader(kMetadataShard);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ListSiteStatusRequest req;
+    auto st = target.stub->ListSiteStatus(&ctx, req, resp);
+    router_.Observe(kMetadataShard, target.address, ctx, st);
+    return st;
+  }
+
+ private:
+  queue::QueueRouter& router_;
+};
+
+}  // namespace
+
+std::unique_ptr<QueueLink> MakeGrpcQueueLink(queue::QueueRouter& router) {
+  return std::make_unique<GrpcQueueLink>(router);
+}
+std::unique_ptr<MetadataLink> MakeGrpcMetadataLink(queue::QueueRouter& router) {
+  return std::make_unique<GrpcMetadataLink>(router);
+}
+
+}  // namespace mx::delivery

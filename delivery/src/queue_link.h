@@ -1,0 +1,85 @@
+// queue_link.h — the queue RPCs delivery makes besides its Pull streams,
+// behind two small interfaces so each piece of the worker is unit-tested
+// with a fake queue: QueueLink reaches a shard's leader (Ack, host status),
+// MetadataLink the metadata shard's (permits, site status, suppressions).
+//
+// Every callback runs on a gRPC thread; a failed call reports its status
+// and the link has already told the router (leader hints are followed).
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "mx/v1/queue.pb.h"
+
+namespace mx::queue {
+class QueueRouter;
+}
+
+namespace mx::delivery {
+
+class QueueLink {
+ public:
+  virtual ~QueueLink() = default;
+  virtual uint32_t shards() const = 0;
+  // done(status, new_leader): new_leader when a different leader is now
+  // known, so a retry at once makes sense.
+  virtual void Ack(uint32_t shard, std::shared_ptr<const v1::AckRequest> req,
+                   std::chrono::system_clock::time_point deadline,
+                   std::function<void(const grpc::Status&, bool new_leader)> done) = 0;
+  // Blocking, 2 s deadline.
+  virtual grpc::Status ListHostStatus(uint32_t shard, v1::ListHostStatusResponse* resp) = 0;
+};
+
+class MetadataLink {
+ public:
+  virtual ~MetadataLink() = default;
+  // 2 s deadline.
+  virtual void Permit(v1::PermitRequest req,
+                      std::function<void(const grpc::Status&, const v1::PermitResponse&)> done) = 0;
+  virtual void SetSiteStatus(v1::SiteStatus status, std::function<void(const grpc::Status&)> done) = 0;
+  // 5 s deadline.
+  virtual void Suppress(v1::SuppressRequest req,
+                        std::function<void(const grpc::Status&, const v1::SuppressResponse&)> done) = 0;
+  // Blocking, 2 s deadline.
+  virtual grpc::Status ListSiteStatus(v1::ListSiteStatusResponse* resp) = 0;
+};
+
+// Calls whose callbacks still touch their caller: counted, so the worker's
+// Stop can wait for them (each has a deadline) before its parts go away.
+class InFlightCalls {
+ public:
+  void Begin() {
+    std::lock_guard lock(mu_);
+    ++n_;
+  }
+  void End() {
+    std::lock_guard lock(mu_);
+    if (--n_ == 0) cv_.notify_all();
+  }
+  // False when some are still outstanding after max.
+  bool WaitIdle(std::chrono::milliseconds max) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, max, [&] { return n_ == 0; });
+  }
+  int64_t count() const {
+    std::lock_guard lock(mu_);
+    return n_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t n_ = 0;
+};
+
+// Both over gRPC through router (which must outlive them).
+std::unique_ptr<QueueLink> MakeGrpcQueueLink(queue::QueueRouter& router);
+std::unique_ptr<MetadataLink> MakeGrpcMetadataLink(queue::QueueRouter& router);
+
+}  // namespace mx::delivery
