@@ -1,4 +1,6 @@
-// state_machine.cc — applies QueueCommands to RocksDB column families.
+// state_machine.cc — opening the queue store, Apply's dispatch and commit,
+// checkpoints, and the reads of committed state. The command handlers are
+// in apply_data.cc, apply_admin.cc and apply_meta.cc (see apply.h).
 #include "mx/queue/state_machine.h"
 
 #include <rocksdb/cache.h>
@@ -6,13 +8,13 @@
 #include <rocksdb/options.h>
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/checkpoint.h>
-#include <rocksdb/utilities/write_batch_with_index.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <map>
 #include <optional>
 
+#include "apply.h"
 #include "mx/common/address.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
@@ -22,17 +24,8 @@ namespace mx::queue {
 namespace {
 
 constexpr const char* kCfNames[] = {"default", "msg", "rcpt", "ready", "sched", "lease", "stats", "meta", "host"};
-constexpr const char* kAppliedKey = "applied";
-constexpr const char* kCountsKey = "counts";
-constexpr const char* kStatsSinceKey = "stats_since";
-constexpr const char* kMemberPrefix = "member/";
-constexpr const char* kNodePrefix = "node/";
-constexpr const char* kPolicyKey = "policy/current";
-constexpr const char* kSitePrefix = "site/";
-constexpr const char* kSuppPrefix = "supp/";        // address -> Suppression (current)
-constexpr const char* kSuppSeqPrefix = "suppseq/";  // big-endian seq -> Suppression (its latest change)
-constexpr const char* kSuppLastKey = "supp_last_seq";
-constexpr const char* kSuppTotalKey = "supp_total";
+
+}  // namespace
 
 Status FromRocks(const rocksdb::Status& s, const char* what) {
   if (s.ok()) return Status::Ok();
@@ -44,82 +37,12 @@ std::string EncodeU64(uint64_t v) {
   for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (56 - 8 * i)) & 0xff);
   return s;
 }
+
 uint64_t DecodeU64(const std::string& s) {
   uint64_t v = 0;
   for (size_t i = 0; i < 8 && i < s.size(); ++i) v = (v << 8) | static_cast<unsigned char>(s[i]);
   return v;
 }
-
-bool IsFinal(v1::RcptStatus s) {
-  return s == v1::RCPT_DELIVERED || s == v1::RCPT_BOUNCED;
-}
-
-}  // namespace
-
-// One atomic write under construction, readable through its own pending writes.
-class StateMachine::Batch {
- public:
-  explicit Batch(StateMachine& sm) : sm_(sm), wb_(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true) {}
-
-  // NotFound is reported as false with OK status.
-  Status Get(rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string* value, bool* found) {
-    auto s = wb_.GetFromBatchAndDB(sm_.db_, rocksdb::ReadOptions(), cf, key, value);
-    *found = s.ok();
-    if (s.ok() || s.IsNotFound()) return Status::Ok();
-    return FromRocks(s, "read");
-  }
-  template <typename Proto>
-  Status GetProto(rocksdb::ColumnFamilyHandle* cf, const std::string& key, Proto* out, bool* found) {
-    std::string v;
-    auto st = Get(cf, key, &v, found);
-    if (!st.ok() || !*found) return st;
-    if (!out->ParseFromString(v)) return Status(Code::kDataLoss, "corrupt record " + key);
-    return Status::Ok();
-  }
-  void Put(rocksdb::ColumnFamilyHandle* cf, const std::string& key, const std::string& value) {
-    wb_.Put(cf, key, value);
-  }
-  void PutProto(rocksdb::ColumnFamilyHandle* cf, const std::string& key, const google::protobuf::Message& m) {
-    wb_.Put(cf, key, m.SerializeAsString());
-  }
-  void Delete(rocksdb::ColumnFamilyHandle* cf, const std::string& key) { wb_.Delete(cf, key); }
-  std::unique_ptr<rocksdb::Iterator> Iterator(rocksdb::ColumnFamilyHandle* cf) {
-    return std::unique_ptr<rocksdb::Iterator>(
-        wb_.NewIteratorWithBase(cf, sm_.db_->NewIterator(rocksdb::ReadOptions(), cf)));
-  }
-  rocksdb::WriteBatch* write_batch() { return wb_.GetWriteBatch(); }
-
- private:
-  StateMachine& sm_;
-  rocksdb::WriteBatchWithIndex wb_;
-};
-
-namespace {
-
-// State that one Apply() call accumulates before its single write.
-struct ApplyContext {
-  // Changes to the in-memory indexes, replayed in order once the write succeeded.
-  struct IndexOp {
-    std::set<IndexKey>* index;
-    bool add;
-    IndexKey key;
-  };
-  std::vector<IndexOp> index_ops;
-  int64_t sched_floor = INT64_MIN;
-  QueueCounts counts;
-  std::map<std::string, v1::MailerStats> stats;
-  int64_t retry_factor = 0;
-
-  void Move(v1::RcptStatus from, v1::RcptStatus to) {
-    if (from != v1::RCPT_STATUS_UNSPECIFIED) --counts.by_status[from];
-    if (to != v1::RCPT_STATUS_UNSPECIFIED) ++counts.by_status[to];
-  }
-  v1::MailerStats& Stats(const std::string& mailer) {
-    auto& s = stats[mailer.empty() ? "esmtp" : mailer];
-    s.set_mailer(mailer.empty() ? "esmtp" : mailer);
-    return s;
-  }
-};
 
 void AddStats(v1::MailerStats* into, const v1::MailerStats& d) {
   into->set_msgsfr(into->msgsfr() + d.msgsfr());
@@ -130,7 +53,18 @@ void AddStats(v1::MailerStats* into, const v1::MailerStats& d) {
   into->set_msgsdis(into->msgsdis() + d.msgsdis());
 }
 
-}  // namespace
+Status StateMachine::Batch::Get(rocksdb::ColumnFamilyHandle* cf, const std::string& key, std::string* value,
+                                bool* found) {
+  auto s = wb_.GetFromBatchAndDB(sm_.db_, rocksdb::ReadOptions(), cf, key, value);
+  *found = s.ok();
+  if (s.ok() || s.IsNotFound()) return Status::Ok();
+  return FromRocks(s, "read");
+}
+
+std::unique_ptr<rocksdb::Iterator> StateMachine::Batch::Iterator(rocksdb::ColumnFamilyHandle* cf) {
+  return std::unique_ptr<rocksdb::Iterator>(
+      wb_.NewIteratorWithBase(cf, sm_.db_->NewIterator(rocksdb::ReadOptions(), cf)));
+}
 
 Result<std::unique_ptr<StateMachine>> StateMachine::Open(const StateMachineOptions& options) {
   auto sm = std::unique_ptr<StateMachine>(new StateMachine());
@@ -334,12 +268,6 @@ QueueCounts StateMachine::counts() const {
 
 namespace {
 
-// A queue run's or operator action's recipient filters (domain: lower-case).
-bool RcptMatches(const v1::RunOp& f, const std::string& domain, const v1::Recipient& r) {
-  if (!f.rcpt_substring().empty() && r.address().find(f.rcpt_substring()) == std::string::npos) return false;
-  return domain.empty() || InDomain(DomainOf(r.address()), domain);
-}
-
 uint64_t Fnv1a(std::string_view s, uint64_t h = 1469598103934665603ULL) {
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
   return h;
@@ -372,632 +300,97 @@ Status StateMachine::Apply(uint64_t index, const std::vector<const v1::QueueComm
   results->assign(commands.size(), ApplyResult{});
   std::shared_lock db_lock(db_mu_);
   if (index <= applied_.load()) return Status::Ok();  // replayed entry: already applied
-  Batch b(*this);
-  ApplyContext ctx;
-  {
-    std::lock_guard lock(mem_mu_);
-    ctx.counts = counts_;
-    ctx.sched_floor = sched_floor_;
-  }
-  ctx.retry_factor = options_.retry_factor;
-  bool stats_touched = false;
-  std::vector<std::pair<uint64_t, std::string>> member_ops;  // "" = removed
-  std::optional<std::string> policy_version;                 // a policy stored by this batch
-
-  // Recipient transitions shared by the command handlers.
-  auto clear_index = [&](const v1::Recipient& r, const std::string& qid) {
-    if (r.status() == v1::RCPT_READY) {
-      b.Delete(ready_, keys::Ready(r.ready_priority(), qid, r.index()));
-      ctx.index_ops.push_back({&ready_index_, false, IndexKey{r.ready_priority(), qid, r.index()}});
-    }
-    if (r.status() == v1::RCPT_LEASED) {
-      b.Delete(lease_, keys::Lease(r.lease_expiry_unix_us(), qid, r.index()));
-      ctx.index_ops.push_back({&lease_index_, false, IndexKey{r.lease_expiry_unix_us(), qid, r.index()}});
-    }
-    if (r.status() == v1::RCPT_DEFERRED) b.Delete(sched_, keys::Sched(r.next_attempt_unix_us(), qid, r.index()));
-  };
-  auto make_ready = [&](v1::Recipient* r, const std::string& qid, int64_t priority) {
-    ctx.Move(r->status(), v1::RCPT_READY);
-    r->set_status(v1::RCPT_READY);
-    r->set_ready_priority(priority);
-    r->clear_lease_owner();
-    r->clear_lease_expiry_unix_us();
-    b.Put(ready_, keys::Ready(priority, qid, r->index()), "");
-    ctx.index_ops.push_back({&ready_index_, true, IndexKey{priority, qid, r->index()}});
-  };
-
-  // Back to ready after a deferral or a lost lease: retried mail sorts after
-  // fresh mail by attempts x RetryFactor. The caller cleared the old index entry.
-  auto requeue = [&](v1::Recipient* r, const std::string& qid, ApplyResult* res) -> Status {
-    v1::Envelope env;
-    bool found = false;
-    if (auto st = b.GetProto(msg_, qid, &env, &found); !st.ok()) return st;
-    make_ready(r, qid, SortKey(env, *r, ctx.retry_factor));
-    b.PutProto(rcpt_, keys::Rcpt(qid, r->index()), *r);
-    ++res->made_ready;
-    return Status::Ok();
-  };
-
-  auto enqueue = [&](const v1::NewMessage& m, int64_t now, ApplyResult* res) -> Status {
-    const auto& qid = m.envelope().qid();
-    std::string existing;
-    bool found = false;
-    if (auto st = b.Get(msg_, qid, &existing, &found); !st.ok()) return st;
-    if (found) {
-      res->status = Status(Code::kAlreadyExists, "queue id " + qid + " exists");
-      return Status::Ok();
-    }
-    v1::Envelope env = m.envelope();
-    env.set_nrcpts(m.recipients_size());
-    env.set_pending(m.recipients_size());
-    if (env.arrival_unix_us() == 0) env.set_arrival_unix_us(now);
-    env.set_priority(static_cast<int64_t>(env.size()) - env.precedence_class() * options_.class_factor +
-                     static_cast<int64_t>(m.recipients_size()) * options_.recipient_factor);
-    b.PutProto(msg_, qid, env);
-    b.Put(msg_, keys::Body(qid), m.body());
-    ++ctx.counts.messages;
-    for (int i = 0; i < m.recipients_size(); ++i) {
-      v1::Recipient r = m.recipients(i);
-      r.set_index(i);
-      r.set_status(v1::RCPT_STATUS_UNSPECIFIED);
-      if (env.queue_only()) {  // QueueLA: deferred until the next queue run
-        const int64_t next = env.arrival_unix_us() + options_.queue_only_delay_us;
-        ctx.Move(v1::RCPT_STATUS_UNSPECIFIED, v1::RCPT_DEFERRED);
-        r.set_status(v1::RCPT_DEFERRED);
-        r.set_next_attempt_unix_us(next);
-        r.set_last_reply("queued only: system load above QueueLA");
-        b.Put(sched_, keys::Sched(next, qid, i), "");
-        ctx.sched_floor = std::min(ctx.sched_floor, next);
-      } else {
-        make_ready(&r, qid, SortKey(env, r, ctx.retry_factor));
-        ++res->made_ready;
-      }
-      b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
-    }
-    auto& st = ctx.Stats(env.mailer_from());
-    st.set_msgsfr(st.msgsfr() + 1);
-    st.set_bytes_from(st.bytes_from() + env.size());
-    stats_touched = true;
-    return Status::Ok();
-  };
-
-  auto lease = [&](const v1::LeaseOp& op, ApplyResult* res) -> Status {
-    for (const auto& item : op.items()) {
-      v1::Recipient r;
-      bool found = false;
-      auto key = keys::Rcpt(item.qid(), item.index());
-      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
-      if (!found || r.status() != v1::RCPT_READY) continue;  // taken or finished meanwhile
-      clear_index(r, item.qid());
-      ctx.Move(r.status(), v1::RCPT_LEASED);
-      r.set_status(v1::RCPT_LEASED);
-      r.set_lease_owner(op.worker());
-      r.set_lease_expiry_unix_us(op.expiry_unix_us());
-      b.PutProto(rcpt_, key, r);
-      b.Put(lease_, keys::Lease(op.expiry_unix_us(), item.qid(), item.index()), "");
-      ctx.index_ops.push_back({&lease_index_, true, IndexKey{op.expiry_unix_us(), item.qid(), item.index()}});
-      res->leased.push_back(item);
-      res->leased_rcpts.push_back(std::move(r));
-    }
-    return Status::Ok();
-  };
-
-  auto ack = [&](const v1::AckOp& op, int64_t now, ApplyResult* res) -> Status {
-    std::map<std::string, v1::Envelope> envs;  // touched envelopes, written once
-    for (const auto& result : op.results()) {
-      const auto& qid = result.qid();
-      auto it = envs.find(qid);
-      if (it == envs.end()) {
-        v1::Envelope env;
-        bool found = false;
-        if (auto st = b.GetProto(msg_, qid, &env, &found); !st.ok()) return st;
-        if (!found) continue;  // already finished and removed
-        it = envs.emplace(qid, std::move(env)).first;
-      }
-      v1::Envelope& env = it->second;
-      v1::Recipient r;
-      bool found = false;
-      auto key = keys::Rcpt(qid, result.index());
-      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
-      if (!found || IsFinal(r.status())) continue;  // duplicate ack
-      clear_index(r, qid);
-      r.set_last_attempt_unix_us(now);
-      r.set_last_reply(result.reply());
-      if (result.delay_warned()) r.set_delay_warned(true);
-      r.clear_lease_owner();
-      r.clear_lease_expiry_unix_us();
-      switch (result.outcome()) {
-        case v1::OUTCOME_DELIVERED:
-        case v1::OUTCOME_BOUNCED: {
-          auto to = result.outcome() == v1::OUTCOME_DELIVERED ? v1::RCPT_DELIVERED : v1::RCPT_BOUNCED;
-          ctx.Move(r.status(), to);
-          r.set_status(to);
-          env.set_pending(env.pending() > 0 ? env.pending() - 1 : 0);
-          if (to == v1::RCPT_DELIVERED) {
-            auto& st = ctx.Stats(result.mailer());
-            st.set_msgsto(st.msgsto() + 1);
-            st.set_bytes_to(st.bytes_to() + result.bytes());
-            stats_touched = true;
-          }
-          break;
-        }
-        case v1::OUTCOME_DEFERRED:
-        default: {
-          ctx.Move(r.status(), v1::RCPT_DEFERRED);
-          r.set_status(v1::RCPT_DEFERRED);
-          if (!result.throttled()) r.set_attempts(r.attempts() + 1);  // a delivery limit is not a failure
-          int64_t next = result.next_attempt_unix_us() > now ? result.next_attempt_unix_us() : now;
-          r.set_next_attempt_unix_us(next);
-          b.Put(sched_, keys::Sched(next, qid, r.index()), "");
-          ctx.sched_floor = std::min(ctx.sched_floor, next);  // a (new) leader's clock may lag
-          break;
-        }
-      }
-      b.PutProto(rcpt_, key, r);
-    }
-    for (auto& [qid, env] : envs) {
-      if (env.pending() > 0) {
-        b.PutProto(msg_, qid, env);
-        continue;
-      }
-      // Every recipient is final: the message leaves the queue.
-      for (uint32_t i = 0; i < env.nrcpts(); ++i) {
-        v1::Recipient r;
-        bool found = false;
-        auto key = keys::Rcpt(qid, i);
-        if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
-        if (found) {
-          ctx.Move(r.status(), v1::RCPT_STATUS_UNSPECIFIED);
-          b.Delete(rcpt_, key);
-        }
-      }
-      b.Delete(msg_, qid);
-      b.Delete(msg_, keys::Body(qid));
-      --ctx.counts.messages;
-    }
-    // PersistentHostStatus: the last attempt per MX host, cluster-wide.
-    for (const auto& h : op.hosts()) {
-      if (h.host().empty()) continue;
-      const std::string key = ToLower(h.host());
-      v1::HostStatus hs;
-      bool have = false;
-      if (auto st = b.GetProto(host_, key, &hs, &have); !st.ok()) return st;
-      hs.set_host(key);
-      hs.set_last_attempt_unix_us(now);
-      hs.set_last_reply(h.reply());
-      if (h.ok()) {
-        hs.set_consecutive_failures(0);
-        hs.set_last_success_unix_us(now);
-      } else {
-        hs.set_consecutive_failures(hs.consecutive_failures() + 1);
-      }
-      b.PutProto(host_, key, hs);
-    }
-    for (const auto& dsn : op.dsns()) {
-      ApplyResult ignored;
-      if (auto st = enqueue(dsn, now, &ignored); !st.ok()) return st;
-      res->made_ready += ignored.made_ready;
-    }
-    return Status::Ok();
-  };
-
-  auto tick = [&](const v1::TickOp& op, int64_t now, ApplyResult* res) -> Status {
-    const uint32_t limit = op.max_items() ? op.max_items() : 10000;
-    // Due deferrals, from disk, starting at the floor (everything below is consumed).
-    std::vector<keys::Item> due;
-    bool more = false;
-    {
-      auto it = b.Iterator(sched_);
-      for (it->Seek(keys::Sched(ctx.sched_floor)); it->Valid(); it->Next()) {
-        keys::Item item;
-        if (!keys::Decode(it->key().ToStringView(), &item)) continue;
-        if (item.order > now) break;
-        if (due.size() >= limit) {
-          more = true;
-          break;
-        }
-        due.push_back(std::move(item));
-      }
-      if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan sched");
-    }
-    // Everything before now is consumed unless the limit cut the scan short.
-    ctx.sched_floor = more ? due.back().order : now;
-    for (const auto& item : due) b.Delete(sched_, keys::Sched(item.order, item.qid, item.index));
-    // Expired leases, from the in-memory mirror (validated against the record).
-    {
-      std::lock_guard lock(mem_mu_);
-      for (const auto& k : lease_index_) {
-        if (k.order > now || due.size() >= 2 * static_cast<size_t>(limit)) break;
-        due.push_back(keys::Item{k.order, k.qid, k.index});
-      }
-    }
-    for (const auto& item : due) {
-      v1::Recipient r;
-      bool found = false;
-      auto key = keys::Rcpt(item.qid, item.index);
-      if (auto st = b.GetProto(rcpt_, key, &r, &found); !st.ok()) return st;
-      if (!found) continue;
-      bool expired_lease =
-          r.status() == v1::RCPT_LEASED && r.lease_expiry_unix_us() == item.order && r.lease_expiry_unix_us() <= now;
-      bool retry_due =
-          r.status() == v1::RCPT_DEFERRED && r.next_attempt_unix_us() == item.order && r.next_attempt_unix_us() <= now;
-      if (!expired_lease && !retry_due) continue;
-      if (expired_lease) clear_index(r, item.qid);
-      if (auto st = requeue(&r, item.qid, res); !st.ok()) return st;
-    }
-    return Status::Ok();
-  };
-
-  // A queue run: every deferred recipient (the sched index) is checked
-  // against the filters; O(deferred), like sendmail's -qR.
-  auto run = [&](const v1::RunOp& op, ApplyResult* res) -> Status {
-    const std::string domain = ToLower(op.domain());
-    std::vector<keys::Item> deferred;
-    {
-      auto it = b.Iterator(sched_);
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        keys::Item item;
-        if (keys::Decode(it->key().ToStringView(), &item)) deferred.push_back(std::move(item));
-      }
-      if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan sched");
-    }
-    for (const auto& item : deferred) {
-      if (!op.qid_substring().empty() && item.qid.find(op.qid_substring()) == std::string::npos) continue;
-      v1::Recipient r;
-      bool found = false;
-      if (auto st = b.GetProto(rcpt_, keys::Rcpt(item.qid, item.index), &r, &found); !st.ok()) return st;
-      if (!found || r.status() != v1::RCPT_DEFERRED || r.next_attempt_unix_us() != item.order) continue;
-      if (!RcptMatches(op, domain, r)) continue;
-      if (!op.sender_substring().empty()) {
-        v1::Envelope env;
-        bool have = false;
-        if (auto st = b.GetProto(msg_, item.qid, &env, &have); !st.ok()) return st;
-        if (!have || env.sender().find(op.sender_substring()) == std::string::npos) continue;
-      }
-      clear_index(r, item.qid);
-      if (auto st = requeue(&r, item.qid, res); !st.ok()) return st;
-    }
-    return Status::Ok();
-  };
-
-  // Operator actions by filter: a scan of every message, like the List behind mailq.
-  auto manage = [&](const v1::ManageOp& op, ApplyResult* res) -> Status {
-    const auto& f = op.filter();
-    const std::string domain = ToLower(f.domain());
-    auto rcpt_matches = [&](const v1::Recipient& r) { return RcptMatches(f, domain, r); };
-    std::vector<std::pair<std::string, v1::Envelope>> messages;
-    {
-      auto it = b.Iterator(msg_);
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        auto key = it->key().ToStringView();
-        if (keys::IsBodyKey(key)) continue;
-        if (!f.qid_substring().empty() && key.find(f.qid_substring()) == std::string_view::npos) continue;
-        v1::Envelope env;
-        if (!env.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
-        if (!f.sender_substring().empty() && env.sender().find(f.sender_substring()) == std::string::npos) continue;
-        messages.emplace_back(std::string(key), std::move(env));
-      }
-      if (auto s = it->status(); !s.ok()) return FromRocks(s, "scan msg");
-    }
-    for (auto& [qid, env] : messages) {
-      std::vector<v1::Recipient> rcpts(env.nrcpts());
-      std::vector<bool> present(env.nrcpts(), false);
-      bool any_match = false, leased = false;
-      for (uint32_t i = 0; i < env.nrcpts(); ++i) {
-        bool found = false;
-        if (auto st = b.GetProto(rcpt_, keys::Rcpt(qid, i), &rcpts[i], &found); !st.ok()) return st;
-        present[i] = found;
-        if (!found || IsFinal(rcpts[i].status())) continue;
-        any_match = any_match || rcpt_matches(rcpts[i]);
-        leased = leased || rcpts[i].status() == v1::RCPT_LEASED;
-      }
-      if (!any_match) continue;
-      switch (op.action()) {
-        case v1::ManageOp::MANAGE_HOLD:
-        case v1::ManageOp::MANAGE_RELEASE:
-          for (uint32_t i = 0; i < env.nrcpts(); ++i) {
-            auto& r = rcpts[i];
-            if (!present[i] || !rcpt_matches(r)) continue;
-            if (op.action() == v1::ManageOp::MANAGE_HOLD &&
-                (r.status() == v1::RCPT_READY || r.status() == v1::RCPT_DEFERRED)) {
-              clear_index(r, qid);
-              ctx.Move(r.status(), v1::RCPT_HELD);
-              r.set_status(v1::RCPT_HELD);
-              b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
-              ++res->recipients;
-            } else if (op.action() == v1::ManageOp::MANAGE_RELEASE && r.status() == v1::RCPT_HELD) {
-              if (auto st = requeue(&r, qid, res); !st.ok()) return st;
-              ++res->recipients;
-            }
-          }
-          break;
-        case v1::ManageOp::MANAGE_DELETE:
-          if (leased) {  // a worker is delivering it: deleting now could not stop that
-            ++res->skipped;
-            break;
-          }
-          for (uint32_t i = 0; i < env.nrcpts(); ++i) {
-            if (!present[i]) continue;
-            if (!IsFinal(rcpts[i].status())) {
-              clear_index(rcpts[i], qid);
-              ctx.Move(rcpts[i].status(), v1::RCPT_STATUS_UNSPECIFIED);
-              ++res->recipients;
-            }
-            b.Delete(rcpt_, keys::Rcpt(qid, i));
-          }
-          b.Delete(msg_, qid);
-          b.Delete(msg_, keys::Body(qid));
-          --ctx.counts.messages;
-          ++res->messages;
-          break;
-        case v1::ManageOp::MANAGE_BOUNCE:
-          // Marked, and made ready: the next delivery returns it with a DSN,
-          // which only a worker can write. Recipients in delivery are left alone.
-          for (uint32_t i = 0; i < env.nrcpts(); ++i) {
-            auto& r = rcpts[i];
-            if (!present[i] || !rcpt_matches(r) || IsFinal(r.status())) continue;
-            if (r.status() == v1::RCPT_LEASED) {
-              ++res->skipped;
-              continue;
-            }
-            r.set_operator_bounce(true);
-            if (r.status() == v1::RCPT_READY) {
-              b.PutProto(rcpt_, keys::Rcpt(qid, i), r);
-            } else {
-              clear_index(r, qid);
-              if (auto st = requeue(&r, qid, res); !st.ok()) return st;
-            }
-            ++res->recipients;
-          }
-          break;
-        default: return Status(Code::kInvalidArgument, "unknown manage action");
-      }
-    }
-    return Status::Ok();
-  };
-
-  auto release = [&](const v1::ReleaseOp& op, ApplyResult* res) -> Status {
-    std::vector<v1::RcptRef> candidates(op.items().begin(), op.items().end());
-    if (!op.owner_prefix().empty()) {
-      std::lock_guard lock(mem_mu_);
-      for (const auto& k : lease_index_) {  // bounded by leases in flight
-        v1::RcptRef ref;
-        ref.set_qid(k.qid);
-        ref.set_index(k.index);
-        candidates.push_back(std::move(ref));
-      }
-    }
-    for (const auto& c : candidates) {
-      v1::Recipient r;
-      bool found = false;
-      if (auto st = b.GetProto(rcpt_, keys::Rcpt(c.qid(), c.index()), &r, &found); !st.ok()) return st;
-      if (!found || r.status() != v1::RCPT_LEASED) continue;
-      bool by_owner = !op.owner_prefix().empty() && r.lease_owner() != op.keep_owner() &&
-                      r.lease_owner().rfind(op.owner_prefix(), 0) == 0;
-      bool by_item = std::any_of(op.items().begin(), op.items().end(),
-                                 [&](const v1::RcptRef& i) { return i.qid() == c.qid() && i.index() == c.index(); });
-      if (!by_owner && !by_item) continue;
-      clear_index(r, c.qid());
-      if (auto st = requeue(&r, c.qid(), res); !st.ok()) return st;
-    }
-    return Status::Ok();
-  };
-
+  Applier applier(*this);
   for (size_t i = 0; i < commands.size(); ++i) {
-    const auto& cmd = *commands[i];
-    auto* res = &(*results)[i];
-    Status st;
-    switch (cmd.op_case()) {
-      case v1::QueueCommand::kEnqueue: st = enqueue(cmd.enqueue().message(), cmd.now_unix_us(), res); break;
-      case v1::QueueCommand::kLease: st = lease(cmd.lease(), res); break;
-      case v1::QueueCommand::kAck: st = ack(cmd.ack(), cmd.now_unix_us(), res); break;
-      case v1::QueueCommand::kTick: st = tick(cmd.tick(), cmd.now_unix_us(), res); break;
-      case v1::QueueCommand::kRelease: st = release(cmd.release(), res); break;
-      case v1::QueueCommand::kRun: st = run(cmd.run(), res); break;
-      case v1::QueueCommand::kManage: st = manage(cmd.manage(), res); break;
-      case v1::QueueCommand::kPurgeHosts: {
-        std::vector<std::string> keys;
-        if (!cmd.purge_hosts().host().empty()) {
-          keys.push_back(ToLower(cmd.purge_hosts().host()));
-        } else {
-          auto it = b.Iterator(host_);
-          for (it->SeekToFirst(); it->Valid(); it->Next()) keys.push_back(it->key().ToString());
-        }
-        for (const auto& k : keys) {
-          std::string v;
-          bool have = false;
-          if (st = b.Get(host_, k, &v, &have); !st.ok()) break;
-          if (!have) continue;
-          b.Delete(host_, k);
-          ++res->purged;
-        }
-        break;
-      }
-      case v1::QueueCommand::kStats:
-        if (cmd.stats().reset()) {
-          // Counted so far (in the store and earlier in this batch) is gone.
-          ctx.stats.clear();
-          std::vector<std::string> mailers;
-          auto it = b.Iterator(stats_);
-          for (it->SeekToFirst(); it->Valid(); it->Next()) mailers.push_back(it->key().ToString());
-          for (const auto& m : mailers) b.Delete(stats_, m);
-          b.Put(meta_, kStatsSinceKey, EncodeU64(cmd.now_unix_us()));
-        }
-        for (const auto& d : cmd.stats().deltas()) AddStats(&ctx.Stats(d.mailer()), d);
-        stats_touched = true;
-        break;
-      case v1::QueueCommand::kMember: {
-        const auto& m = cmd.member();
-        std::string key = kMemberPrefix + EncodeU64(m.node_id());
-        if (m.removed())
-          b.Delete(meta_, key);
-        else
-          b.Put(meta_, key, m.grpc_address());
-        member_ops.emplace_back(m.node_id(), m.removed() ? "" : m.grpc_address());
-        break;
-      }
-      case v1::QueueCommand::kNode: {
-        const auto& op = cmd.node();
-        const std::string key = kNodePrefix + op.info().name();
-        v1::NodeInfo cur;
-        bool found = false;
-        st = b.GetProto(meta_, key, &cur, &found);
-        if (!st.ok()) break;
-        switch (op.kind()) {
-          case v1::NodeOp::NODE_HEARTBEAT: {
-            const bool drain = found && cur.drain();
-            cur = op.info();
-            cur.set_drain(drain);
-            cur.set_last_seen_unix_us(cmd.now_unix_us());
-            b.PutProto(meta_, key, cur);
-            break;
-          }
-          case v1::NodeOp::NODE_DRAIN:
-          case v1::NodeOp::NODE_UNDRAIN:
-            if (!found) {
-              res->status =
-                  Status(Code::kNotFound, "no node '" + op.info().name() + "' (mxctl cluster status lists them)");
-              break;
-            }
-            cur.set_drain(op.kind() == v1::NodeOp::NODE_DRAIN);
-            b.PutProto(meta_, key, cur);
-            break;
-          case v1::NodeOp::NODE_FORGET:
-            if (!found) res->status = Status(Code::kNotFound, "no node '" + op.info().name() + "'");
-            b.Delete(meta_, key);
-            break;
-          default: res->status = Status(Code::kInvalidArgument, "unknown node op"); break;
-        }
-        break;
-      }
-      case v1::QueueCommand::kPolicy: {
-        v1::PolicyBundle bundle = cmd.policy();
-        bundle.set_applied_unix_us(cmd.now_unix_us());
-        b.PutProto(meta_, kPolicyKey, bundle);
-        policy_version = bundle.version();
-        break;
-      }
-      case v1::QueueCommand::kSite: {
-        const auto& op = cmd.site();
-        if (op.status().site().empty()) {
-          res->status = Status(Code::kInvalidArgument, "a site status needs a site");
-          break;
-        }
-        const std::string key = kSitePrefix + op.status().site();
-        if (op.clear()) {
-          b.Delete(meta_, key);
-        } else {
-          v1::SiteStatus status = op.status();
-          status.set_since_unix_us(cmd.now_unix_us());
-          b.PutProto(meta_, key, status);
-        }
-        break;
-      }
-      case v1::QueueCommand::kSuppress: {
-        // Every change gets the next sequence number; an address keeps only
-        // its latest change in the log, so followers read each address once.
-        std::string v;
-        bool found = false;
-        if (st = b.Get(meta_, kSuppLastKey, &v, &found); !st.ok()) break;
-        uint64_t seq = found ? DecodeU64(v) : 0;
-        if (st = b.Get(meta_, kSuppTotalKey, &v, &found); !st.ok()) break;
-        int64_t total = found ? static_cast<int64_t>(DecodeU64(v)) : 0;
-        auto change = [&](v1::Suppression entry) -> Status {
-          const std::string key = kSuppPrefix + entry.address();
-          v1::Suppression old;
-          bool had = false;
-          if (auto gs = b.GetProto(meta_, key, &old, &had); !gs.ok()) return gs;
-          const bool was_on = had && !old.removed();
-          if (entry.removed()) {
-            if (!was_on) return Status::Ok();  // nothing to remove
-            --total;
-            ++res->unsuppressed;
-          } else {
-            if (was_on) return Status::Ok();  // already on the list: keep its first reason
-            ++total;
-            ++res->suppressed;
-          }
-          if (had) b.Delete(meta_, kSuppSeqPrefix + EncodeU64(old.seq()));
-          entry.set_seq(++seq);
-          entry.set_added_unix_us(cmd.now_unix_us());
-          b.PutProto(meta_, key, entry);
-          b.PutProto(meta_, kSuppSeqPrefix + EncodeU64(seq), entry);
-          return Status::Ok();
-        };
-        for (const auto& a : cmd.suppress().add()) {
-          if (a.address().empty()) continue;
-          v1::Suppression e = a;
-          e.set_removed(false);
-          if (st = change(std::move(e)); !st.ok()) break;
-        }
-        for (const auto& addr : cmd.suppress().remove()) {
-          if (!st.ok() || addr.empty()) continue;
-          v1::Suppression e;
-          e.set_address(addr);
-          e.set_removed(true);
-          st = change(std::move(e));
-        }
-        if (!st.ok()) break;
-        b.Put(meta_, kSuppLastKey, EncodeU64(seq));
-        b.Put(meta_, kSuppTotalKey, EncodeU64(static_cast<uint64_t>(std::max<int64_t>(0, total))));
-        break;
-      }
-      default: res->status = Status(Code::kInvalidArgument, "empty queue command"); break;
-    }
-    if (!st.ok()) return st;  // storage failure: nothing written
+    if (auto st = applier.Dispatch(*commands[i], &(*results)[i]); !st.ok()) return st;  // nothing written
   }
+  return applier.Commit(index, commands.empty() ? 0 : commands.front()->now_unix_us());
+}
 
-  if (stats_touched) {
-    for (auto& [mailer, delta] : ctx.stats) {
+StateMachine::Applier::Applier(StateMachine& sm) : sm_(sm), b_(sm) {
+  std::lock_guard lock(sm.mem_mu_);
+  ctx_.counts = sm.counts_;
+  ctx_.sched_floor = sm.sched_floor_;
+}
+
+Status StateMachine::Applier::Dispatch(const v1::QueueCommand& cmd, ApplyResult* res) {
+  const int64_t now = cmd.now_unix_us();
+  switch (cmd.op_case()) {
+    // The data path (apply_data.cc).
+    case v1::QueueCommand::kEnqueue: return Enqueue(cmd.enqueue().message(), now, res);
+    case v1::QueueCommand::kLease: return Lease(cmd.lease(), res);
+    case v1::QueueCommand::kAck: return Ack(cmd.ack(), now, res);
+    case v1::QueueCommand::kTick: return Tick(cmd.tick(), now, res);
+    case v1::QueueCommand::kRelease: return Release(cmd.release(), res);
+    // Operator actions (apply_admin.cc).
+    case v1::QueueCommand::kRun: return Run(cmd.run(), res);
+    case v1::QueueCommand::kManage: return Manage(cmd.manage(), res);
+    case v1::QueueCommand::kPurgeHosts: return PurgeHosts(cmd.purge_hosts(), res);
+    case v1::QueueCommand::kStats: return Stats(cmd.stats(), now);
+    // The metadata shard's records (apply_meta.cc).
+    case v1::QueueCommand::kMember: return Member(cmd.member());
+    case v1::QueueCommand::kNode: return Node(cmd.node(), now, res);
+    case v1::QueueCommand::kPolicy: return Policy(cmd.policy(), now);
+    case v1::QueueCommand::kSite: return Site(cmd.site(), now, res);
+    case v1::QueueCommand::kSuppress: return Suppress(cmd.suppress(), now, res);
+    case v1::QueueCommand::OP_NOT_SET: break;
+  }
+  res->status = Status(Code::kInvalidArgument, "empty queue command");
+  return Status::Ok();
+}
+
+Status StateMachine::Applier::Commit(uint64_t index, int64_t first_now) {
+  if (ctx_.stats_touched) {
+    for (auto& [mailer, delta] : ctx_.stats) {
       v1::MailerStats cur;
       bool found = false;
-      if (auto st = b.GetProto(stats_, mailer, &cur, &found); !st.ok()) return st;
+      if (auto st = b_.GetProto(sm_.stats_, mailer, &cur, &found); !st.ok()) return st;
       cur.set_mailer(mailer);
       AddStats(&cur, delta);
-      b.PutProto(stats_, mailer, cur);
+      b_.PutProto(sm_.stats_, mailer, cur);
     }
     std::string since;
     bool found = false;
-    if (auto st = b.Get(meta_, kStatsSinceKey, &since, &found); !st.ok()) return st;
-    if (!found && !commands.empty()) b.Put(meta_, kStatsSinceKey, EncodeU64(commands.front()->now_unix_us()));
+    if (auto st = b_.Get(sm_.meta_, kStatsSinceKey, &since, &found); !st.ok()) return st;
+    if (!found) b_.Put(sm_.meta_, kStatsSinceKey, EncodeU64(first_now));
   }
-  std::string counts_blob = EncodeU64(static_cast<uint64_t>(ctx.counts.messages));
-  for (auto n : ctx.counts.by_status) counts_blob += EncodeU64(static_cast<uint64_t>(n));
-  b.Put(meta_, kCountsKey, counts_blob);
-  b.Put(meta_, kAppliedKey, EncodeU64(index));
+  std::string counts_blob = EncodeU64(static_cast<uint64_t>(ctx_.counts.messages));
+  for (auto n : ctx_.counts.by_status) counts_blob += EncodeU64(static_cast<uint64_t>(n));
+  b_.Put(sm_.meta_, kCountsKey, counts_blob);
+  b_.Put(sm_.meta_, kAppliedKey, EncodeU64(index));
 
   rocksdb::WriteOptions wo;
   // The Raft log is the durable record and is replayed after a crash (the
   // applied index written in this batch makes that safe): see OpenDb.
   wo.disableWAL = true;
-  auto s = db_->Write(wo, b.write_batch());
+  auto s = sm_.db_->Write(wo, b_.write_batch());
   if (!s.ok() && s.IsIOError()) {
     // A failed flush (the disk filled up) stops RocksDB's writes until
     // Resume(), which flushes again: once space is back the entry applies
     // (libraft retries it) and the shard goes on by itself.
-    if (auto r = db_->Resume(); r.ok()) {
+    if (auto r = sm_.db_->Resume(); r.ok()) {
       log::Info("queue store resumed after: " + s.ToString());
-      s = db_->Write(wo, b.write_batch());
+      s = sm_.db_->Write(wo, b_.write_batch());
     }
   }
   if (!s.ok()) return FromRocks(s, "queue write");
-  applied_ = index;
-  {
-    std::lock_guard lock(mem_mu_);
-    for (auto& [id, address] : member_ops) {
-      if (address.empty())
-        members_.erase(id);
-      else
-        members_[id] = address;
+  sm_.applied_ = index;
+  std::lock_guard lock(sm_.mem_mu_);
+  for (auto& [id, address] : ctx_.member_ops) {
+    if (address.empty()) {
+      sm_.members_.erase(id);
+    } else {
+      sm_.members_[id] = address;
     }
-    if (policy_version) policy_version_ = *policy_version;
-    counts_ = ctx.counts;
-    sched_floor_ = ctx.sched_floor;
-    for (auto& op : ctx.index_ops) {
-      if (op.add)
-        op.index->insert(std::move(op.key));
-      else
-        op.index->erase(op.key);
+  }
+  if (ctx_.policy_version) sm_.policy_version_ = *ctx_.policy_version;
+  sm_.counts_ = ctx_.counts;
+  sm_.sched_floor_ = ctx_.sched_floor;
+  for (auto& op : ctx_.index_ops) {
+    if (op.add) {
+      op.index->insert(std::move(op.key));
+    } else {
+      op.index->erase(op.key);
     }
   }
   return Status::Ok();

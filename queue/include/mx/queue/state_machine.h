@@ -135,7 +135,8 @@ class StateMachine {
  private:
   // The ready-index key of a recipient under options_.sort_order.
   int64_t SortKey(const v1::Envelope& env, const v1::Recipient& r, int64_t retry_factor) const;
-  class Batch;
+  class Batch;    // one entry's write (apply.h)
+  class Applier;  // one entry's command handlers (apply.h)
   StateMachine() = default;
   Status OpenDb();
   void CloseDb();
