@@ -137,7 +137,7 @@ int main(int argc, char** argv) {
     auto q = mx::queue::StartQueueNode(config.queue, clock);
     if (!q.ok()) return Die(q.status().message());
     queue = std::move(q).value();
-    auto s = mx::StartGrpcServer(config.queue.listen, {queue->service()});
+    auto s = mx::StartGrpcServer(config.queue.listen, {queue->service(), queue->metadata_service()});
     if (!s.ok()) return Die(s.status().message());
     queue_server = std::move(s).value();
     // Roles of this process reach their own queue without the socket.

@@ -12,6 +12,7 @@
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/queue/client.h"
+#include "mx/queue/metadata_client.h"
 #include "mx/v1/control.grpc.pb.h"
 #include "mx/v1/queue.grpc.pb.h"
 
@@ -55,7 +56,6 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(*ctx, Role::kOperator, "PolicyApply", &who); !st.ok()) return st;
     if (!validate_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this control node cannot check policies");
     v1::PutPolicyRequest put;
-    put.set_shard(0);
     *put.mutable_bundle() = req->bundle();
     put.mutable_bundle()->clear_version();
     put.mutable_bundle()->set_applied_by(who);
@@ -66,8 +66,7 @@ class AdminService final : public v1::Admin::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "policy refused: " + description.status().message());
     }
     v1::PutPolicyResponse stored;
-    auto st =
-        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->PutPolicy(c, put, &stored); });
+    auto st = CallMetadata(&v1::Metadata::Stub::PutPolicy, put, &stored);
     if (!st.ok()) return st;
     resp->set_version(stored.version());
     resp->set_description(*description);
@@ -80,17 +79,14 @@ class AdminService final : public v1::Admin::Service {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "PolicyShow", &who); !st.ok()) return st;
     v1::GetPolicyRequest get;
-    get.set_shard(0);
     v1::GetPolicyResponse current;
-    auto st =
-        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetPolicy(c, get, &current); });
+    auto st = CallMetadata(&v1::Metadata::Stub::GetPolicy, get, &current);
     if (!st.ok()) return st;
     *resp->mutable_current() = std::move(*current.mutable_bundle());
     for (auto& [path, text] : *resp->mutable_current()->mutable_files()) text.clear();  // names, not contents
     v1::ListNodesRequest list;
-    list.set_shard(0);
     v1::ListNodesResponse nodes;
-    st = CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListNodes(c, list, &nodes); });
+    st = CallMetadata(&v1::Metadata::Stub::ListNodes, list, &nodes);
     if (!st.ok()) return st;
     for (auto& n : *nodes.mutable_nodes()) *resp->add_nodes() = std::move(n);
     return grpc::Status::OK;
@@ -177,13 +173,11 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(*ctx, Role::kOperator, "Drain", &who); !st.ok()) return st;
     if (req->name().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "drain needs a node name");
     v1::SetDrainRequest set;
-    set.set_shard(0);
     set.set_name(req->name());
     set.set_drain(!req->undrain());
     set.set_forget(req->forget());
     v1::SetDrainResponse ignored;
-    auto st =
-        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->SetDrain(c, set, &ignored); });
+    auto st = CallMetadata(&v1::Metadata::Stub::SetDrain, set, &ignored);
     if (!st.ok()) return st;
     log::Info("admin: " + who + ": " +
               (req->forget()    ? "forget "
@@ -205,7 +199,6 @@ class AdminService final : public v1::Admin::Service {
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
             .count();
     v1::SetSiteStatusRequest set;
-    set.set_shard(0);
     set.set_clear(req->resume());
     auto* status = set.mutable_status();
     status->set_site(req->site());
@@ -214,8 +207,7 @@ class AdminService final : public v1::Admin::Service {
     status->set_reason(req->reason().empty() ? "suspended by the operator" : req->reason());
     status->set_by("mxctl (" + who + ")");
     v1::SetSiteStatusResponse ignored;
-    auto st = CallLeader(
-        0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->SetSiteStatus(c, set, &ignored); });
+    auto st = CallMetadata(&v1::Metadata::Stub::SetSiteStatus, set, &ignored);
     if (!st.ok()) return st;
     if (!req->resume()) resp->set_until_unix_us(status->until_unix_us());
     log::Info("admin: " + who + ": " + (req->resume() ? "resume " : "suspend ") + req->site() +
@@ -227,10 +219,8 @@ class AdminService final : public v1::Admin::Service {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "Sites", &who); !st.ok()) return st;
     v1::ListSiteStatusRequest req;
-    req.set_shard(0);
     v1::ListSiteStatusResponse part;
-    auto st = CallLeader(
-        0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListSiteStatus(c, req, &part); });
+    auto st = CallMetadata(&v1::Metadata::Stub::ListSiteStatus, req, &part);
     if (!st.ok()) return st;
     resp->mutable_sites()->Swap(part.mutable_sites());
     resp->set_now_unix_us(part.now_unix_us());
@@ -245,7 +235,6 @@ class AdminService final : public v1::Admin::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which address?");
     }
     v1::SuppressRequest set;
-    set.set_shard(0);
     for (const auto& a : req->add()) {
       auto* e = set.add_add();
       e->set_address(a);
@@ -255,8 +244,7 @@ class AdminService final : public v1::Admin::Service {
     }
     for (const auto& a : req->remove()) set.add_remove(a);
     v1::SuppressResponse done;
-    auto st =
-        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->Suppress(c, set, &done); });
+    auto st = CallMetadata(&v1::Metadata::Stub::Suppress, set, &done);
     if (!st.ok()) return st;
     resp->set_added(done.added());
     resp->set_removed(done.removed());
@@ -271,12 +259,10 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(*ctx, Role::kRead, "Suppressions", &who); !st.ok()) return st;
     const uint32_t limit = req->limit() == 0 ? 100 : std::min<uint32_t>(req->limit(), 10000);
     v1::ListSuppressionsRequest list;
-    list.set_shard(0);
     v1::ListSuppressionsResponse part;
     auto call = [&] {
       part.Clear();
-      return CallLeader(
-          0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListSuppressions(c, list, &part); });
+      return CallMetadata(&v1::Metadata::Stub::ListSuppressions, list, &part);
     };
     if (!req->address().empty()) {
       list.set_address(req->address());
@@ -443,10 +429,8 @@ class AdminService final : public v1::Admin::Service {
     // The processes' own reports (the node table on shard 0); without a
     // leader the replica table above still answers.
     v1::ListNodesRequest list;
-    list.set_shard(0);
     v1::ListNodesResponse nodes;
-    auto st =
-        CallLeader(0, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->ListNodes(c, list, &nodes); });
+    auto st = CallMetadata(&v1::Metadata::Stub::ListNodes, list, &nodes);
     if (st.ok()) {
       for (auto& n : *nodes.mutable_nodes()) *resp->add_processes() = std::move(n);
       resp->set_now_unix_us(nodes.now_unix_us());
@@ -509,7 +493,15 @@ class AdminService final : public v1::Admin::Service {
                         "queue shard " + std::to_string(shard) + " has no reachable leader: " + st.error_message());
   }
 
+  // The metadata shard's leader, retried like the shards' (CallLeader).
+  template <typename Req, typename Resp>
+  grpc::Status CallMetadata(grpc::Status (v1::Metadata::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                            const Req& req, Resp* resp) {
+    return metadata_.Call(method, req, resp, {kShardDeadline, kShardDeadline});
+  }
+
   queue::QueueRouter router_;
+  queue::MetadataClient metadata_{router_};
   AdminAuth auth_;
   PolicyTestFn policy_test_;
   PolicyValidateFn validate_;

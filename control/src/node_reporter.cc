@@ -12,6 +12,7 @@
 #include "mx/common/log.h"
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
+#include "mx/queue/metadata_client.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::control {
@@ -70,16 +71,11 @@ class Reporter final : public NodeReporter {
     int failures = 0;
     for (;;) {
       v1::HeartbeatRequest req;
-      req.set_shard(0);
       *req.mutable_node() = info_;
       if (hooks_.report) hooks_.report(req.mutable_node(), draining_);
       req.mutable_node()->set_policy_error(policy_error_);
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       v1::HeartbeatResponse resp;
-      auto target = router_.Leader(0);
-      auto st = target.stub->Heartbeat(&ctx, req, &resp);
-      router_.Observe(0, target.address, ctx, st);
+      auto st = metadata_.Call(&v1::Metadata::Stub::Heartbeat, req, &resp, {std::chrono::seconds(5), {}});
       if (st.ok()) {
         failures = 0;
         if (!known_ || resp.drain() != draining_) {
@@ -102,14 +98,9 @@ class Reporter final : public NodeReporter {
   // The cluster's current policy, once per version (a bad one is not
   // retried until the next push; its error is reported in heartbeats).
   void FetchPolicy(const std::string& version) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     v1::GetPolicyRequest req;
-    req.set_shard(0);
     v1::GetPolicyResponse resp;
-    auto target = router_.Leader(0);
-    auto st = target.stub->GetPolicy(&ctx, req, &resp);
-    router_.Observe(0, target.address, ctx, st);
+    auto st = metadata_.Call(&v1::Metadata::Stub::GetPolicy, req, &resp, {std::chrono::seconds(10), {}});
     if (!st.ok()) return;  // the next heartbeat tries again
     policy_tried_ = version;
     if (resp.bundle().version() != version) policy_tried_ = resp.bundle().version();  // newer meanwhile
@@ -118,6 +109,7 @@ class Reporter final : public NodeReporter {
   }
 
   queue::QueueRouter router_;
+  queue::MetadataClient metadata_{router_};
   NodeHooks hooks_;
   std::string policy_tried_;  // the pushed version last fetched and installed (or refused)
   std::string policy_error_;

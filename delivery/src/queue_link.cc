@@ -1,17 +1,15 @@
-// queue_link.cc — QueueLink and MetadataLink over gRPC (callback API) through
-// the leader-following router.
+// queue_link.cc — QueueLink over gRPC (callback API) through the
+// leader-following router; MetadataLink over the MetadataClient.
 #include "queue_link.h"
 
 #include <grpcpp/grpcpp.h>
 
-#include "mx/common/async_call.h"
 #include "mx/queue/client.h"
+#include "mx/queue/metadata_client.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::delivery {
 namespace {
-
-using queue::kMetadataShard;
 
 class GrpcQueueLink final : public QueueLink {
  public:
@@ -54,57 +52,31 @@ class GrpcQueueLink final : public QueueLink {
 
 class GrpcMetadataLink final : public MetadataLink {
  public:
-  explicit GrpcMetadataLink(queue::QueueRouter& router) : router_(router) {}
+  explicit GrpcMetadataLink(queue::QueueRouter& router) : client_(router) {}
 
   void Permit(v1::PermitRequest req,
               std::function<void(const grpc::Status&, const v1::PermitResponse&)> done) override {
-    auto call = AsyncCall<v1::PermitRequest, v1::PermitResponse>::WithDeadline(std::chrono::seconds(2));
-    call->req = std::move(req);
-    auto target = router_.Leader(kMetadataShard);
-    target.stub->async()->Permit(&call->ctx, &call->req, &call->resp,
-                                 [this, call, done = std::move(done), address = target.address](grpc::Status s) {
-                                   router_.Observe(kMetadataShard, address, call->ctx, s);
-                                   done(s, call->resp);
-                                 });
+    client_.Permit(std::move(req), std::chrono::seconds(2), std::move(done));
   }
 
   void SetSiteStatus(v1::SiteStatus status, std::function<void(const grpc::Status&)> done) override {
-    auto call = AsyncCall<v1::SetSiteStatusRequest, v1::SetSiteStatusResponse>::WithDeadline(std::chrono::seconds(2));
-    call->req.set_shard(kMetadataShard);
-    *call->req.mutable_status() = std::move(status);
-    auto target = router_.Leader(kMetadataShard);
-    target.stub->async()->SetSiteStatus(&call->ctx, &call->req, &call->resp,
-                                        [this, call, done = std::move(done), address = target.address](grpc::Status s) {
-                                          router_.Observe(kMetadataShard, address, call->ctx, s);
-                                          done(s);
-                                        });
+    v1::SetSiteStatusRequest req;
+    *req.mutable_status() = std::move(status);
+    client_.SetSiteStatus(std::move(req), std::chrono::seconds(2), std::move(done));
   }
 
   void Suppress(v1::SuppressRequest req,
                 std::function<void(const grpc::Status&, const v1::SuppressResponse&)> done) override {
-    auto call = AsyncCall<v1::SuppressRequest, v1::SuppressResponse>::WithDeadline(std::chrono::seconds(5));
-    call->req = std::move(req);
-    call->req.set_shard(kMetadataShard);
-    auto target = router_.Leader(kMetadataShard);
-    target.stub->async()->Suppress(&call->ctx, &call->req, &call->resp,
-                                   [this, call, done = std::move(done), address = target.address](grpc::Status s) {
-                                     router_.Observe(kMetadataShard, address, call->ctx, s);
-                                     done(s, call->resp);
-                                   });
+    client_.Suppress(std::move(req), std::chrono::seconds(5), std::move(done));
   }
 
   grpc::Status ListSiteStatus(v1::ListSiteStatusResponse* resp) override {
-    auto target = router_.Leader(kMetadataShard);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    v1::ListSiteStatusRequest req;
-    auto st = target.stub->ListSiteStatus(&ctx, req, resp);
-    router_.Observe(kMetadataShard, target.address, ctx, st);
-    return st;
+    return client_.Call(&v1::Metadata::Stub::ListSiteStatus, v1::ListSiteStatusRequest(), resp,
+                        {std::chrono::seconds(2), {}});
   }
 
  private:
-  queue::QueueRouter& router_;
+  queue::MetadataClient client_;
 };
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "mx/common/log.h"
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
+#include "mx/queue/metadata_client.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::ingress {
@@ -77,15 +78,11 @@ SuppressionFollower::~SuppressionFollower() {
 bool SuppressionFollower::PollOnce() {
   for (int page = 0; page < 1000; ++page) {  // 10 million changes at most per round
     v1::ListSuppressionsRequest req;
-    req.set_shard(0);
     req.set_after_seq(set_.seq());
     req.set_limit(10000);
     v1::ListSuppressionsResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    auto target = router_->router.Leader(0);
-    auto st = target.stub->ListSuppressions(&ctx, req, &resp);
-    router_->router.Observe(0, target.address, ctx, st);
+    queue::MetadataClient metadata(router_->router);
+    auto st = metadata.Call(&v1::Metadata::Stub::ListSuppressions, req, &resp, {std::chrono::seconds(5), {}});
     if (!st.ok()) return false;
     set_.Apply(resp);
     if (resp.entries_size() < 10000) return true;

@@ -16,16 +16,21 @@ QueueRouter::QueueRouter(std::vector<std::string> seeds, uint32_t shards)
   }
 }
 
-v1::Queue::Stub* QueueRouter::StubFor(const std::string& address) {
-  auto& stub = stubs_[address];
-  if (!stub) stub = v1::Queue::NewStub(MakeChannel(address));
-  return stub.get();
+const QueueRouter::Stubs& QueueRouter::StubsFor(const std::string& address) {
+  auto& stubs = stubs_[address];
+  if (!stubs.queue) {
+    auto channel = MakeChannel(address);
+    stubs.queue = v1::Queue::NewStub(channel);
+    stubs.metadata = v1::Metadata::NewStub(channel);
+  }
+  return stubs;
 }
 
 QueueRouter::Target QueueRouter::Leader(uint32_t shard) {
   std::lock_guard lock(mu_);
   auto& st = shards_.at(shard);
-  return Target{StubFor(st.leader), st.leader};
+  const Stubs& stubs = StubsFor(st.leader);
+  return Target{stubs.queue.get(), stubs.metadata.get(), st.leader};
 }
 
 bool QueueRouter::Observe(uint32_t shard, const std::string& address, const grpc::ClientContext& ctx,

@@ -1,4 +1,6 @@
-// service.cc — the mx.v1.Queue gRPC service over the shard replicas of a node.
+// service.cc — a queue node: its shard replicas (Shard: the Raft log, the
+// state machine, the scheduler, the data path and admin RPCs) and the
+// mx.v1.Queue service in front of them; mx.v1.Metadata is metadata_service.cc.
 #include "mx/queue/service.h"
 
 #include <grpcpp/grpcpp.h>
@@ -11,6 +13,7 @@
 #include <random>
 #include <thread>
 
+#include "metadata_service.h"
 #include "mx/common/address.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
@@ -18,7 +21,6 @@
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
 #include "mx/queue/disk_budget.h"
-#include "mx/queue/permits.h"
 #include "mx/queue/probe.h"
 #include "mx/queue/raft_log.h"
 #include "mx/queue/retry.h"
@@ -82,7 +84,7 @@ Status FetchSnapshotFiles(const v1::SnapshotManifest& m, const std::string& dir)
 }
 
 // One shard replica hosted by this node.
-class Shard {
+class Shard final : public MetadataReplica {
  public:
   Shard(uint32_t id, const QueueConfig& config, const Clock& clock, std::map<uint64_t, std::string> peers,
         DiskBudget* disk)
@@ -143,14 +145,12 @@ class Shard {
     if (!log.ok()) return log.status();
     log_ = std::move(log).value();
     log_->OnLeadershipChange([this](bool leader) {
-      if (leader) {
-        // Slots a previous leader granted may still be in use: none are
-        // granted for one TTL while their holders renew them here. A
-        // single replica's first term has no predecessor that is still
+      if (leader && on_leader_) {
+        // A single replica's first term has no predecessor that is still
         // running (its own previous process is gone).
         const bool predecessor = led_before_ || config_.peers.size() > 1;
         led_before_ = true;
-        permits_.BecameLeader(clock_.NowUnixMicros(), predecessor ? kPermitTtlUs : 0);
+        on_leader_(predecessor);
       }
       SignalWork();
     });
@@ -178,6 +178,19 @@ class Shard {
 
   StateMachine& sm() { return *sm_; }
   RaftLog& log() { return *log_; }
+  // Before Start: runs when this replica becomes the leader (predecessor:
+  // whether an earlier leader may still be running).
+  void OnLeader(std::function<void(bool predecessor)> fn) { on_leader_ = std::move(fn); }
+
+  // MetadataReplica.
+  bool IsLeader() const override { return log_->IsLeader(); }
+  grpc::Status RefuseNotLeader(grpc::ServerContextBase* ctx) const override { return NotLeader(ctx); }
+  grpc::Status CommitError(grpc::ServerContextBase* ctx, const mx::Status& st) const override {
+    return CommitFailed(ctx, st);
+  }
+  ApplyResult CommitAndWait(v1::QueueCommand cmd) override { return Commit(std::move(cmd)); }
+  const StateMachine& state() const override { return *sm_; }
+  const std::string& tag() const override { return tag_; }
   const std::string& snapshot_dir() const { return snapshot_dir_; }
 
   // gRPC address of a queue node: the replicated member table, then the config.
@@ -234,7 +247,6 @@ class Shard {
     if (auto st = Admit(m, &not_leader); !st.ok()) return done(st);
     ProposeEnqueue(m, [done = std::move(done)](const ApplyResult& r) { done(r.status); });
   }
-  bool IsLeader() const { return log_->IsLeader(); }
   uint64_t UnflushedBytes() const { return sm_ ? sm_->UnflushedBytes() : 0; }
 
   // Enqueue's admission checks; *not_leader tells why a kUnavailable refusal came.
@@ -483,205 +495,6 @@ class Shard {
     return grpc::Status::OK;
   }
 
-  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) {
-    const auto& name = req->node().name();
-    if (name.empty() || name.size() > 253) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a heartbeat needs the node's name (1 to 253 bytes)");
-    }
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    v1::QueueCommand cmd;
-    cmd.set_now_unix_us(clock_.NowUnixMicros());
-    cmd.mutable_node()->set_kind(v1::NodeOp::NODE_HEARTBEAT);
-    *cmd.mutable_node()->mutable_info() = req->node();
-    ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) return CommitFailed(ctx, r.status);
-    resp->set_drain(sm_->NodeDrain(name));
-    resp->set_policy_version(sm_->PolicyVersion());
-    return grpc::Status::OK;
-  }
-
-  // Versions count up: "v<N>-<8 hex of a hash of the content>".
-  grpc::Status PutPolicy(grpc::ServerContext* ctx, const v1::PutPolicyRequest* req, v1::PutPolicyResponse* resp) {
-    if (req->bundle().yaml().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "an empty policy");
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    std::lock_guard lock(policy_mu_);  // one version number per put
-    const std::string prev = sm_->PolicyVersion();
-    uint64_t n = prev.size() > 1 ? std::strtoull(prev.c_str() + 1, nullptr, 10) : 0;
-    v1::QueueCommand cmd;
-    cmd.set_now_unix_us(clock_.NowUnixMicros());
-    *cmd.mutable_policy() = req->bundle();
-    std::string content = req->bundle().yaml();
-    std::map<std::string, std::string> files(req->bundle().files().begin(), req->bundle().files().end());
-    for (const auto& [path, text] : files) content += "\n" + path + "\n" + text;
-    char hash[16];
-    snprintf(hash, sizeof hash, "%08zx", std::hash<std::string>{}(content)&0xffffffffu);
-    cmd.mutable_policy()->set_version("v" + std::to_string(n + 1) + "-" + hash);
-    const std::string version = cmd.policy().version();
-    ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) return CommitFailed(ctx, r.status);
-    resp->set_version(version);
-    log::Info(tag_ + ": acceptance policy " + version + " stored (by " + req->bundle().applied_by() + ")");
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetPolicy(grpc::ServerContext* ctx, const v1::GetPolicyRequest* req, v1::GetPolicyResponse* resp) {
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    *resp->mutable_bundle() = sm_->CurrentPolicy();
-    if (req->version_only()) resp->mutable_bundle()->clear_files();
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ListNodes(grpc::ServerContext* ctx, v1::ListNodesResponse* resp) {
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    sm_->Nodes(resp);
-    resp->set_now_unix_us(clock_.NowUnixMicros());
-    return grpc::Status::OK;
-  }
-
-  grpc::Status SetDrain(grpc::ServerContext* ctx, const v1::SetDrainRequest* req) {
-    if (req->name().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which node?");
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    v1::QueueCommand cmd;
-    cmd.set_now_unix_us(clock_.NowUnixMicros());
-    cmd.mutable_node()->set_kind(req->forget()  ? v1::NodeOp::NODE_FORGET
-                                 : req->drain() ? v1::NodeOp::NODE_DRAIN
-                                                : v1::NodeOp::NODE_UNDRAIN);
-    cmd.mutable_node()->mutable_info()->set_name(req->name());
-    ApplyResult r = Commit(std::move(cmd));
-    if (r.status.code() == Code::kNotFound) return grpc::Status(grpc::StatusCode::NOT_FOUND, r.status.message());
-    if (!r.status.ok()) return CommitFailed(ctx, r.status);
-    log::Info(tag_ + ": node " + req->name() +
-              (req->forget()  ? " forgotten"
-               : req->drain() ? " to drain"
-                              : " back to work"));
-    return grpc::Status::OK;
-  }
-
-  grpc::Status SetSiteStatus(grpc::ServerContext* ctx, const v1::SetSiteStatusRequest* req) {
-    const auto& st = req->status();
-    if (st.site().empty() || st.site().size() > 1024) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "which site? (1 to 1024 characters)");
-    }
-    if (!req->clear() && st.until_unix_us() <= clock_.NowUnixMicros()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a site status needs a time in the future");
-    }
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    v1::QueueCommand cmd;
-    cmd.set_now_unix_us(clock_.NowUnixMicros());
-    *cmd.mutable_site()->mutable_status() = st;
-    if (st.reason().size() > 512) {  // cut at a UTF-8 character boundary
-      size_t cut = 512;
-      while (cut > 0 && (static_cast<unsigned char>(st.reason()[cut]) & 0xC0) == 0x80) --cut;
-      cmd.mutable_site()->mutable_status()->set_reason(st.reason().substr(0, cut));
-    }
-    cmd.mutable_site()->set_clear(req->clear());
-    ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) return CommitFailed(ctx, r.status);
-    log::Info(tag_ + ": site " + st.site() + (req->clear() ? " resumed" : (st.suspended() ? " suspended" : " slowed")) +
-              " (" + st.by() + ")");
-    return grpc::Status::OK;
-  }
-
-  grpc::Status Suppress(grpc::ServerContext* ctx, const v1::SuppressRequest* req, v1::SuppressResponse* resp) {
-    if (req->add_size() + req->remove_size() > 10000) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "at most 10000 addresses per call");
-    }
-    v1::QueueCommand cmd;
-    auto bad = [](const std::string& a) { return a.empty() || a.size() > 320 || a.find('@') == std::string::npos; };
-    for (const auto& a : req->add()) {
-      if (bad(a.address()))
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "not an address: '" + a.address() + "'");
-      v1::Suppression* e = cmd.mutable_suppress()->add_add();
-      *e = a;
-      e->set_address(ToLower(a.address()));
-      if (e->reason().size() > 512) {  // cut at a UTF-8 character boundary
-        size_t cut = 512;
-        while (cut > 0 && (static_cast<unsigned char>(e->reason()[cut]) & 0xC0) == 0x80) --cut;
-        e->mutable_reason()->resize(cut);
-      }
-    }
-    for (const auto& a : req->remove()) {
-      if (bad(a)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "not an address: '" + a + "'");
-      cmd.mutable_suppress()->add_remove(ToLower(a));
-    }
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    cmd.set_now_unix_us(clock_.NowUnixMicros());
-    ApplyResult r = Commit(std::move(cmd));
-    if (!r.status.ok()) return CommitFailed(ctx, r.status);
-    resp->set_added(r.suppressed);
-    resp->set_removed(r.unsuppressed);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ListSuppressions(grpc::ServerContext* ctx, const v1::ListSuppressionsRequest* req,
-                                v1::ListSuppressionsResponse* resp) {
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    v1::ListSuppressionsRequest r = *req;
-    r.set_address(ToLower(req->address()));
-    sm_->Suppressions(r, resp);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status ListSiteStatus(grpc::ServerContext* ctx, v1::ListSiteStatusResponse* resp) {
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    const int64_t now = clock_.NowUnixMicros();
-    sm_->Sites(now, resp);
-    resp->set_now_unix_us(now);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status Permit(grpc::ServerContext* ctx, const v1::PermitRequest* req, v1::PermitResponse* resp) {
-    if (req->holds_size() > 10000) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "at most 10000 holds");
-    for (const auto& h : req->holds()) {
-      if (h.holder().empty() && req->op() != v1::PermitRequest::RATE) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "every hold needs a holder");
-      }
-      for (const auto& k : h.keys()) {
-        if (k.key().empty() || k.key().size() > 512) {
-          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "permit keys are 1 to 512 bytes");
-        }
-      }
-    }
-    if ((req->op() == v1::PermitRequest::ACQUIRE || req->op() == v1::PermitRequest::RATE) && req->holds_size() != 1) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "ACQUIRE and RATE take exactly one hold");
-    }
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    const int64_t now = clock_.NowUnixMicros();
-    const int64_t ttl = std::clamp<int64_t>(int64_t{req->ttl_ms()} * 1000, 1'000'000, kPermitTtlUs);
-    auto asks = [](const v1::PermitHold& h) {
-      std::vector<Permits::Ask> out;
-      for (const auto& k : h.keys()) out.push_back(Permits::Ask{k.key(), k.limit()});
-      return out;
-    };
-    int64_t retry = 0;
-    bool granted = true;
-    switch (req->op()) {
-      case v1::PermitRequest::ACQUIRE:
-        granted = permits_.Acquire(req->holds(0).holder(), asks(req->holds(0)), ttl, now, &retry);
-        Probe::Get().Permit("acquire", granted);
-        break;
-      case v1::PermitRequest::RENEW:
-        for (const auto& h : req->holds()) permits_.Renew(h.holder(), asks(h), ttl, now);
-        break;
-      case v1::PermitRequest::RELEASE:
-        for (const auto& h : req->holds()) permits_.Release(h.holder());
-        break;
-      case v1::PermitRequest::RATE:
-        for (const auto& k : req->holds(0).keys()) {
-          if (!permits_.Rate(k.key(), k.limit(), k.period_s() ? k.period_s() : 60, now, &retry)) {
-            granted = false;
-            break;
-          }
-        }
-        Probe::Get().Permit("rate", granted);
-        break;
-      default: return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown permit op");
-    }
-    resp->set_granted(granted);
-    resp->set_retry_after_ms(static_cast<uint32_t>(std::min<int64_t>((retry + 999) / 1000, 3'600'000)));
-    return grpc::Status::OK;
-  }
-
   grpc::Status PurgeHostStatus(grpc::ServerContext* ctx, const v1::PurgeHostStatusRequest* req,
                                v1::PurgeHostStatusResponse* resp) {
     if (!log_->IsLeader()) return NotLeader(ctx);
@@ -843,9 +656,8 @@ class Shard {
   std::string snapshot_dir_;
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<RaftLog> log_;
-  Permits permits_;
+  std::function<void(bool)> on_leader_;
   std::atomic<bool> led_before_{false};
-  std::mutex policy_mu_;
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
@@ -868,6 +680,9 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     for (uint32_t s = 0; s < config.shards; ++s) {
       shards_.push_back(std::make_unique<Shard>(s, config, clock, peers, &disk_));
     }
+    Shard& meta = *shards_[kMetadataShard];
+    metadata_ = std::make_unique<MetadataService>(meta, clock);
+    meta.OnLeader([this](bool predecessor) { metadata_->BecameLeader(predecessor); });
   }
   ~QueueServiceImpl() override { Stop(); }
 
@@ -879,6 +694,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   }
 
   grpc::Service* service() override { return this; }
+  grpc::Service* metadata_service() override { return metadata_.get(); }
   void Stop() override {
     for (auto& s : shards_) s->Stop();
   }
@@ -1023,67 +839,6 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     return s ? s->PurgeHostStatus(ctx, req, resp) : err;
   }
 
-  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
-                         v1::HeartbeatResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->Heartbeat(ctx, req, resp) : err;
-  }
-
-  grpc::Status ListNodes(grpc::ServerContext* ctx, const v1::ListNodesRequest* req,
-                         v1::ListNodesResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->ListNodes(ctx, resp) : err;
-  }
-
-  grpc::Status PutPolicy(grpc::ServerContext* ctx, const v1::PutPolicyRequest* req,
-                         v1::PutPolicyResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->PutPolicy(ctx, req, resp) : err;
-  }
-
-  grpc::Status GetPolicy(grpc::ServerContext* ctx, const v1::GetPolicyRequest* req,
-                         v1::GetPolicyResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->GetPolicy(ctx, req, resp) : err;
-  }
-
-  grpc::Status SetDrain(grpc::ServerContext* ctx, const v1::SetDrainRequest* req, v1::SetDrainResponse*) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->SetDrain(ctx, req) : err;
-  }
-
-  grpc::Status SetSiteStatus(grpc::ServerContext* ctx, const v1::SetSiteStatusRequest* req,
-                             v1::SetSiteStatusResponse*) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->SetSiteStatus(ctx, req) : err;
-  }
-
-  grpc::Status Suppress(grpc::ServerContext* ctx, const v1::SuppressRequest* req, v1::SuppressResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->Suppress(ctx, req, resp) : err;
-  }
-
-  grpc::Status ListSuppressions(grpc::ServerContext* ctx, const v1::ListSuppressionsRequest* req,
-                                v1::ListSuppressionsResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->ListSuppressions(ctx, req, resp) : err;
-  }
-
-  grpc::Status ListSiteStatus(grpc::ServerContext* ctx, const v1::ListSiteStatusRequest* req,
-                              v1::ListSiteStatusResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->ListSiteStatus(ctx, resp) : err;
-  }
-
   grpc::Status GetMessage(grpc::ServerContext* ctx, const v1::GetMessageRequest* req,
                           v1::GetMessageResponse* resp) override {
     grpc::Status err;
@@ -1109,12 +864,6 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     }
     *resp->mutable_message()->mutable_envelope() = std::move(env).value();
     return grpc::Status::OK;
-  }
-
-  grpc::Status Permit(grpc::ServerContext* ctx, const v1::PermitRequest* req, v1::PermitResponse* resp) override {
-    grpc::Status err;
-    auto* s = Find(req->shard(), &err);
-    return s ? s->Permit(ctx, req, resp) : err;
   }
 
   grpc::Status RunQueue(grpc::ServerContext* ctx, const v1::RunQueueRequest* req, v1::RunQueueResponse* resp) override {
@@ -1144,6 +893,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   QueueConfig config_;
   DiskBudget disk_;
   std::vector<std::unique_ptr<Shard>> shards_;
+  std::unique_ptr<MetadataService> metadata_;  // in front of shards_[kMetadataShard]
 };
 
 }  // namespace

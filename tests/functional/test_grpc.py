@@ -23,7 +23,8 @@ def test_health_and_reflection(mxd_factory, which):
     target = f"127.0.0.1:{node.queue_port if which == 'queue' else node.control_port}"
     assert health(target) == b"\x08\x01"  # SERVING
     services = reflected_services(target)
-    assert (b"mx.v1.Queue" if which == "queue" else b"mx.v1.Admin") in services
+    for name in [b"mx.v1.Queue", b"mx.v1.Metadata"] if which == "queue" else [b"mx.v1.Admin"]:
+        assert name in services
     assert b"grpc.health.v1.Health" in services
 
 

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "mx/v1/metadata.grpc.pb.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::queue {
@@ -47,6 +48,7 @@ class QueueRouter {
 
   struct Target {
     v1::Queue::Stub* stub;
+    v1::Metadata::Stub* metadata;  // the same node's metadata service (MetadataClient's)
     std::string address;
   };
   // The replica believed to lead `shard`.
@@ -67,11 +69,15 @@ class QueueRouter {
     size_t cursor = 0;
     std::chrono::steady_clock::time_point failed_at{};  // epoch: never failed
   };
-  v1::Queue::Stub* StubFor(const std::string& address);  // mu_ held
+  struct Stubs {  // one channel per address
+    std::unique_ptr<v1::Queue::Stub> queue;
+    std::unique_ptr<v1::Metadata::Stub> metadata;
+  };
+  const Stubs& StubsFor(const std::string& address);  // mu_ held
 
   mutable std::mutex mu_;
   std::vector<std::string> addresses_;
-  std::map<std::string, std::unique_ptr<v1::Queue::Stub>> stubs_;
+  std::map<std::string, Stubs> stubs_;
   std::vector<ShardState> shards_;
 };
 

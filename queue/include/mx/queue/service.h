@@ -30,7 +30,8 @@ namespace mx::queue {
 class QueueNode {
  public:
   virtual ~QueueNode() = default;
-  virtual grpc::Service* service() = 0;
+  virtual grpc::Service* service() = 0;           // mx.v1.Queue
+  virtual grpc::Service* metadata_service() = 0;  // mx.v1.Metadata (metadata.proto), on the same server
   // Enqueue for an ingress in the same process (mxd all): the checks and the
   // commit of the gRPC method, without its transport. False, with `done` not
   // called, when this node does not lead `shard`; otherwise `done` runs once
