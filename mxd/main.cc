@@ -1,8 +1,9 @@
 // mxd — one binary for every role: `mxd ingress|queue|delivery|control|all`.
 //
-// The main only reads the config, starts the roles asked for on the shared
-// skeleton (logging, /metrics, gRPC health + reflection) and waits for a signal:
-// SIGTERM/SIGINT stop the node, SIGHUP reloads the ingress policy.
+// The main only reads the config, starts the roles asked for on one role
+// skeleton (Role: start, reload, apply a pushed policy, drain, report, stop)
+// beside the shared pieces (logging, /metrics, gRPC health + reflection), and
+// waits for a signal: SIGTERM/SIGINT stop the node, SIGHUP reloads the policy.
 #include <absl/synchronization/mutex.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -10,6 +11,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -78,6 +80,192 @@ int CheckOnly(const mx::Config& config, const std::string& role) {
   return 0;
 }
 
+// ---- the role skeleton: every role is started, reloaded, given a pushed
+// policy, drained, asked for its report and stopped the same way ----
+
+class Role {
+ public:
+  virtual ~Role() = default;
+  // SIGHUP: mx.yaml and its maps again; a refusal keeps what runs.
+  virtual mx::Status Reload(const mx::Config&) { return mx::Status::Ok(); }
+  // Whether the role runs the acceptance policy (reloads, pushes).
+  virtual bool has_policy() const { return false; }
+  // A policy pushed through control (mxctl policy apply).
+  virtual mx::Status ApplyPolicy(const mx::v1::PolicyBundle&) { return mx::Status::Ok(); }
+  // mxctl drain / undrain.
+  virtual void SetDraining(bool) {}
+  // Its part of the node table's entry for this process.
+  virtual void Report(mx::v1::NodeInfo*) const {}
+  virtual void Stop() = 0;
+};
+
+using RolePtr = mx::Result<std::unique_ptr<Role>>;
+
+class QueueRole final : public Role {
+ public:
+  static RolePtr Start(const mx::Config& config, const mx::Clock& clock) {
+    auto role = std::make_unique<QueueRole>();
+    auto q = mx::queue::StartQueueNode(config.queue, clock);
+    if (!q.ok()) return q.status();
+    role->node_ = std::move(q).value();
+    auto s = mx::StartGrpcServer(config.queue.listen, {role->node_->service(), role->node_->metadata_service()});
+    if (!s.ok()) return s.status();
+    role->server_ = std::move(s).value();
+    // Roles of this process reach their own queue without the socket.
+    std::vector<std::string> self{config.queue.listen};
+    for (const auto& p : config.queue.peers) {
+      if (p.id == config.queue.node_id) self.push_back(p.grpc);
+    }
+    mx::ServeInProcess(self, *role->server_);
+    mx::log::Info("queue serving gRPC on " + config.queue.listen);
+    return std::unique_ptr<Role>(std::move(role));
+  }
+  mx::queue::QueueNode* node() { return node_.get(); }
+  void Stop() override {
+    // The queue first: closing the Raft logs answers every pending Enqueue/Ack
+    // at once (UNAVAILABLE, so clients retry on the next leader) instead of
+    // letting the server's shutdown deadline cancel them.
+    node_->Stop();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  }
+
+ private:
+  std::unique_ptr<mx::queue::QueueNode> node_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+class ControlRole final : public Role {
+ public:
+  static RolePtr Start(const mx::Config& config, const mx::Clock& clock) {
+    auto role = std::make_unique<ControlRole>();
+    auto t = mx::ingress::PolicyTester::Start(config, clock);
+    if (!t.ok()) return t.status();
+    role->tester_ = std::move(t).value();
+    auto auth = mx::control::AdminAuth::Load(config.control, config.config_dir);
+    if (!auth.ok()) return auth.status();
+    if (auth->open()) {
+      mx::log::Warn("control.auth is none: anyone who reaches " + config.control.listen +
+                    " may administer the cluster");
+    }
+    auto* tester = role->tester_.get();
+    role->admin_ = mx::control::MakeAdminService(
+        config.control.queue, config.queue.shards, std::move(auth).value(),
+        [tester](const mx::v1::PolicyTestRequest& req, mx::v1::PolicyTestResponse* resp) {
+          auto r = tester->Test(req);
+          if (!r.ok()) return grpc::Status(static_cast<grpc::StatusCode>(r.status().code()), r.status().message());
+          *resp = std::move(r).value();
+          return grpc::Status::OK;
+        },
+        [](const mx::v1::PolicyBundle& bundle) -> mx::Result<std::string> {
+          auto p = mx::ingress::Policy::FromBundle(bundle);
+          if (!p.ok()) return p.status();
+          return (*p)->Describe();
+        });
+    mx::GrpcServerTls tls{config.control.tls_cert_file, config.control.tls_key_file, config.control.tls_client_ca_file};
+    auto s = mx::StartGrpcServer(config.control.listen, {role->admin_.get()}, tls);
+    if (!s.ok()) return mx::Status(s.status().code(), "control: " + s.status().message());
+    role->server_ = std::move(s).value();
+    mx::log::Info("control serving gRPC on " + config.control.listen +
+                  (tls.cert_file.empty()        ? ""
+                   : tls.client_ca_file.empty() ? " (TLS)"
+                                                : " (mTLS)"));
+    return std::unique_ptr<Role>(std::move(role));
+  }
+  mx::Status Reload(const mx::Config& config) override {
+    auto st = tester_->Reload(config);
+    if (!st.ok()) mx::log::Error("SIGHUP: policy test keeps the previous policy: " + st.message());
+    return st;
+  }
+  bool has_policy() const override { return true; }
+  mx::Status ApplyPolicy(const mx::v1::PolicyBundle& bundle) override { return tester_->ApplyBundle(bundle); }
+  void Report(mx::v1::NodeInfo* info) const override { info->set_policy_version(tester_->Version()); }
+  void Stop() override { server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3)); }
+
+ private:
+  std::unique_ptr<mx::ingress::PolicyTester> tester_;
+  std::unique_ptr<grpc::Service> admin_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+class DeliveryRole final : public Role {
+ public:
+  static RolePtr Start(const mx::Config& config, const mx::Clock& clock) {
+    mx::delivery::ResolverOptions ro;
+    ro.ipv4 = config.delivery.inet_protocols != "ipv6";
+    ro.ipv6 = config.delivery.inet_protocols != "ipv4";
+    ro.work_around_broken_aaaa = config.delivery.work_around_broken_aaaa;
+    ro.dnssec = config.delivery.dane;
+    auto r = mx::delivery::MakeAresResolver(
+        config.delivery.dns_servers, std::chrono::duration_cast<std::chrono::milliseconds>(config.delivery.dns_timeout),
+        ro);
+    if (!r.ok()) return r.status();
+    auto w = mx::delivery::StartDelivery(config, std::move(r).value(), clock);
+    if (!w.ok()) return w.status();
+    auto role = std::make_unique<DeliveryRole>();
+    role->worker_ = std::move(w).value();
+    return std::unique_ptr<Role>(std::move(role));
+  }
+  void SetDraining(bool drain) override { worker_->SetDraining(drain); }
+  void Report(mx::v1::NodeInfo* info) const override {
+    info->set_in_flight(static_cast<uint64_t>(worker_->InFlight()));
+  }
+  void Stop() override { worker_->Stop(); }
+
+ private:
+  std::unique_ptr<mx::delivery::DeliveryWorker> worker_;
+};
+
+class IngressRole final : public Role {
+ public:
+  // queue: this process's queue node (mxd all), or null.
+  static RolePtr Start(const mx::Config& config, const mx::Clock& clock, mx::queue::QueueNode* queue) {
+    std::shared_ptr<mx::ingress::EnqueueBackend> backend = mx::ingress::MakeGrpcEnqueueBackend(
+        config.ingress.queue, config.queue.shards,
+        std::chrono::duration_cast<std::chrono::milliseconds>(config.ingress.enqueue_timeout));
+    if (queue) {
+      // mxd all: straight into this node's shards while it leads them.
+      backend = mx::ingress::MakeLocalFirstEnqueueBackend(
+          [queue](uint32_t shard, const mx::v1::NewMessage& m, std::function<void(const mx::Status&)> done) {
+            return queue->EnqueueLocal(shard, m, std::move(done));
+          },
+          config.queue.shards, std::move(backend));
+    }
+    auto s = mx::ingress::StartIngress(config, backend, clock);
+    if (!s.ok()) return s.status();
+    auto role = std::make_unique<IngressRole>();
+    role->server_ = std::move(s).value();
+    return std::unique_ptr<Role>(std::move(role));
+  }
+  mx::Status Reload(const mx::Config& config) override { return server_->Reload(config); }
+  bool has_policy() const override { return true; }
+  mx::Status ApplyPolicy(const mx::v1::PolicyBundle& bundle) override { return server_->ApplyBundle(bundle); }
+  void SetDraining(bool drain) override { server_->SetDraining(drain); }
+  void Report(mx::v1::NodeInfo* info) const override {
+    info->set_policy_version(server_->PolicyVersion());
+    info->set_sessions(server_->Sessions());
+  }
+  void Stop() override { server_->Stop(); }
+
+ private:
+  std::unique_ptr<mx::ingress::IngressServer> server_;
+};
+
+// SIGHUP: every role reloads; anything invalid is refused whole.
+void ReloadAll(const std::vector<std::unique_ptr<Role>>& roles, const std::string& path,
+               const std::vector<std::string>& overrides) {
+  auto fresh = mx::LoadConfig(path, overrides);
+  if (!fresh.ok()) {
+    mx::log::Error("SIGHUP: reload refused, previous policy stays in force: " + fresh.status().message());
+    return;
+  }
+  bool ok = true, any = false;
+  for (const auto& r : roles) {
+    ok = r->Reload(*fresh).ok() && ok;
+    any = any || r->has_policy();
+  }
+  if (ok && any) mx::log::Info("SIGHUP: policy reloaded");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,102 +319,30 @@ int main(int argc, char** argv) {
     metrics = std::move(m).value();
   }
 
-  std::unique_ptr<mx::queue::QueueNode> queue;
-  std::unique_ptr<grpc::Server> queue_server;
-  if (want_queue) {
-    auto q = mx::queue::StartQueueNode(config.queue, clock);
-    if (!q.ok()) return Die(q.status().message());
-    queue = std::move(q).value();
-    auto s = mx::StartGrpcServer(config.queue.listen, {queue->service(), queue->metadata_service()});
-    if (!s.ok()) return Die(s.status().message());
-    queue_server = std::move(s).value();
-    // Roles of this process reach their own queue without the socket.
-    std::vector<std::string> self{config.queue.listen};
-    for (const auto& p : config.queue.peers) {
-      if (p.id == config.queue.node_id) self.push_back(p.grpc);
-    }
-    mx::ServeInProcess(self, *queue_server);
-    mx::log::Info("queue serving gRPC on " + config.queue.listen);
-  }
-
-  std::unique_ptr<grpc::Service> admin;
-  std::unique_ptr<grpc::Server> control_server;
-  std::unique_ptr<mx::ingress::PolicyTester> policy_tester;
-  if (want_control) {
-    auto t = mx::ingress::PolicyTester::Start(config, clock);
-    if (!t.ok()) return Die(t.status().message());
-    policy_tester = std::move(t).value();
-    auto* tester = policy_tester.get();
-    auto auth = mx::control::AdminAuth::Load(config.control, config.config_dir);
-    if (!auth.ok()) return Die(auth.status().message());
-    if (auth->open())
-      mx::log::Warn("control.auth is none: anyone who reaches " + config.control.listen +
-                    " may administer the cluster");
-    admin = mx::control::MakeAdminService(
-        config.control.queue, config.queue.shards, std::move(auth).value(),
-        [tester](const mx::v1::PolicyTestRequest& req, mx::v1::PolicyTestResponse* resp) {
-          auto r = tester->Test(req);
-          if (!r.ok()) return grpc::Status(static_cast<grpc::StatusCode>(r.status().code()), r.status().message());
-          *resp = std::move(r).value();
-          return grpc::Status::OK;
-        },
-        [](const mx::v1::PolicyBundle& bundle) -> mx::Result<std::string> {
-          auto p = mx::ingress::Policy::FromBundle(bundle);
-          if (!p.ok()) return p.status();
-          return (*p)->Describe();
-        });
-    mx::GrpcServerTls tls{config.control.tls_cert_file, config.control.tls_key_file, config.control.tls_client_ca_file};
-    auto s = mx::StartGrpcServer(config.control.listen, {admin.get()}, tls);
-    if (!s.ok()) return Die("control: " + s.status().message());
-    control_server = std::move(s).value();
-    mx::log::Info("control serving gRPC on " + config.control.listen +
-                  (tls.cert_file.empty()        ? ""
-                   : tls.client_ca_file.empty() ? " (TLS)"
-                                                : " (mTLS)"));
-  }
-
-  std::unique_ptr<mx::delivery::DeliveryWorker> delivery;
-  if (want_delivery) {
-    mx::delivery::ResolverOptions ro;
-    ro.ipv4 = config.delivery.inet_protocols != "ipv6";
-    ro.ipv6 = config.delivery.inet_protocols != "ipv4";
-    ro.work_around_broken_aaaa = config.delivery.work_around_broken_aaaa;
-    ro.dnssec = config.delivery.dane;
-    auto r = mx::delivery::MakeAresResolver(
-        config.delivery.dns_servers, std::chrono::duration_cast<std::chrono::milliseconds>(config.delivery.dns_timeout),
-        ro);
+  // Started in this order (an ingress in `all` writes to its own queue);
+  // stopped in the reverse: mail stops coming in first.
+  std::vector<std::unique_ptr<Role>> roles;
+  std::vector<std::string> names;
+  mx::queue::QueueNode* queue = nullptr;
+  const std::pair<bool, const char*> wanted[] = {
+      {want_queue, "queue"}, {want_control, "control"}, {want_delivery, "delivery"}, {want_ingress, "ingress"}};
+  for (auto [on, name] : wanted) {
+    if (!on) continue;
+    const std::string n = name;
+    RolePtr r = n == "queue"      ? QueueRole::Start(config, clock)
+                : n == "control"  ? ControlRole::Start(config, clock)
+                : n == "delivery" ? DeliveryRole::Start(config, clock)
+                                  : IngressRole::Start(config, clock, queue);
     if (!r.ok()) return Die(r.status().message());
-    auto w = mx::delivery::StartDelivery(config, std::move(r).value(), clock);
-    if (!w.ok()) return Die(w.status().message());
-    delivery = std::move(w).value();
+    if (n == "queue") queue = static_cast<QueueRole&>(**r).node();
+    roles.push_back(std::move(r).value());
   }
-
-  std::unique_ptr<mx::ingress::IngressServer> ingress;
-  if (want_ingress) {
-    std::shared_ptr<mx::ingress::EnqueueBackend> backend = mx::ingress::MakeGrpcEnqueueBackend(
-        config.ingress.queue, config.queue.shards,
-        std::chrono::duration_cast<std::chrono::milliseconds>(config.ingress.enqueue_timeout));
-    if (queue) {
-      // mxd all: straight into this node's shards while it leads them.
-      auto* node = queue.get();
-      backend = mx::ingress::MakeLocalFirstEnqueueBackend(
-          [node](uint32_t shard, const mx::v1::NewMessage& m, std::function<void(const mx::Status&)> done) {
-            return node->EnqueueLocal(shard, m, std::move(done));
-          },
-          config.queue.shards, std::move(backend));
-    }
-    auto s = mx::ingress::StartIngress(config, backend, clock);
-    if (!s.ok()) return Die(s.status().message());
-    ingress = std::move(s).value();
-  }
-
-  // The node table: this process reports itself and learns whether to drain.
-  std::vector<std::string> roles;
+  // The node table lists roles in this order.
   for (auto [on, name] : {std::pair{want_ingress, "ingress"}, std::pair{want_queue, "queue"},
                           std::pair{want_delivery, "delivery"}, std::pair{want_control, "control"}}) {
-    if (on) roles.push_back(name);
+    if (on) names.push_back(name);
   }
-  mx::control::NodeHooks hooks;
+
   // Probes: a health-only gRPC server (control may be TLS, ingress and
   // delivery serve no gRPC of their own).
   std::unique_ptr<grpc::Server> health_server;
@@ -237,49 +353,36 @@ int main(int argc, char** argv) {
     health_server->GetHealthCheckService()->SetServingStatus(kReadyService, true);
     mx::log::Info("gRPC health on " + config.health_listen);
   }
+  // The node table: this process reports itself and learns whether to drain.
+  mx::control::NodeHooks hooks;
   hooks.set_drain = [&](bool drain) {
-    if (ingress) ingress->SetDraining(drain);
-    if (delivery) delivery->SetDraining(drain);
+    for (auto& r : roles) r->SetDraining(drain);
     // A drained node leaves its Service's endpoints (readiness on mx.ready).
     if (health_server) health_server->GetHealthCheckService()->SetServingStatus(kReadyService, !drain);
   };
-  if (ingress || policy_tester) {
+  if (std::any_of(roles.begin(), roles.end(), [](const auto& r) { return r->has_policy(); })) {
     hooks.apply_policy = [&](const mx::v1::PolicyBundle& bundle) {
-      mx::Status st = mx::Status::Ok();
-      if (policy_tester) st = policy_tester->ApplyBundle(bundle);
-      if (ingress && st.ok()) st = ingress->ApplyBundle(bundle);
-      return st;
+      for (auto& r : roles) {
+        if (auto st = r->ApplyPolicy(bundle); !st.ok()) return st;
+      }
+      return mx::Status::Ok();
     };
   }
   hooks.report = [&](mx::v1::NodeInfo* info, bool draining) {
-    info->set_policy_version(ingress ? ingress->PolicyVersion() : policy_tester ? policy_tester->Version() : "");
-    info->set_sessions(ingress ? ingress->Sessions() : 0);
-    info->set_in_flight(delivery ? static_cast<uint64_t>(delivery->InFlight()) : 0);
+    info->set_policy_version("");
+    info->set_sessions(0);
+    info->set_in_flight(0);
+    for (const auto& r : roles) r->Report(info);  // ingress last: its policy version wins
     info->set_drained(draining && info->sessions() == 0 && info->in_flight() == 0);
   };
-  auto reporter = mx::control::StartNodeReporter(config, roles, std::move(hooks));
+  auto reporter = mx::control::StartNodeReporter(config, names, std::move(hooks));
 
   mx::log::Info("mxd " + role + " started (config " + config_path + ")");
   for (;;) {
     int sig = 0;
     sigwait(&signals, &sig);
     if (sig == SIGHUP) {
-      // Policy reload: mx.yaml and the map files it names. Anything invalid
-      // is refused whole and the running policy stays.
-      auto fresh = mx::LoadConfig(config_path, overrides);
-      if (!fresh.ok()) {
-        mx::log::Error("SIGHUP: reload refused, previous policy stays in force: " + fresh.status().message());
-      } else {
-        bool ok = true;
-        if (ingress) ok = ingress->Reload(*fresh).ok();
-        if (policy_tester) {
-          if (auto st = policy_tester->Reload(*fresh); !st.ok()) {
-            mx::log::Error("SIGHUP: policy test keeps the previous policy: " + st.message());
-            ok = false;
-          }
-        }
-        if (ok && (ingress || policy_tester)) mx::log::Info("SIGHUP: policy reloaded");
-      }
+      ReloadAll(roles, config_path, overrides);
       continue;
     }
     mx::log::Info(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", stopping");
@@ -287,17 +390,8 @@ int main(int argc, char** argv) {
   }
   if (health_server) health_server->GetHealthCheckService()->Shutdown();  // probes see NOT_SERVING
   reporter->Stop();
-  // Stop taking mail first, then delivery, then the services that feed them.
-  if (ingress) ingress->Stop();
-  if (delivery) delivery->Stop();
-  auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(3);
-  if (control_server) control_server->Shutdown(deadline);
-  // The queue first: closing the Raft logs answers every pending Enqueue/Ack
-  // at once (UNAVAILABLE, so clients retry on the next leader) instead of
-  // letting the server's shutdown deadline cancel them.
-  if (queue) queue->Stop();
-  if (queue_server) queue_server->Shutdown(deadline);
-  if (health_server) health_server->Shutdown(deadline);
+  for (auto it = roles.rbegin(); it != roles.rend(); ++it) (*it)->Stop();
+  if (health_server) health_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(3));
   mx::log::Info("mxd stopped");
   fflush(stdout);
   fflush(stderr);

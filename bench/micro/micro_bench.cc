@@ -21,9 +21,9 @@
 #include "mx/common/qid.h"
 #include "mx/ingress/dkim.h"
 #include "mx/ingress/policy.h"
-#include "mx/ingress/session.h"
-#include "mx/ingress/smtp_command.h"
-#include "mx/queue/state_machine.h"
+#include "session.h"
+#include "smtp_command.h"
+#include "state_machine.h"
 
 namespace mx {
 namespace {

@@ -27,7 +27,7 @@
 
 #include "mx/common/clock.h"
 #include "mx/common/qid.h"
-#include "mx/queue/state_machine.h"
+#include "state_machine.h"
 
 namespace {
 

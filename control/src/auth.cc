@@ -6,7 +6,7 @@
 #include "mx/common/address.h"
 #include "mx/common/log.h"
 #include "mx/common/map_file.h"
-#include "mx/control/probe.h"
+#include "probe.h"
 
 namespace mx::control {
 namespace {

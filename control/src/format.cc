@@ -1,5 +1,5 @@
 // format.cc — mailq and mailstats output in the layout sendmail operators know.
-#include "mx/control/format.h"
+#include "format.h"
 
 #include "mx/common/log.h"
 

@@ -1,76 +1,31 @@
 // mxctl — the operator's tool: mailq, mailstats, cluster status, membership and
 // policy tests against the control plane.
+//
+// Every command is one row of kCommands (name, operands, help, the token
+// role it needs, the Admin RPC it calls, and its handler, which parses the
+// operands and prints text or JSON); the table drives parsing, the usage
+// text and dispatch.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "format.h"
 #include "mx/common/config.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/map_file.h"
 #include "mx/common/yaml_reader.h"
-#include "mx/control/format.h"
 #include "mx/v1/control.grpc.pb.h"
 
 namespace {
 
-int Usage() {
-  fprintf(stderr,
-          "usage: mxctl [--server host:port] [--token-file F] [--tls-ca F [--tls-cert F --tls-key F]]\n"
-          "             [-o text|json] COMMAND [options]\n"
-          "commands:\n"
-          "  mailq [-I qid] [-S sender] [-R recipient]   list queued messages\n"
-          "  mailstats [--reset]                         per-mailer statistics (--reset, like -p: then clear)\n"
-          "  inspect QID                                 one message: envelope, recipients, headers\n"
-          "  hoststat                                    MX host status (cluster-wide)\n"
-          "  purgestat [HOST]                            forget host status (all, or one host)\n"
-          "  suspend SITE DURATION [REASON...]           no delivery to a site (its name in the delivery log's\n"
-          "                                              site= or a shaping rule) for DURATION (30m, 2h, ...)\n"
-          "  resume SITE                                 lift a suspension (or a reply rule's slowing)\n"
-          "  sites                                       the sites suspended or slowed now\n"
-          "  suppress ADDRESS [REASON...]                refuse RCPT to ADDRESS at every ingress (550 5.1.1)\n"
-          "  unsuppress ADDRESS                          take ADDRESS off the suppression list\n"
-          "  suppressions [ADDRESS]                      the suppression list (newest first), or one address\n"
-          "  hold|release|delete|bounce [-I qid] [-S sender] [-R recipient] [-D domain]\n"
-          "                                              hold or release matching recipients, delete\n"
-          "                                              matching messages (not while in delivery),\n"
-          "                                              bounce matching recipients to their sender (DSN)\n"
-          "  qrun [-I qid] [-S sender] [-R recipient] [-D domain]\n"
-          "                                              deferred recipients that match: ready now\n"
-          "  cluster status                              every shard's replicas (leader, term, indexes, lag)\n"
-          "                                              and every mxd process (roles, state, load)\n"
-          "  drain|undrain NODE                          take a process out of service (ingress 421s, delivery\n"
-          "                                              finishes its leases and pulls no more) or back in\n"
-          "  forget NODE                                 drop a process that is gone from cluster status\n"
-          "  queue add-replica [--shard N|all] --id ID --grpc HOST:PORT --raft HOST:PORT\n"
-          "                                              add a queue replica to every shard's Raft group (or\n"
-          "                                              shard N's); --raft is its queue.peers raft address\n"
-          "                                              (shard 0's; shard s is at port + s)\n"
-          "  queue remove-replica [--shard N|all] --id ID\n"
-          "                                              remove a replica from every shard (or shard N)\n"
-          "  policy apply --config FILE                  push mx.yaml's ingress policy and its maps to every node\n"
-          "  policy show                                 the cluster's policy version and what each node runs\n"
-          "  policy test --client-ip IP [--client-name NAME] [--helo NAME] [--from ADDR]\n"
-          "              --to ADDR [--to ADDR...] [--header 'Name: value'...] [--auth]\n"
-          "                                              run the acceptance policy without sending mail;\n"
-          "                                              exit 0 accept, 1 reject, 2 discard\n"
-          "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401; the token file to $MXCTL_TOKEN_FILE\n"
-          "(first line: the bearer token); --tls-ca (or $MXCTL_TLS_CA) turns TLS on.\n");
-  return 64;  // EX_USAGE
-}
-
-int Fail(const grpc::Status& st, const std::string& server) {
-  fprintf(stderr, "mxctl: %s: %s (%d)\n", server.c_str(), st.error_message().c_str(),
-          static_cast<int>(st.error_code()));
-  const auto code = st.error_code();
-  if (code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED) return 77;  // EX_NOPERM
-  if (code == grpc::StatusCode::INVALID_ARGUMENT) return 65;  // EX_DATAERR
-  return 69;                                                  // EX_UNAVAILABLE
-}
+constexpr int kExUsage = 64, kExDataErr = 65, kExNoInput = 66, kExUnavailable = 69, kExNoPerm = 77;
 
 // mxctl policy apply --config FILE: mx.yaml and the map files its ingress
 // section names (relative to FILE's directory), as one bundle.
@@ -78,12 +33,12 @@ int BuildBundle(const std::string& path, mx::v1::PolicyBundle* bundle) {
   auto yaml = mx::ReadMapFile(path);
   if (!yaml.ok()) {
     fprintf(stderr, "mxctl: cannot read %s\n", path.c_str());
-    return 66;  // EX_NOINPUT
+    return kExNoInput;
   }
   auto cfg = mx::ParseConfig(*yaml);
   if (!cfg.ok()) {
     fprintf(stderr, "mxctl: %s: %s\n", path.c_str(), cfg.status().message().c_str());
-    return 65;  // EX_DATAERR
+    return kExDataErr;
   }
   bundle->set_yaml(*yaml);
   const auto slash = path.rfind('/');
@@ -96,7 +51,7 @@ int BuildBundle(const std::string& path, mx::v1::PolicyBundle* bundle) {
     auto text = mx::ReadMapFile(full);
     if (!text.ok()) {
       fprintf(stderr, "mxctl: cannot read %s (named in %s)\n", full.c_str(), path.c_str());
-      return 66;
+      return kExNoInput;
     }
     (*bundle->mutable_files())[*f] = std::move(text).value();
   }
@@ -140,11 +95,557 @@ void PrintJson(const Msg& m) {
   printf("%s\n", out.c_str());
 }
 
+// The connection to control and how to print.
+struct Session {
+  std::unique_ptr<mx::v1::Admin::Stub> stub;
+  std::string server, token;
+  bool json = false;
+
+  // A call's context: the deadline and the bearer token.
+  std::unique_ptr<grpc::ClientContext> Context(std::chrono::seconds deadline = std::chrono::seconds(30)) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + deadline);
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+    return ctx;
+  }
+  int Fail(const grpc::Status& st) const {
+    fprintf(stderr, "mxctl: %s: %s (%d)\n", server.c_str(), st.error_message().c_str(),
+            static_cast<int>(st.error_code()));
+    const auto code = st.error_code();
+    if (code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::PERMISSION_DENIED) return kExNoPerm;
+    if (code == grpc::StatusCode::INVALID_ARGUMENT) return kExDataErr;
+    return kExUnavailable;
+  }
+  // The answer as JSON, or as text by format.h's printer.
+  template <typename Resp>
+  int Show(const grpc::Status& st, const Resp& resp, std::string (*text)(const Resp&)) const {
+    if (!st.ok()) return Fail(st);
+    if (json) {
+      PrintJson(resp);
+    } else {
+      fputs(text(resp).c_str(), stdout);
+    }
+    return 0;
+  }
+  // The answer as JSON, or as the text line(s) given.
+  template <typename Resp>
+  int Say(const grpc::Status& st, const Resp& resp, const std::string& text) const {
+    if (!st.ok()) return Fail(st);
+    if (json) {
+      PrintJson(resp);
+    } else {
+      fputs(text.c_str(), stdout);
+    }
+    return 0;
+  }
+};
+
+using Args = std::vector<std::string>;  // the operands after the command's name
+
+struct Command {
+  const char* name;      // one or two words
+  const char* synopsis;  // its operands
+  const char* help;      // lines separated by \n
+  const char* role;      // what the token needs (control.admin_tokens_file): read | operator
+  const char* rpc;       // the Admin method it calls
+  int (*run)(Session& s, const Args& args);
+};
+
+int Usage();
+
+std::string Printf(const char* fmt, unsigned long long a, unsigned long long b = 0, unsigned long long c = 0) {
+  char buf[256];
+  snprintf(buf, sizeof buf, fmt, a, b, c);
+  return buf;
+}
+
+// -I qid, -S sender, -R recipient, -D domain (also -Iqid; -qI as sendmail).
+bool ParseFilter(const Args& args, bool allow_domain, mx::v1::QueueRunRequest* f) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const size_t skip = a.rfind("-q", 0) == 0 ? 3 : 2;
+    if (a.size() < 2 || a[0] != '-' || a.size() < skip) return false;
+    std::string v = a.size() > skip ? a.substr(skip) : (i + 1 < args.size() ? args[++i] : "");
+    if (v.empty()) return false;
+    switch (a[skip - 1]) {
+      case 'I': f->set_qid(v); break;
+      case 'S': f->set_sender(v); break;
+      case 'R': f->set_recipient(v); break;
+      case 'D':
+        if (!allow_domain) return false;
+        f->set_domain(v);
+        break;
+      default: return false;
+    }
+  }
+  return true;
+}
+
+std::string Joined(const Args& args, size_t from) {
+  std::string out;
+  for (size_t k = from; k < args.size(); ++k) out += (out.empty() ? "" : " ") + args[k];
+  return out;
+}
+
+int Mailq(Session& s, const Args& args) {
+  mx::v1::QueueRunRequest f;
+  if (!ParseFilter(args, false, &f)) return Usage();
+  mx::v1::MailqRequest req;
+  req.set_qid(f.qid());
+  req.set_sender(f.sender());
+  req.set_recipient(f.recipient());
+  mx::v1::MailqResponse resp;
+  return s.Show(s.stub->Mailq(s.Context().get(), req, &resp), resp, &mx::control::FormatMailq);
+}
+
+int Mailstats(Session& s, const Args& args) {
+  mx::v1::MailstatsRequest req;
+  if (args.size() > 1 || (args.size() == 1 && args[0] != "--reset" && args[0] != "-p")) return Usage();
+  req.set_reset(!args.empty());
+  mx::v1::MailstatsResponse resp;
+  return s.Show(s.stub->Mailstats(s.Context().get(), req, &resp), resp, &mx::control::FormatMailstats);
+}
+
+int Inspect(Session& s, const Args& args) {
+  if (args.size() != 1) return Usage();
+  mx::v1::InspectRequest req;
+  req.set_qid(args[0]);
+  mx::v1::InspectResponse resp;
+  return s.Show(s.stub->Inspect(s.Context().get(), req, &resp), resp, &mx::control::FormatInspect);
+}
+
+int Hoststat(Session& s, const Args& args) {
+  if (!args.empty()) return Usage();
+  mx::v1::HostStatusResponse resp;
+  return s.Show(s.stub->HostStatus(s.Context().get(), mx::v1::HostStatusRequest(), &resp), resp,
+                &mx::control::FormatHostStatus);
+}
+
+int Purgestat(Session& s, const Args& args) {
+  if (args.size() > 1) return Usage();
+  mx::v1::PurgeHostStatusRequest req;
+  if (!args.empty()) req.set_host(args[0]);
+  mx::v1::PurgeHostStatusResponse resp;
+  auto st = s.stub->PurgeHostStatus(s.Context().get(), req, &resp);
+  const unsigned long long n = resp.purged();
+  return s.Say(st, resp, std::to_string(n) + " host status entr" + (n == 1 ? "y" : "ies") + " purged\n");
+}
+
+int SuspendOrResume(Session& s, const Args& args, bool resume) {
+  if (resume ? args.size() != 1 : args.size() < 2) return Usage();
+  mx::v1::SiteSuspendRequest req;
+  req.set_site(args[0]);
+  req.set_resume(resume);
+  if (!resume) {
+    auto seconds = ParseSeconds(args[1]);
+    if (!seconds) {
+      fprintf(stderr, "mxctl: suspend: '%s' is not a duration (30s, 15m, 2h, 1d)\n", args[1].c_str());
+      return kExUsage;
+    }
+    req.set_duration_s(*seconds);
+    req.set_reason(Joined(args, 2));
+  }
+  mx::v1::SiteSuspendResponse resp;
+  auto st = s.stub->SiteSuspend(s.Context().get(), req, &resp);
+  return s.Say(st, resp,
+               resume ? args[0] +
+                            ": resumed (messages put back meanwhile come back within minutes; mxctl qrun for at "
+                            "once)\n"
+                      : args[0] + ": suspended for " + args[1] + ", cluster-wide within seconds\n");
+}
+int Suspend(Session& s, const Args& args) {
+  return SuspendOrResume(s, args, false);
+}
+int Resume(Session& s, const Args& args) {
+  return SuspendOrResume(s, args, true);
+}
+
+int Sites(Session& s, const Args& args) {
+  if (!args.empty()) return Usage();
+  mx::v1::SitesResponse resp;
+  return s.Show(s.stub->Sites(s.Context().get(), mx::v1::SitesRequest(), &resp), resp, &mx::control::FormatSites);
+}
+
+int SuppressOrNot(Session& s, const Args& args, bool add) {
+  if (add ? args.empty() : args.size() != 1) return Usage();
+  mx::v1::SuppressAdminRequest req;
+  if (add) {
+    req.add_add(args[0]);
+    req.set_reason(Joined(args, 1));
+  } else {
+    req.add_remove(args[0]);
+  }
+  mx::v1::SuppressAdminResponse resp;
+  auto st = s.stub->Suppress(s.Context().get(), req, &resp);
+  const char* what =
+      add ? (resp.added() ? "suppressed (every ingress refuses it within seconds)" : "was already suppressed")
+          : (resp.removed() ? "no longer suppressed" : "was not suppressed");
+  return s.Say(st, resp, args[0] + ": " + what + "\n");
+}
+int Suppress(Session& s, const Args& args) {
+  return SuppressOrNot(s, args, true);
+}
+int Unsuppress(Session& s, const Args& args) {
+  return SuppressOrNot(s, args, false);
+}
+
+int Suppressions(Session& s, const Args& args) {
+  if (args.size() > 1) return Usage();
+  mx::v1::SuppressionsRequest req;
+  if (!args.empty()) req.set_address(args[0]);
+  mx::v1::SuppressionsResponse resp;
+  const int rc = s.Show(s.stub->Suppressions(s.Context().get(), req, &resp), resp, &mx::control::FormatSuppressions);
+  if (rc != 0) return rc;
+  return req.address().empty() || resp.entries_size() > 0 ? 0 : 1;  // one address: listed or not
+}
+
+int Manage(Session& s, const Args& args, mx::v1::ManageOp::Action action, const char* name) {
+  mx::v1::QueueRunRequest f;
+  if (!ParseFilter(args, true, &f)) return Usage();
+  const bool no_filter = f.qid().empty() && f.sender().empty() && f.recipient().empty() && f.domain().empty();
+  if (no_filter && (action == mx::v1::ManageOp::MANAGE_DELETE || action == mx::v1::ManageOp::MANAGE_BOUNCE)) {
+    fprintf(stderr, "mxctl: %s needs a filter (-I, -S, -R or -D)\n", name);
+    return kExUsage;
+  }
+  mx::v1::ManageQueueRequest req;
+  req.set_action(action);
+  *req.mutable_filter() = f;
+  mx::v1::ManageResponse resp;
+  auto st = s.stub->Manage(s.Context().get(), req, &resp);
+  std::string text;
+  switch (action) {
+    case mx::v1::ManageOp::MANAGE_DELETE:
+      text = Printf("%llu message(s) deleted (%llu recipients), %llu in delivery left alone\n", resp.messages(),
+                    resp.recipients(), resp.skipped());
+      break;
+    case mx::v1::ManageOp::MANAGE_BOUNCE:
+      text = Printf("%llu recipient(s) to be returned to their senders, %llu in delivery left alone\n",
+                    resp.recipients(), resp.skipped());
+      break;
+    default:
+      text = Printf("%llu recipient(s) ", resp.recipients()) +
+             (action == mx::v1::ManageOp::MANAGE_HOLD ? "held\n" : "released\n");
+  }
+  return s.Say(st, resp, text);
+}
+int Hold(Session& s, const Args& a) {
+  return Manage(s, a, mx::v1::ManageOp::MANAGE_HOLD, "hold");
+}
+int Release(Session& s, const Args& a) {
+  return Manage(s, a, mx::v1::ManageOp::MANAGE_RELEASE, "release");
+}
+int Delete(Session& s, const Args& a) {
+  return Manage(s, a, mx::v1::ManageOp::MANAGE_DELETE, "delete");
+}
+int Bounce(Session& s, const Args& a) {
+  return Manage(s, a, mx::v1::ManageOp::MANAGE_BOUNCE, "bounce");
+}
+
+int Qrun(Session& s, const Args& args) {
+  mx::v1::QueueRunRequest req;
+  if (!ParseFilter(args, true, &req)) return Usage();
+  mx::v1::QueueRunResponse resp;
+  auto st = s.stub->QueueRun(s.Context().get(), req, &resp);
+  return s.Say(st, resp, Printf("%llu recipient(s) ready for delivery\n", resp.made_ready()));
+}
+
+int ClusterStatus(Session& s, const Args& args) {
+  if (!args.empty()) return Usage();
+  mx::v1::ClusterStatusResponse resp;
+  return s.Show(s.stub->ClusterStatus(s.Context().get(), mx::v1::ClusterStatusRequest(), &resp), resp,
+                &mx::control::FormatClusterStatus);
+}
+
+int DrainOrNot(Session& s, const Args& args, bool undrain, bool forget) {
+  if (args.size() != 1) return Usage();
+  mx::v1::DrainRequest req;
+  req.set_name(args[0]);
+  req.set_undrain(undrain);
+  req.set_forget(forget);
+  mx::v1::DrainResponse resp;
+  auto st = s.stub->Drain(s.Context().get(), req, &resp);
+  const char* what = forget    ? "forgotten"
+                     : undrain ? "back to work"
+                               : "draining (see mxctl cluster status: drained when nothing is in flight)";
+  return s.Say(st, resp, args[0] + ": " + what + "\n");
+}
+int Drain(Session& s, const Args& a) {
+  return DrainOrNot(s, a, false, false);
+}
+int Undrain(Session& s, const Args& a) {
+  return DrainOrNot(s, a, true, false);
+}
+int Forget(Session& s, const Args& a) {
+  return DrainOrNot(s, a, false, true);
+}
+
+bool Number(const std::string& text, uint64_t* out) {
+  char* end = nullptr;
+  *out = strtoull(text.c_str(), &end, 10);
+  return !text.empty() && end && *end == '\0';
+}
+
+// The shards a membership change applies to: --shard N, or every shard.
+std::optional<std::vector<uint32_t>> Shards(Session& s, const std::string& shard, int* rc) {
+  std::vector<uint32_t> shards;
+  if (shard != "all") {
+    uint64_t n = 0;
+    if (!Number(shard, &n) || n > 255) {
+      *rc = Usage();
+      return std::nullopt;
+    }
+    shards.push_back(static_cast<uint32_t>(n));
+    return shards;
+  }
+  mx::v1::ClusterStatusResponse status;
+  if (auto st = s.stub->ClusterStatus(s.Context().get(), mx::v1::ClusterStatusRequest(), &status); !st.ok()) {
+    *rc = s.Fail(st);
+    return std::nullopt;
+  }
+  for (uint32_t n = 0; n < status.shards(); ++n) shards.push_back(n);
+  return shards;
+}
+
+int Membership(Session& s, const Args& args, bool add) {
+  std::string shard = "all", id, grpc_addr, raft_addr;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (i + 1 >= args.size()) return Usage();
+    const std::string& flag = args[i];
+    const std::string& v = args[++i];
+    if (flag == "--shard") {
+      shard = v;
+    } else if (flag == "--id") {
+      id = v;
+    } else if (flag == "--grpc" && add) {
+      grpc_addr = v;
+    } else if (flag == "--raft" && add) {
+      raft_addr = v;
+    } else {
+      return Usage();
+    }
+  }
+  uint64_t node = 0;
+  if (!Number(id, &node) || node == 0) return Usage();
+  // --raft is the replica's queue.peers raft address (shard 0's); shard s
+  // listens on its port + s, as every node computes it.
+  mx::HostPort raft_base;
+  if (add) {
+    if (grpc_addr.empty() || raft_addr.empty()) return Usage();
+    auto hp = mx::ParseHostPort(raft_addr);
+    if (!hp.ok()) {
+      fprintf(stderr, "mxctl: --raft: %s\n", hp.status().message().c_str());
+      return kExUsage;
+    }
+    raft_base = *hp;
+  }
+  int rc = 0;
+  auto shards = Shards(s, shard, &rc);
+  if (!shards) return rc;
+  for (uint32_t n : *shards) {
+    grpc::Status st;
+    auto ctx = s.Context(std::chrono::minutes(3));
+    if (add) {
+      if (raft_base.port + n > 65535) {
+        fprintf(stderr, "mxctl: --raft: port %u + shard %u is past 65535\n", raft_base.port, n);
+        return kExUsage;
+      }
+      mx::v1::AddReplicaRequest req;
+      req.set_shard(n);
+      req.set_node_id(node);
+      req.set_grpc_address(grpc_addr);
+      req.set_raft_address(mx::HostPort{raft_base.host, static_cast<uint16_t>(raft_base.port + n)}.ToString());
+      mx::v1::AddReplicaResponse resp;
+      st = s.stub->AddReplica(ctx.get(), req, &resp);
+    } else {
+      mx::v1::RemoveReplicaRequest req;
+      req.set_shard(n);
+      req.set_node_id(node);
+      mx::v1::RemoveReplicaResponse resp;
+      st = s.stub->RemoveReplica(ctx.get(), req, &resp);
+    }
+    if (!st.ok()) return s.Fail(st);
+    printf("shard %u: %s node %llu\n", n, add ? "added" : "removed", static_cast<unsigned long long>(node));
+    fflush(stdout);
+  }
+  return 0;
+}
+int AddReplica(Session& s, const Args& a) {
+  return Membership(s, a, true);
+}
+int RemoveReplica(Session& s, const Args& a) {
+  return Membership(s, a, false);
+}
+
+int PolicyApply(Session& s, const Args& args) {
+  if (args.size() != 2 || args[0] != "--config") return Usage();
+  mx::v1::PolicyApplyRequest req;
+  if (int rc = BuildBundle(args[1], req.mutable_bundle()); rc != 0) return rc;
+  mx::v1::PolicyApplyResponse resp;
+  auto st = s.stub->PolicyApply(s.Context().get(), req, &resp);
+  return s.Say(st, resp,
+               "policy " + resp.version() + " applied: " + resp.description() +
+                   "\nevery node swaps to it within seconds (mxctl policy show)\n");
+}
+
+int PolicyShow(Session& s, const Args& args) {
+  if (!args.empty()) return Usage();
+  mx::v1::PolicyShowResponse resp;
+  return s.Show(s.stub->PolicyShow(s.Context().get(), mx::v1::PolicyShowRequest(), &resp), resp,
+                &mx::control::FormatPolicyShow);
+}
+
+int PolicyTest(Session& s, const Args& args) {
+  mx::v1::PolicyTestRequest req;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--auth") {
+      req.set_authenticated(true);
+      continue;
+    }
+    if (i + 1 >= args.size()) return Usage();
+    const std::string& v = args[++i];
+    if (a == "--client-ip") {
+      req.set_client_ip(v);
+    } else if (a == "--client-name") {
+      req.set_client_name(v);
+    } else if (a == "--helo") {
+      req.set_helo(v);
+    } else if (a == "--from") {
+      req.set_sender(v == "<>" ? "" : v);
+    } else if (a == "--to") {
+      req.add_recipients(v);
+    } else if (a == "--header") {
+      req.add_headers(v);
+    } else {
+      return Usage();
+    }
+  }
+  if (req.client_ip().empty() || req.recipients().empty()) return Usage();
+  mx::v1::PolicyTestResponse resp;
+  const int rc = s.Show(s.stub->PolicyTest(s.Context().get(), req, &resp), resp, &mx::control::FormatPolicyTest);
+  if (rc != 0) return rc;
+  return resp.outcome() == "accept" ? 0 : resp.outcome() == "reject" ? 1 : 2;
+}
+
+const Command kCommands[] = {
+    {"mailq", "[-I qid] [-S sender] [-R recipient]", "list queued messages", "read", "Mailq", Mailq},
+    {"mailstats", "[--reset]", "per-mailer statistics (--reset, like -p: then clear; operator)", "read", "Mailstats",
+     Mailstats},
+    {"inspect", "QID", "one message: envelope, recipients, headers", "read", "Inspect", Inspect},
+    {"hoststat", "", "MX host status (cluster-wide)", "read", "HostStatus", Hoststat},
+    {"purgestat", "[HOST]", "forget host status (all, or one host)", "operator", "PurgeHostStatus", Purgestat},
+    {"suspend", "SITE DURATION [REASON...]",
+     "no delivery to a site (its name in the delivery log's\nsite= or a shaping rule) for DURATION (30m, 2h, ...)",
+     "operator", "SiteSuspend", Suspend},
+    {"resume", "SITE", "lift a suspension (or a reply rule's slowing)", "operator", "SiteSuspend", Resume},
+    {"sites", "", "the sites suspended or slowed now", "read", "Sites", Sites},
+    {"suppress", "ADDRESS [REASON...]", "refuse RCPT to ADDRESS at every ingress (550 5.1.1)", "operator", "Suppress",
+     Suppress},
+    {"unsuppress", "ADDRESS", "take ADDRESS off the suppression list", "operator", "Suppress", Unsuppress},
+    {"suppressions", "[ADDRESS]", "the suppression list (newest first), or one address\n(exit 1: not listed)", "read",
+     "Suppressions", Suppressions},
+    {"hold", "[-I qid] [-S sender] [-R recipient] [-D domain]", "hold matching recipients", "operator", "Manage", Hold},
+    {"release", "[-I qid] [-S sender] [-R recipient] [-D domain]", "release matching held recipients", "operator",
+     "Manage", Release},
+    {"delete", "-I qid | -S sender | -R recipient | -D domain", "delete matching messages (not while in delivery)",
+     "operator", "Manage", Delete},
+    {"bounce", "-I qid | -S sender | -R recipient | -D domain", "bounce matching recipients to their sender (DSN)",
+     "operator", "Manage", Bounce},
+    {"qrun", "[-I qid] [-S sender] [-R recipient] [-D domain]", "deferred recipients that match: ready now", "operator",
+     "QueueRun", Qrun},
+    {"cluster status", "",
+     "every shard's replicas (leader, term, indexes, lag)\nand every mxd process (roles, state, load)", "read",
+     "ClusterStatus", ClusterStatus},
+    {"drain", "NODE", "take a process out of service (ingress 421s, delivery\nfinishes its leases and pulls no more)",
+     "operator", "Drain", Drain},
+    {"undrain", "NODE", "put a drained process back in service", "operator", "Drain", Undrain},
+    {"forget", "NODE", "drop a process that is gone from cluster status", "operator", "Drain", Forget},
+    {"queue add-replica", "[--shard N|all] --id ID --grpc HOST:PORT --raft HOST:PORT",
+     "add a queue replica to every shard's Raft group (or\nshard N's); --raft is its queue.peers raft address\n"
+     "(shard 0's; shard s is at port + s)",
+     "operator", "AddReplica", AddReplica},
+    {"queue remove-replica", "[--shard N|all] --id ID", "remove a replica from every shard (or shard N)", "operator",
+     "RemoveReplica", RemoveReplica},
+    {"policy apply", "--config FILE", "push mx.yaml's ingress policy and its maps to every node", "operator",
+     "PolicyApply", PolicyApply},
+    {"policy show", "", "the cluster's policy version and what each node runs", "read", "PolicyShow", PolicyShow},
+    {"policy test",
+     "--client-ip IP [--client-name NAME] [--helo NAME] [--from ADDR]\n--to ADDR [--to ADDR...] [--header 'Name: "
+     "value'...] [--auth]",
+     "run the acceptance policy without sending mail;\nexit 0 accept, 1 reject, 2 discard", "read", "PolicyTest",
+     PolicyTest},
+};
+
+// Lines of text split at \n.
+std::vector<std::string> Lines(const char* text) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (const char* p = text; *p; ++p) {
+    if (*p == '\n') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += *p;
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+int Usage() {
+  fprintf(stderr,
+          "usage: mxctl [--server host:port] [--token-file F] [--tls-ca F [--tls-cert F --tls-key F]]\n"
+          "             [-o text|json] COMMAND [options]\n"
+          "commands (the token's role in brackets; Admin RPC after it):\n");
+  constexpr size_t kColumn = 48;
+  for (const Command& c : kCommands) {
+    std::vector<std::string> synopsis = Lines(c.synopsis);
+    std::string first = "  " + std::string(c.name) + (synopsis[0].empty() ? "" : " " + synopsis[0]);
+    for (size_t k = 1; k < synopsis.size(); ++k) {
+      fprintf(stderr, "%s\n", first.c_str());
+      first = std::string(strlen(c.name) + 3, ' ') + synopsis[k];
+    }
+    std::vector<std::string> help = Lines(c.help);
+    help.back() += std::string(" [") + c.role + ", " + c.rpc + "]";
+    if (first.size() + 1 > kColumn) {
+      fprintf(stderr, "%s\n", first.c_str());
+      first.clear();
+    }
+    for (const auto& line : help) {
+      fprintf(stderr, "%-*s%s\n", static_cast<int>(kColumn), first.c_str(), line.c_str());
+      first.clear();
+    }
+  }
+  fprintf(stderr,
+          "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401; the token file to $MXCTL_TOKEN_FILE\n"
+          "(first line: the bearer token); --tls-ca (or $MXCTL_TLS_CA) turns TLS on.\n");
+  return kExUsage;
+}
+
+// The command args[i..] names (two words before one), or null.
+const Command* Find(const std::vector<std::string>& args, size_t* i) {
+  for (const Command& c : kCommands) {
+    const std::string name = c.name;
+    const auto space = name.find(' ');
+    if (space == std::string::npos) {
+      if (args[*i] != name) continue;
+      *i += 1;
+      return &c;
+    }
+    if (*i + 1 < args.size() && args[*i] == name.substr(0, space) && args[*i + 1] == name.substr(space + 1)) {
+      *i += 2;
+      return &c;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* env = getenv("MXCTL_SERVER");
-  std::string server = env ? env : "127.0.0.1:7401";
+  Session s;
+  s.server = env ? env : "127.0.0.1:7401";
   std::string output = "text";
   const char* token_env = getenv("MXCTL_TOKEN_FILE");
   std::string token_file = token_env ? token_env : "";
@@ -152,429 +653,48 @@ int main(int argc, char** argv) {
   mx::GrpcClientTls tls{ca_env ? ca_env : "", "", ""};
   std::vector<std::string> args(argv + 1, argv + argc);
   size_t i = 0;
-  for (; i < args.size(); ++i) {
-    if (args[i] == "--server" && i + 1 < args.size())
-      server = args[++i];
-    else if (args[i] == "-o" && i + 1 < args.size())
-      output = args[++i];
-    else if (args[i] == "--token-file" && i + 1 < args.size())
-      token_file = args[++i];
-    else if (args[i] == "--tls-ca" && i + 1 < args.size())
-      tls.ca_file = args[++i];
-    else if (args[i] == "--tls-cert" && i + 1 < args.size())
-      tls.cert_file = args[++i];
-    else if (args[i] == "--tls-key" && i + 1 < args.size())
-      tls.key_file = args[++i];
-    else
+  for (; i + 1 < args.size() && args[i].rfind("-", 0) == 0; i += 2) {
+    const std::string& flag = args[i];
+    const std::string& v = args[i + 1];
+    if (flag == "--server") {
+      s.server = v;
+    } else if (flag == "-o") {
+      output = v;
+    } else if (flag == "--token-file") {
+      token_file = v;
+    } else if (flag == "--tls-ca") {
+      tls.ca_file = v;
+    } else if (flag == "--tls-cert") {
+      tls.cert_file = v;
+    } else if (flag == "--tls-key") {
+      tls.key_file = v;
+    } else {
       break;
+    }
   }
   if (i >= args.size() || (output != "text" && output != "json")) return Usage();
   if (tls.cert_file.empty() != tls.key_file.empty()) return Usage();
-  std::string cmd = args[i++];
+  const Command* cmd = Find(args, &i);
+  if (!cmd) return Usage();
+  s.json = output == "json";
   std::shared_ptr<grpc::Channel> channel;
   if (tls.ca_file.empty() && tls.cert_file.empty()) {
-    channel = mx::MakeChannel(server);
+    channel = mx::MakeChannel(s.server);
   } else {
-    auto c = mx::MakeTlsChannel(server, tls);
+    auto c = mx::MakeTlsChannel(s.server, tls);
     if (!c.ok()) {
       fprintf(stderr, "mxctl: %s\n", c.status().message().c_str());
-      return 66;  // EX_NOINPUT
+      return kExNoInput;
     }
     channel = std::move(c).value();
   }
-  auto stub = mx::v1::Admin::NewStub(channel);
-  std::string token;
+  s.stub = mx::v1::Admin::NewStub(channel);
   if (!token_file.empty()) {
-    token = ReadToken(token_file);
-    if (token.empty()) {
+    s.token = ReadToken(token_file);
+    if (s.token.empty()) {
       fprintf(stderr, "mxctl: cannot read a token from %s\n", token_file.c_str());
-      return 66;  // EX_NOINPUT
+      return kExNoInput;
     }
   }
-  // Commands that make several calls build a context per call.
-  auto set_token = [&token](grpc::ClientContext* c) {
-    if (!token.empty()) c->AddMetadata("authorization", "Bearer " + token);
-  };
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  set_token(&ctx);
-
-  if (cmd == "mailq") {
-    mx::v1::MailqRequest req;
-    for (; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      auto value = [&](size_t skip) {
-        return a.size() > skip ? a.substr(skip) : (i + 1 < args.size() ? args[++i] : "");
-      };
-      if (a.rfind("-I", 0) == 0 || a.rfind("-qI", 0) == 0)
-        req.set_qid(value(a[1] == 'q' ? 3 : 2));
-      else if (a.rfind("-S", 0) == 0 || a.rfind("-qS", 0) == 0)
-        req.set_sender(value(a[1] == 'q' ? 3 : 2));
-      else if (a.rfind("-R", 0) == 0 || a.rfind("-qR", 0) == 0)
-        req.set_recipient(value(a[1] == 'q' ? 3 : 2));
-      else
-        return Usage();
-    }
-    mx::v1::MailqResponse resp;
-    auto st = stub->Mailq(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatMailq(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "drain" || cmd == "undrain" || cmd == "forget") {
-    if (i + 1 != args.size()) return Usage();
-    mx::v1::DrainRequest req;
-    req.set_name(args[i]);
-    req.set_undrain(cmd == "undrain");
-    req.set_forget(cmd == "forget");
-    mx::v1::DrainResponse resp;
-    auto st = stub->Drain(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    printf("%s: %s\n", args[i].c_str(),
-           cmd == "drain"     ? "draining (see mxctl cluster status: drained when nothing is in flight)"
-           : cmd == "undrain" ? "back to work"
-                              : "forgotten");
-    return 0;
-  }
-  if (cmd == "inspect") {
-    if (i + 1 != args.size()) return Usage();
-    mx::v1::InspectRequest req;
-    req.set_qid(args[i]);
-    mx::v1::InspectResponse resp;
-    auto st = stub->Inspect(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatInspect(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "hoststat") {
-    if (i != args.size()) return Usage();
-    mx::v1::HostStatusResponse resp;
-    auto st = stub->HostStatus(&ctx, mx::v1::HostStatusRequest(), &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatHostStatus(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "suspend" || cmd == "resume") {
-    if (i >= args.size() || (cmd == "resume" && i + 1 != args.size()) || (cmd == "suspend" && i + 2 > args.size())) {
-      return Usage();
-    }
-    mx::v1::SiteSuspendRequest req;
-    req.set_site(args[i]);
-    req.set_resume(cmd == "resume");
-    if (cmd == "suspend") {
-      auto seconds = ParseSeconds(args[i + 1]);
-      if (!seconds) {
-        fprintf(stderr, "mxctl: suspend: '%s' is not a duration (30s, 15m, 2h, 1d)\n", args[i + 1].c_str());
-        return 64;
-      }
-      req.set_duration_s(*seconds);
-      std::string reason;
-      for (size_t k = i + 2; k < args.size(); ++k) reason += (reason.empty() ? "" : " ") + args[k];
-      req.set_reason(reason);
-    }
-    mx::v1::SiteSuspendResponse resp;
-    auto st = stub->SiteSuspend(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (cmd == "resume")
-      printf("%s: resumed (messages put back meanwhile come back within minutes; mxctl qrun for at once)\n",
-             args[i].c_str());
-    else
-      printf("%s: suspended for %s, cluster-wide within seconds\n", args[i].c_str(), args[i + 1].c_str());
-    return 0;
-  }
-  if (cmd == "sites") {
-    if (i != args.size()) return Usage();
-    mx::v1::SitesResponse resp;
-    auto st = stub->Sites(&ctx, mx::v1::SitesRequest(), &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatSites(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "suppress" || cmd == "unsuppress") {
-    if (i >= args.size() || (cmd == "unsuppress" && i + 1 != args.size())) return Usage();
-    mx::v1::SuppressAdminRequest req;
-    if (cmd == "suppress") {
-      req.add_add(args[i]);
-      std::string reason;
-      for (size_t k = i + 1; k < args.size(); ++k) reason += (reason.empty() ? "" : " ") + args[k];
-      req.set_reason(reason);
-    } else {
-      req.add_remove(args[i]);
-    }
-    mx::v1::SuppressAdminResponse resp;
-    auto st = stub->Suppress(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (cmd == "suppress")
-      printf("%s: %s\n", args[i].c_str(),
-             resp.added() ? "suppressed (every ingress refuses it within seconds)" : "was already suppressed");
-    else
-      printf("%s: %s\n", args[i].c_str(), resp.removed() ? "no longer suppressed" : "was not suppressed");
-    return 0;
-  }
-  if (cmd == "suppressions") {
-    if (i + 1 < args.size()) return Usage();
-    mx::v1::SuppressionsRequest req;
-    if (i < args.size()) req.set_address(args[i]);
-    mx::v1::SuppressionsResponse resp;
-    auto st = stub->Suppressions(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatSuppressions(resp).c_str(), stdout);
-    return req.address().empty() || resp.entries_size() > 0 ? 0 : 1;
-  }
-  if (cmd == "purgestat") {
-    if (i + 1 < args.size()) return Usage();
-    mx::v1::PurgeHostStatusRequest req;
-    if (i < args.size()) req.set_host(args[i]);
-    mx::v1::PurgeHostStatusResponse resp;
-    auto st = stub->PurgeHostStatus(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    printf("%llu host status entr%s purged\n", static_cast<unsigned long long>(resp.purged()),
-           resp.purged() == 1 ? "y" : "ies");
-    return 0;
-  }
-  if (cmd == "qrun" || cmd == "hold" || cmd == "release" || cmd == "delete" || cmd == "bounce") {
-    mx::v1::QueueRunRequest req;
-    for (; i < args.size(); ++i) {
-      if (i + 1 >= args.size()) return Usage();
-      const std::string& flag = args[i];
-      const std::string& v = args[++i];
-      if (flag == "-I")
-        req.set_qid(v);
-      else if (flag == "-S")
-        req.set_sender(v);
-      else if (flag == "-R")
-        req.set_recipient(v);
-      else if (flag == "-D")
-        req.set_domain(v);
-      else
-        return Usage();
-    }
-    if (cmd != "qrun") {
-      if (req.qid().empty() && req.sender().empty() && req.recipient().empty() && req.domain().empty() &&
-          (cmd == "delete" || cmd == "bounce")) {
-        fprintf(stderr, "mxctl: %s needs a filter (-I, -S, -R or -D)\n", cmd.c_str());
-        return 64;
-      }
-      mx::v1::ManageQueueRequest m;
-      m.set_action(cmd == "hold"      ? mx::v1::ManageOp::MANAGE_HOLD
-                   : cmd == "release" ? mx::v1::ManageOp::MANAGE_RELEASE
-                   : cmd == "bounce"  ? mx::v1::ManageOp::MANAGE_BOUNCE
-                                      : mx::v1::ManageOp::MANAGE_DELETE);
-      *m.mutable_filter() = req;
-      mx::v1::ManageResponse resp;
-      auto st = stub->Manage(&ctx, m, &resp);
-      if (!st.ok()) return Fail(st, server);
-      if (output == "json") {
-        PrintJson(resp);
-      } else if (cmd == "delete") {
-        printf("%llu message(s) deleted (%llu recipients), %llu in delivery left alone\n",
-               static_cast<unsigned long long>(resp.messages()), static_cast<unsigned long long>(resp.recipients()),
-               static_cast<unsigned long long>(resp.skipped()));
-      } else if (cmd == "bounce") {
-        printf("%llu recipient(s) to be returned to their senders, %llu in delivery left alone\n",
-               static_cast<unsigned long long>(resp.recipients()), static_cast<unsigned long long>(resp.skipped()));
-      } else {
-        printf("%llu recipient(s) %s\n", static_cast<unsigned long long>(resp.recipients()),
-               cmd == "hold" ? "held" : "released");
-      }
-      return 0;
-    }
-    mx::v1::QueueRunResponse resp;
-    auto st = stub->QueueRun(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      printf("%llu recipient(s) ready for delivery\n", static_cast<unsigned long long>(resp.made_ready()));
-    return 0;
-  }
-  if (cmd == "mailstats") {
-    mx::v1::MailstatsRequest req;
-    if (i < args.size() && (args[i] == "--reset" || args[i] == "-p")) {
-      req.set_reset(true);
-      ++i;
-    }
-    if (i != args.size()) return Usage();
-    mx::v1::MailstatsResponse resp;
-    auto st = stub->Mailstats(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatMailstats(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "cluster") {
-    if (i + 1 != args.size() || args[i] != "status") return Usage();
-    mx::v1::ClusterStatusResponse resp;
-    auto st = stub->ClusterStatus(&ctx, mx::v1::ClusterStatusRequest(), &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatClusterStatus(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "policy" && i < args.size() && args[i] == "apply") {
-    if (i + 3 != args.size() || args[i + 1] != "--config") return Usage();
-    mx::v1::PolicyApplyRequest req;
-    if (int rc = BuildBundle(args[i + 2], req.mutable_bundle()); rc != 0) return rc;
-    mx::v1::PolicyApplyResponse resp;
-    auto st = stub->PolicyApply(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json") {
-      PrintJson(resp);
-    } else {
-      printf("policy %s applied: %s\nevery node swaps to it within seconds (mxctl policy show)\n",
-             resp.version().c_str(), resp.description().c_str());
-    }
-    return 0;
-  }
-  if (cmd == "policy" && i < args.size() && args[i] == "show") {
-    if (i + 1 != args.size()) return Usage();
-    mx::v1::PolicyShowResponse resp;
-    auto st = stub->PolicyShow(&ctx, mx::v1::PolicyShowRequest(), &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatPolicyShow(resp).c_str(), stdout);
-    return 0;
-  }
-  if (cmd == "policy") {
-    if (i >= args.size() || args[i++] != "test") return Usage();
-    mx::v1::PolicyTestRequest req;
-    for (; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      if (a == "--auth") {
-        req.set_authenticated(true);
-        continue;
-      }
-      if (i + 1 >= args.size()) return Usage();
-      const std::string& v = args[++i];
-      if (a == "--client-ip")
-        req.set_client_ip(v);
-      else if (a == "--client-name")
-        req.set_client_name(v);
-      else if (a == "--helo")
-        req.set_helo(v);
-      else if (a == "--from")
-        req.set_sender(v == "<>" ? "" : v);
-      else if (a == "--to")
-        req.add_recipients(v);
-      else if (a == "--header")
-        req.add_headers(v);
-      else
-        return Usage();
-    }
-    if (req.client_ip().empty() || req.recipients().empty()) return Usage();
-    mx::v1::PolicyTestResponse resp;
-    auto st = stub->PolicyTest(&ctx, req, &resp);
-    if (!st.ok()) return Fail(st, server);
-    if (output == "json")
-      PrintJson(resp);
-    else
-      fputs(mx::control::FormatPolicyTest(resp).c_str(), stdout);
-    return resp.outcome() == "accept" ? 0 : resp.outcome() == "reject" ? 1 : 2;
-  }
-  if (cmd == "queue") {
-    if (i >= args.size()) return Usage();
-    std::string sub = args[i++];
-    if (sub != "add-replica" && sub != "remove-replica") return Usage();
-    std::string shard = "all", id, grpc_addr, raft_addr;
-    for (; i < args.size(); ++i) {
-      if (i + 1 >= args.size()) return Usage();
-      if (args[i] == "--shard")
-        shard = args[++i];
-      else if (args[i] == "--id")
-        id = args[++i];
-      else if (args[i] == "--grpc")
-        grpc_addr = args[++i];
-      else if (args[i] == "--raft")
-        raft_addr = args[++i];
-      else
-        return Usage();
-    }
-    auto number = [](const std::string& s, uint64_t* out) {
-      char* end = nullptr;
-      *out = strtoull(s.c_str(), &end, 10);
-      return !s.empty() && end && *end == '\0';
-    };
-    uint64_t id_n = 0;
-    if (!number(id, &id_n) || id_n == 0) return Usage();
-    // --raft is the replica's queue.peers raft address (shard 0's); shard s
-    // listens on its port + s, as every node computes it.
-    mx::HostPort raft_base;
-    if (sub == "add-replica") {
-      if (grpc_addr.empty() || raft_addr.empty()) return Usage();
-      auto hp = mx::ParseHostPort(raft_addr);
-      if (!hp.ok()) {
-        fprintf(stderr, "mxctl: --raft: %s\n", hp.status().message().c_str());
-        return 64;
-      }
-      raft_base = *hp;
-    }
-    std::vector<uint32_t> shards;
-    if (shard == "all") {
-      grpc::ClientContext sctx;
-      sctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-      set_token(&sctx);
-      mx::v1::ClusterStatusResponse status;
-      if (auto st = stub->ClusterStatus(&sctx, mx::v1::ClusterStatusRequest(), &status); !st.ok()) {
-        return Fail(st, server);
-      }
-      for (uint32_t s = 0; s < status.shards(); ++s) shards.push_back(s);
-    } else {
-      uint64_t n = 0;
-      if (!number(shard, &n) || n > 255) return Usage();
-      shards.push_back(static_cast<uint32_t>(n));
-    }
-    for (uint32_t s : shards) {
-      grpc::ClientContext cctx;
-      cctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(3));
-      set_token(&cctx);
-      grpc::Status st;
-      if (sub == "add-replica") {
-        if (raft_base.port + s > 65535) {
-          fprintf(stderr, "mxctl: --raft: port %u + shard %u is past 65535\n", raft_base.port, s);
-          return 64;
-        }
-        mx::HostPort at{raft_base.host, static_cast<uint16_t>(raft_base.port + s)};
-        mx::v1::AddReplicaRequest req;
-        req.set_shard(s);
-        req.set_node_id(id_n);
-        req.set_grpc_address(grpc_addr);
-        req.set_raft_address(at.ToString());
-        mx::v1::AddReplicaResponse resp;
-        st = stub->AddReplica(&cctx, req, &resp);
-      } else {
-        mx::v1::RemoveReplicaRequest req;
-        req.set_shard(s);
-        req.set_node_id(id_n);
-        mx::v1::RemoveReplicaResponse resp;
-        st = stub->RemoveReplica(&cctx, req, &resp);
-      }
-      if (!st.ok()) return Fail(st, server);
-      printf("shard %u: %s node %llu\n", s, sub == "add-replica" ? "added" : "removed",
-             static_cast<unsigned long long>(id_n));
-      fflush(stdout);
-    }
-    return 0;
-  }
-  return Usage();
+  return cmd->run(s, Args(args.begin() + static_cast<std::ptrdiff_t>(i), args.end()));
 }

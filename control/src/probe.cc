@@ -1,5 +1,5 @@
 // probe.cc — registration of the control metrics.
-#include "mx/control/probe.h"
+#include "probe.h"
 
 #include <prometheus/registry.h>
 

@@ -1,10 +1,10 @@
 // ack_builder.cc — settling, logging and classifying outcomes; the DSNs owed.
 #include "ack_builder.h"
 
+#include "bounce_class.h"
 #include "cluster_view.h"  // PrintableCut
 #include "mx/common/log.h"
-#include "mx/delivery/bounce_class.h"
-#include "mx/delivery/probe.h"
+#include "probe.h"
 
 namespace mx::delivery {
 namespace {

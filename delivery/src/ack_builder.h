@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "dsn.h"
 #include "mx/common/clock.h"
 #include "mx/common/config.h"
 #include "mx/common/qid.h"
-#include "mx/delivery/dsn.h"
-#include "mx/delivery/smtp_client.h"
+#include "smtp_client.h"
 
 namespace mx::delivery {
 

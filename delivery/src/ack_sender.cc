@@ -2,7 +2,7 @@
 #include "ack_sender.h"
 
 #include "mx/common/log.h"
-#include "mx/delivery/probe.h"
+#include "probe.h"
 
 namespace mx::delivery {
 

@@ -11,8 +11,8 @@
 
 #include "mx/common/dns.h"
 #include "mx/common/log.h"
-#include "mx/delivery/probe.h"
 #include "mx/delivery/resolver.h"
+#include "probe.h"
 
 namespace mx::delivery {
 namespace {

@@ -1,5 +1,5 @@
 // bounce_class.cc — the rule table behind ClassifyReply.
-#include "mx/delivery/bounce_class.h"
+#include "bounce_class.h"
 
 #include <cctype>
 #include <regex>

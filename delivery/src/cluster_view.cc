@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "mx/common/log.h"
-#include "mx/delivery/probe.h"
+#include "probe.h"
 
 namespace mx::delivery {
 

@@ -11,8 +11,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "host_cache.h"
 #include "mx/common/clock.h"
-#include "mx/delivery/host_cache.h"
 #include "mx/delivery/shaping.h"
 #include "queue_link.h"
 

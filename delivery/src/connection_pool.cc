@@ -4,7 +4,7 @@
 #include <boost/asio.hpp>
 
 #include "mx/common/address.h"
-#include "mx/delivery/probe.h"
+#include "probe.h"
 
 namespace mx::delivery {
 

@@ -30,8 +30,8 @@
 #include <vector>
 
 #include "mx/delivery/shaping.h"
-#include "mx/delivery/smtp_client.h"
 #include "permit_client.h"
+#include "smtp_client.h"
 
 namespace mx::delivery {
 

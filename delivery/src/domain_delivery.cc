@@ -6,7 +6,7 @@
 
 #include "mx/common/address.h"
 #include "mx/common/log.h"
-#include "mx/delivery/probe.h"
+#include "probe.h"
 
 namespace mx::delivery {
 namespace {

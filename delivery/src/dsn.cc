@@ -1,5 +1,5 @@
 // dsn.cc — RFC 3464 multipart/report messages and RFC 3461 NOTIFY rules.
-#include "mx/delivery/dsn.h"
+#include "dsn.h"
 
 #include <algorithm>
 #include <string_view>

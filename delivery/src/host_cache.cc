@@ -1,5 +1,5 @@
 // host_cache.cc — a worker's view of the cluster's host status.
-#include "mx/delivery/host_cache.h"
+#include "host_cache.h"
 
 namespace mx::delivery {
 

@@ -1,5 +1,5 @@
 // mta_sts.cc — MTA-STS records, policies, the HTTPS fetch and the cache.
-#include "mx/delivery/mta_sts.h"
+#include "mta_sts.h"
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>

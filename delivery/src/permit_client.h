@@ -1,5 +1,5 @@
 // permit_client.h — delivery's side of the cluster-wide limits kept by the
-// metadata shard's leader (mx/queue/permits.h): connection slots held while
+// metadata shard's leader (queue/src/permits.h): connection slots held while
 // a connection lives (renewed every third of their TTL) and turns under a
 // rate. An unreachable leader is a refusal: limits fail closed.
 #pragma once

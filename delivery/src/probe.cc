@@ -1,5 +1,5 @@
 // probe.cc — registration of the delivery metrics.
-#include "mx/delivery/probe.h"
+#include "probe.h"
 
 #include <prometheus/registry.h>
 

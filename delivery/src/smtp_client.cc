@@ -1,7 +1,7 @@
 // smtp_client.cc — SMTP/LMTP client sessions: EHLO/HELO/LHLO, STARTTLS, then
 // transactions MAIL (SIZE, BODY, RET, ENVID), RCPT (NOTIFY, ORCPT), DATA —
 // pipelined when offered (RFC 2920) — with RSET between them, and QUIT.
-#include "mx/delivery/smtp_client.h"
+#include "smtp_client.h"
 
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>

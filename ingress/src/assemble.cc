@@ -1,5 +1,5 @@
 // assemble.cc — Message-ID, DKIM and Received: around an accepted message.
-#include "mx/ingress/assemble.h"
+#include "assemble.h"
 
 namespace mx::ingress {
 

@@ -1,5 +1,5 @@
 // auth_throttle.cc — failed AUTH counting per address and per user name.
-#include "mx/ingress/auth_throttle.h"
+#include "auth_throttle.h"
 
 #include <algorithm>
 

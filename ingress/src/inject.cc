@@ -1,5 +1,5 @@
 // inject.cc — the Inject gRPC service: tokens, templates, policy, enqueue.
-#include "mx/ingress/inject.h"
+#include "inject.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -8,13 +8,13 @@
 #include <set>
 #include <sstream>
 
+#include "assemble.h"
 #include "mx/common/address.h"
 #include "mx/common/base64.h"
 #include "mx/common/log.h"
 #include "mx/common/rfc5322.h"
-#include "mx/ingress/assemble.h"
-#include "mx/ingress/probe.h"
 #include "mx/v1/inject.grpc.pb.h"
+#include "probe.h"
 
 namespace mx::ingress {
 namespace {

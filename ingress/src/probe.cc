@@ -1,5 +1,5 @@
 // probe.cc — registration of the ingress metrics.
-#include "mx/ingress/probe.h"
+#include "probe.h"
 
 #include <prometheus/registry.h>
 

@@ -22,15 +22,15 @@
 #include <thread>
 #include <unordered_map>
 
+#include "auth_throttle.h"
+#include "inject.h"
 #include "mx/common/address.h"
 #include "mx/common/dns.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
-#include "mx/ingress/auth_throttle.h"
 #include "mx/ingress/client_lookup.h"
-#include "mx/ingress/inject.h"
-#include "mx/ingress/probe.h"
-#include "mx/ingress/session.h"
+#include "probe.h"
+#include "session.h"
 
 namespace mx::ingress {
 namespace {

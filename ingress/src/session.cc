@@ -1,16 +1,16 @@
 // session.cc — the SMTP server dialogue (RFC 5321, 1870, 1985, 2920, 3207,
 // 3461, 3463, 4954, 6152) and the acceptance policy in the order a session
 // meets it (DESIGN §6).
-#include "mx/ingress/session.h"
+#include "session.h"
 
 #include <charconv>
 
+#include "assemble.h"
 #include "mx/common/address.h"
 #include "mx/common/base64.h"
 #include "mx/common/log.h"
 #include "mx/common/rfc5322.h"
-#include "mx/ingress/assemble.h"
-#include "mx/ingress/smtp_command.h"
+#include "smtp_command.h"
 
 namespace mx::ingress {
 namespace {

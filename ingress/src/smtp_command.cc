@@ -1,5 +1,5 @@
 // smtp_command.cc — RFC 5321 command and path parsing.
-#include "mx/ingress/smtp_command.h"
+#include "smtp_command.h"
 
 #include <cctype>
 

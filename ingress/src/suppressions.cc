@@ -1,5 +1,5 @@
 // suppressions.cc — the suppression set and its follower thread.
-#include "mx/ingress/suppressions.h"
+#include "suppressions.h"
 
 #include <grpcpp/grpcpp.h>
 

@@ -21,8 +21,8 @@ extern "C" {
 #include <string>
 #include <vector>
 
-#include "mx/queue/raft_log.h"
-#include "mx/queue/state_machine.h"
+#include "raft_log.h"
+#include "state_machine.h"
 
 namespace mx::queue::raft {
 

@@ -1,5 +1,5 @@
 // raft_log.cc — RaftLog: libraft + libuv on a dedicated thread.
-#include "mx/queue/raft_log.h"
+#include "raft_log.h"
 
 #include <uv.h>
 
@@ -18,7 +18,7 @@ extern "C" {
 
 #include "mx/common/log.h"
 #include "mx/common/thread_name.h"
-#include "mx/queue/probe.h"
+#include "probe.h"
 
 namespace mx::queue {
 namespace {

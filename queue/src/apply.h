@@ -32,7 +32,7 @@
 #include <utility>
 #include <vector>
 
-#include "mx/queue/state_machine.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 

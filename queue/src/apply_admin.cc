@@ -2,8 +2,8 @@
 // hold / release / delete / bounce by filter, host-status purges, mailstats
 // deltas and resets.
 #include "apply.h"
+#include "keys.h"
 #include "mx/common/address.h"
-#include "mx/queue/keys.h"
 
 namespace mx::queue {
 namespace {

@@ -4,8 +4,8 @@
 #include <algorithm>
 
 #include "apply.h"
+#include "keys.h"
 #include "mx/common/address.h"
-#include "mx/queue/keys.h"
 
 namespace mx::queue {
 

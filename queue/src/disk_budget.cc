@@ -1,5 +1,5 @@
 // disk_budget.cc — see disk_budget.h.
-#include "mx/queue/disk_budget.h"
+#include "disk_budget.h"
 
 #include <sys/statvfs.h>
 

@@ -1,5 +1,5 @@
 // keys.cc — RocksDB key encodings of the queue.
-#include "mx/queue/keys.h"
+#include "keys.h"
 
 namespace mx::queue::keys {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "mx/common/address.h"
 #include "mx/common/log.h"
-#include "mx/queue/probe.h"
+#include "probe.h"
 
 namespace mx::queue {
 namespace {

@@ -11,9 +11,9 @@
 #include <mutex>
 
 #include "mx/common/clock.h"
-#include "mx/queue/permits.h"
-#include "mx/queue/state_machine.h"
 #include "mx/v1/metadata.grpc.pb.h"
+#include "permits.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 

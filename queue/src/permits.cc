@@ -1,5 +1,5 @@
 // permits.cc — connection slots and message rates held by the leader.
-#include "mx/queue/permits.h"
+#include "permits.h"
 
 #include <algorithm>
 

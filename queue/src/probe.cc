@@ -1,10 +1,10 @@
 // probe.cc — registration of the queue's metrics.
-#include "mx/queue/probe.h"
+#include "probe.h"
 
 #include <prometheus/registry.h>
 
 #include "mx/common/metrics.h"
-#include "mx/queue/state_machine.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 

@@ -1,5 +1,5 @@
 // retry.cc — the exponential retry schedule.
-#include "mx/queue/retry.h"
+#include "retry.h"
 
 #include <algorithm>
 

@@ -13,6 +13,7 @@
 #include <random>
 #include <thread>
 
+#include "disk_budget.h"
 #include "metadata_service.h"
 #include "mx/common/address.h"
 #include "mx/common/grpc_server.h"
@@ -20,12 +21,11 @@
 #include "mx/common/qid.h"
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
-#include "mx/queue/disk_budget.h"
-#include "mx/queue/probe.h"
-#include "mx/queue/raft_log.h"
-#include "mx/queue/retry.h"
-#include "mx/queue/state_machine.h"
 #include "mx/v1/queue.grpc.pb.h"
+#include "probe.h"
+#include "raft_log.h"
+#include "retry.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 namespace {

@@ -1,7 +1,7 @@
 // state_machine.cc — opening the queue store, Apply's dispatch and commit,
 // checkpoints, and the reads of committed state. The command handlers are
 // in apply_data.cc, apply_admin.cc and apply_meta.cc (see apply.h).
-#include "mx/queue/state_machine.h"
+#include "state_machine.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/filter_policy.h>
@@ -15,10 +15,10 @@
 #include <optional>
 
 #include "apply.h"
+#include "keys.h"
 #include "mx/common/address.h"
 #include "mx/common/log.h"
 #include "mx/common/qid.h"
-#include "mx/queue/keys.h"
 
 namespace mx::queue {
 namespace {

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "mx/delivery/dsn.h"
+#include "dsn.h"
 
 namespace {
 

@@ -14,8 +14,8 @@
 
 #include <google/protobuf/stubs/logging.h>
 
-#include "mx/queue/state_machine.h"
 #include "mx/v1/queue.pb.h"
+#include "state_machine.h"
 
 namespace {
 

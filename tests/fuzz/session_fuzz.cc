@@ -15,7 +15,7 @@
 
 #include "mx/common/clock.h"
 #include "mx/common/qid.h"
-#include "mx/ingress/session.h"
+#include "session.h"
 
 namespace {
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "mx/ingress/smtp_command.h"
+#include "smtp_command.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view line(reinterpret_cast<const char*>(data), size);

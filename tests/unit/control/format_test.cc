@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "../golden.h"
-#include "mx/control/format.h"
+#include "format.h"
 
 namespace mx::control {
 namespace {

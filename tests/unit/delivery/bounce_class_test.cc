@@ -1,6 +1,6 @@
 // bounce_class_test.cc — every reply of the corpus (real-world wording,
 // tests/unit/delivery/data/bounce_corpus.txt) gets its expected class.
-#include "mx/delivery/bounce_class.h"
+#include "bounce_class.h"
 
 #include <gtest/gtest.h>
 

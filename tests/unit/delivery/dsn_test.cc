@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "../golden.h"
-#include "mx/delivery/dsn.h"
+#include "dsn.h"
 
 namespace mx::delivery {
 namespace {

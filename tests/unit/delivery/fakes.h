@@ -16,8 +16,8 @@
 
 #include "connection_pool.h"
 #include "mx/delivery/resolver.h"
-#include "mx/delivery/smtp_client.h"
 #include "queue_link.h"
+#include "smtp_client.h"
 
 namespace mx::delivery::testing {
 

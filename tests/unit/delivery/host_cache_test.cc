@@ -1,6 +1,6 @@
 // host_cache_test.cc — skipping hosts that failed recently, with an injected
 // time; reporting only changes; merging the shards' views.
-#include "mx/delivery/host_cache.h"
+#include "host_cache.h"
 
 #include <gtest/gtest.h>
 

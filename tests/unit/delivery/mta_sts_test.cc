@@ -1,6 +1,6 @@
 // mta_sts_test.cc — MTA-STS records, policy files and MX patterns (RFC 8461
 // 3.1, 3.2, 4.1), including the RFC's own examples; TLSA answers for DANE.
-#include "mx/delivery/mta_sts.h"
+#include "mta_sts.h"
 
 #include <gtest/gtest.h>
 

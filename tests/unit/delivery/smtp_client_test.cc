@@ -1,7 +1,7 @@
 // smtp_client_test.cc — pure helpers of the SMTP client.
 #include <gtest/gtest.h>
 
-#include "mx/delivery/smtp_client.h"
+#include "smtp_client.h"
 
 namespace mx::delivery {
 namespace {

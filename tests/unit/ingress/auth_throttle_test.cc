@@ -1,7 +1,7 @@
 // auth_throttle_test.cc — failed AUTH counting: per address and per user,
 // in a window that ends, forgotten for a user who proves the password, and
 // bounded in memory under a flood of distinct keys.
-#include "mx/ingress/auth_throttle.h"
+#include "auth_throttle.h"
 
 #include <gtest/gtest.h>
 

@@ -25,7 +25,7 @@
 #include "../golden.h"
 #include "mx/common/clock.h"
 #include "mx/common/qid.h"
-#include "mx/ingress/session.h"
+#include "session.h"
 
 namespace mx::ingress {
 namespace {

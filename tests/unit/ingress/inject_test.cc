@@ -1,7 +1,7 @@
 // inject_test.cc — the injection API's pieces without a server: token
 // files, template rendering, and the messages templates make (headers,
 // MIME structure, encoded subjects, header injection refused).
-#include "mx/ingress/inject.h"
+#include "inject.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // smtp_command_test.cc — command and path parsing.
 #include <gtest/gtest.h>
 
-#include "mx/ingress/smtp_command.h"
+#include "smtp_command.h"
 
 namespace mx::ingress {
 namespace {

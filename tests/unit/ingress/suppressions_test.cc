@@ -1,7 +1,7 @@
 // suppressions_test.cc — the ingress copy of the suppression list: pages of
 // the change log add and remove addresses (case-insensitively) and advance
 // the follower's position.
-#include "mx/ingress/suppressions.h"
+#include "suppressions.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // disk_budget_test.cc — MinFreeBlocks: statvfs less unwritten data less what
 // was admitted since the last look.
-#include "mx/queue/disk_budget.h"
+#include "disk_budget.h"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // permits_test.cc — connection slots and message rates of the queue leader.
-#include "mx/queue/permits.h"
+#include "permits.h"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // retry_test.cc — the exponential retry schedule (MinQueueAge, cap, jitter).
-#include "mx/queue/retry.h"
+#include "retry.h"
 
 #include <gtest/gtest.h>
 

@@ -6,7 +6,7 @@
 
 #include <filesystem>
 
-#include "mx/queue/state_machine.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 namespace {

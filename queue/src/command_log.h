@@ -11,7 +11,7 @@
 #include <functional>
 #include <memory>
 
-#include "mx/queue/state_machine.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 

@@ -10,7 +10,7 @@
 #include "mx/common/result.h"
 #include "mx/common/rfc5322.h"
 #include "mx/ingress/policy.h"
-#include "mx/ingress/session.h"
+#include "session.h"
 
 namespace mx::ingress {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "mx/ingress/session.h"
+#include "session.h"
 
 namespace mx::ingress {
 

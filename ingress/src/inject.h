@@ -22,9 +22,9 @@
 #include "mx/common/result.h"
 #include "mx/ingress/enqueue_backend.h"
 #include "mx/ingress/policy.h"
-#include "mx/ingress/session.h"
-#include "mx/ingress/suppressions.h"
 #include "mx/v1/inject.pb.h"
+#include "session.h"
+#include "suppressions.h"
 
 namespace grpc {
 class Service;

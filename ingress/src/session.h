@@ -19,8 +19,8 @@
 #include "mx/common/qid.h"
 #include "mx/common/result.h"
 #include "mx/ingress/policy.h"
-#include "mx/ingress/suppressions.h"
 #include "mx/v1/types.pb.h"
+#include "suppressions.h"
 
 namespace mx::ingress {
 

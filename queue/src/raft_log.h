@@ -17,10 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "command_log.h"
 #include "mx/common/result.h"
-#include "mx/queue/command_log.h"
-#include "mx/queue/state_machine.h"
 #include "mx/v1/queue.pb.h"
+#include "state_machine.h"
 
 namespace mx::queue {
 
