@@ -266,6 +266,33 @@ void ReloadAll(const std::vector<std::unique_ptr<Role>>& roles, const std::strin
   if (ok && any) mx::log::Info("SIGHUP: policy reloaded");
 }
 
+// What the node table's reporter does with every role: drain, a pushed
+// policy, the report.
+mx::control::NodeHooks NodeHooksFor(const std::vector<std::unique_ptr<Role>>& roles, grpc::Server* health_server) {
+  mx::control::NodeHooks hooks;
+  hooks.set_drain = [&roles, health_server](bool drain) {
+    for (auto& r : roles) r->SetDraining(drain);
+    // A drained node leaves its Service's endpoints (readiness on mx.ready).
+    if (health_server) health_server->GetHealthCheckService()->SetServingStatus(kReadyService, !drain);
+  };
+  if (std::any_of(roles.begin(), roles.end(), [](const auto& r) { return r->has_policy(); })) {
+    hooks.apply_policy = [&roles](const mx::v1::PolicyBundle& bundle) {
+      for (auto& r : roles) {
+        if (auto st = r->ApplyPolicy(bundle); !st.ok()) return st;
+      }
+      return mx::Status::Ok();
+    };
+  }
+  hooks.report = [&roles](mx::v1::NodeInfo* info, bool draining) {
+    info->set_policy_version("");
+    info->set_sessions(0);
+    info->set_in_flight(0);
+    for (const auto& r : roles) r->Report(info);  // ingress last: its policy version wins
+    info->set_drained(draining && info->sessions() == 0 && info->in_flight() == 0);
+  };
+  return hooks;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -354,28 +381,7 @@ int main(int argc, char** argv) {
     mx::log::Info("gRPC health on " + config.health_listen);
   }
   // The node table: this process reports itself and learns whether to drain.
-  mx::control::NodeHooks hooks;
-  hooks.set_drain = [&](bool drain) {
-    for (auto& r : roles) r->SetDraining(drain);
-    // A drained node leaves its Service's endpoints (readiness on mx.ready).
-    if (health_server) health_server->GetHealthCheckService()->SetServingStatus(kReadyService, !drain);
-  };
-  if (std::any_of(roles.begin(), roles.end(), [](const auto& r) { return r->has_policy(); })) {
-    hooks.apply_policy = [&](const mx::v1::PolicyBundle& bundle) {
-      for (auto& r : roles) {
-        if (auto st = r->ApplyPolicy(bundle); !st.ok()) return st;
-      }
-      return mx::Status::Ok();
-    };
-  }
-  hooks.report = [&](mx::v1::NodeInfo* info, bool draining) {
-    info->set_policy_version("");
-    info->set_sessions(0);
-    info->set_in_flight(0);
-    for (const auto& r : roles) r->Report(info);  // ingress last: its policy version wins
-    info->set_drained(draining && info->sessions() == 0 && info->in_flight() == 0);
-  };
-  auto reporter = mx::control::StartNodeReporter(config, names, std::move(hooks));
+  auto reporter = mx::control::StartNodeReporter(config, names, NodeHooksFor(roles, health_server.get()));
 
   mx::log::Info("mxd " + role + " started (config " + config_path + ")");
   for (;;) {

@@ -10,11 +10,10 @@
 #include <grpcpp/support/status.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 
+#include "mx/common/in_flight.h"
 #include "mx/v1/queue.pb.h"
 
 namespace mx::queue {
@@ -50,33 +49,7 @@ class MetadataLink {
   virtual grpc::Status ListSiteStatus(v1::ListSiteStatusResponse* resp) = 0;
 };
 
-// Calls whose callbacks still touch their caller: counted, so the worker's
-// Stop can wait for them (each has a deadline) before its parts go away.
-class InFlightCalls {
- public:
-  void Begin() {
-    std::lock_guard lock(mu_);
-    ++n_;
-  }
-  void End() {
-    std::lock_guard lock(mu_);
-    if (--n_ == 0) cv_.notify_all();
-  }
-  // False when some are still outstanding after max.
-  bool WaitIdle(std::chrono::milliseconds max) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, max, [&] { return n_ == 0; });
-  }
-  int64_t count() const {
-    std::lock_guard lock(mu_);
-    return n_;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  int64_t n_ = 0;
-};
+using mx::InFlightCalls;  // mx/common/in_flight.h
 
 // Both over gRPC through router (which must outlive them).
 std::unique_ptr<QueueLink> MakeGrpcQueueLink(queue::QueueRouter& router);

@@ -27,6 +27,7 @@
 #include "mx/common/address.h"
 #include "mx/common/dns.h"
 #include "mx/common/grpc_server.h"
+#include "mx/common/in_flight.h"
 #include "mx/common/log.h"
 #include "mx/ingress/client_lookup.h"
 #include "probe.h"
@@ -43,28 +44,9 @@ using asio::ip::tcp;
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr size_t kMaxDataLine = 64 * 1024;  // longer DATA lines are passed on in fragments
 
-// Counts enqueues whose callback has not run yet, so Stop() can wait for them
-// before the io_context they post into goes away.
-class InFlight {
- public:
-  void Add() {
-    std::lock_guard lock(mu_);
-    ++n_;
-  }
-  void Done() {
-    std::lock_guard lock(mu_);
-    if (--n_ == 0) cv_.notify_all();
-  }
-  void Wait(std::chrono::milliseconds limit) {
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, limit, [&] { return n_ == 0; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int64_t n_ = 0;
-};
+// Enqueues whose callback has not run yet: Stop() waits for them before the
+// io_context they post into goes away.
+using InFlight = InFlightCalls;
 
 // Awaitable wrapper around the callback-based EnqueueBackend.
 template <typename Token>
@@ -73,10 +55,10 @@ auto AsyncEnqueue(EnqueueBackend& backend, InFlight& in_flight, v1::NewMessage m
       [&backend, &in_flight](auto handler, v1::NewMessage m) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        in_flight.Add();
+        in_flight.Begin();
         backend.Enqueue(std::move(m), [h, ex, &in_flight](Status st) {
           asio::post(ex, [h, st = std::move(st)]() mutable { (*h)(std::move(st)); });
-          in_flight.Done();
+          in_flight.End();
         });
       },
       token, std::move(message));
@@ -90,10 +72,10 @@ auto AsyncRunQueue(EnqueueBackend& backend, InFlight& in_flight, std::string dom
       [&backend, &in_flight](auto handler, std::string d) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
-        in_flight.Add();
+        in_flight.Begin();
         backend.RunQueue(d, [h, ex, &in_flight](Result<uint64_t> r) {
           asio::post(ex, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
-          in_flight.Done();
+          in_flight.End();
         });
       },
       token, std::move(domain));
@@ -414,8 +396,8 @@ class Server final : public IngressServer {
       acceptor_.close(ec);
     });
     // Enqueues in flight end within their deadline; their callbacks post into io_.
-    enqueues_.Wait(std::chrono::duration_cast<std::chrono::milliseconds>(config_.enqueue_timeout) +
-                   std::chrono::seconds(1));
+    enqueues_.WaitIdle(std::chrono::duration_cast<std::chrono::milliseconds>(config_.enqueue_timeout) +
+                       std::chrono::seconds(1));
     io_.stop();
     for (auto& t : threads_) t.join();
     threads_.clear();

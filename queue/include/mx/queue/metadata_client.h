@@ -18,14 +18,18 @@
 
 namespace mx::queue {
 
+// How long a metadata call may take (outside the class: clang needs the
+// default member initializers before they serve as a default argument).
+struct MetadataDeadline {
+  std::chrono::milliseconds per_call{5000};
+  // Retries (UNAVAILABLE, DEADLINE_EXCEEDED) until this much has passed;
+  // zero: one attempt (and one more at a new leader's hint).
+  std::chrono::milliseconds total{0};
+};
+
 class MetadataClient {
  public:
-  struct Deadline {
-    std::chrono::milliseconds per_call{5000};
-    // Retries (UNAVAILABLE, DEADLINE_EXCEEDED) until this much has passed;
-    // zero: one attempt (and one more at a new leader's hint).
-    std::chrono::milliseconds total{0};
-  };
+  using Deadline = MetadataDeadline;
 
   explicit MetadataClient(QueueRouter& router) : router_(router) {}
 
