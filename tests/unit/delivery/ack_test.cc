@@ -4,6 +4,8 @@
 // retries, a refused merged request resent one by one) against a fake queue.
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include "ack_builder.h"
 #include "ack_sender.h"
 #include "fakes.h"
@@ -187,7 +189,7 @@ TEST_F(AckSenderTest, AMergedRequestTheQueueRefusesIsResentOneDeliveryAtATime) {
 }
 
 TEST_F(AckSenderTest, ANewLeaderIsTriedAtOnceAndAVerdictIsFinal) {
-  int calls = 0;
+  std::atomic<int> calls{0};  // the verdict runs on gRPC alarm threads too
   queue_.verdict = [&](const v1::AckRequest&) {
     ++calls;
     if (calls == 1) return std::pair{grpc::Status(grpc::StatusCode::UNAVAILABLE, "not the leader"), true};
@@ -196,15 +198,15 @@ TEST_F(AckSenderTest, ANewLeaderIsTriedAtOnceAndAVerdictIsFinal) {
   };
   sender_.Send(0, OneAck("Q1"));
   ASSERT_TRUE(sender_.WaitIdle(2s));
-  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(calls.load(), 2);
   sender_.Send(0, OneAck("Q2"));  // refused: given up on (the lease expires), its credit back
   ASSERT_TRUE(sender_.WaitIdle(2s));
-  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(calls.load(), 3);
   EXPECT_EQ(Credits().size(), 2u);
 }
 
 TEST_F(AckSenderTest, AfterStopATransientFailureIsNotRetried) {
-  int calls = 0;
+  std::atomic<int> calls{0};  // the verdict runs on gRPC alarm threads too
   queue_.verdict = [&](const v1::AckRequest&) {
     ++calls;
     return std::pair{grpc::Status(grpc::StatusCode::UNAVAILABLE, "down"), false};
@@ -212,19 +214,19 @@ TEST_F(AckSenderTest, AfterStopATransientFailureIsNotRetried) {
   sender_.Stop();
   sender_.Send(0, OneAck("Q1"));
   ASSERT_TRUE(sender_.WaitIdle(2s));
-  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(calls.load(), 1);
   EXPECT_EQ(Credits().size(), 1u);
 }
 
 TEST_F(AckSenderTest, ATransientFailureIsRetriedAfterAPause) {
-  int calls = 0;
+  std::atomic<int> calls{0};  // the verdict runs on gRPC alarm threads too
   queue_.verdict = [&](const v1::AckRequest&) {
     ++calls;
     return std::pair{calls < 3 ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "down") : grpc::Status::OK, false};
   };
   sender_.Send(0, OneAck("Q1"));
   ASSERT_TRUE(sender_.WaitIdle(5s));
-  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(calls.load(), 3);
 }
 
 }  // namespace
