@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
+#include "fan_out.h"
 #include "mx/common/grpc_server.h"
 #include "mx/common/log.h"
 #include "mx/queue/client.h"
@@ -19,7 +21,11 @@
 namespace mx::control {
 namespace {
 
+// How long a call to one shard is retried (leader hints, an election) when
+// the caller set no deadline of its own.
 constexpr auto kShardDeadline = std::chrono::seconds(10);
+
+using Failures = google::protobuf::RepeatedPtrField<v1::ShardFailure>;
 
 // mxctl's -I/-S/-R/-D as the queue's filter (qrun, hold, release, delete).
 v1::RunOp RunFilter(const v1::QueueRunRequest& req) {
@@ -108,14 +114,20 @@ class AdminService final : public v1::Admin::Service {
     list.set_sender(req->sender());
     list.set_recipient(req->recipient());
     list.set_limit(req->limit());
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      list.set_shard(shard);
-      v1::ListResponse part;
-      auto st = CallLeader(
-          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->List(ctx, list, &part); });
-      if (!st.ok()) return st;
-      for (auto& m : *part.mutable_messages()) *resp->add_messages() = std::move(m);
-      resp->set_matched(resp->matched() + part.matched());
+    std::vector<std::optional<v1::ListResponse>> parts;
+    auto st = AskShards<v1::ListResponse>(
+        *ctx, "mailq",
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::ListResponse* part) {
+          v1::ListRequest one = list;
+          one.set_shard(shard);
+          return stub->List(c, one, part);
+        },
+        &parts, resp->mutable_failed_shards());
+    if (!st.ok()) return st;
+    for (auto& part : parts) {
+      if (!part) continue;
+      for (auto& m : *part->mutable_messages()) *resp->add_messages() = std::move(m);
+      resp->set_matched(resp->matched() + part->matched());
     }
     // Oldest first across shards (qids are time-ordered).
     std::sort(
@@ -129,42 +141,55 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(*ctx, Role::kOperator, "QueueRun", &who); !st.ok()) return st;
     v1::RunQueueRequest run;
     *run.mutable_filter() = RunFilter(*req);
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      run.set_shard(shard);
-      v1::RunQueueResponse part;
-      // A queue run is idempotent, so CallLeader's retries are safe.
-      auto st = CallLeader(
-          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->RunQueue(ctx, run, &part); });
-      if (!st.ok()) return st;
-      resp->set_made_ready(resp->made_ready() + part.made_ready());
+    std::vector<std::optional<v1::RunQueueResponse>> parts;
+    // A queue run is idempotent, so CallLeader's retries are safe.
+    auto st = AskShards<v1::RunQueueResponse>(
+        *ctx, "qrun",
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::RunQueueResponse* part) {
+          v1::RunQueueRequest one = run;
+          one.set_shard(shard);
+          return stub->RunQueue(c, one, part);
+        },
+        &parts, resp->mutable_failed_shards());
+    if (!st.ok()) return st;
+    for (const auto& part : parts) {
+      if (part) resp->set_made_ready(resp->made_ready() + part->made_ready());
     }
     log::Info("admin: " + who + ": qrun " + FilterText(*req) + ": " + std::to_string(resp->made_ready()) +
-              " recipient(s) made ready");
+              " recipient(s) made ready" + Partial(resp->failed_shards()));
     return grpc::Status::OK;
   }
 
-  grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageQueueRequest* req, v1::ManageResponse* resp) override {
+  grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageQueueRequest* req,
+                      v1::ManageQueueResponse* resp) override {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kOperator, "Manage", &who); !st.ok()) return st;
     v1::ManageRequest m;
     m.mutable_op()->set_action(req->action());
     *m.mutable_op()->mutable_filter() = RunFilter(req->filter());
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      m.set_shard(shard);
-      v1::ManageResponse part;
-      // CallLeader retries on UNAVAILABLE/DEADLINE_EXCEEDED: harmless here, a
-      // repeated hold/release/delete finds nothing left to change (the counts
-      // then cover only the last attempt).
-      auto st = CallLeader(
-          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->Manage(ctx, m, &part); });
-      if (!st.ok()) return st;
-      resp->set_recipients(resp->recipients() + part.recipients());
-      resp->set_messages(resp->messages() + part.messages());
-      resp->set_skipped(resp->skipped() + part.skipped());
+    std::vector<std::optional<v1::ManageResponse>> parts;
+    // CallLeader retries on UNAVAILABLE/DEADLINE_EXCEEDED: harmless here, a
+    // repeated hold/release/delete finds nothing left to change (the counts
+    // then cover only the last attempt).
+    auto st = AskShards<v1::ManageResponse>(
+        *ctx, v1::ManageOp::Action_Name(req->action()),
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::ManageResponse* part) {
+          v1::ManageRequest one = m;
+          one.set_shard(shard);
+          return stub->Manage(c, one, part);
+        },
+        &parts, resp->mutable_failed_shards());
+    if (!st.ok()) return st;
+    for (const auto& part : parts) {
+      if (!part) continue;
+      resp->set_recipients(resp->recipients() + part->recipients());
+      resp->set_messages(resp->messages() + part->messages());
+      resp->set_skipped(resp->skipped() + part->skipped());
     }
     log::Info("admin: " + who + ": " + v1::ManageOp::Action_Name(req->action()) + " " + FilterText(req->filter()) +
               ": " + std::to_string(resp->recipients()) + " recipient(s), " + std::to_string(resp->messages()) +
-              " message(s) deleted, " + std::to_string(resp->skipped()) + " in delivery left alone");
+              " message(s) deleted, " + std::to_string(resp->skipped()) + " in delivery left alone" +
+              Partial(resp->failed_shards()));
     return grpc::Status::OK;
   }
 
@@ -286,21 +311,36 @@ class AdminService final : public v1::Admin::Service {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "Inspect", &who); !st.ok()) return st;
     if (req->qid().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "inspect needs a queue id");
-    // A queue id does not say its shard: ask each until one has it.
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      v1::GetMessageRequest get;
-      get.set_shard(shard);
-      get.set_qid(req->qid());
-      v1::GetMessageResponse part;
-      auto st = CallLeader(
-          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetMessage(c, get, &part); });
-      if (st.error_code() == grpc::StatusCode::NOT_FOUND) continue;
-      if (!st.ok()) return st;
+    // A queue id does not say its shard: ask them all.
+    std::vector<v1::GetMessageResponse> parts(router_.shards());
+    auto statuses = FanOut(
+        router_.shards(), FanOutDeadline(ctx->deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+          v1::GetMessageRequest get;
+          get.set_shard(shard);
+          get.set_qid(req->qid());
+          return CallLeader(
+              shard,
+              [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetMessage(c, get, &parts[shard]); },
+              deadline);
+        });
+    for (uint32_t shard = 0; shard < statuses.size(); ++shard) {
+      if (!statuses[shard].ok()) continue;
+      auto& part = parts[shard];
       *resp->mutable_message() = std::move(*part.mutable_message());
       resp->set_headers(std::move(*part.mutable_headers()));
       resp->set_body_bytes(part.body_bytes());
       resp->set_shard(shard);
       return grpc::Status::OK;
+    }
+    for (auto& st : statuses) {
+      const auto code = st.error_code();
+      if (code == grpc::StatusCode::NOT_FOUND) st = grpc::Status::OK;  // answered: not here
+      // A bad queue id is bad on every shard.
+      if (code == grpc::StatusCode::INVALID_ARGUMENT || code == grpc::StatusCode::PERMISSION_DENIED) return st;
+    }
+    if (std::string failed = DescribeFailures(statuses); !failed.empty()) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "no message " + req->qid() + " on the shards that answered; not answered: " + failed);
     }
     return grpc::Status(grpc::StatusCode::NOT_FOUND, "no message " + req->qid() + " in the queue");
   }
@@ -310,15 +350,19 @@ class AdminService final : public v1::Admin::Service {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "HostStatus", &who); !st.ok()) return st;
     std::map<std::string, v1::HostStatus> merged;
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      v1::ListHostStatusRequest req;
-      req.set_shard(shard);
-      v1::ListHostStatusResponse part;
-      auto st = CallLeader(shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) {
-        return stub->ListHostStatus(ctx, req, &part);
-      });
-      if (!st.ok()) return st;
-      for (auto& h : *part.mutable_hosts()) {
+    std::vector<std::optional<v1::ListHostStatusResponse>> parts;
+    auto st = AskShards<v1::ListHostStatusResponse>(
+        *ctx, "hoststat",
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::ListHostStatusResponse* part) {
+          v1::ListHostStatusRequest one;
+          one.set_shard(shard);
+          return stub->ListHostStatus(c, one, part);
+        },
+        &parts, resp->mutable_failed_shards());
+    if (!st.ok()) return st;
+    for (auto& part : parts) {
+      if (!part) continue;
+      for (auto& h : *part->mutable_hosts()) {
         auto [it, fresh] = merged.emplace(h.host(), h);
         if (!fresh && h.last_attempt_unix_us() > it->second.last_attempt_unix_us()) it->second = std::move(h);
       }
@@ -331,19 +375,24 @@ class AdminService final : public v1::Admin::Service {
   }
 
   grpc::Status PurgeHostStatus(grpc::ServerContext* ctx, const v1::PurgeHostStatusRequest* req,
-                               v1::PurgeHostStatusResponse* resp) override {
+                               v1::PurgeStatResponse* resp) override {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kOperator, "PurgeHostStatus", &who); !st.ok()) return st;
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      v1::PurgeHostStatusRequest part_req = *req;
-      part_req.set_shard(shard);
-      v1::PurgeHostStatusResponse part;
-      auto st = CallLeader(shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) {
-        return stub->PurgeHostStatus(ctx, part_req, &part);
-      });
-      if (!st.ok()) return st;
-      resp->set_purged(resp->purged() + part.purged());
+    std::vector<std::optional<v1::PurgeHostStatusResponse>> parts;
+    auto st = AskShards<v1::PurgeHostStatusResponse>(
+        *ctx, "purgestat",
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::PurgeHostStatusResponse* part) {
+          v1::PurgeHostStatusRequest one = *req;
+          one.set_shard(shard);
+          return stub->PurgeHostStatus(c, one, part);
+        },
+        &parts, resp->mutable_failed_shards());
+    if (!st.ok()) return st;
+    for (const auto& part : parts) {
+      if (part) resp->set_purged(resp->purged() + part->purged());
     }
+    log::Info("admin: " + who + ": purgestat " + (req->host().empty() ? "(every host)" : req->host()) + ": " +
+              std::to_string(resp->purged()) + " purged" + Partial(resp->failed_shards()));
     return grpc::Status::OK;
   }
 
@@ -355,15 +404,20 @@ class AdminService final : public v1::Admin::Service {
     }
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
-      v1::GetStatsRequest req;
-      req.set_shard(shard);
-      v1::GetStatsResponse part;
-      auto st = CallLeader(
-          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->GetStats(ctx, req, &part); });
-      if (!st.ok()) return st;
-      if (part.since_unix_us() && (since == 0 || part.since_unix_us() < since)) since = part.since_unix_us();
-      for (const auto& m : part.mailers()) {
+    std::vector<std::optional<v1::GetStatsResponse>> parts;
+    auto st = AskShards<v1::GetStatsResponse>(
+        *ctx, "mailstats",
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::GetStatsResponse* part) {
+          v1::GetStatsRequest one;
+          one.set_shard(shard);
+          return stub->GetStats(c, one, part);
+        },
+        &parts, resp->mutable_failed_shards());
+    if (!st.ok()) return st;
+    for (const auto& part : parts) {
+      if (!part) continue;
+      if (part->since_unix_us() && (since == 0 || part->since_unix_us() < since)) since = part->since_unix_us();
+      for (const auto& m : part->mailers()) {
         auto& t = sum[m.mailer()];
         t.set_mailer(m.mailer());
         t.set_msgsfr(t.msgsfr() + m.msgsfr());
@@ -377,18 +431,21 @@ class AdminService final : public v1::Admin::Service {
     for (auto& [_, m] : sum) *resp->add_mailers() = m;
     resp->set_since_unix_us(since);
     if (request->reset()) {
-      // Counts that arrive between the read above and the reset are not shown.
-      for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      // Counts that arrive between the read above and the reset are not
+      // shown. Only the shards whose counts were read are reset.
+      const auto deadline = FanOutDeadline(ctx->deadline(), kShardDeadline);
+      for (uint32_t shard = 0; shard < parts.size(); ++shard) {
+        if (!parts[shard]) continue;
         v1::RecordStatsRequest reset;
         reset.set_shard(shard);
         reset.set_reset(true);
         v1::RecordStatsResponse ignored;
-        auto st = CallLeader(shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) {
-          return stub->RecordStats(c, reset, &ignored);
-        });
+        auto st = CallLeader(
+            shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->RecordStats(c, reset, &ignored); },
+            deadline);
         if (!st.ok()) return st;
       }
-      log::Info("admin: " + who + ": mailstats reset");
+      log::Info("admin: " + who + ": mailstats reset" + Partial(resp->failed_shards()));
     }
     return grpc::Status::OK;
   }
@@ -450,7 +507,7 @@ class AdminService final : public v1::Admin::Service {
     return CallLeader(
         req->shard(),
         [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->AddReplica(ctx, *req, resp); },
-        std::chrono::minutes(3));
+        std::chrono::system_clock::now() + kShardDeadline, std::chrono::minutes(3));
   }
 
   grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req,
@@ -461,7 +518,25 @@ class AdminService final : public v1::Admin::Service {
     return CallLeader(
         req->shard(),
         [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->RemoveReplica(ctx, *req, resp); },
-        std::chrono::minutes(3));
+        std::chrono::system_clock::now() + kShardDeadline, std::chrono::minutes(3));
+  }
+
+  grpc::Status TransferLeader(grpc::ServerContext* ctx, const v1::TransferLeaderRequest* req,
+                              v1::TransferLeaderResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "TransferLeader", &who); !st.ok()) return st;
+    if (req->shard() >= router_.shards()) return BadShard(req->shard());
+    // A retry that reaches the new leader finds the transfer done (it answers
+    // at once when it is the node asked for).
+    auto st = CallLeader(
+        req->shard(),
+        [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->TransferLeader(c, *req, resp); },
+        std::chrono::system_clock::now() + kShardDeadline, std::chrono::minutes(1));
+    if (st.ok()) {
+      log::Info("admin: " + who + ": shard " + std::to_string(req->shard()) + " leadership to node " +
+                std::to_string(resp->leader_id()));
+    }
+    return st;
   }
 
  private:
@@ -470,27 +545,83 @@ class AdminService final : public v1::Admin::Service {
                                                                 std::to_string(router_.shards()) + ")");
   }
 
-  // Calls the shard's leader, following leader hints; bounded by kShardDeadline
-  // of retries (an election takes about two election timeouts).
+  // Calls the shard's leader, following leader hints, retrying until
+  // `retry_until` (an election takes about two election timeouts). Each call
+  // may take `per_call`, or half the time left when that is zero.
   template <typename Fn>
-  grpc::Status CallLeader(uint32_t shard, Fn call, std::chrono::seconds per_call = kShardDeadline) {
-    const auto give_up = std::chrono::steady_clock::now() + kShardDeadline;
+  grpc::Status CallLeader(uint32_t shard, Fn call, Deadline retry_until,
+                          std::chrono::seconds per_call = std::chrono::seconds(0)) {
     grpc::Status st;
     for (int attempt = 0;; ++attempt) {
+      const auto now = std::chrono::system_clock::now();
+      if (attempt > 0 && now >= retry_until) break;
       auto target = router_.Leader(shard);
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + per_call);
+      // Without per_call, an attempt gets half the time left (at least 1 s):
+      // a leader that hangs (stopped, partitioned) leaves time to find the
+      // one elected after it.
+      using Duration = std::chrono::system_clock::duration;
+      Duration attempt_time = per_call;
+      if (per_call.count() == 0) {
+        const Duration left = std::max<Duration>(retry_until - now, Duration::zero());
+        attempt_time = std::min<Duration>(left, std::max<Duration>(left / 2, std::chrono::seconds(1)));
+      }
+      ctx.set_deadline(now + attempt_time);
       st = call(target.stub, &ctx);
       bool new_leader = router_.Observe(shard, target.address, ctx, st);
       if (st.ok() || (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
                       st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED)) {
         return st;
       }
-      if (std::chrono::steady_clock::now() >= give_up) break;
-      if (!new_leader) std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1000, 100 << attempt)));
+      if (!new_leader) {
+        const auto pause = std::min<std::chrono::system_clock::duration>(
+            std::chrono::milliseconds(std::min(1000, 100 << std::min(attempt, 4))),
+            retry_until - std::chrono::system_clock::now());
+        if (pause.count() > 0) std::this_thread::sleep_for(pause);
+      }
     }
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "queue shard " + std::to_string(shard) + " has no reachable leader: " + st.error_message());
+  }
+
+  // Asks every shard's leader at once (FanOut), by the caller's deadline.
+  // (*parts)[shard] holds each answer; the shards that did not answer are
+  // listed in *failed and logged. UNAVAILABLE when no shard answered.
+  template <typename Resp, typename Call>
+  grpc::Status AskShards(const grpc::ServerContext& ctx, const std::string& what, Call call,
+                         std::vector<std::optional<Resp>>* parts, Failures* failed) {
+    const uint32_t n = router_.shards();
+    std::vector<Resp> answers(n);
+    auto statuses = FanOut(n, FanOutDeadline(ctx.deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+      return CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return call(stub, c, shard, &answers[shard]); },
+          deadline);
+    });
+    parts->assign(n, std::nullopt);
+    for (uint32_t shard = 0; shard < n; ++shard) {
+      if (statuses[shard].ok()) {
+        (*parts)[shard] = std::move(answers[shard]);
+        continue;
+      }
+      auto* f = failed->Add();
+      f->set_shard(shard);
+      f->set_error(statuses[shard].error_message());
+    }
+    if (failed->empty()) return grpc::Status::OK;
+    const std::string missing = DescribeFailures(statuses);
+    if (failed->size() == static_cast<int>(n)) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no queue shard answered " + what + ": " + missing);
+    }
+    log::Warn("admin: " + what + ": partial answer, not answered: " + missing);
+    return grpc::Status::OK;
+  }
+
+  // ", partial: shards 1, 3 did not answer" for the audit log.
+  static std::string Partial(const Failures& failed) {
+    if (failed.empty()) return "";
+    std::string out = ", partial: shard";
+    for (int k = 0; k < failed.size(); ++k) out += (k ? ", " : " ") + std::to_string(failed[k].shard());
+    return out + " did not answer";
   }
 
   // The metadata shard's leader, retried like the shards' (CallLeader).

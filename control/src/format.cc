@@ -33,8 +33,19 @@ std::string Pad(const std::string& s, size_t width, bool right) {
 
 }  // namespace
 
+std::string FormatPartial(const google::protobuf::RepeatedPtrField<v1::ShardFailure>& failed) {
+  if (failed.empty()) return "";
+  std::string out = "partial answer: ";
+  for (int k = 0; k < failed.size(); ++k) {
+    out +=
+        (k ? "; shard " : "shard ") + std::to_string(failed[k].shard()) + " did not answer (" + failed[k].error() + ")";
+  }
+  return out + "\n";
+}
+
 std::string FormatMailq(const v1::MailqResponse& resp) {
-  if (resp.matched() == 0) return "Mail queue is empty\n";
+  const std::string partial = resp.failed_shards().empty() ? "" : " (partial: some shards did not answer)";
+  if (resp.matched() == 0) return "Mail queue is empty" + partial + "\n";
   std::string out =
       "\t\tmx queue (" + std::to_string(resp.matched()) + (resp.matched() == 1 ? " request" : " requests") + ")\n";
   out += "-----Q-ID----- --Size-- -----Q-Time----- ------------Sender/Recipient-----------\n";
@@ -54,7 +65,7 @@ std::string FormatMailq(const v1::MailqResponse& resp) {
       out += "                                         <" + r.address() + ">\n";
     }
   }
-  out += "\t\tTotal requests: " + std::to_string(resp.matched()) + "\n";
+  out += "\t\tTotal requests: " + std::to_string(resp.matched()) + partial + "\n";
   return out;
 }
 
@@ -75,6 +86,13 @@ std::string FormatMailstats(const v1::MailstatsResponse& resp) {
   out += " T " + Pad(std::to_string(t[0]), 8, true) + " " + Pad(Kb(t[1]), 11, true) + " " +
          Pad(std::to_string(t[2]), 8, true) + " " + Pad(Kb(t[3]), 11, true) + " " + Pad(std::to_string(t[4]), 8, true) +
          " " + Pad(std::to_string(t[5]), 7, true) + "\n";
+  if (!resp.failed_shards().empty()) {
+    out += " (partial: the sums leave out shard";
+    for (int k = 0; k < resp.failed_shards_size(); ++k) {
+      out += (k ? ", " : " ") + std::to_string(resp.failed_shards(k).shard());
+    }
+    out += ", which did not answer)\n";
+  }
   return out;
 }
 
@@ -121,7 +139,8 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
       out += "shard " + std::to_string(r.shard()) + " leader " + std::to_string(r.node_id()) + " members:";
       for (const auto& m : r.members()) {
         out += " " + std::to_string(m.id()) + "(" + m.role() + ", " + m.raft_address() + ", behind " +
-               std::to_string(r.last_index() > m.match_index() ? r.last_index() - m.match_index() : 0) + ")";
+               std::to_string(r.last_index() > m.match_index() ? r.last_index() - m.match_index() : 0) +
+               (m.answering() ? "" : ", silent") + ")";
       }
       out += "\n";
     }
@@ -153,7 +172,10 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
 }
 
 std::string FormatHostStatus(const v1::HostStatusResponse& resp) {
-  if (resp.hosts().empty()) return "Host status is empty\n";
+  if (resp.hosts().empty()) {
+    return resp.failed_shards().empty() ? "Host status is empty\n"
+                                        : "Host status is empty (partial: some shards did not answer)\n";
+  }
   std::string out = Pad("Hostname", 32, false) + " " + Pad("How long ago", 12, true) + "  " + Pad("Failures", 8, true) +
                     "  Results\n";
   for (const auto& h : resp.hosts()) {

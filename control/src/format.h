@@ -9,6 +9,10 @@
 
 namespace mx::control {
 
+// A fan-out's missing shards (control.proto ShardFailure): "" when none,
+// else one line, "partial answer: shard 1 did not answer (why); ...".
+std::string FormatPartial(const google::protobuf::RepeatedPtrField<v1::ShardFailure>& failed);
+
 std::string FormatMailq(const v1::MailqResponse& resp);
 std::string FormatMailstats(const v1::MailstatsResponse& resp);
 // `mxctl cluster status`: every replica of every shard, leader first.

@@ -8,6 +8,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,6 +27,9 @@
 namespace {
 
 constexpr int kExUsage = 64, kExDataErr = 65, kExNoInput = 66, kExUnavailable = 69, kExNoPerm = 77;
+// A queue command answered by some shards only (EX_TEMPFAIL: try again when
+// the missing shards are back); what they said is printed, stderr names the rest.
+constexpr int kExPartial = 75;
 
 // mxctl policy apply --config FILE: mx.yaml and the map files its ingress
 // section names (relative to FILE's directory), as one bundle.
@@ -100,11 +104,13 @@ struct Session {
   std::unique_ptr<mx::v1::Admin::Stub> stub;
   std::string server, token;
   bool json = false;
+  std::chrono::seconds timeout{15};  // --timeout: how long a command may take
 
-  // A call's context: the deadline and the bearer token.
-  std::unique_ptr<grpc::ClientContext> Context(std::chrono::seconds deadline = std::chrono::seconds(30)) const {
+  // A call's context: the deadline (--timeout, or `at_least` if longer) and
+  // the bearer token.
+  std::unique_ptr<grpc::ClientContext> Context(std::chrono::seconds at_least = std::chrono::seconds(0)) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + deadline);
+    ctx->set_deadline(std::chrono::system_clock::now() + std::max(timeout, at_least));
     if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
     return ctx;
   }
@@ -125,7 +131,7 @@ struct Session {
     } else {
       fputs(text(resp).c_str(), stdout);
     }
-    return 0;
+    return Partial(resp);
   }
   // The answer as JSON, or as the text line(s) given.
   template <typename Resp>
@@ -135,6 +141,17 @@ struct Session {
       PrintJson(resp);
     } else {
       fputs(text.c_str(), stdout);
+    }
+    return Partial(resp);
+  }
+  // A fan-out that some shards did not answer: named on stderr, kExPartial.
+  template <typename Resp>
+  static int Partial(const Resp& resp) {
+    if constexpr (requires { resp.failed_shards(); }) {
+      if (!resp.failed_shards().empty()) {
+        fprintf(stderr, "mxctl: %s", mx::control::FormatPartial(resp.failed_shards()).c_str());
+        return kExPartial;
+      }
     }
     return 0;
   }
@@ -225,7 +242,7 @@ int Purgestat(Session& s, const Args& args) {
   if (args.size() > 1) return Usage();
   mx::v1::PurgeHostStatusRequest req;
   if (!args.empty()) req.set_host(args[0]);
-  mx::v1::PurgeHostStatusResponse resp;
+  mx::v1::PurgeStatResponse resp;
   auto st = s.stub->PurgeHostStatus(s.Context().get(), req, &resp);
   const unsigned long long n = resp.purged();
   return s.Say(st, resp, std::to_string(n) + " host status entr" + (n == 1 ? "y" : "ies") + " purged\n");
@@ -310,7 +327,7 @@ int Manage(Session& s, const Args& args, mx::v1::ManageOp::Action action, const 
   mx::v1::ManageQueueRequest req;
   req.set_action(action);
   *req.mutable_filter() = f;
-  mx::v1::ManageResponse resp;
+  mx::v1::ManageQueueResponse resp;
   auto st = s.stub->Manage(s.Context().get(), req, &resp);
   std::string text;
   switch (action) {
@@ -414,7 +431,7 @@ int Membership(Session& s, const Args& args, bool add) {
     const std::string& v = args[++i];
     if (flag == "--shard") {
       shard = v;
-    } else if (flag == "--id") {
+    } else if (flag == "--id" || flag == "--node") {
       id = v;
     } else if (flag == "--grpc" && add) {
       grpc_addr = v;
@@ -469,6 +486,34 @@ int Membership(Session& s, const Args& args, bool add) {
   }
   return 0;
 }
+// cluster transfer-leader --shard N [--node ID]
+int TransferLeader(Session& s, const Args& args) {
+  uint64_t shard = 0, node = 0;
+  bool have_shard = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (i + 1 >= args.size()) return Usage();
+    const std::string& flag = args[i];
+    const std::string& v = args[++i];
+    if (flag == "--shard") {
+      if (!Number(v, &shard) || shard > 255) return Usage();
+      have_shard = true;
+    } else if (flag == "--node" || flag == "--id") {
+      if (!Number(v, &node) || node == 0) return Usage();
+    } else {
+      return Usage();
+    }
+  }
+  if (!have_shard) return Usage();
+  mx::v1::TransferLeaderRequest req;
+  req.set_shard(static_cast<uint32_t>(shard));
+  req.set_node_id(node);
+  mx::v1::TransferLeaderResponse resp;
+  auto st = s.stub->TransferLeader(s.Context(std::chrono::minutes(1)).get(), req, &resp);
+  return s.Say(st, resp,
+               Printf("shard %llu: node %llu leads", shard, resp.leader_id()) +
+                   (resp.leader_address().empty() ? "" : " (" + resp.leader_address() + ")") + "\n");
+}
+
 int AddReplica(Session& s, const Args& a) {
   return Membership(s, a, true);
 }
@@ -560,11 +605,19 @@ const Command kCommands[] = {
      "operator", "Drain", Drain},
     {"undrain", "NODE", "put a drained process back in service", "operator", "Drain", Undrain},
     {"forget", "NODE", "drop a process that is gone from cluster status", "operator", "Drain", Forget},
-    {"queue add-replica", "[--shard N|all] --id ID --grpc HOST:PORT --raft HOST:PORT",
-     "add a queue replica to every shard's Raft group (or\nshard N's); --raft is its queue.peers raft address\n"
-     "(shard 0's; shard s is at port + s)",
+    {"cluster add-replica", "[--shard N|all] --node ID --grpc HOST:PORT --raft HOST:PORT",
+     "add a queue node as a voter of every shard (or shard N)\nonce it caught up; --raft is its queue.peers raft\n"
+     "address (shard 0's; shard s is at port + s); refused\nwhile it is unreachable",
      "operator", "AddReplica", AddReplica},
-    {"queue remove-replica", "[--shard N|all] --id ID", "remove a replica from every shard (or shard N)", "operator",
+    {"cluster remove-replica", "[--shard N|all] --node ID",
+     "remove a replica from every shard (or shard N); refused\nwhen the voters left could not make a quorum",
+     "operator", "RemoveReplica", RemoveReplica},
+    {"cluster transfer-leader", "--shard N [--node ID]",
+     "hand shard N's leadership to node ID (default: the\nvoter with the most entries), its preferred leader now",
+     "operator", "TransferLeader", TransferLeader},
+    {"queue add-replica", "(as cluster add-replica; --id for --node)", "the older name of cluster add-replica",
+     "operator", "AddReplica", AddReplica},
+    {"queue remove-replica", "(as cluster remove-replica)", "the older name of cluster remove-replica", "operator",
      "RemoveReplica", RemoveReplica},
     {"policy apply", "--config FILE", "push mx.yaml's ingress policy and its maps to every node", "operator",
      "PolicyApply", PolicyApply},
@@ -595,7 +648,7 @@ std::vector<std::string> Lines(const char* text) {
 int Usage() {
   fprintf(stderr,
           "usage: mxctl [--server host:port] [--token-file F] [--tls-ca F [--tls-cert F --tls-key F]]\n"
-          "             [-o text|json] COMMAND [options]\n"
+          "             [--timeout DURATION] [-o text|json] COMMAND [options]\n"
           "commands (the token's role in brackets; Admin RPC after it):\n");
   constexpr size_t kColumn = 48;
   for (const Command& c : kCommands) {
@@ -618,7 +671,9 @@ int Usage() {
   }
   fprintf(stderr,
           "The server defaults to $MXCTL_SERVER or 127.0.0.1:7401; the token file to $MXCTL_TOKEN_FILE\n"
-          "(first line: the bearer token); --tls-ca (or $MXCTL_TLS_CA) turns TLS on.\n");
+          "(first line: the bearer token); --tls-ca (or $MXCTL_TLS_CA) turns TLS on.\n"
+          "--timeout (default 15s): queue commands answer by then with what the shards that\n"
+          "answered said, name the others on stderr and exit 75; exit 69 when none answered.\n");
   return kExUsage;
 }
 
@@ -668,6 +723,13 @@ int main(int argc, char** argv) {
       tls.cert_file = v;
     } else if (flag == "--tls-key") {
       tls.key_file = v;
+    } else if (flag == "--timeout") {
+      auto seconds = ParseSeconds(v);
+      if (!seconds) {
+        fprintf(stderr, "mxctl: --timeout: '%s' is not a duration (5s, 30s, 2m)\n", v.c_str());
+        return kExUsage;
+      }
+      s.timeout = std::chrono::seconds(*seconds);
     } else {
       break;
     }

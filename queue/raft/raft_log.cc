@@ -203,12 +203,57 @@ class RaftLogImpl final : public RaftLog {
     if (!RunOnLoop([this, id, shared]() mutable {
           ChangeDone done = std::move(*shared);
           if (RoleOf(id) < 0) return done(Status::Ok());  // already removed (a retried request)
+          if (auto st = CheckQuorumWithout(id); !st.ok()) return done(st);
           auto* op = new ChangeOp{this, id, 0, std::move(done)};
           op->req.data = op;
           int rv = raft_remove(&raft_, &op->req, id, &RaftLogImpl::OnChanged);
           if (rv != 0) op->Finish(ChangeError("remove server", rv));
         })) {
       (*shared)(Status(Code::kUnavailable, tag_ + "shutting down"));
+    }
+  }
+
+  void TransferLeadership(uint64_t id, std::function<void(const Status&, uint64_t)> done) override {
+    auto shared = std::make_shared<std::function<void(const Status&, uint64_t)>>(std::move(done));
+    if (!RunOnLoop([this, id, shared]() mutable {
+          auto done = std::move(*shared);
+          if (raft_state(&raft_) != RAFT_LEADER || !raft_.leader_state.progress) {
+            return done(Status(Code::kUnavailable, tag_ + "not the leader"), 0);
+          }
+          if (transfer_in_flight_) {
+            return done(Status(Code::kFailedPrecondition, tag_ + "a leadership transfer is already in progress"), 0);
+          }
+          const uint64_t to = id != 0 ? id : MostCaughtUpVoter();
+          if (to == 0) return done(Status(Code::kFailedPrecondition, tag_ + "no other voter to lead"), 0);
+          if (to == options_.node_id) return done(Status::Ok(), to);
+          if (RoleOf(to) != RAFT_VOTER) {
+            return done(Status(Code::kFailedPrecondition,
+                               tag_ + "node " + std::to_string(to) + " is not a voter of this shard"),
+                        0);
+          }
+          struct Op {
+            struct raft_transfer req {};
+            RaftLogImpl* self;
+            uint64_t to;
+            std::function<void(const Status&, uint64_t)> done;
+          };
+          auto* op = new Op{{}, this, to, std::move(done)};
+          op->req.data = op;
+          int rv = raft_transfer(&raft_, &op->req, to, [](struct raft_transfer* req) {
+            auto* op = static_cast<Op*>(req->data);
+            op->self->transfer_in_flight_ = false;
+            op->done(Status::Ok(), op->to);
+            delete op;
+          });
+          if (rv != 0) {
+            auto d = std::move(op->done);
+            delete op;
+            return d(ChangeError("leadership transfer", rv), 0);
+          }
+          transfer_in_flight_ = true;
+          log::Info(tag_ + "handing leadership to node " + std::to_string(to) + " (operator)");
+        })) {
+      (*shared)(Status(Code::kUnavailable, tag_ + "shutting down"), 0);
     }
   }
 
@@ -248,6 +293,45 @@ class RaftLogImpl final : public RaftLog {
   Status ChangeError(const std::string& what, int rv) {
     Code code = rv == RAFT_NOTLEADER || rv == RAFT_LEADERSHIPLOST ? Code::kUnavailable : Code::kFailedPrecondition;
     return Status(code, tag_ + what + ": " + raft_strerror(rv) + " (" + raft_errmsg(&raft_) + ")");
+  }
+
+  // Leader only: refuses a removal that would leave fewer voters that
+  // answered within the last election timeout than a quorum of those left.
+  Status CheckQuorumWithout(uint64_t id) const {
+    if (RoleOf(id) != RAFT_VOTER) return Status::Ok();
+    unsigned voters = 0, live = 0;
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      const auto& srv = raft_.configuration.servers[i];
+      if (srv.role != RAFT_VOTER || srv.id == id) continue;
+      ++voters;
+      const bool self = srv.id == options_.node_id;
+      if (self || (raft_.leader_state.progress && raft_.leader_state.progress[i].recent_recv)) ++live;
+    }
+    if (voters == 0)
+      return Status(Code::kFailedPrecondition, tag_ + "node " + std::to_string(id) + " is its only voter");
+    if (live < voters / 2 + 1) {
+      return Status(Code::kFailedPrecondition, tag_ + "removing node " + std::to_string(id) + " would leave " +
+                                                   std::to_string(voters) + " voters of which only " +
+                                                   std::to_string(live) + " answer the leader, less than a quorum (" +
+                                                   std::to_string(voters / 2 + 1) + ")");
+    }
+    return Status::Ok();
+  }
+
+  // Leader only: the voter other than this one with the highest match index (0: none).
+  uint64_t MostCaughtUpVoter() const {
+    uint64_t best = 0;
+    raft_index best_match = 0;
+    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
+      const auto& srv = raft_.configuration.servers[i];
+      if (srv.role != RAFT_VOTER || srv.id == options_.node_id) continue;
+      const raft_index match = raft_.leader_state.progress[i].match_index;
+      if (best == 0 || match > best_match) {
+        best = srv.id;
+        best_match = match;
+      }
+    }
+    return best;
   }
 
   // Role of server id in the current configuration, -1 if it is not a member.
@@ -435,8 +519,9 @@ class RaftLogImpl final : public RaftLog {
       m->set_raft_address(srv.address);
       m->set_role(RoleName(srv.role));
       if (state == RAFT_LEADER && raft_.leader_state.progress) {
-        m->set_match_index(srv.id == options_.node_id ? raft_last_index(&raft_)
-                                                      : raft_.leader_state.progress[i].match_index);
+        const bool self = srv.id == options_.node_id;
+        m->set_match_index(self ? raft_last_index(&raft_) : raft_.leader_state.progress[i].match_index);
+        m->set_answering(self || raft_.leader_state.progress[i].recent_recv);
       }
     }
     {
@@ -475,7 +560,8 @@ class RaftLogImpl final : public RaftLog {
   // Leader only: hands leadership to the preferred replica once it is a voter
   // that has every entry (so the handover costs no catch-up).
   void MaybeHandOver() {
-    const uint64_t want = options_.preferred_leader;
+    const uint64_t chosen = sm_.PreferredLeader();
+    const uint64_t want = chosen != 0 ? chosen : options_.preferred_leader;
     if (want == 0 || want == options_.node_id || transfer_in_flight_ || !raft_.leader_state.progress) return;
     const raft_index last = raft_last_index(&raft_);
     for (unsigned i = 0; i < raft_.configuration.n; ++i) {

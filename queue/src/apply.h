@@ -43,6 +43,7 @@ inline constexpr const char* kStatsSinceKey = "stats_since";
 inline constexpr const char* kMemberPrefix = "member/";
 inline constexpr const char* kNodePrefix = "node/";
 inline constexpr const char* kPolicyKey = "policy/current";
+inline constexpr const char* kPreferredLeaderKey = "leader/preferred";
 inline constexpr const char* kSitePrefix = "site/";
 inline constexpr const char* kSuppPrefix = "supp/";        // address -> Suppression (current)
 inline constexpr const char* kSuppSeqPrefix = "suppseq/";  // big-endian seq -> Suppression (its latest change)
@@ -102,6 +103,7 @@ struct ApplyContext {
   bool stats_touched = false;
   std::vector<std::pair<uint64_t, std::string>> member_ops;  // "" = removed
   std::optional<std::string> policy_version;                 // a policy stored by this entry
+  std::optional<uint64_t> preferred_leader;                  // a LeaderOp of this entry
 
   void Move(v1::RcptStatus from, v1::RcptStatus to) {
     if (from != v1::RCPT_STATUS_UNSPECIFIED) --counts.by_status[from];
@@ -149,6 +151,7 @@ class StateMachine::Applier {
   Status Stats(const v1::StatsOp& op, int64_t now);
   // ---- the metadata shard's records (apply_meta.cc) ----
   Status Member(const v1::MemberOp& op);
+  Status Leader(const v1::LeaderOp& op);
   Status Node(const v1::NodeOp& op, int64_t now, ApplyResult* res);
   Status Policy(const v1::PolicyBundle& bundle, int64_t now);
   Status Site(const v1::SiteOp& op, int64_t now, ApplyResult* res);

@@ -18,6 +18,16 @@ Status StateMachine::Applier::Member(const v1::MemberOp& op) {
   return Status::Ok();
 }
 
+Status StateMachine::Applier::Leader(const v1::LeaderOp& op) {
+  if (op.preferred() == 0) {
+    b_.Delete(sm_.meta_, kPreferredLeaderKey);
+  } else {
+    b_.Put(sm_.meta_, kPreferredLeaderKey, EncodeU64(op.preferred()));
+  }
+  ctx_.preferred_leader = op.preferred();
+  return Status::Ok();
+}
+
 Status StateMachine::Applier::Node(const v1::NodeOp& op, int64_t now, ApplyResult* res) {
   const std::string key = kNodePrefix + op.info().name();
   v1::NodeInfo cur;

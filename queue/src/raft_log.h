@@ -51,7 +51,8 @@ struct RaftLogOptions {
   unsigned max_inflight_entries = 4;
   // The replica that should lead this shard when it is a caught-up voter (0:
   // none). Spreading shards' leaders over the nodes spreads the leaders' work;
-  // the leader hands over with raft_transfer, checked every few seconds.
+  // the leader hands over with raft_transfer, checked every few seconds. The
+  // state machine's PreferredLeader (set by a transfer) overrides it.
   uint64_t preferred_leader = 0;
 };
 
@@ -69,7 +70,13 @@ class RaftLog : public CommandLog {
   virtual void OnLeadershipChange(std::function<void(bool leader)> fn) = 0;
   // Leader only: membership changes. done runs on the loop thread.
   virtual void AddVoter(uint64_t id, const std::string& raft_address, ChangeDone done) = 0;
+  // Refused (kFailedPrecondition) when the voters left would not include a
+  // quorum that answered the leader within the last election timeout.
   virtual void RemoveServer(uint64_t id, ChangeDone done) = 0;
+  // Leader only: hands leadership to voter id (0: the voter with the most
+  // entries) with raft_transfer; done runs once libraft finished the attempt
+  // with the id asked for (the caller checks who leads then).
+  virtual void TransferLeadership(uint64_t id, std::function<void(const Status&, uint64_t to)> done) = 0;
 };
 
 Result<std::unique_ptr<RaftLog>> StartRaftLog(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch);

@@ -5,6 +5,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <thread>
 
 #include "disk_budget.h"
+#include "membership.h"
 #include "metadata_service.h"
 #include "mx/common/address.h"
 #include "mx/common/grpc_server.h"
@@ -144,6 +146,10 @@ class Shard final : public MetadataReplica {
     auto log = StartRaftLog(ro, *sm_, &FetchSnapshotFiles);
     if (!log.ok()) return log.status();
     log_ = std::move(log).value();
+    membership_ =
+        std::make_unique<Membership>(*this, *log_, id_, config_.node_id,
+                                     std::chrono::duration_cast<std::chrono::milliseconds>(config_.election_timeout),
+                                     clock_, [this](uint64_t node) { return AddressOf(node); });
     log_->OnLeadershipChange([this](bool leader) {
       if (leader && on_leader_) {
         // A single replica's first term has no predecessor that is still
@@ -178,6 +184,7 @@ class Shard final : public MetadataReplica {
 
   StateMachine& sm() { return *sm_; }
   RaftLog& log() { return *log_; }
+  Membership& membership() { return *membership_; }
   // Before Start: runs when this replica becomes the leader (predecessor:
   // whether an earlier leader may still be running).
   void OnLeader(std::function<void(bool predecessor)> fn) { on_leader_ = std::move(fn); }
@@ -422,42 +429,6 @@ class Shard final : public MetadataReplica {
     return r.status.ok() ? grpc::Status::OK : CommitFailed(ctx, r.status);
   }
 
-  // Membership: record the gRPC address (replicated), then change Raft's configuration.
-  grpc::Status AddReplica(grpc::ServerContext* ctx, const v1::AddReplicaRequest* req) {
-    if (req->node_id() == 0 || req->grpc_address().empty() || req->raft_address().empty()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "node_id, grpc_address and raft_address are required");
-    }
-    if (!ParseHostPort(req->grpc_address()).ok() || !ParseHostPort(req->raft_address()).ok()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "addresses must be host:port");
-    }
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    v1::QueueCommand cmd;
-    cmd.set_now_unix_us(clock_.NowUnixMicros());
-    cmd.mutable_member()->set_node_id(req->node_id());
-    cmd.mutable_member()->set_grpc_address(req->grpc_address());
-    if (auto r = Commit(std::move(cmd)); !r.status.ok()) return CommitFailed(ctx, r.status);
-    mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_->AddVoter(req->node_id(), req->raft_address(), d); });
-    if (!st.ok()) return ToGrpc(st);
-    log::Info(tag_ + ": added node " + std::to_string(req->node_id()) + " (" + req->raft_address() + ") as a voter");
-    return grpc::Status::OK;
-  }
-
-  grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req) {
-    if (req->node_id() == 0) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "node_id is required");
-    if (!log_->IsLeader()) return NotLeader(ctx);
-    mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_->RemoveServer(req->node_id(), d); });
-    if (!st.ok()) return ToGrpc(st);
-    log::Info(tag_ + ": removed node " + std::to_string(req->node_id()));
-    if (log_->IsLeader()) {
-      v1::QueueCommand cmd;
-      cmd.set_now_unix_us(clock_.NowUnixMicros());
-      cmd.mutable_member()->set_node_id(req->node_id());
-      cmd.mutable_member()->set_removed(true);
-      Commit(std::move(cmd));  // best effort: the address entry is only a hint
-    }
-    return grpc::Status::OK;
-  }
-
   grpc::Status RunQueue(grpc::ServerContext* ctx, const v1::RunQueueRequest* req, v1::RunQueueResponse* resp) {
     if (!log_->IsLeader()) return NotLeader(ctx);
     v1::QueueCommand cmd;
@@ -535,17 +506,6 @@ class Shard final : public MetadataReplica {
       return mx::Status(Code::kInvalidArgument, "envelope.size does not match the body length");
     }
     return mx::Status::Ok();
-  }
-
-  template <typename Fn>
-  mx::Status WaitChange(Fn start) {
-    auto p = std::make_shared<std::promise<mx::Status>>();
-    auto f = p->get_future();
-    start([p](const mx::Status& st) { p->set_value(st); });
-    if (f.wait_for(std::chrono::minutes(2)) != std::future_status::ready) {
-      return mx::Status(Code::kDeadlineExceeded, "membership change did not finish within 2 minutes");
-    }
-    return f.get();
   }
 
   // Exponential retry delay after `attempts` earlier failures, with jitter,
@@ -656,6 +616,7 @@ class Shard final : public MetadataReplica {
   std::string snapshot_dir_;
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<RaftLog> log_;
+  std::unique_ptr<Membership> membership_;
   std::function<void(bool)> on_leader_;
   std::atomic<bool> led_before_{false};
   std::mutex lease_mu_;
@@ -806,14 +767,21 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
                           v1::AddReplicaResponse*) override {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
-    return s ? s->AddReplica(ctx, req) : err;
+    return s ? s->membership().AddReplica(ctx, req) : err;
   }
 
   grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req,
                              v1::RemoveReplicaResponse*) override {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
-    return s ? s->RemoveReplica(ctx, req) : err;
+    return s ? s->membership().RemoveReplica(ctx, req) : err;
+  }
+
+  grpc::Status TransferLeader(grpc::ServerContext* ctx, const v1::TransferLeaderRequest* req,
+                              v1::TransferLeaderResponse* resp) override {
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    return s ? s->membership().TransferLeader(ctx, req, resp) : err;
   }
 
   grpc::Status Manage(grpc::ServerContext* ctx, const v1::ManageRequest* req, v1::ManageResponse* resp) override {

@@ -136,6 +136,7 @@ Status StateMachine::OpenDb() {
   lease_index_.clear();
   members_.clear();
   policy_version_.clear();
+  preferred_leader_ = 0;
   sched_floor_ = INT64_MIN;
   applied_ = 0;
   std::string v;
@@ -175,6 +176,7 @@ Status StateMachine::OpenDb() {
   if (db_->Get(rocksdb::ReadOptions(), meta_, kPolicyKey, &value).ok() && policy.ParseFromString(value)) {
     policy_version_ = policy.version();
   }
+  if (db_->Get(rocksdb::ReadOptions(), meta_, kPreferredLeaderKey, &value).ok()) preferred_leader_ = DecodeU64(value);
   return Status::Ok();
 }
 
@@ -249,6 +251,11 @@ uint64_t StateMachine::Digest() const {
     }
   }
   return h;
+}
+
+uint64_t StateMachine::PreferredLeader() const {
+  std::lock_guard lock(mem_mu_);
+  return preferred_leader_;
 }
 
 std::string StateMachine::PolicyVersion() const {
@@ -329,6 +336,7 @@ Status StateMachine::Applier::Dispatch(const v1::QueueCommand& cmd, ApplyResult*
     case v1::QueueCommand::kStats: return Stats(cmd.stats(), now);
     // The metadata shard's records (apply_meta.cc).
     case v1::QueueCommand::kMember: return Member(cmd.member());
+    case v1::QueueCommand::kLeader: return Leader(cmd.leader());
     case v1::QueueCommand::kNode: return Node(cmd.node(), now, res);
     case v1::QueueCommand::kPolicy: return Policy(cmd.policy(), now);
     case v1::QueueCommand::kSite: return Site(cmd.site(), now, res);
@@ -384,6 +392,7 @@ Status StateMachine::Applier::Commit(uint64_t index, int64_t first_now) {
     }
   }
   if (ctx_.policy_version) sm_.policy_version_ = *ctx_.policy_version;
+  if (ctx_.preferred_leader) sm_.preferred_leader_ = *ctx_.preferred_leader;
   sm_.counts_ = ctx_.counts;
   sm_.sched_floor_ = ctx_.sched_floor;
   for (auto& op : ctx_.index_ops) {

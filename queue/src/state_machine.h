@@ -100,6 +100,8 @@ class StateMachine {
   uint64_t Digest() const;
   // Queue replicas recorded by MemberOp: node id -> gRPC address.
   std::map<uint64_t, std::string> Members() const;
+  // The replica a leadership transfer named to lead this shard (0: none).
+  uint64_t PreferredLeader() const;
 
   uint64_t applied_index() const { return applied_.load(); }
   // Bytes in memtables (the WAL is off: not yet anywhere on disk).
@@ -165,6 +167,7 @@ class StateMachine {
   int64_t sched_floor_ = INT64_MIN;
   std::map<uint64_t, std::string> members_;
   std::string policy_version_;  // of the pushed policy in meta (cheap for heartbeats)
+  uint64_t preferred_leader_ = 0;
 };
 
 }  // namespace mx::queue

@@ -312,3 +312,136 @@ def test_replicas_named_by_host_name_and_a_listed_joiner(cluster_env):
         members = {int(m["id"]): m["raft_address"] for m in r["members"]}
         assert members[4] == f"localhost:{port + int(r.get('shard', 0))}"
         assert {a.split(":")[0] for a in members.values()} == {"localhost"}
+
+
+def test_admin_commands_answer_partially_with_a_shard_down(cluster_env):
+    """Every queue command over the shards answers by --timeout with what the
+    reachable shards said, names the shard that did not answer on stderr and
+    exits 75 (69 when none answered, 64 for a usage error)."""
+    make, sink = cluster_env
+    c = make(shards=2)
+    # Shard 1 lives on node 1 alone, so stopping node 1 takes all of shard 1
+    # away while shards 0 (nodes 2 and 3 still a quorum) answers.
+    for victim in (3, 2):
+        c.mxctl("queue", "remove-replica", "--shard", "1", "--id", str(victim))
+    c.wait_leaders()
+    ports = c.smtp_ports()
+    for i in range(24):
+        with smtplib.SMTP("127.0.0.1", ports[i % len(ports)], timeout=30) as s:
+            s.sendmail("sender@sender.test", [f"user{i}@down.test"],
+                       f"Message-ID: <fan{i}@cluster.test>\r\nSubject: f\r\n\r\nx\r\n")
+
+    def per_shard():
+        counts = {}
+        for n in c.status()["nodes"]:
+            for r in n["replicas"]:
+                if r["role"] == "leader":
+                    counts[int(r.get("shard", 0))] = int(r.get("messages", 0))
+        return counts
+
+    wait_for(lambda: sum(per_shard().values()) == 24, timeout=30, what="24 deferred messages queued")
+    counts = per_shard()
+    assert counts.get(0, 0) > 0 and counts.get(1, 0) > 0, counts
+    full = c.mxctl("mailq")
+    assert "Total requests: 24" in full.stdout
+    import json
+    qid = json.loads(c.mxctl("-o", "json", "mailq").stdout)["messages"][0]["envelope"]["qid"]
+    absent = qid[:-1] + ("A" if qid[-1] != "A" else "B")
+
+    node1 = c.queue_node(1)
+    node1.sigstop()
+    try:
+        started = time.monotonic()
+        out = c.mxctl("--timeout", "5s", "mailq", check=False)
+        took = time.monotonic() - started
+        assert out.returncode == 75, (out.returncode, out.stderr)
+        assert "shard 1 did not answer" in out.stderr and "shard 0" not in out.stderr, out.stderr
+        assert f"Total requests: {counts[0]} (partial: some shards did not answer)" in out.stdout, out.stdout
+        assert took < 5 + 3, f"mailq took {took:.1f}s with --timeout 5s"
+
+        out = c.mxctl("--timeout", "5s", "mailstats", check=False)
+        assert out.returncode == 75 and "the sums leave out shard 1" in out.stdout, (out.stdout, out.stderr)
+        out = c.mxctl("--timeout", "5s", "-o", "json", "hoststat", check=False)
+        assert out.returncode == 75, out.stderr
+        failed = json.loads(out.stdout)["failed_shards"]
+        assert [int(f["shard"]) for f in failed] == [1] and failed[0]["error"], failed
+        out = c.mxctl("--timeout", "5s", "qrun", "-D", "down.test", check=False)
+        assert out.returncode == 75 and "ready for delivery" in out.stdout, (out.stdout, out.stderr)
+        out = c.mxctl("--timeout", "5s", "hold", "-R", "down.test", check=False)
+        assert out.returncode == 75 and f"{counts[0]} recipient(s) held" in out.stdout, (out.stdout, out.stderr)
+        out = c.mxctl("--timeout", "5s", "release", "-R", "down.test", check=False)
+        assert out.returncode == 75 and f"{counts[0]} recipient(s) released" in out.stdout, (out.stdout, out.stderr)
+        out = c.mxctl("--timeout", "5s", "purgestat", check=False)
+        assert out.returncode == 75, out.stderr
+        # A message on the missing shard cannot be said not to exist.
+        out = c.mxctl("--timeout", "5s", "inspect", absent, check=False)
+        assert out.returncode == 69 and "not answered: shard 1" in out.stderr, out.stderr
+        out = c.mxctl("--timeout", "5s", "inspect", "0000000000000000", check=False)
+        assert out.returncode == 65 and "is not a queue id" in out.stderr, out.stderr
+        # A usage error stays a usage error.
+        out = c.mxctl("--timeout", "5s", "mailq", "-X", check=False)
+        assert out.returncode == 64
+        out = c.mxctl("--timeout", "soon", "mailq", check=False)
+        assert out.returncode == 64 and "--timeout" in out.stderr
+    finally:
+        node1.sigcont()
+    c.wait_leaders()
+    wait_for(lambda: c.mxctl("mailq", check=False).returncode == 0, timeout=30, what="every shard answering again")
+    assert "Total requests: 24" in c.mxctl("mailq").stdout
+
+
+def test_leader_transfer_and_refused_membership_changes(cluster_env):
+    """transfer-leader moves a shard's leadership for good (balancing keeps
+    the new preferred leader); membership changes that would hurt the group
+    are refused with the reason: an unreachable new replica, a removal that
+    leaves the answering voters short of a quorum, a non-voter as leader."""
+    make, sink = cluster_env
+    c = make(shards=1)
+    load = Load(c.smtp_ports(), threads=2)
+    try:
+        wait_for(lambda: load.count() >= 20, timeout=30, what="traffic before the transfer")
+        leader = c.wait_leaders()[0]
+        target = next(n for n in (1, 2, 3) if n != leader)
+        out = c.mxctl("cluster", "transfer-leader", "--shard", "0", "--node", str(target))
+        assert out.stdout.startswith(f"shard 0: node {target} leads"), out.stdout
+        assert c.leaders() == {0: target}
+        # Leader balancing runs every 3 s: the configured preference (node 1)
+        # must not pull leadership back from the operator's choice.
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 40, timeout=30, what="250s after the transfer")
+        time.sleep(4)  # one more balancing round than it takes to hand back
+        assert c.leaders() == {0: target}
+        # Without --node: the most caught-up other voter.
+        out = c.mxctl("cluster", "transfer-leader", "--shard", "0")
+        moved = c.leaders()[0]
+        assert moved != target and out.stdout.startswith(f"shard 0: node {moved} leads"), out.stdout
+
+        bad = c.mxctl("cluster", "transfer-leader", "--shard", "0", "--node", "9", check=False)
+        assert bad.returncode == 69 and "node 9 is not a voter" in bad.stderr, bad.stderr
+        # Node 4 is not running: refused before Raft's configuration changes.
+        new = c.add_queue_node(4)
+        bad = c.mxctl("cluster", "add-replica", "--shard", "0", "--node", "4", "--grpc", new.grpc, "--raft", new.raft,
+                      check=False)
+        assert bad.returncode != 0 and "is unreachable" in bad.stderr, bad.stderr
+        members = next(r for n in c.status()["nodes"] for r in n["replicas"] if r["role"] == "leader")["members"]
+        assert sorted(int(m["id"]) for m in members) == [1, 2, 3]
+        # One follower stopped: removing the other would leave 2 voters of
+        # which only the leader answers.
+        leader = c.leaders()[0]
+        stopped, other = [n for n in (1, 2, 3) if n != leader]
+        c.queue_node(stopped).sigstop()
+        try:
+            def silent():
+                row = next(r for n in c.status()["nodes"] for r in n["replicas"] if r["role"] == "leader")
+                return not next(m for m in row["members"] if int(m["id"]) == stopped).get("answering", False)
+            # The leader notices the stopped follower within an election timeout.
+            wait_for(silent, timeout=10, what=f"the leader to see node {stopped} silent")
+            bad = c.mxctl("cluster", "remove-replica", "--shard", "0", "--node", str(other), check=False)
+            assert bad.returncode != 0 and "less than a quorum" in bad.stderr, bad.stderr
+        finally:
+            c.queue_node(stopped).sigcont()
+    finally:
+        load.stop()
+    members = next(r for n in c.status()["nodes"] for r in n["replicas"] if r["role"] == "leader")["members"]
+    assert sorted(int(m["id"]) for m in members) == [1, 2, 3]
+    assert_all_delivered(load, sink)

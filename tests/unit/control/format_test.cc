@@ -141,5 +141,29 @@ TEST(Format, PolicyShow) {
   test::ExpectGolden("control/policy_show.ref", FormatPolicyShow(resp));
 }
 
+TEST(Format, PartialAnswersSayWhichShardsAreMissing) {
+  v1::MailqResponse empty;
+  auto* f = empty.add_failed_shards();
+  f->set_shard(1);
+  f->set_error("Deadline Exceeded");
+  EXPECT_EQ(FormatMailq(empty), "Mail queue is empty (partial: some shards did not answer)\n");
+  EXPECT_EQ(FormatPartial(empty.failed_shards()), "partial answer: shard 1 did not answer (Deadline Exceeded)\n");
+  *empty.add_failed_shards() = *f;
+  empty.mutable_failed_shards(1)->set_shard(3);
+  EXPECT_EQ(FormatPartial(empty.failed_shards()),
+            "partial answer: shard 1 did not answer (Deadline Exceeded); shard 3 did not answer (Deadline Exceeded)\n");
+
+  v1::MailstatsResponse stats;
+  stats.add_mailers()->set_mailer("esmtp");
+  *stats.add_failed_shards() = *f;
+  const std::string text = FormatMailstats(stats);
+  EXPECT_NE(text.find(" (partial: the sums leave out shard 1, which did not answer)\n"), std::string::npos) << text;
+
+  v1::HostStatusResponse hosts;
+  EXPECT_EQ(FormatHostStatus(hosts), "Host status is empty\n");
+  *hosts.add_failed_shards() = *f;
+  EXPECT_EQ(FormatHostStatus(hosts), "Host status is empty (partial: some shards did not answer)\n");
+}
+
 }  // namespace
 }  // namespace mx::control
