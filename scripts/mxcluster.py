@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,18 @@ def port_open(host, port):
     try:
         with socket.create_connection((host, port), timeout=0.2):
             return True
+    except OSError:
+        return False
+
+
+def smtp_greets(host, port):
+    """Whether an SMTP server on host:port greets with 220 (not 421: draining)."""
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.settimeout(2)
+            greeting = s.recv(512)
+            s.sendall(b"QUIT\r\n")
+            return greeting.startswith(b"220")
     except OSError:
         return False
 
@@ -299,11 +312,145 @@ class Cluster:
     def queue_node(self, node_id):
         return self.queue[node_id - 1]
 
+    def process_state(self, name):
+        """The node table's view of one process: its NodeInfo as cluster status lists it."""
+        for n in self.status().get("processes", []):
+            if n.get("name") == name:
+                return n
+        return {}
+
+    def _caught_up(self, node_id, lag=100):
+        """Node node_id is an answering voter of every shard, within lag entries of the leader."""
+        rows = {}
+        for n in self.status().get("nodes", []):
+            for r in n.get("replicas", []):
+                rows[(int(n["node_id"]), int(r.get("shard", 0)))] = r
+        for shard in range(self.shards):
+            leader = next((r for (_, s), r in rows.items() if s == shard and r.get("role") == "leader"), None)
+            mine = rows.get((node_id, shard))
+            if leader is None or mine is None:
+                return False
+            member = next((m for m in leader.get("members", []) if int(m["id"]) == node_id), None)
+            if member is None:
+                continue  # not a replica of this shard
+            if not member.get("answering") and int(leader["node_id"]) != node_id:
+                return False
+            if int(mine.get("applied_index", 0)) < int(leader.get("commit_index", 0)) - lag:
+                return False
+        return True
+
+    def _drain_and_restart(self, p, log, timeout):
+        """mxctl drain, wait until the node table says drained (ingress: no
+        session open; delivery: no delivery in flight), SIGTERM, start,
+        undrain (a drain outlives restarts)."""
+        self.mxctl("drain", p.name)
+        deadline = time.monotonic() + timeout
+        while not self.process_state(p.name).get("drained"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{p.name} did not drain within {timeout}s")
+            time.sleep(0.2)
+        p.stop()
+        p.start()
+        self.mxctl("undrain", p.name)
+        if p.role == "ingress":
+            # The node learns of the undrain at its next heartbeat: back in
+            # service when it greets with 220 again (an SMTP health check).
+            while not smtp_greets(p.host, p.ready_port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{p.name} did not take connections again within {timeout}s")
+                time.sleep(0.1)
+
+    def restart_rolling(self, log=print, timeout=120):
+        """Restarts every process once, one at a time, as an upgrade rolls
+        through the cluster, without taking it down:
+        1. queue nodes, those leading fewest shards first; the shards a node
+           leads hand their leadership to another caught-up voter (mxctl
+           cluster transfer-leader) before it stops, and the next node waits
+           until this one is an answering voter within 100 entries of every
+           leader again;
+        2. control;
+        3. each delivery process: drained (finishes its deliveries, takes no
+           more leases), stopped, started, undrained;
+        4. each ingress: drained (421 to new connections and at the next MAIL
+           of open sessions) until no session is open, stopped, started,
+           undrained.
+        At the end each shard's leadership goes back to where it was.
+        Returns [(process name, seconds)]."""
+        steps = []
+        before = self.wait_leaders()
+
+        def timed(name, fn):
+            started = time.monotonic()
+            fn()
+            steps.append((name, time.monotonic() - started))
+            log(f"restart-rolling: {name} restarted in {steps[-1][1]:.1f}s")
+
+        def queue_step(p):
+            node = int(p.name.split("-")[1])
+            for shard, leader in sorted(self.leaders().items()):
+                if leader == node:
+                    out = self.mxctl("cluster", "transfer-leader", "--shard", str(shard))
+                    log("restart-rolling: " + out.stdout.strip())
+            p.stop()
+            p.start()
+            deadline = time.monotonic() + timeout
+            while not self._caught_up(node):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{p.name} did not catch up within {timeout}s")
+                time.sleep(0.2)
+
+        led = {int(p.name.split("-")[1]): 0 for p in self.queue}
+        for node in before.values():
+            led[node] = led.get(node, 0) + 1
+        for p in sorted(self.queue, key=lambda q: led.get(int(q.name.split("-")[1]), 0)):
+            timed(p.name, lambda p=p: queue_step(p))
+
+        def control_step():
+            self.control.stop()
+            self.control.start()
+
+        timed(self.control.name, control_step)
+        for p in self.delivery + self.ingress:
+            timed(p.name, lambda p=p: self._drain_and_restart(p, log, timeout))
+        for shard, node in sorted(before.items()):
+            if self.leaders().get(shard) != node:
+                self.mxctl("cluster", "transfer-leader", "--shard", str(shard), "--node", str(node))
+        log("restart-rolling: done, leaders " + ", ".join(f"shard {s}: node {n}" for s, n in sorted(self.leaders().items())))
+        return steps
+
+
+def restart_rolling_command(args):
+    """scripts/cluster restart-rolling: asks the running `scripts/cluster`
+    (its pid in DIR/cluster.pid) to restart every process once, and follows
+    its progress (DIR/rolling.log) until it is done."""
+    pid_file = Path(args.dir) / "cluster.pid"
+    if not pid_file.exists():
+        raise SystemExit(f"cluster: no cluster runs in {args.dir} (no cluster.pid)")
+    log_file = Path(args.dir) / "rolling.log"
+    log_file.write_text("")
+    os.kill(int(pid_file.read_text()), signal.SIGUSR1)
+    seen = 0
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        lines = log_file.read_text().splitlines()
+        for line in lines[seen:]:
+            print(line, flush=True)
+            if line.startswith("restart-rolling: done"):
+                return 0
+            if line.startswith("restart-rolling: failed"):
+                return 1
+        seen = len(lines)
+        time.sleep(0.2)
+    print("restart-rolling: no end in sight after 30 minutes", file=sys.stderr)
+    return 1
+
 
 def main():
     import argparse
 
-    ap = argparse.ArgumentParser(description="Run a local mx cluster on loopback until Ctrl-C.")
+    ap = argparse.ArgumentParser(description="Run a local mx cluster on loopback until Ctrl-C "
+                                             "(restart-rolling: restart a running one's processes one by one).")
+    ap.add_argument("command", nargs="?", default="up", choices=["up", "restart-rolling"])
     ap.add_argument("--dir", default="/tmp/mx-cluster")
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--ingress", type=int, default=2)
@@ -312,25 +459,45 @@ def main():
     ap.add_argument("--smart-host", default="[127.0.0.1]:2526",
                     help="relay everything here ('' delivers by MX)")
     args = ap.parse_args()
+    if args.command == "restart-rolling":
+        return restart_rolling_command(args)
     delivery = {"smart_host": args.smart_host} if args.smart_host else {}
     c = Cluster(args.dir, base_port=args.base_port, shards=args.shards, ingress=args.ingress,
                 delivery=args.delivery, delivery_cfg=delivery)
     c.start()
+    (Path(args.dir) / "cluster.pid").write_text(str(os.getpid()))
     print(f"mx cluster up in {args.dir}: {args.shards} shard(s) x 3 queue replicas")
     print("  SMTP:     " + ", ".join(f"127.0.0.1:{p}" for p in c.smtp_ports()))
     print(f"  mxctl:    {c.mxctl_bin} --server 127.0.0.1:{args.base_port + 400} --token-file {c.token_file}"
           " cluster status")
     print(f"  logs:     {args.dir}/<process>/mxd.log")
+    print(f"  restart every process, one at a time: scripts/cluster restart-rolling --dir {args.dir}")
     print(c.mxctl("cluster", "status").stdout)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            sig = signal.sigwait({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
+            if sig != signal.SIGUSR1:
+                break
+            log_file = Path(args.dir) / "rolling.log"
+
+            def log(line):
+                print(line, flush=True)
+                with open(log_file, "a") as f:
+                    f.write(line + "\n")
+
+            try:
+                c.restart_rolling(log=log)
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                log(f"restart-rolling: failed: {e}")
     except KeyboardInterrupt:
         pass
     finally:
+        (Path(args.dir) / "cluster.pid").unlink(missing_ok=True)
         for e in c.stop():
             print(e)
+    return 0
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    main()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1})
+    sys.exit(main())

@@ -498,6 +498,7 @@ class Server final : public IngressServer {
     opts.queue_only = cfg.queue_la > 0 && load >= cfg.queue_la;
     opts.storage_low = storage_low_until_us_.load(std::memory_order_relaxed) > now_us;
     if (suppressions_) opts.suppressions = &suppressions_->set();
+    opts.draining = &draining_;
     asio::co_spawn(conn->socket.get_executor(), Watchdog(conn), asio::detached);
     auto serve = Serve(conn, std::move(policy), std::move(opts), ip);
     co_await std::move(serve);

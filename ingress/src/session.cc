@@ -237,6 +237,14 @@ Session::Step Session::OnMail(const std::string& arg) {
   if (state_ == State::kMail || state_ == State::kRcpt) {
     return Reject(RejectReason::kSequence, "503 5.5.1 Error: nested MAIL command");
   }
+  if (options_.draining && options_.draining->load(std::memory_order_relaxed)) {
+    // Between transactions: nothing of the client's is lost by ending here.
+    Reply("421 4.3.2 " + cfg_.hostname + " Service not available, node draining; try another");
+    if (observer_) observer_->OnReject(RejectReason::kDrain, 421);
+    log::Info("session from " + Client() + " ended at MAIL: draining");
+    state_ = State::kClosed;
+    return Step::kClose;
+  }
   PathArg p = ParsePathArg(arg, "FROM", /*allow_null=*/true);
   if (!p.ok) return Reject(RejectReason::kSyntax, p.error);
   std::string body_type, ret, envid;

@@ -9,6 +9,7 @@
 // questions go to the Policy the session was started with.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -33,6 +34,10 @@ struct SessionOptions {
   bool storage_low = false;                      // the queue refused for lack of disk lately
   uint32_t max_junk_commands = 100;              // NOOP/RSET/VRFY/EXPN/HELP/ETRN before they count as errors
   const SuppressionSet* suppressions = nullptr;  // RCPT to these is refused (null: no check)
+  // The node is draining (mxctl drain, a rolling restart): a session that
+  // starts a new transaction gets 421 and ends, so open connections finish
+  // what they are sending and go (null: never).
+  const std::atomic<bool>* draining = nullptr;
 };
 
 class SessionObserver {

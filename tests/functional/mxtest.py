@@ -682,3 +682,96 @@ def delivered_ids(sink):
             if m:
                 ids.append(m.group(1).decode())
     return ids
+
+
+class FailoverLoad:
+    """SMTP clients that behave like an MTA with several MX hosts: one new
+    connection per message; a refused connection, a 421 greeting or a 421 at
+    MAIL (a draining ingress) sends the message to the next ingress at once.
+    Counts connections and the refused ones, and messages that no ingress
+    took (a failed attempt; the message is then tried again)."""
+
+    def __init__(self, ports, threads=4, rcpt="user@implicit.test", tag="roll"):
+        self.ports, self.rcpt, self.tag = ports, rcpt, tag
+        self.accepted = {}  # Message-ID -> (qid, time)
+        self.failures = []  # (time, why): a refused connection or a failed attempt
+        self.connections = self.refused = self.attempts = self.failed_attempts = 0
+        self.lock = threading.Lock()
+        self.running = True
+        self.n = 0
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _send(self, port, msgid):
+        """True: 250; False: refused (try the next ingress); raises on other trouble."""
+        with self.lock:
+            self.connections += 1
+        try:
+            conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+        except (smtplib.SMTPConnectError, ConnectionRefusedError) as e:
+            with self.lock:
+                self.refused += 1
+                self.failures.append((time.monotonic(), f"connect :{port}: {e!r}"))
+            return False
+        try:
+            conn.ehlo("load.test")
+            code, reply = conn.mail("load@sender.test")
+            if code == 421:
+                with self.lock:
+                    self.refused += 1
+                    self.failures.append((time.monotonic(), f"MAIL :{port}: {code} {reply!r}"))
+                return False
+            conn.rcpt(self.rcpt)
+            body = (f"Message-ID: {msgid}\r\nSubject: roll\r\n\r\n" + ("x" * 76 + "\r\n") * 26).encode()
+            code, reply = conn.data(body)
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
+            qid = QUEUED.search(reply.decode()).group(1)
+            with self.lock:
+                self.accepted[msgid] = (qid, time.monotonic())
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            return True
+        finally:
+            conn.close()
+
+    def _run(self, worker):
+        start = worker % len(self.ports)
+        while self.running:
+            with self.lock:
+                self.n += 1
+                msgid = f"<{self.tag}-{worker}-{self.n}@cluster.test>"
+                self.attempts += 1
+            sent = False
+            for k in range(len(self.ports)):
+                port = self.ports[(start + k) % len(self.ports)]
+                try:
+                    if self._send(port, msgid):
+                        start = (start + k) % len(self.ports)  # stay where it worked
+                        sent = True
+                        break
+                except (smtplib.SMTPException, OSError) as e:
+                    with self.lock:
+                        self.failures.append((time.monotonic(), f":{port}: {e!r}"))
+                    break  # an answer other than 421 or refused: this attempt failed
+            if not sent:
+                with self.lock:
+                    self.failed_attempts += 1
+                time.sleep(0.05)
+
+    def count(self):
+        with self.lock:
+            return len(self.accepted)
+
+    def stop(self):
+        self.running = False
+        for t in self.threads:
+            t.join(60)
+
+    def availability(self):
+        """(messages: accepted attempts / attempts, connections: not refused / all)."""
+        with self.lock:
+            return (1 - self.failed_attempts / max(1, self.attempts), 1 - self.refused / max(1, self.connections))

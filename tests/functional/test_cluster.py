@@ -1,6 +1,7 @@
 """A real multi-process cluster (3 queue replicas, ingress, delivery, control):
 replicas are killed, stopped and restarted under SMTP load, and every message
 that got a 250 must reach the destination."""
+import re
 import smtplib
 import time
 
@@ -445,3 +446,38 @@ def test_leader_transfer_and_refused_membership_changes(cluster_env):
     members = next(r for n in c.status()["nodes"] for r in n["replicas"] if r["role"] == "leader")["members"]
     assert sorted(int(m["id"]) for m in members) == [1, 2, 3]
     assert_all_delivered(load, sink)
+
+
+def test_rolling_restart_under_load_loses_nothing(cluster_env, request):
+    """Every process restarted once, one at a time (queue replicas with their
+    leadership handed over first, control, drained delivery and ingress),
+    while clients keep sending: every 250 is delivered, and the ingress tier
+    stays available (clients fail over to the other ingress on 421, as an
+    MTA does between MX hosts)."""
+    from mxtest import FailoverLoad
+    make, sink = cluster_env
+    c = make(shards=2)
+    load = FailoverLoad(c.smtp_ports(), threads=4)
+    try:
+        wait_for(lambda: load.count() >= 50, timeout=30, what="traffic before the restart")
+        before = c.wait_leaders()
+        steps = c.restart_rolling()
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 50, timeout=30, what="250s after the rolling restart")
+    finally:
+        load.stop()
+    names = [name for name, _ in steps]
+    assert sorted(names) == sorted(p.name for p in c.procs), names
+    dups = assert_all_delivered(load, sink)
+    messages, connections = load.availability()
+    report(request, restarted=len(steps), seconds=round(sum(t for _, t in steps), 1), accepted=load.count(),
+           attempts=load.attempts, failed_attempts=load.failed_attempts, connections=load.connections,
+           refused_connections=load.refused, availability_messages=f"{messages:.4f}",
+           availability_connections=f"{connections:.4f}", duplicates=dups)
+    import collections
+    kinds = collections.Counter(re.sub(r"[0-9]+", "N", why)[:90] for _, why in load.failures)
+    print("failures by kind:", dict(kinds))
+    assert messages >= 0.99, (messages, load.failures[:10])
+    assert connections >= 0.99, (connections, load.failures[:10])
+    # Leadership is back where it was before the restart.
+    assert c.leaders() == before

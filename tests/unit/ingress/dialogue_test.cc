@@ -16,6 +16,7 @@
 // Lines starting with # are comments; empty lines are sent as empty lines.
 // The transcript (C:/S: lines and each enqueued message, Q:/B: lines) must equal NAME.ref.
 #include <gtest/gtest.h>
+#include <atomic>
 
 #include <dirent.h>
 
@@ -99,6 +100,7 @@ class Runner {
     opts.node_name = "mx-test";
     opts.tls_available = true;
     opts.auth_available = true;
+    opts.draining = &draining_;
     while (std::getline(in, line)) {
       if (line.rfind("!client ", 0) == 0)
         client = line.substr(8);
@@ -124,6 +126,10 @@ class Runner {
       std::string raw;
       if (l.rfind("!enqueue ", 0) == 0) {
         next_enqueue_ = l.substr(9);
+        continue;
+      } else if (l == "!drain") {
+        draining_ = true;  // mxctl drain reached the node mid-session
+        out_ += "-- node draining --\n";
         continue;
       } else if (l == "!timeout") {
         s.OnTimeout();
@@ -178,6 +184,7 @@ class Runner {
   }
 
  private:
+  std::atomic<bool> draining_{false};
   Session::Step Enqueue(Session& s) {
     v1::NewMessage m = s.TakeMessage();
     const auto& e = m.envelope();
