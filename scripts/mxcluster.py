@@ -101,8 +101,10 @@ class Proc:
         self.logfile = self.dir / "mxd.log"
         self.proc = None
         self.stopped = False  # SIGSTOPped
+        self.down = False     # stopped on purpose (stop()) and not started again
 
     def start(self, wait=True):
+        self.down = False
         log = open(self.logfile, "a")
         # `ip netns exec` execs mxd in place: the Popen pid is mxd's own.
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -138,6 +140,7 @@ class Proc:
         self.stopped = False
 
     def stop(self, timeout=20):
+        self.down = True
         if not self.alive():
             return self.proc.returncode if self.proc else None
         if self.stopped:
@@ -399,10 +402,11 @@ class Cluster:
                     raise RuntimeError(f"{p.name} did not catch up within {timeout}s")
                 time.sleep(0.2)
 
-        led = {int(p.name.split("-")[1]): 0 for p in self.queue}
+        running = [p for p in self.queue if p.alive()]
+        led = {int(p.name.split("-")[1]): 0 for p in running}
         for node in before.values():
             led[node] = led.get(node, 0) + 1
-        for p in sorted(self.queue, key=lambda q: led.get(int(q.name.split("-")[1]), 0)):
+        for p in sorted(running, key=lambda q: led.get(int(q.name.split("-")[1]), 0)):
             timed(p.name, lambda p=p: queue_step(p))
 
         def control_step():
@@ -410,7 +414,7 @@ class Cluster:
             self.control.start()
 
         timed(self.control.name, control_step)
-        for p in self.delivery + self.ingress:
+        for p in [p for p in self.delivery + self.ingress if p.alive()]:
             timed(p.name, lambda p=p: self._drain_and_restart(p, log, timeout))
         for shard, node in sorted(before.items()):
             if self.leaders().get(shard) != node:

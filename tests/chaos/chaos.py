@@ -10,6 +10,13 @@ injected one at a time, at random (seeded):
                    joined to the others by a veth pair whose far end goes down
   kill9-ingress    kill -9 an ingress process, restart it
   kill9-delivery   kill -9 a delivery process, restart it
+  transfer-leader  mxctl cluster transfer-leader of a random shard
+  replace-replica  a 4th queue node started empty, added to every shard
+                   (mxctl cluster add-replica: it catches up, then votes),
+                   then removed again (remove-replica), stopped and wiped
+  rolling-restart  every process restarted once, one at a time (scripts/
+                   cluster restart-rolling: leadership handed over first,
+                   ingress and delivery drained)
 
 Every kind runs at least once. Between faults the driver waits for new 250s
 (a cluster that stops accepting mail fails the run). At the end the load
@@ -47,7 +54,11 @@ from mxtest import Load, Sink, Unbound, delivered_ids, free_port, wait_for  # no
 from mxcluster import Cluster, free_base  # noqa: E402
 
 MX_HOST = "127.0.0.2"
-KINDS = ("kill9-queue", "sigstop-queue", "partition-queue", "kill9-ingress", "kill9-delivery")
+KINDS = ("kill9-queue", "sigstop-queue", "partition-queue", "kill9-ingress", "kill9-delivery", "transfer-leader",
+         "replace-replica", "rolling-restart")
+# Faults that move a shard's leadership: an Ack in flight may be lost.
+LEADER_MOVES = ("kill9-queue", "sigstop-queue", "partition-queue", "transfer-leader", "replace-replica",
+                "rolling-restart")
 CRASH_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer",
                  "terminate called", "Assertion `", "Segmentation fault")
 # A first copy delivered this long before its sender was killed, or before or
@@ -190,6 +201,17 @@ class Chaos:
             self.netns.cut()
             time.sleep(rng.uniform(3.0, 6.0))
             self.netns.heal()
+        elif kind == "transfer-leader":
+            shard = rng.randrange(c.shards)
+            fault.update(target=f"shard {shard}", leader=True)
+            out = c.mxctl("cluster", "transfer-leader", "--shard", str(shard))
+            self.log("chaos: " + out.stdout.strip())
+        elif kind == "replace-replica":
+            fault.update(target="queue-4", leader=False)
+            self.replace_replica()
+        elif kind == "rolling-restart":
+            fault.update(target="every process", leader=True)
+            c.restart_rolling(log=self.log)
         elif kind in ("kill9-ingress", "kill9-delivery"):
             p = rng.choice(c.ingress if kind == "kill9-ingress" else c.delivery)
             fault.update(target=p.name, leader=False)
@@ -202,9 +224,21 @@ class Chaos:
         self.log(f"chaos: {kind} {fault['target']}{' (leader)' if fault['leader'] else ''} "
                  f"for {fault['end'] - fault['start']:.1f}s; {self.load.count()} accepted so far")
 
+    def replace_replica(self):
+        """3 -> 4 -> 3 voters on every shard, under the load."""
+        c = self.cluster
+        p = next((q for q in c.queue if q.name == "queue-4"), None) or c.add_queue_node(4)
+        shutil.rmtree(p.dir / "data", ignore_errors=True)  # a new, empty node each time
+        p.start()
+        c.mxctl("cluster", "add-replica", "--node", "4", "--grpc", p.grpc, "--raft", p.raft, timeout=240)
+        wait_for(lambda: c._caught_up(4), timeout=60, interval=0.2, what="node 4 to catch up on every shard")
+        self.log(f"chaos: node 4 is a caught-up voter of every shard; {self.load.count()} accepted so far")
+        c.mxctl("cluster", "remove-replica", "--node", "4", timeout=240)
+        p.stop()
+
     def check_alive(self):
         for p in self.cluster.procs:
-            if not p.alive() and not p.stopped:
+            if not p.alive() and not p.stopped and not p.down:
                 self.problems.append(f"{p.name} exited by itself with {p.proc.returncode}")
                 raise RuntimeError(self.problems[-1])
 
@@ -226,9 +260,9 @@ class Chaos:
                                 "mx.sender.test. 60 IN A 127.0.0.5"])
             hosts, ns = {}, {}
             if self.netns:
-                hosts = {1: self.netns.near_ip, 2: self.netns.near_ip, 3: self.netns.far_ip}
+                hosts = {1: self.netns.near_ip, 2: self.netns.near_ip, 3: self.netns.far_ip, 4: self.netns.near_ip}
                 ns = {3: self.netns.name}
-            self.cluster = Cluster(self.workdir / "cluster", base_port=free_base(shards=2), shards=2,
+            self.cluster = Cluster(self.workdir / "cluster", base_port=free_base(queue_nodes=4, shards=2), shards=2,
                                    delivery_cfg={"dns_servers": [self.dns.server], "smtp_port": port,
                                                  "connect_timeout": "3s"},
                                    queue_hosts=hosts, netns=ns)
@@ -352,8 +386,8 @@ class Chaos:
                         f["start"] - IN_FLIGHT_BEFORE <= t <= f["start"] + 0.5:
                     why = "delivery killed with it in flight"
                     break
-                if f["kind"].endswith("-queue") and f["start"] - IN_FLIGHT_BEFORE <= t <= f["end"] + IN_FLIGHT_AFTER:
-                    why = "queue replica fault lost its Ack"
+                if f["kind"] in LEADER_MOVES and f["start"] - IN_FLIGHT_BEFORE <= t <= f["end"] + IN_FLIGHT_AFTER:
+                    why = f"{f['kind']} lost its Ack"
                     break
             explained[mid] = why
         return dups, explained
