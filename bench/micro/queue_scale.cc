@@ -63,7 +63,7 @@ class Shard {
     auto sm = mx::queue::StateMachine::Open(o);
     if (!sm.ok()) {
       fprintf(stderr, "queue_scale: %s\n", sm.status().ToString().c_str());
-      exit(1);
+      exit(1);  // NOLINT(concurrency-mt-unsafe): a one-thread benchmark giving up
     }
     sm_ = std::move(sm).value();
   }
@@ -137,7 +137,7 @@ class Shard {
     std::vector<mx::queue::ApplyResult> results;
     if (auto st = sm_->Apply(++index_, cmds, &results); !st.ok()) {
       fprintf(stderr, "queue_scale: apply: %s\n", st.ToString().c_str());
-      exit(1);
+      exit(1);  // NOLINT(concurrency-mt-unsafe): a one-thread benchmark giving up
     }
     return results;
   }
@@ -208,18 +208,19 @@ int main(int argc, char** argv) {
       const long rss = RssKiB();
       const auto counts = shard.counts();
       printf("%10zu %12.1f %12.1f %12.0f %14.0f %10.1f\n", backlog, Percentile(enq, 0.5) * 1e6,
-             Percentile(enq, 0.99) * 1e6, enq_rate, lease_rate, rss / 1024.0);
+             Percentile(enq, 0.99) * 1e6, enq_rate, lease_rate, static_cast<double>(rss) / 1024.0);
       fflush(stdout);
       char row[512];
       snprintf(row, sizeof row,
                "%s{\"deferred\": %zu, \"messages\": %lld, \"enqueue_us_p50\": %.2f, \"enqueue_us_p99\": %.2f, "
                "\"enqueue_msgs_per_s\": %.0f, \"lease_rcpts_per_s\": %.0f, \"rss_mib\": %.1f}",
                json.back() == '[' ? "" : ", ", backlog, static_cast<long long>(counts.messages),
-               Percentile(enq, 0.5) * 1e6, Percentile(enq, 0.99) * 1e6, enq_rate, lease_rate, rss / 1024.0);
+               Percentile(enq, 0.5) * 1e6, Percentile(enq, 0.99) * 1e6, enq_rate, lease_rate,
+               static_cast<double>(rss) / 1024.0);
       json += row;
     }
     char tail[128];
-    snprintf(tail, sizeof tail, "], \"rss_start_mib\": %.1f}", rss0 / 1024.0);
+    snprintf(tail, sizeof tail, "], \"rss_start_mib\": %.1f}", static_cast<double>(rss0) / 1024.0);
     json += tail;
   }
   std::filesystem::remove_all(dir);

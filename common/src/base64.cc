@@ -8,10 +8,10 @@ namespace {
 
 constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-constexpr std::array<int8_t, 256> MakeReverse() {
-  std::array<int8_t, 256> r{};
+constexpr std::array<int16_t, 256> MakeReverse() {
+  std::array<int16_t, 256> r{};
   for (auto& v : r) v = -1;
-  for (int i = 0; i < 64; ++i) r[static_cast<unsigned char>(kAlphabet[i])] = static_cast<int8_t>(i);
+  for (int i = 0; i < 64; ++i) r[static_cast<unsigned char>(kAlphabet[i])] = static_cast<int16_t>(i);
   return r;
 }
 constexpr auto kReverse = MakeReverse();

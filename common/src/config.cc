@@ -256,12 +256,14 @@ void Pools(const YAML::Node& pl, const std::vector<EgressSource>& sources, std::
       uint64_t weight = 0;
       const std::string wt = s2.second.as<std::string>();
       auto [p, ec] = std::from_chars(wt.data(), wt.data() + wt.size(), weight);
+      std::string where = key;
+      where.append(".sources.").append(name);
       if (ec != std::errc() || p != wt.data() + wt.size() || weight == 0 || weight > 1000000) {
-        Fail(key + ".sources." + name, "expected a weight from 1 to 1000000, got '" + wt + "'");
+        Fail(where, std::string("expected a weight from 1 to 1000000, got '").append(wt).append("'"));
       }
       bool known = false;
       for (const auto& src : sources) known = known || src.name == name;
-      if (!known) Fail(key + ".sources." + name, "no such source in delivery.sources");
+      if (!known) Fail(where, "no such source in delivery.sources");
       pool.sources.emplace_back(name, static_cast<uint32_t>(weight));
     }
     out->push_back(std::move(pool));

@@ -8,13 +8,14 @@
 #include <cstdio>
 #include <ctime>
 #include <mutex>
+#include <string_view>
 
 namespace mx::log {
 namespace {
 
 std::atomic<int> g_level{static_cast<int>(Level::kInfo)};
 std::mutex g_mu;
-std::string g_node = "mx";
+std::string g_node;  // node_name; "" until SetNode: "mx"
 
 }  // namespace
 
@@ -57,7 +58,12 @@ void Write(Level level, std::string_view qid, std::string_view text) {
   std::string line;
   line.reserve(64 + qid.size() + text.size());
   std::lock_guard lock(g_mu);
-  line.append(stamp).append(" ").append(g_node).append(" mxd[").append(std::to_string(getpid())).append("]: ");
+  line.append(stamp)
+      .append(" ")
+      .append(g_node.empty() ? std::string_view("mx") : std::string_view(g_node))
+      .append(" mxd[")
+      .append(std::to_string(getpid()))
+      .append("]: ");
   if (!qid.empty()) line.append(qid).append(": ");
   line.append(kTags[static_cast<int>(level)]).append(text).push_back('\n');
   fwrite(line.data(), 1, line.size(), stderr);

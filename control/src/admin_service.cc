@@ -273,8 +273,9 @@ class AdminService final : public v1::Admin::Service {
     if (!st.ok()) return st;
     resp->set_added(done.added());
     resp->set_removed(done.removed());
-    for (const auto& a : req->add()) log::Info("admin: " + who + ": suppress " + a);
-    for (const auto& a : req->remove()) log::Info("admin: " + who + ": unsuppress " + a);
+    const std::string by = "admin: " + who;
+    for (const auto& a : req->add()) log::Info(std::string(by).append(": suppress ").append(a));
+    for (const auto& a : req->remove()) log::Info(std::string(by).append(": unsuppress ").append(a));
     return grpc::Status::OK;
   }
 

@@ -698,17 +698,18 @@ const Command* Find(const std::vector<std::string>& args, size_t* i) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* env = getenv("MXCTL_SERVER");
+  // Read before any gRPC thread starts.
+  const char* env = getenv("MXCTL_SERVER");  // NOLINT(concurrency-mt-unsafe)
   Session s;
   s.server = env ? env : "127.0.0.1:7401";
   std::string output = "text";
-  const char* token_env = getenv("MXCTL_TOKEN_FILE");
+  const char* token_env = getenv("MXCTL_TOKEN_FILE");  // NOLINT(concurrency-mt-unsafe)
   std::string token_file = token_env ? token_env : "";
-  const char* ca_env = getenv("MXCTL_TLS_CA");
+  const char* ca_env = getenv("MXCTL_TLS_CA");  // NOLINT(concurrency-mt-unsafe)
   mx::GrpcClientTls tls{ca_env ? ca_env : "", "", ""};
   std::vector<std::string> args(argv + 1, argv + argc);
   size_t i = 0;
-  for (; i + 1 < args.size() && args[i].rfind("-", 0) == 0; i += 2) {
+  for (; i + 1 < args.size() && args[i].rfind('-', 0) == 0; i += 2) {
     const std::string& flag = args[i];
     const std::string& v = args[i + 1];
     if (flag == "--server") {

@@ -19,7 +19,7 @@ using Outcomes = std::vector<Outcome>;
 template <typename Token>
 auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) {
   return asio::async_initiate<Token, void(MxAnswer)>(
-      [&resolver, mx](auto handler, std::string n) {
+      [&resolver, mx](auto handler, const std::string& n) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
         auto done = [h, ex](MxAnswer a) { asio::post(ex, [h, a = std::move(a)]() mutable { (*h)(std::move(a)); }); };
@@ -35,7 +35,7 @@ auto AsyncResolve(Resolver& resolver, bool mx, std::string name, Token&& token) 
 template <typename Token>
 auto AsyncTlsa(Resolver& resolver, std::string host, uint16_t port, Token&& token) {
   return asio::async_initiate<Token, void(TlsaAnswer)>(
-      [&resolver, port](auto handler, std::string h) {
+      [&resolver, port](auto handler, const std::string& h) {
         auto ex = asio::get_associated_executor(handler);
         auto shared = std::make_shared<decltype(handler)>(std::move(handler));
         resolver.ResolveTlsa(h, port, [shared, ex](TlsaAnswer a) {
@@ -345,7 +345,13 @@ awaitable<std::optional<Outcomes>> DomainDelivery::Run::TryHosts(const MxAnswer&
         co_return Throttled(at.error);
       }
       // sendmail style: "mx.example.com. [192.0.2.1]", or "[192.0.2.1] [192.0.2.1]" for a literal.
-      const std::string relay = (host.name == ip ? "[" + ip + "]" : host.name + ".") + " [" + ip + "]";
+      std::string relay;
+      if (host.name == ip) {
+        relay.append("[").append(ip).append("]");
+      } else {
+        relay.append(host.name).append(".");
+      }
+      relay.append(" [").append(ip).append("]");
       if (at.try_next) {
         last_error_ = at.error + " with " + relay;
         log::Mail(qid(), "relay=" + relay + ": " + at.error + ", trying next host");

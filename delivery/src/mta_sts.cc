@@ -30,8 +30,8 @@ using asio::ip::tcp;
 
 namespace {
 
-constexpr size_t kMaxPolicyBytes = 64 * 1024;  // RFC 8461 3.3: senders may cap the body at 64 KB
-constexpr int64_t kMaxAge = 31'557'600;        // RFC 8461 3.2: about one year
+constexpr size_t kMaxPolicyBytes = size_t{64} * 1024;  // RFC 8461 3.3: senders may cap the body at 64 KB
+constexpr int64_t kMaxAge = 31'557'600;                // RFC 8461 3.2: about one year
 constexpr size_t kMaxCachedDomains = 100'000;
 
 // One resolver call as an awaitable; the answer is posted to the caller's executor.
@@ -253,7 +253,7 @@ namespace {
 
 // One HTTPS GET on a strand of its own (the timer closes the socket).
 struct FetchState {
-  explicit FetchState(asio::strand<asio::any_io_executor> s, asio::ssl::context& ctx)
+  explicit FetchState(const asio::strand<asio::any_io_executor>& s, asio::ssl::context& ctx)
       : strand(s), socket(s), timer(s), tls(socket, ctx) {}
   asio::strand<asio::any_io_executor> strand;
   tcp::socket socket;
@@ -312,7 +312,7 @@ awaitable<std::string> Get(std::shared_ptr<FetchState> st, std::vector<std::stri
   for (;;) {
     size_t n = co_await st->tls.async_read_some(asio::buffer(buf), asio::redirect_error(use_awaitable, ec));
     resp.append(buf, n);
-    if (resp.size() > kMaxPolicyBytes + 16 * 1024) co_return fail("the answer of " + host + " is too large");
+    if (resp.size() > kMaxPolicyBytes + size_t{16} * 1024) co_return fail("the answer of " + host + " is too large");
     if (ec) break;  // EOF (or a truncated close, which many servers do)
   }
   if (st->timed_out) co_return fail("timed out");
@@ -336,7 +336,7 @@ awaitable<std::string> Get(std::shared_ptr<FetchState> st, std::vector<std::stri
     std::string name = ToLower(line.substr(0, colon));
     std::string value = ToLower(TrimWs(line.substr(colon + 1)));
     if (name == "content-type" && value.rfind("text/plain", 0) != 0) {
-      co_return fail(host + " served the policy as " + value + ", not text/plain");
+      co_return fail(std::string(host).append(" served the policy as ").append(value).append(", not text/plain"));
     }
     if (name == "content-length") {
       size_t len = 0;

@@ -16,11 +16,11 @@ constexpr uint32_t kTtlMs = static_cast<uint32_t>(queue::kPermitTtlUs / 1000);
 template <typename Token>
 auto AsyncPermit(MetadataLink& link, InFlightCalls& calls, v1::PermitRequest req, Token&& token) {
   return asio::async_initiate<Token, void(PermitAnswer)>(
-      [&link, &calls](auto handler, v1::PermitRequest r) {
+      [&link, &calls](auto handler, const v1::PermitRequest& r) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
         calls.Begin();
-        link.Permit(std::move(r), [&calls, h, ex](const grpc::Status& st, const v1::PermitResponse& resp) {
+        link.Permit(r, [&calls, h, ex](const grpc::Status& st, const v1::PermitResponse& resp) {
           PermitAnswer a;
           a.granted = st.ok() && resp.granted();
           a.retry_after = std::chrono::milliseconds(st.ok() ? resp.retry_after_ms() : 500);

@@ -28,11 +28,12 @@ class GrpcQueueLink final : public QueueLink {
     call->req = std::move(req);
     call->ctx.set_deadline(deadline);
     auto target = router_.Leader(shard);
-    target.stub->async()->Ack(&call->ctx, call->req.get(), &call->resp,
-                              [this, shard, call, done = std::move(done), address = target.address](grpc::Status s) {
-                                const bool new_leader = router_.Observe(shard, address, call->ctx, s);
-                                done(s, new_leader);
-                              });
+    target.stub->async()->Ack(
+        &call->ctx, call->req.get(), &call->resp,
+        [this, shard, call, done = std::move(done), address = target.address](const grpc::Status& s) {
+          const bool new_leader = router_.Observe(shard, address, call->ctx, s);
+          done(s, new_leader);
+        });
   }
 
   grpc::Status ListHostStatus(uint32_t shard, v1::ListHostStatusResponse* resp) override {

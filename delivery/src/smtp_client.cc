@@ -110,7 +110,7 @@ class Conn {
     for (;;) {
       auto nl = buf_.find('\n');
       while (nl == std::string::npos) {
-        if (buf_.size() > 64 * 1024) co_return false;  // garbage without end
+        if (buf_.size() > size_t{64} * 1024) co_return false;  // garbage without end
         Arm(timeout);
         char tmp[4096];
         boost::system::error_code ec;
@@ -237,7 +237,7 @@ namespace {
 
 class Session final : public SmtpSession {
  public:
-  Session(asio::strand<asio::any_io_executor> strand, const SmtpClientConfig& config)
+  Session(const asio::strand<asio::any_io_executor>& strand, const SmtpClientConfig& config)
       : strand_(strand), config_(config), c_(strand) {}
   ~Session() override { c_.Close(); }
 

@@ -43,7 +43,6 @@ namespace {
 
 namespace asio = boost::asio;
 using asio::awaitable;
-using asio::use_awaitable;
 
 // node/host/incarnation: the queue voids leases of older incarnations of
 // node/host/ when this one connects (pid alone repeats: PID 1 in containers).
@@ -218,7 +217,7 @@ void Worker::Stop() {
   {
     auto done = std::make_shared<std::promise<void>>();
     auto f = done->get_future();
-    asio::co_spawn(io_, pool_.CloseAll(), [done](std::exception_ptr) { done->set_value(); });
+    asio::co_spawn(io_, pool_.CloseAll(), [done](const std::exception_ptr&) { done->set_value(); });
     f.wait_for(std::chrono::seconds(10));
   }
   work_.reset();
@@ -286,7 +285,7 @@ void Worker::Spawn(const std::shared_ptr<Shard>& shard, v1::LeasedMessage m) {
   Probe::Get().InFlight(1);
   auto msg = std::make_shared<v1::LeasedMessage>(std::move(m));
   auto qid = msg->envelope().qid();
-  asio::co_spawn(asio::make_strand(io_), DeliverMessage(msg, shard), [this, shard, qid](std::exception_ptr e) {
+  asio::co_spawn(asio::make_strand(io_), DeliverMessage(msg, shard), [this, shard, qid](const std::exception_ptr& e) {
     if (!e) return;
     // Never expected; the lease expires and the recipients are retried.
     try {
@@ -353,7 +352,7 @@ awaitable<void> Worker::DeliverMessage(std::shared_ptr<v1::LeasedMessage> m, std
 
 void Worker::ReturnCredit(Shard& shard, uint32_t n) {
   shard.in_flight.fetch_sub(n);
-  Probe::Get().InFlight(-static_cast<int64_t>(n));
+  Probe::Get().InFlight(-static_cast<int>(n));
   std::lock_guard lock(shard.mu);
   if (!shard.stream || draining_) return;  // the next stream (or undrain) grants fresh credits
   v1::PullRequest more;

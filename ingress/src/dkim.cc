@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <string_view>
 
 #include "mx/common/address.h"
 #include "mx/common/base64.h"
@@ -19,22 +21,22 @@ namespace {
 
 // What most signers cover (OpenDKIM's and KumoMTA's lists, plus the
 // List-Unsubscribe pair RFC 8058 wants signed for one-click unsubscribe).
-const std::vector<std::string> kDefaultHeaders = {"from",
-                                                  "reply-to",
-                                                  "subject",
-                                                  "date",
-                                                  "to",
-                                                  "cc",
-                                                  "message-id",
-                                                  "in-reply-to",
-                                                  "references",
-                                                  "mime-version",
-                                                  "content-type",
-                                                  "content-transfer-encoding",
-                                                  "list-id",
-                                                  "list-unsubscribe",
-                                                  "list-unsubscribe-post",
-                                                  "feedback-id"};
+constexpr std::string_view kDefaultHeaders[] = {"from",
+                                                "reply-to",
+                                                "subject",
+                                                "date",
+                                                "to",
+                                                "cc",
+                                                "message-id",
+                                                "in-reply-to",
+                                                "references",
+                                                "mime-version",
+                                                "content-type",
+                                                "content-transfer-encoding",
+                                                "list-id",
+                                                "list-unsubscribe",
+                                                "list-unsubscribe-post",
+                                                "feedback-id"};
 
 bool Wsp(char c) {
   return c == ' ' || c == '\t';
@@ -232,7 +234,11 @@ Result<std::shared_ptr<const DkimSigner>> DkimSigner::Load(const DkimConfig& con
   std::shared_ptr<DkimSigner> s(new DkimSigner());
   s->oversign_ = config.oversign;
   s->ttl_s_ = config.signature_ttl.count();
-  for (const auto& h : config.headers.empty() ? kDefaultHeaders : config.headers) s->headers_.push_back(ToLower(h));
+  if (config.headers.empty()) {
+    s->headers_.assign(std::begin(kDefaultHeaders), std::end(kDefaultHeaders));
+  } else {
+    for (const auto& h : config.headers) s->headers_.push_back(ToLower(h));
+  }
   if (std::find(s->headers_.begin(), s->headers_.end(), "from") == s->headers_.end()) {
     return Status(Code::kInvalidArgument, "ingress.dkim.headers: must include From (RFC 6376 5.4)");
   }
@@ -349,7 +355,7 @@ Result<DkimSigner::Signed> DkimSigner::Sign(std::string_view prefix, std::string
     std::string sig = "DKIM-Signature: v=1; a=" + key->algorithm + "; c=relaxed/relaxed;\r\n\td=" + key->domain +
                       "; s=" + key->selector + "; t=" + std::to_string(now_unix);
     if (ttl_s_ > 0) sig += "; x=" + std::to_string(now_unix + ttl_s_);
-    sig += ";\r\n\t" + h_tag + ";\r\n\tbh=" + bh + ";\r\n\tb=";
+    sig.append(";\r\n\t").append(h_tag).append(";\r\n\tbh=").append(bh).append(";\r\n\tb=");
     // The hash: the signed headers, then this field with an empty b= and no CRLF.
     std::string own = DkimRelaxedHeader(sig);
     own.resize(own.size() - 2);

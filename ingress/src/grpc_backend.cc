@@ -43,11 +43,12 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     auto call = AsyncCall<v1::RecordStatsRequest, v1::RecordStatsResponse>::WithDeadline(deadline_);
     *call->req.add_deltas() = delta;
     auto target = router_.Leader(0);
-    target.stub->async()->RecordStats(&call->ctx, &call->req, &call->resp,
-                                      [self = shared_from_this(), call, address = target.address](grpc::Status s) {
-                                        self->router_.Observe(0, address, call->ctx, s);
-                                        if (!s.ok()) log::Warn("mailstats report failed: " + s.error_message());
-                                      });
+    target.stub->async()->RecordStats(
+        &call->ctx, &call->req, &call->resp,
+        [self = shared_from_this(), call, address = target.address](const grpc::Status& s) {
+          self->router_.Observe(0, address, call->ctx, s);
+          if (!s.ok()) log::Warn("mailstats report failed: " + s.error_message());
+        });
   }
 
   void RunQueue(const std::string& domain, std::function<void(Result<uint64_t>)> done) override {
@@ -76,7 +77,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     auto target = router_.Leader(shard);
     target.stub->async()->RunQueue(
         &call->ctx, &call->req, &call->resp,
-        [self = shared_from_this(), call, run, shard, attempt, address = target.address](grpc::Status s) {
+        [self = shared_from_this(), call, run, shard, attempt, address = target.address](const grpc::Status& s) {
           // A queue run is idempotent: retrying on the leader named in the answer is safe.
           if (self->router_.Observe(shard, address, call->ctx, s) && attempt < 3) {
             return self->SendRun(run, shard, attempt + 1);
@@ -117,7 +118,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     op->req.set_shard(op->shard);
     auto self = shared_from_this();
     target.stub->async()->Enqueue(op->ctx.get(), &op->req, &op->resp,
-                                  [self, op](grpc::Status s) { self->Completed(op, s); });
+                                  [self, op](const grpc::Status& s) { self->Completed(op, s); });
   }
 
   void Completed(const std::shared_ptr<Op>& op, const grpc::Status& s) {

@@ -291,7 +291,9 @@ class InjectService final : public v1::Inject::Service {
         reason = RejectReason::kSuppressed;
       }
       if (!reply.empty()) {
-        log::Mail("inject", "reject: recipient <" + a + "> from " + who + ": " + reply);
+        log::Mail(
+            "inject",
+            std::string("reject: recipient <").append(a).append("> from ").append(who).append(": ").append(reply));
         if (c_.observer) c_.observer->OnReject(reason, std::atoi(reply.c_str()));
         auto* rej = resp->add_rejected();
         rej->set_address(a);
@@ -307,7 +309,7 @@ class InjectService final : public v1::Inject::Service {
     std::map<std::string, std::string> base(req.variables().begin(), req.variables().end());
     std::vector<Pending> pending;
     const int64_t now = c_.clock->NowUnixMicros();
-    auto make = [&](std::string data, const std::vector<const Accepted*>& rcpts) -> grpc::Status {
+    auto make = [&](const std::string& data, const std::vector<const Accepted*>& rcpts) -> grpc::Status {
       Pending p;
       const std::string qid = c_.qids->Next();
       if (Verdict h = policy->CheckHeaders(data); h.rejected()) {
@@ -373,15 +375,16 @@ class InjectService final : public v1::Inject::Service {
               grpc::StatusCode::RESOURCE_EXHAUSTED,
               "the message for " + a.address + " is over " + std::to_string(cfg.max_message_size) + " bytes");
         }
-        if (auto st = make(std::move(*msg), {&a}); !st.ok()) return st;
+        if (auto st = make(*msg, {&a}); !st.ok()) return st;
       }
     } else {
       auto data = Crlf(req.message(), "message");
       if (!data.ok()) return Invalid(data.status().message());
       if (ScanHeaders(*data).header_bytes == 0) return Invalid("message: no header fields");
       std::vector<const Accepted*> all;
+      all.reserve(accepted.size());
       for (const auto& a : accepted) all.push_back(&a);
-      if (auto st = make(std::move(*data), all); !st.ok()) return st;
+      if (auto st = make(*data, all); !st.ok()) return st;
     }
     if (discard) {  // an access DISCARD: accepted and dropped, as in SMTP
       for (auto& p : pending) {

@@ -16,7 +16,7 @@ namespace {
 
 constexpr int kMaxExpansionDepth = 10;
 constexpr size_t kMaxExpansion = 1000;  // addresses one recipient may expand to
-constexpr size_t kMaxHeaderValue = 16 * 1024;
+constexpr size_t kMaxHeaderValue = size_t{16} * 1024;
 
 std::string ResolvePath(const std::string& dir, const std::string& path) {
   if (path.empty() || path.front() == '/') return path;

@@ -41,8 +41,8 @@ using asio::awaitable;
 using asio::use_awaitable;
 using asio::ip::tcp;
 
-constexpr size_t kReadChunk = 16 * 1024;
-constexpr size_t kMaxDataLine = 64 * 1024;  // longer DATA lines are passed on in fragments
+constexpr size_t kReadChunk = size_t{16} * 1024;
+constexpr size_t kMaxDataLine = size_t{64} * 1024;  // longer DATA lines are passed on in fragments
 
 // Enqueues whose callback has not run yet: Stop() waits for them before the
 // io_context they post into goes away.
@@ -52,7 +52,7 @@ using InFlight = InFlightCalls;
 template <typename Token>
 auto AsyncEnqueue(EnqueueBackend& backend, InFlight& in_flight, v1::NewMessage message, Token&& token) {
   return asio::async_initiate<Token, void(Status)>(
-      [&backend, &in_flight](auto handler, v1::NewMessage m) {
+      [&backend, &in_flight](auto handler, v1::NewMessage&& m) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
         in_flight.Begin();
@@ -69,7 +69,7 @@ auto AsyncEnqueue(EnqueueBackend& backend, InFlight& in_flight, v1::NewMessage m
 template <typename Token>
 auto AsyncRunQueue(EnqueueBackend& backend, InFlight& in_flight, std::string domain, Token&& token) {
   return asio::async_initiate<Token, void(Result<uint64_t>)>(
-      [&backend, &in_flight](auto handler, std::string d) {
+      [&backend, &in_flight](auto handler, const std::string& d) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
         in_flight.Begin();
@@ -86,7 +86,7 @@ template <typename Token>
 auto AsyncClientLookup(ClientLookup& lookup, std::string ip, bool reverse, std::vector<std::string> zones,
                        Token&& token) {
   return asio::async_initiate<Token, void(ClientFacts)>(
-      [&lookup](auto handler, std::string addr, bool rev, std::vector<std::string> z) {
+      [&lookup](auto handler, const std::string& addr, bool rev, const std::vector<std::string>& z) {
         auto ex = asio::get_associated_executor(handler);
         auto h = std::make_shared<decltype(handler)>(std::move(handler));
         lookup.Lookup(addr, rev, z, [h, ex](ClientFacts f) {

@@ -104,7 +104,8 @@ grpc::Status Membership::AddReplica(grpc::ServerContext* ctx, const v1::AddRepli
   cmd.mutable_member()->set_node_id(req->node_id());
   cmd.mutable_member()->set_grpc_address(req->grpc_address());
   if (auto r = replica_.CommitAndWait(std::move(cmd)); !r.status.ok()) return replica_.CommitError(ctx, r.status);
-  mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_.AddVoter(req->node_id(), req->raft_address(), d); });
+  mx::Status st =
+      WaitChange([&](RaftLog::ChangeDone d) { log_.AddVoter(req->node_id(), req->raft_address(), std::move(d)); });
   if (!st.ok()) return ToGrpc(st);
   log::Info(replica_.tag() + ": added node " + std::to_string(req->node_id()) + " (" + req->raft_address() +
             ") as a voter");
@@ -116,7 +117,7 @@ grpc::Status Membership::RemoveReplica(grpc::ServerContext* ctx, const v1::Remov
   if (!replica_.IsLeader()) return replica_.RefuseNotLeader(ctx);
   ChangeGuard change(*this, "removing node " + std::to_string(req->node_id()));
   if (!change.ok()) return change.Refusal();
-  mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_.RemoveServer(req->node_id(), d); });
+  mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_.RemoveServer(req->node_id(), std::move(d)); });
   if (!st.ok()) return ToGrpc(st);
   log::Info(replica_.tag() + ": removed node " + std::to_string(req->node_id()));
   if (replica_.IsLeader()) {

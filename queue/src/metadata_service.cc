@@ -94,7 +94,7 @@ grpc::Status MetadataService::PutPolicy(grpc::ServerContext* ctx, const v1::PutP
   *cmd.mutable_policy() = req->bundle();
   std::string content = req->bundle().yaml();
   const std::map<std::string, std::string> files(req->bundle().files().begin(), req->bundle().files().end());
-  for (const auto& [path, text] : files) content += "\n" + path + "\n" + text;
+  for (const auto& [path, text] : files) content.append("\n").append(path).append("\n").append(text);
   char hash[16];
   snprintf(hash, sizeof hash, "%08zx", std::hash<std::string>{}(content)&0xffffffffu);
   const std::string version = "v" + std::to_string(n + 1) + "-" + hash;

@@ -96,7 +96,7 @@ class Shard final : public MetadataReplica {
         peers_(std::move(peers)),
         disk_(disk),
         tag_("shard " + std::to_string(id)) {}
-  ~Shard() { Stop(); }
+  ~Shard() override { Stop(); }
 
   mx::Status Start() {
     const fs::path base = fs::path(config_.data_dir) / ("shard-" + std::to_string(id_));
@@ -298,7 +298,7 @@ class Shard final : public MetadataReplica {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the first PullRequest must name the worker");
     }
     if (!log_->IsLeader()) return NotLeader(ctx);
-    const std::string worker = first.worker();
+    const std::string& worker = first.worker();
     // Leases of this worker's earlier incarnations (a crashed process) are void.
     if (auto slash = worker.rfind('/'); slash != std::string::npos && slash > 0) {
       v1::QueueCommand cmd;

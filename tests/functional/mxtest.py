@@ -65,14 +65,17 @@ def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
 
 
 class Unbound:
-    """A real DNS server (unbound) on loopback serving local test zones."""
+    """A real DNS server (unbound) on loopback serving local test zones
+    (or on another address of this host, for clients in network namespaces)."""
 
-    def __init__(self, workdir: Path, zones: dict, records: list):
-        self.port = free_port()
+    def __init__(self, workdir: Path, zones: dict, records: list, interface="127.0.0.1", port=None,
+                 allow=("127.0.0.0/8",)):
+        self.interface = interface
+        self.port = port or free_port(interface)
         self.dir = workdir
         lines = [
             "server:",
-            f"  interface: 127.0.0.1@{self.port}",
+            f"  interface: {interface}@{self.port}",
             f"  port: {self.port}",
             "  do-daemonize: no",
             '  username: ""',
@@ -83,7 +86,7 @@ class Unbound:
             '  logfile: ""',
             "  verbosity: 0",
             "  do-ip6: no",
-            "  access-control: 127.0.0.0/8 allow",
+            *[f"  access-control: {net} allow" for net in allow],
             '  module-config: "iterator"',
             "  num-threads: 1",
         ]
@@ -104,7 +107,7 @@ class Unbound:
         import dns.resolver  # python3-dnspython
 
         r = dns.resolver.Resolver(configure=False)
-        r.nameservers = ["127.0.0.1"]
+        r.nameservers = [self.interface]
         r.port = self.port
         r.lifetime = 0.5
         try:
@@ -117,7 +120,7 @@ class Unbound:
 
     @property
     def server(self):
-        return f"127.0.0.1:{self.port}"
+        return f"{self.interface}:{self.port}"
 
     def stop(self):
         self.proc.terminate()

@@ -165,7 +165,7 @@ TEST(Dsn, NotifyRules) {
 
 TEST(Dsn, QueueWarnAndQueueReturnTiming) {
   constexpr int64_t kH = 3600LL * 1'000'000;
-  const int64_t warn = 4 * kH, ret = 5 * 24 * kH;
+  const int64_t warn = kH * 4, ret = kH * 5 * 24;
   v1::Envelope env;
   env.set_sender("a@sender.test");
   v1::Recipient rc;

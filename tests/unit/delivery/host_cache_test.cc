@@ -8,7 +8,7 @@ namespace mx::delivery {
 namespace {
 
 constexpr int64_t kSec = 1'000'000;
-constexpr int64_t kTimeout = 30 * 60 * kSec;  // Timeout.hoststatus 30m
+constexpr int64_t kTimeout = kSec * 30 * 60;  // Timeout.hoststatus 30m
 
 v1::HostStatus Status(const std::string& host, int64_t at, uint32_t failures, const std::string& reply) {
   v1::HostStatus h;

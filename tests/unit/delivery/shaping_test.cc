@@ -7,7 +7,7 @@
 namespace mx::delivery {
 namespace {
 
-Shaping MustParse(const DeliveryConfig& c, std::vector<std::pair<std::string, std::string>> layers) {
+Shaping MustParse(const DeliveryConfig& c, const std::vector<std::pair<std::string, std::string>>& layers) {
   auto s = Shaping::Parse(c, layers);
   EXPECT_TRUE(s.ok()) << s.status().message();
   return s.ok() ? std::move(s).value() : Shaping{};

@@ -18,7 +18,7 @@
 #include <gtest/gtest.h>
 #include <atomic>
 
-#include <dirent.h>
+#include <filesystem>
 
 #include <algorithm>
 #include <sstream>
@@ -124,19 +124,22 @@ class Runner {
     Flush(s);
     for (const auto& l : lines) {
       std::string raw;
-      if (l.rfind("!enqueue ", 0) == 0) {
-        next_enqueue_ = l.substr(9);
-        continue;
-      } else if (l == "!drain") {
+      if (l == "!drain") {
         draining_ = true;  // mxctl drain reached the node mid-session
         out_ += "-- node draining --\n";
         continue;
-      } else if (l == "!timeout") {
+      }
+      if (l.rfind("!enqueue ", 0) == 0) {
+        next_enqueue_ = l.substr(9);
+        continue;
+      }
+      if (l == "!timeout") {
         s.OnTimeout();
         out_ += "-- timeout --\n";
         Flush(s);
         break;
-      } else if (l.rfind("!raw ", 0) == 0) {
+      }
+      if (l.rfind("!raw ", 0) == 0) {
         raw = Unescape(l.substr(5));
       } else {
         raw = l + "\r\n";
@@ -235,12 +238,10 @@ class Runner {
 std::vector<std::string> Dialogues() {
   std::vector<std::string> names;
   std::string dir = test::DataPath("ingress/dialogues");
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      std::string n = e->d_name;
-      if (n.size() > 3 && n.substr(n.size() - 3) == ".in") names.push_back(n.substr(0, n.size() - 3));
-    }
-    closedir(d);
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string n = e.path().filename().string();
+    if (n.size() > 3 && n.substr(n.size() - 3) == ".in") names.push_back(n.substr(0, n.size() - 3));
   }
   std::sort(names.begin(), names.end());
   return names;

@@ -95,7 +95,7 @@ bool Verifies(EVP_PKEY* key, const std::string& data, const std::string& sig) {
   return ok == 1;
 }
 
-std::shared_ptr<const DkimSigner> Load(DkimConfig c) {
+std::shared_ptr<const DkimSigner> Load(const DkimConfig& c) {
   auto s = DkimSigner::Load(c);
   EXPECT_TRUE(s.ok()) << s.status().message();
   return s.ok() ? *s : nullptr;

@@ -38,10 +38,10 @@ struct LocalCall {
 };
 
 // A local queue node that answers `verdict` (or declines, when unset).
-std::shared_ptr<EnqueueBackend> Make(std::optional<Status> verdict, std::vector<LocalCall>* calls,
+std::shared_ptr<EnqueueBackend> Make(const std::optional<Status>& verdict, std::vector<LocalCall>* calls,
                                      const std::shared_ptr<RecordingRemote>& remote, uint32_t shards = 4) {
   return MakeLocalFirstEnqueueBackend(
-      [verdict, calls](uint32_t shard, const v1::NewMessage& m, std::function<void(const Status&)> done) {
+      [verdict, calls](uint32_t shard, const v1::NewMessage& m, const std::function<void(const Status&)>& done) {
         calls->push_back({shard, m.envelope().qid()});
         if (!verdict) return false;
         done(*verdict);
@@ -55,7 +55,7 @@ TEST(LocalFirstEnqueueTest, TheLocalLeaderTakesTheMessageAndGrpcIsNotUsed) {
   std::vector<LocalCall> calls;
   auto backend = Make(Status::Ok(), &calls, remote);
   std::optional<Status> result;
-  backend->Enqueue(Message("4AbC1"), [&](Status st) { result = st; });
+  backend->Enqueue(Message("4AbC1"), [&](const Status& st) { result = st; });
   ASSERT_TRUE(result.has_value());
   EXPECT_TRUE(result->ok());
   ASSERT_EQ(calls.size(), 1u);
@@ -70,7 +70,7 @@ TEST(LocalFirstEnqueueTest, WithoutTheLeadershipTheMessageGoesOverGrpcWhole) {
   std::vector<LocalCall> calls;
   auto backend = Make(std::nullopt, &calls, remote);
   std::optional<Status> result;
-  backend->Enqueue(Message("4AbC2"), [&](Status st) { result = st; });
+  backend->Enqueue(Message("4AbC2"), [&](const Status& st) { result = st; });
   ASSERT_TRUE(result.has_value());
   EXPECT_TRUE(result->ok());
   EXPECT_EQ(calls.size(), 1u);
@@ -84,7 +84,7 @@ TEST(LocalFirstEnqueueTest, LeadershipLostInFlightIsRetriedOverGrpc) {
   std::vector<LocalCall> calls;
   auto backend = Make(Status(Code::kUnavailable, "shard 0: leadership lost"), &calls, remote);
   std::optional<Status> result;
-  backend->Enqueue(Message("4AbC3"), [&](Status st) { result = st; });
+  backend->Enqueue(Message("4AbC3"), [&](const Status& st) { result = st; });
   ASSERT_TRUE(result.has_value());
   EXPECT_TRUE(result->ok()) << result->ToString();
   ASSERT_EQ(remote->got.size(), 1u);
@@ -97,7 +97,7 @@ TEST(LocalFirstEnqueueTest, AVerdictOnTheMessageIsFinal) {
   std::vector<LocalCall> calls;
   auto backend = Make(Status(Code::kResourceExhausted, "below min_free_disk"), &calls, remote);
   std::optional<Status> result;
-  backend->Enqueue(Message("4AbC4"), [&](Status st) { result = st; });
+  backend->Enqueue(Message("4AbC4"), [&](const Status& st) { result = st; });
   ASSERT_TRUE(result.has_value());
   EXPECT_EQ(result->code(), Code::kResourceExhausted);
   EXPECT_TRUE(remote->got.empty());

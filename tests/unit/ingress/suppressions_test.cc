@@ -8,7 +8,7 @@
 namespace mx::ingress {
 namespace {
 
-v1::ListSuppressionsResponse Page(std::vector<std::tuple<std::string, uint64_t, bool>> entries) {
+v1::ListSuppressionsResponse Page(const std::vector<std::tuple<std::string, uint64_t, bool>>& entries) {
   v1::ListSuppressionsResponse p;
   for (const auto& [address, seq, removed] : entries) {
     auto* e = p.add_entries();

@@ -6,6 +6,7 @@
 namespace mx::queue {
 namespace {
 
+// NOLINTNEXTLINE(cert-err58-cpp): a test constant; a failed allocation here fails the test.
 const grpc::Status kUnreachable(grpc::StatusCode::UNAVAILABLE,
                                 "failed to connect to all addresses; last error: Connection refused");
 

@@ -104,7 +104,7 @@ TEST_F(StateMachineTest, EnqueueMakesRecipientsReadyAndComputesPriority) {
   auto env = sm_->GetEnvelope("00000000010000");
   ASSERT_TRUE(env.ok());
   EXPECT_EQ(env->pending(), 2u);
-  EXPECT_EQ(env->priority(), static_cast<int64_t>(env->size()) + 2 * 30000);
+  EXPECT_EQ(env->priority(), static_cast<int64_t>(env->size()) + int64_t{2} * 30000);
   EXPECT_EQ(sm_->counts().messages, 1);
   EXPECT_EQ(sm_->counts().by_status[v1::RCPT_READY], 2);
   EXPECT_EQ(*sm_->GetBody("00000000010000"), "Subject: t\r\n\r\nbody\r\n");
@@ -561,7 +561,7 @@ TEST_F(StateMachineTest, NodeTableKeepsTheDrainFlagAcrossHeartbeats) {
 // address keeps only its latest change in the log, removals stay as
 // tombstones for followers, and it survives a reopen.
 TEST_F(StateMachineTest, SuppressionListKeepsOneChangePerAddressInSequence) {
-  auto op = [&](std::vector<std::string> add, std::vector<std::string> remove, int64_t now) {
+  auto op = [&](const std::vector<std::string>& add, const std::vector<std::string>& remove, int64_t now) {
     v1::QueueCommand c;
     c.set_now_unix_us(now);
     for (const auto& a : add) {

@@ -14,8 +14,9 @@ namespace mx {
 // Keep buffers up to 64 MiB (above the 48 MiB message size limit) on the
 // heap, and keep up to 128 MiB of free heap before returning it to the OS.
 inline void TuneMalloc() {
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  mallopt(M_TRIM_THRESHOLD, 128 << 20);
+  // Called first thing in main, before any thread: mallopt is safe then.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);   // NOLINT(concurrency-mt-unsafe)
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);  // NOLINT(concurrency-mt-unsafe)
 }
 
 }  // namespace mx

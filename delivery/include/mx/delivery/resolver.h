@@ -65,6 +65,7 @@ class Resolver {
   virtual void ResolveHost(const std::string& host, std::function<void(MxAnswer)> done) = 0;
   // TLSA records of _<port>._tcp.<host>, with the AD bit; a resolver
   // without them answers kNone (no DANE).
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): implementations keep the callback
   virtual void ResolveTlsa(const std::string& host, uint16_t port, std::function<void(TlsaAnswer)> done) {
     (void)host;
     (void)port;
@@ -73,6 +74,7 @@ class Resolver {
     done(std::move(a));
   }
   // TXT records; a resolver without them answers kTempFail.
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): implementations keep the callback
   virtual void ResolveTxt(const std::string& /*name*/, std::function<void(TxtAnswer)> done) {
     TxtAnswer a;
     a.error = "TXT lookups are not supported by this resolver";
