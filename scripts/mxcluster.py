@@ -315,6 +315,14 @@ class Cluster:
     def queue_node(self, node_id):
         return self.queue[node_id - 1]
 
+    def leader_row(self, shard=0):
+        """The leader's replica row of shard in cluster status (None: no leader)."""
+        for n in self.status().get("nodes", []):
+            for r in n.get("replicas", []):
+                if int(r.get("shard", 0)) == shard and r.get("role") == "leader":
+                    return r
+        return None
+
     def process_state(self, name):
         """The node table's view of one process: its NodeInfo as cluster status lists it."""
         for n in self.status().get("processes", []):

@@ -115,14 +115,7 @@ class AdminService final : public v1::Admin::Service {
     list.set_recipient(req->recipient());
     list.set_limit(req->limit());
     std::vector<std::optional<v1::ListResponse>> parts;
-    auto st = AskShards<v1::ListResponse>(
-        *ctx, "mailq",
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::ListResponse* part) {
-          v1::ListRequest one = list;
-          one.set_shard(shard);
-          return stub->List(c, one, part);
-        },
-        &parts, resp->mutable_failed_shards());
+    auto st = AskShards(*ctx, "mailq", &v1::Queue::Stub::List, list, &parts, resp->mutable_failed_shards());
     if (!st.ok()) return st;
     for (auto& part : parts) {
       if (!part) continue;
@@ -143,14 +136,7 @@ class AdminService final : public v1::Admin::Service {
     *run.mutable_filter() = RunFilter(*req);
     std::vector<std::optional<v1::RunQueueResponse>> parts;
     // A queue run is idempotent, so CallLeader's retries are safe.
-    auto st = AskShards<v1::RunQueueResponse>(
-        *ctx, "qrun",
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::RunQueueResponse* part) {
-          v1::RunQueueRequest one = run;
-          one.set_shard(shard);
-          return stub->RunQueue(c, one, part);
-        },
-        &parts, resp->mutable_failed_shards());
+    auto st = AskShards(*ctx, "qrun", &v1::Queue::Stub::RunQueue, run, &parts, resp->mutable_failed_shards());
     if (!st.ok()) return st;
     for (const auto& part : parts) {
       if (part) resp->set_made_ready(resp->made_ready() + part->made_ready());
@@ -171,14 +157,8 @@ class AdminService final : public v1::Admin::Service {
     // CallLeader retries on UNAVAILABLE/DEADLINE_EXCEEDED: harmless here, a
     // repeated hold/release/delete finds nothing left to change (the counts
     // then cover only the last attempt).
-    auto st = AskShards<v1::ManageResponse>(
-        *ctx, v1::ManageOp::Action_Name(req->action()),
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::ManageResponse* part) {
-          v1::ManageRequest one = m;
-          one.set_shard(shard);
-          return stub->Manage(c, one, part);
-        },
-        &parts, resp->mutable_failed_shards());
+    auto st = AskShards(*ctx, v1::ManageOp::Action_Name(req->action()), &v1::Queue::Stub::Manage, m, &parts,
+                        resp->mutable_failed_shards());
     if (!st.ok()) return st;
     for (const auto& part : parts) {
       if (!part) continue;
@@ -352,14 +332,8 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(*ctx, Role::kRead, "HostStatus", &who); !st.ok()) return st;
     std::map<std::string, v1::HostStatus> merged;
     std::vector<std::optional<v1::ListHostStatusResponse>> parts;
-    auto st = AskShards<v1::ListHostStatusResponse>(
-        *ctx, "hoststat",
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::ListHostStatusResponse* part) {
-          v1::ListHostStatusRequest one;
-          one.set_shard(shard);
-          return stub->ListHostStatus(c, one, part);
-        },
-        &parts, resp->mutable_failed_shards());
+    auto st = AskShards(*ctx, "hoststat", &v1::Queue::Stub::ListHostStatus, v1::ListHostStatusRequest(), &parts,
+                        resp->mutable_failed_shards());
     if (!st.ok()) return st;
     for (auto& part : parts) {
       if (!part) continue;
@@ -380,14 +354,8 @@ class AdminService final : public v1::Admin::Service {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kOperator, "PurgeHostStatus", &who); !st.ok()) return st;
     std::vector<std::optional<v1::PurgeHostStatusResponse>> parts;
-    auto st = AskShards<v1::PurgeHostStatusResponse>(
-        *ctx, "purgestat",
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::PurgeHostStatusResponse* part) {
-          v1::PurgeHostStatusRequest one = *req;
-          one.set_shard(shard);
-          return stub->PurgeHostStatus(c, one, part);
-        },
-        &parts, resp->mutable_failed_shards());
+    auto st =
+        AskShards(*ctx, "purgestat", &v1::Queue::Stub::PurgeHostStatus, *req, &parts, resp->mutable_failed_shards());
     if (!st.ok()) return st;
     for (const auto& part : parts) {
       if (part) resp->set_purged(resp->purged() + part->purged());
@@ -406,14 +374,8 @@ class AdminService final : public v1::Admin::Service {
     std::map<std::string, v1::MailerStats> sum;
     int64_t since = 0;
     std::vector<std::optional<v1::GetStatsResponse>> parts;
-    auto st = AskShards<v1::GetStatsResponse>(
-        *ctx, "mailstats",
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c, uint32_t shard, v1::GetStatsResponse* part) {
-          v1::GetStatsRequest one;
-          one.set_shard(shard);
-          return stub->GetStats(c, one, part);
-        },
-        &parts, resp->mutable_failed_shards());
+    auto st = AskShards(*ctx, "mailstats", &v1::Queue::Stub::GetStats, v1::GetStatsRequest(), &parts,
+                        resp->mutable_failed_shards());
     if (!st.ok()) return st;
     for (const auto& part : parts) {
       if (!part) continue;
@@ -585,17 +547,22 @@ class AdminService final : public v1::Admin::Service {
                         "queue shard " + std::to_string(shard) + " has no reachable leader: " + st.error_message());
   }
 
-  // Asks every shard's leader at once (FanOut), by the caller's deadline.
-  // (*parts)[shard] holds each answer; the shards that did not answer are
-  // listed in *failed and logged. UNAVAILABLE when no shard answered.
-  template <typename Resp, typename Call>
-  grpc::Status AskShards(const grpc::ServerContext& ctx, const std::string& what, Call call,
-                         std::vector<std::optional<Resp>>* parts, Failures* failed) {
+  // Asks every shard's leader at once (FanOut), by the caller's deadline:
+  // method with req, its shard set to each. (*parts)[shard] holds each
+  // answer; the shards that did not answer are listed in *failed and
+  // logged. UNAVAILABLE when no shard answered.
+  template <typename Req, typename Resp>
+  grpc::Status AskShards(const grpc::ServerContext& ctx, const std::string& what,
+                         grpc::Status (v1::Queue::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                         const Req& req, std::vector<std::optional<Resp>>* parts, Failures* failed) {
     const uint32_t n = router_.shards();
     std::vector<Resp> answers(n);
     auto statuses = FanOut(n, FanOutDeadline(ctx.deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+      Req one = req;
+      one.set_shard(shard);
       return CallLeader(
-          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return call(stub, c, shard, &answers[shard]); },
+          shard,
+          [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return (stub->*method)(c, one, &answers[shard]); },
           deadline);
     });
     parts->assign(n, std::nullopt);

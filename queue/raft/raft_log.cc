@@ -12,6 +12,7 @@ extern "C" {
 #include <atomic>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -295,17 +296,25 @@ class RaftLogImpl final : public RaftLog {
     return Status(code, tag_ + what + ": " + raft_strerror(rv) + " (" + raft_errmsg(&raft_) + ")");
   }
 
+  // Leader only: whether follower id (configuration entry i) answered within
+  // about two election timeouts.
+  bool Answering(uint64_t id, unsigned i) {
+    const auto now = std::chrono::steady_clock::now();
+    if (raft_.leader_state.progress && raft_.leader_state.progress[i].recent_recv) heard_[id] = now;
+    auto it = heard_.find(id);
+    return it != heard_.end() && now - it->second < std::chrono::milliseconds(2 * options_.election_timeout_ms);
+  }
+
   // Leader only: refuses a removal that would leave fewer voters that
   // answered within the last election timeout than a quorum of those left.
-  Status CheckQuorumWithout(uint64_t id) const {
+  Status CheckQuorumWithout(uint64_t id) {
     if (RoleOf(id) != RAFT_VOTER) return Status::Ok();
     unsigned voters = 0, live = 0;
     for (unsigned i = 0; i < raft_.configuration.n; ++i) {
       const auto& srv = raft_.configuration.servers[i];
       if (srv.role != RAFT_VOTER || srv.id == id) continue;
       ++voters;
-      const bool self = srv.id == options_.node_id;
-      if (self || (raft_.leader_state.progress && raft_.leader_state.progress[i].recent_recv)) ++live;
+      if (srv.id == options_.node_id || Answering(srv.id, i)) ++live;
     }
     if (voters == 0)
       return Status(Code::kFailedPrecondition, tag_ + "node " + std::to_string(id) + " is its only voter");
@@ -521,7 +530,7 @@ class RaftLogImpl final : public RaftLog {
       if (state == RAFT_LEADER && raft_.leader_state.progress) {
         const bool self = srv.id == options_.node_id;
         m->set_match_index(self ? raft_last_index(&raft_) : raft_.leader_state.progress[i].match_index);
-        m->set_answering(self || raft_.leader_state.progress[i].recent_recv);
+        m->set_answering(self || Answering(srv.id, i));
       }
     }
     {
@@ -631,6 +640,11 @@ class RaftLogImpl final : public RaftLog {
   bool closing_ = false;                              // loop thread only
   static constexpr unsigned kBalanceEveryPolls = 60;  // 3 s at 50 ms
   unsigned polls_since_balance_ = 0;                  // loop thread only
+  // Leader: when each follower was last seen with libraft's recent_recv set
+  // (loop thread only). libraft clears the flag every election timeout, so
+  // a follower that answers every heartbeat still reads false for a moment
+  // after each clear; this remembers across that moment.
+  std::map<uint64_t, std::chrono::steady_clock::time_point> heard_;
   bool transfer_in_flight_ = false;                   // loop thread only
   std::thread thread_;
 

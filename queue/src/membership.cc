@@ -70,7 +70,14 @@ grpc::Status Membership::ProbeReplica(uint64_t node_id, const std::string& addre
                                                                    std::to_string(node_id));
   }
   for (const auto& r : status.replicas()) {
-    if (r.shard() == shard_) return grpc::Status::OK;
+    if (r.shard() != shard_) continue;
+    if (r.role() == "removed") {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          replica_.tag() + ": " + who +
+                              " was removed from this shard and keeps its old state: wipe its shard directory "
+                              "(or give it a new node id) before adding it again");
+    }
+    return grpc::Status::OK;
   }
   return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, replica_.tag() + ": " + who + " does not host this shard");
 }
@@ -117,9 +124,25 @@ grpc::Status Membership::RemoveReplica(grpc::ServerContext* ctx, const v1::Remov
   if (!replica_.IsLeader()) return replica_.RefuseNotLeader(ctx);
   ChangeGuard change(*this, "removing node " + std::to_string(req->node_id()));
   if (!change.ok()) return change.Refusal();
+  const std::string removed_at = address_of_(req->node_id());
   mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_.RemoveServer(req->node_id(), std::move(d)); });
   if (!st.ok()) return ToGrpc(st);
   log::Info(replica_.tag() + ": removed node " + std::to_string(req->node_id()));
+  // Raft never tells a removed replica; without this it would campaign on
+  // its old configuration and answer clients with a stale view.
+  if (!removed_at.empty()) {
+    auto stub = v1::Queue::NewStub(MakeChannel(removed_at));
+    grpc::ClientContext c;
+    c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    v1::RetireReplicaRequest retire;
+    retire.set_shard(shard_);
+    retire.set_node_id(req->node_id());
+    v1::RetireReplicaResponse ignored;
+    if (auto rs = stub->RetireReplica(&c, retire, &ignored); !rs.ok()) {
+      log::Warn(replica_.tag() + ": could not tell node " + std::to_string(req->node_id()) + " at " + removed_at +
+                " it was removed (" + rs.error_message() + "); it answers with a stale view until wiped");
+    }
+  }
   if (replica_.IsLeader()) {
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
@@ -139,7 +162,6 @@ grpc::Status Membership::TransferLeader(grpc::ServerContext* ctx, const v1::Tran
     resp->set_leader_address(address_of_(leader));
     return grpc::Status::OK;
   };
-  if (req->node_id() == self_ && replica_.IsLeader()) return answer(self_);
   if (!replica_.IsLeader()) return replica_.RefuseNotLeader(ctx);
   ChangeGuard change(*this, "a leadership transfer");
   if (!change.ok()) return change.Refusal();
@@ -170,6 +192,7 @@ grpc::Status Membership::TransferLeader(grpc::ServerContext* ctx, const v1::Tran
   cmd.set_now_unix_us(clock_.NowUnixMicros());
   cmd.mutable_leader()->set_preferred(target);
   if (auto r = replica_.CommitAndWait(std::move(cmd)); !r.status.ok()) return replica_.CommitError(ctx, r.status);
+  if (target == self_) return answer(self_);  // already leads: the preference is recorded
   auto p = std::make_shared<std::promise<mx::Status>>();
   auto f = p->get_future();
   log_.TransferLeadership(target, [p](const mx::Status& st, uint64_t) { p->set_value(st); });

@@ -71,7 +71,7 @@ class RaftLog : public CommandLog {
   // Leader only: membership changes. done runs on the loop thread.
   virtual void AddVoter(uint64_t id, const std::string& raft_address, ChangeDone done) = 0;
   // Refused (kFailedPrecondition) when the voters left would not include a
-  // quorum that answered the leader within the last election timeout.
+  // quorum that answered the leader within about two election timeouts.
   virtual void RemoveServer(uint64_t id, ChangeDone done) = 0;
   // Leader only: hands leadership to voter id (0: the voter with the most
   // entries) with raft_transfer; done runs once libraft finished the attempt

@@ -117,6 +117,12 @@ class Shard final : public MetadataReplica {
     if (!sm.ok()) return sm.status();
     sm_ = std::move(sm).value();
 
+    base_ = base;
+    if (fs::exists(RetiredMarker())) {
+      retired_ = true;
+      log::Warn(tag_ + ": this replica was removed from the shard's group (" + RetiredMarker() +
+                "); it answers for nothing until its directory is wiped");
+    }
     RaftLogOptions ro;
     ro.shard = id_;
     ro.node_id = config_.node_id;
@@ -217,12 +223,27 @@ class Shard final : public MetadataReplica {
   // Unless `proposed`, the request was refused before it reached the log, which
   // the client learns from kRejectedMetadataKey (it may then go elsewhere).
   grpc::Status NotLeader(grpc::ServerContextBase* ctx, const std::string& why = "", bool proposed = false) const {
+    if (!proposed && !IsMember()) {
+      // Removed from the group: what it last knew of the leader is stale
+      // (two removed replicas would send clients back and forth); no hint,
+      // so the client moves on to the next address.
+      ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, tag_ + ": this node is not a replica of the shard");
+    }
     std::string leader = AddressOf(log_->LeaderId());
     if (!leader.empty() && log_->LeaderId() != config_.node_id) ctx->AddTrailingMetadata(kLeaderMetadataKey, leader);
     if (!proposed) ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         (why.empty() ? tag_ + ": this replica is not the leader" : why) +
                             (leader.empty() ? "; no leader known" : "; leader is " + leader));
+  }
+  // Whether this node is in the shard's Raft configuration (as of the last
+  // status refresh; a node that joins counts once it is added).
+  bool IsMember() const {
+    if (retired_) return false;
+    const auto status = log_->GetStatus();
+    return status.members().empty() || std::any_of(status.members().begin(), status.members().end(),
+                                                   [&](const auto& m) { return m.id() == config_.node_id; });
   }
   // Maps a failed commit to a gRPC status, with the leader hint if leadership moved.
   grpc::Status CommitFailed(grpc::ServerContextBase* ctx, const mx::Status& st) const {
@@ -478,8 +499,18 @@ class Shard final : public MetadataReplica {
     return grpc::Status::OK;
   }
 
+  // The leader removed this replica from the group (RetireReplica).
+  void Retire() {
+    if (retired_.exchange(true)) return;
+    std::ofstream(RetiredMarker()) << "removed from the shard's Raft group; wipe this directory before adding the "
+                                      "node again\n";
+    log::Info(tag_ + ": removed from the group: no longer answering for the shard");
+  }
+  bool retired() const { return retired_; }
+
   v1::ReplicaStatus ReplicaStatus() const {
     auto s = log_->GetStatus();
+    if (retired_) s.set_role("removed");
     s.set_leader_address(AddressOf(s.leader_id()));
     for (auto& m : *s.mutable_members()) m.set_grpc_address(AddressOf(m.id()));
     const auto counts = sm_->counts();
@@ -614,11 +645,14 @@ class Shard final : public MetadataReplica {
   DiskBudget* const disk_;                       // the node's, shared by its shards
   const std::string tag_;
   std::string snapshot_dir_;
+  fs::path base_;  // the shard's directory under data_dir
+  std::string RetiredMarker() const { return (base_ / "REMOVED").string(); }
   std::unique_ptr<StateMachine> sm_;
   std::unique_ptr<RaftLog> log_;
   std::unique_ptr<Membership> membership_;
   std::function<void(bool)> on_leader_;
   std::atomic<bool> led_before_{false};
+  std::atomic<bool> retired_{false};  // removed from the group (Retire)
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
@@ -775,6 +809,19 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     auto* s = Find(req->shard(), &err);
     return s ? s->membership().RemoveReplica(ctx, req) : err;
+  }
+
+  grpc::Status RetireReplica(grpc::ServerContext*, const v1::RetireReplicaRequest* req,
+                             v1::RetireReplicaResponse*) override {
+    if (req->node_id() != config_.node_id) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "this is node " + std::to_string(config_.node_id) +
+                                                                  ", not " + std::to_string(req->node_id()));
+    }
+    grpc::Status err;
+    auto* s = Find(req->shard(), &err);
+    if (!s) return err;
+    s->Retire();
+    return grpc::Status::OK;
   }
 
   grpc::Status TransferLeader(grpc::ServerContext* ctx, const v1::TransferLeaderRequest* req,

@@ -687,7 +687,7 @@ def delivered_ids(sink):
     return ids
 
 
-class FailoverLoad:
+class FailoverLoad(Load):
     """SMTP clients that behave like an MTA with several MX hosts: one new
     connection per message; a refused connection, a 421 greeting or a 421 at
     MAIL (a draining ingress) sends the message to the next ingress at once.
@@ -695,16 +695,8 @@ class FailoverLoad:
     took (a failed attempt; the message is then tried again)."""
 
     def __init__(self, ports, threads=4, rcpt="user@implicit.test", tag="roll"):
-        self.ports, self.rcpt, self.tag = ports, rcpt, tag
-        self.accepted = {}  # Message-ID -> (qid, time)
-        self.failures = []  # (time, why): a refused connection or a failed attempt
         self.connections = self.refused = self.attempts = self.failed_attempts = 0
-        self.lock = threading.Lock()
-        self.running = True
-        self.n = 0
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
-        for t in self.threads:
-            t.start()
+        super().__init__(ports, threads=threads, rcpt=rcpt, tag=tag)  # starts the threads: _run below
 
     def _send(self, port, msgid):
         """True: 250; False: refused (try the next ingress); raises on other trouble."""
@@ -744,9 +736,8 @@ class FailoverLoad:
     def _run(self, worker):
         start = worker % len(self.ports)
         while self.running:
+            msgid = self._next_id(worker)
             with self.lock:
-                self.n += 1
-                msgid = f"<{self.tag}-{worker}-{self.n}@cluster.test>"
                 self.attempts += 1
             sent = False
             for k in range(len(self.ports)):
@@ -764,15 +755,6 @@ class FailoverLoad:
                 with self.lock:
                     self.failed_attempts += 1
                 time.sleep(0.05)
-
-    def count(self):
-        with self.lock:
-            return len(self.accepted)
-
-    def stop(self):
-        self.running = False
-        for t in self.threads:
-            t.join(60)
 
     def availability(self):
         """(messages: accepted attempts / attempts, connections: not refused / all)."""
