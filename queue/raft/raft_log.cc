@@ -645,7 +645,7 @@ class RaftLogImpl final : public RaftLog {
   // a follower that answers every heartbeat still reads false for a moment
   // after each clear; this remembers across that moment.
   std::map<uint64_t, std::chrono::steady_clock::time_point> heard_;
-  bool transfer_in_flight_ = false;                   // loop thread only
+  bool transfer_in_flight_ = false;  // loop thread only
   std::thread thread_;
 
   std::mutex mu_;
