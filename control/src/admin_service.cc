@@ -464,37 +464,21 @@ class AdminService final : public v1::Admin::Service {
 
   grpc::Status AddReplica(grpc::ServerContext* ctx, const v1::AddReplicaRequest* req,
                           v1::AddReplicaResponse* resp) override {
-    std::string who;
-    if (auto st = auth_.Check(*ctx, Role::kOperator, "AddReplica", &who); !st.ok()) return st;
-    if (req->shard() >= router_.shards()) return BadShard(req->shard());
-    return CallLeader(
-        req->shard(),
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->AddReplica(ctx, *req, resp); },
-        std::chrono::system_clock::now() + kShardDeadline, std::chrono::minutes(3));
+    return ToShardLeader(*ctx, "AddReplica", &v1::Queue::Stub::AddReplica, *req, resp, std::chrono::minutes(3));
   }
 
   grpc::Status RemoveReplica(grpc::ServerContext* ctx, const v1::RemoveReplicaRequest* req,
                              v1::RemoveReplicaResponse* resp) override {
-    std::string who;
-    if (auto st = auth_.Check(*ctx, Role::kOperator, "RemoveReplica", &who); !st.ok()) return st;
-    if (req->shard() >= router_.shards()) return BadShard(req->shard());
-    return CallLeader(
-        req->shard(),
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* ctx) { return stub->RemoveReplica(ctx, *req, resp); },
-        std::chrono::system_clock::now() + kShardDeadline, std::chrono::minutes(3));
+    return ToShardLeader(*ctx, "RemoveReplica", &v1::Queue::Stub::RemoveReplica, *req, resp, std::chrono::minutes(3));
   }
 
   grpc::Status TransferLeader(grpc::ServerContext* ctx, const v1::TransferLeaderRequest* req,
                               v1::TransferLeaderResponse* resp) override {
     std::string who;
-    if (auto st = auth_.Check(*ctx, Role::kOperator, "TransferLeader", &who); !st.ok()) return st;
-    if (req->shard() >= router_.shards()) return BadShard(req->shard());
     // A retry that reaches the new leader finds the transfer done (it answers
     // at once when it is the node asked for).
-    auto st = CallLeader(
-        req->shard(),
-        [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->TransferLeader(c, *req, resp); },
-        std::chrono::system_clock::now() + kShardDeadline, std::chrono::minutes(1));
+    auto st = ToShardLeader(*ctx, "TransferLeader", &v1::Queue::Stub::TransferLeader, *req, resp,
+                            std::chrono::minutes(1), &who);
     if (st.ok()) {
       log::Info("admin: " + who + ": shard " + std::to_string(req->shard()) + " leadership to node " +
                 std::to_string(resp->leader_id()));
@@ -506,6 +490,21 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status BadShard(uint32_t shard) const {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no shard " + std::to_string(shard) + " (the cluster has " +
                                                                 std::to_string(router_.shards()) + ")");
+  }
+
+  // An operator's membership request, checked (role, shard) and forwarded to
+  // req.shard()'s leader; each attempt may take per_call.
+  template <typename Req, typename Resp>
+  grpc::Status ToShardLeader(const grpc::ServerContext& ctx, const char* rpc,
+                             grpc::Status (v1::Queue::Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                             const Req& req, Resp* resp, std::chrono::seconds per_call, std::string* who = nullptr) {
+    std::string name;
+    if (auto st = auth_.Check(ctx, Role::kOperator, rpc, &name); !st.ok()) return st;
+    if (who) *who = name;
+    if (req.shard() >= router_.shards()) return BadShard(req.shard());
+    return CallLeader(
+        req.shard(), [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return (stub->*method)(c, req, resp); },
+        std::chrono::system_clock::now() + kShardDeadline, per_call);
   }
 
   // Calls the shard's leader, following leader hints, retrying until

@@ -214,47 +214,28 @@ class RaftLogImpl final : public RaftLog {
     }
   }
 
-  void TransferLeadership(uint64_t id, std::function<void(const Status&, uint64_t)> done) override {
-    auto shared = std::make_shared<std::function<void(const Status&, uint64_t)>>(std::move(done));
+  void TransferLeadership(uint64_t id, ChangeDone done) override {
+    auto shared = std::make_shared<ChangeDone>(std::move(done));
     if (!RunOnLoop([this, id, shared]() mutable {
           auto done = std::move(*shared);
           if (raft_state(&raft_) != RAFT_LEADER || !raft_.leader_state.progress) {
-            return done(Status(Code::kUnavailable, tag_ + "not the leader"), 0);
+            return done(Status(Code::kUnavailable, tag_ + "not the leader"));
           }
           if (transfer_in_flight_) {
-            return done(Status(Code::kFailedPrecondition, tag_ + "a leadership transfer is already in progress"), 0);
+            return done(Status(Code::kFailedPrecondition, tag_ + "a leadership transfer is already in progress"));
           }
-          const uint64_t to = id != 0 ? id : MostCaughtUpVoter();
-          if (to == 0) return done(Status(Code::kFailedPrecondition, tag_ + "no other voter to lead"), 0);
-          if (to == options_.node_id) return done(Status::Ok(), to);
-          if (RoleOf(to) != RAFT_VOTER) {
+          if (id == options_.node_id) return done(Status::Ok());
+          if (RoleOf(id) != RAFT_VOTER) {
             return done(Status(Code::kFailedPrecondition,
-                               tag_ + "node " + std::to_string(to) + " is not a voter of this shard"),
-                        0);
+                               tag_ + "node " + std::to_string(id) + " is not a voter of this shard"));
           }
-          struct Op {
-            struct raft_transfer req {};
-            RaftLogImpl* self;
-            uint64_t to;
-            std::function<void(const Status&, uint64_t)> done;
-          };
-          auto* op = new Op{{}, this, to, std::move(done)};
-          op->req.data = op;
-          int rv = raft_transfer(&raft_, &op->req, to, [](struct raft_transfer* req) {
-            auto* op = static_cast<Op*>(req->data);
-            op->self->transfer_in_flight_ = false;
-            op->done(Status::Ok(), op->to);
-            delete op;
-          });
-          if (rv != 0) {
-            auto d = std::move(op->done);
-            delete op;
-            return d(ChangeError("leadership transfer", rv), 0);
+          auto finished = std::make_shared<ChangeDone>(std::move(done));
+          if (int rv = StartTransfer(id, [finished] { (*finished)(Status::Ok()); }); rv != 0) {
+            return (*finished)(ChangeError("leadership transfer", rv));
           }
-          transfer_in_flight_ = true;
-          log::Info(tag_ + "handing leadership to node " + std::to_string(to) + " (operator)");
+          log::Info(tag_ + "handing leadership to node " + std::to_string(id) + " (operator)");
         })) {
-      (*shared)(Status(Code::kUnavailable, tag_ + "shutting down"), 0);
+      (*shared)(Status(Code::kUnavailable, tag_ + "shutting down"));
     }
   }
 
@@ -327,20 +308,29 @@ class RaftLogImpl final : public RaftLog {
     return Status::Ok();
   }
 
-  // Leader only: the voter other than this one with the highest match index (0: none).
-  uint64_t MostCaughtUpVoter() const {
-    uint64_t best = 0;
-    raft_index best_match = 0;
-    for (unsigned i = 0; i < raft_.configuration.n; ++i) {
-      const auto& srv = raft_.configuration.servers[i];
-      if (srv.role != RAFT_VOTER || srv.id == options_.node_id) continue;
-      const raft_index match = raft_.leader_state.progress[i].match_index;
-      if (best == 0 || match > best_match) {
-        best = srv.id;
-        best_match = match;
-      }
+  // Leader only: raft_transfer to voter `to`; `then` runs when libraft is
+  // done with it (whoever leads then). One transfer at a time. Returns
+  // libraft's error (then never runs).
+  int StartTransfer(uint64_t to, std::function<void()> then) {
+    struct Op {
+      struct raft_transfer req {};
+      RaftLogImpl* self;
+      std::function<void()> then;
+    };
+    auto* op = new Op{{}, this, std::move(then)};
+    op->req.data = op;
+    int rv = raft_transfer(&raft_, &op->req, to, [](struct raft_transfer* req) {
+      auto* op = static_cast<Op*>(req->data);
+      op->self->transfer_in_flight_ = false;
+      if (op->then) op->then();
+      delete op;
+    });
+    if (rv != 0) {
+      delete op;
+      return rv;
     }
-    return best;
+    transfer_in_flight_ = true;
+    return 0;
   }
 
   // Role of server id in the current configuration, -1 if it is not a member.
@@ -577,19 +567,7 @@ class RaftLogImpl final : public RaftLog {
       const auto& srv = raft_.configuration.servers[i];
       if (srv.id != want) continue;
       if (srv.role != RAFT_VOTER || raft_.leader_state.progress[i].match_index < last) return;
-      using Transfer = struct raft_transfer;
-      auto* t = new Transfer{};
-      t->data = this;
-      int rv = raft_transfer(&raft_, t, want, [](Transfer* req) {
-        auto* self = static_cast<RaftLogImpl*>(req->data);
-        self->transfer_in_flight_ = false;
-        delete req;
-      });
-      if (rv != 0) {
-        delete t;
-        return;
-      }
-      transfer_in_flight_ = true;
+      if (StartTransfer(want, nullptr) != 0) return;
       log::Info(tag_ + "handing leadership to its preferred replica " + std::to_string(want));
       return;
     }

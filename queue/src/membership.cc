@@ -83,12 +83,13 @@ grpc::Status Membership::ProbeReplica(uint64_t node_id, const std::string& addre
 }
 
 template <typename Fn>
-Status Membership::WaitChange(Fn start) {
+Status Membership::WaitChange(Fn start, std::chrono::seconds limit) {
   auto p = std::make_shared<std::promise<mx::Status>>();
   auto f = p->get_future();
   start([p](const mx::Status& st) { p->set_value(st); });
-  if (f.wait_for(std::chrono::minutes(2)) != std::future_status::ready) {
-    return mx::Status(Code::kDeadlineExceeded, "membership change did not finish within 2 minutes");
+  if (f.wait_for(limit) != std::future_status::ready) {
+    return mx::Status(Code::kDeadlineExceeded,
+                      replica_.tag() + ": the change did not finish within " + std::to_string(limit.count()) + " s");
   }
   return f.get();
 }
@@ -193,13 +194,9 @@ grpc::Status Membership::TransferLeader(grpc::ServerContext* ctx, const v1::Tran
   cmd.mutable_leader()->set_preferred(target);
   if (auto r = replica_.CommitAndWait(std::move(cmd)); !r.status.ok()) return replica_.CommitError(ctx, r.status);
   if (target == self_) return answer(self_);  // already leads: the preference is recorded
-  auto p = std::make_shared<std::promise<mx::Status>>();
-  auto f = p->get_future();
-  log_.TransferLeadership(target, [p](const mx::Status& st, uint64_t) { p->set_value(st); });
-  if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
-    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, replica_.tag() + ": the transfer did not finish in 30 s");
-  }
-  if (auto st = f.get(); !st.ok()) return ToGrpc(st);
+  mx::Status st = WaitChange([&](RaftLog::ChangeDone d) { log_.TransferLeadership(target, std::move(d)); },
+                             std::chrono::seconds(30));
+  if (!st.ok()) return ToGrpc(st);
   // libraft is done; the new leader may still be winning its election.
   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(4 * election_timeout_.count());
   while (log_.LeaderId() != target && std::chrono::steady_clock::now() < until) {

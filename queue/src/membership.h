@@ -45,7 +45,8 @@ class Membership {
   class ChangeGuard;
   grpc::Status ProbeReplica(uint64_t node_id, const std::string& address) const;
   template <typename Fn>
-  Status WaitChange(Fn start);
+  // Starts a change (start(done)) and waits up to `limit` for done.
+  Status WaitChange(Fn start, std::chrono::seconds limit = std::chrono::minutes(2));
 
   MetadataReplica& replica_;
   RaftLog& log_;

@@ -73,10 +73,9 @@ class RaftLog : public CommandLog {
   // Refused (kFailedPrecondition) when the voters left would not include a
   // quorum that answered the leader within about two election timeouts.
   virtual void RemoveServer(uint64_t id, ChangeDone done) = 0;
-  // Leader only: hands leadership to voter id (0: the voter with the most
-  // entries) with raft_transfer; done runs once libraft finished the attempt
-  // with the id asked for (the caller checks who leads then).
-  virtual void TransferLeadership(uint64_t id, std::function<void(const Status&, uint64_t to)> done) = 0;
+  // Leader only: hands leadership to voter id with raft_transfer; done runs
+  // once libraft finished the attempt (the caller checks who leads then).
+  virtual void TransferLeadership(uint64_t id, ChangeDone done) = 0;
 };
 
 Result<std::unique_ptr<RaftLog>> StartRaftLog(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch);
