@@ -102,9 +102,10 @@ class Proc:
         self.proc = None
         self.stopped = False  # SIGSTOPped
         self.down = False     # stopped on purpose (stop()) and not started again
+        self.killed = False   # SIGKILLed on purpose (kill9()) since its last start
 
     def start(self, wait=True):
-        self.down = False
+        self.down = self.killed = False
         log = open(self.logfile, "a")
         # `ip netns exec` execs mxd in place: the Popen pid is mxd's own.
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -128,6 +129,7 @@ class Proc:
 
     def kill9(self):
         if self.alive():
+            self.killed = True
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
@@ -140,8 +142,12 @@ class Proc:
         self.stopped = False
 
     def stop(self, timeout=20):
-        self.down = True
+        was_down, self.down = self.down, True
         if not self.alive():
+            if self.proc is not None and not was_down and not self.killed:
+                # Nobody stopped or killed it: it died by itself (a crash).
+                raise RuntimeError(f"{self.name} had exited by itself with {self.proc.returncode}: "
+                                   f"{self.logtext()[-2000:]}")
             return self.proc.returncode if self.proc else None
         if self.stopped:
             self.sigcont()

@@ -1,0 +1,250 @@
+// raft_log_test.cc — the RaftLog itself (libraft + libuv + the TCP transport,
+// on loopback): a replica added to a busy three-replica group catches up as a
+// standby, snapshot and log, and only then votes; a retried add of a voter is
+// done at once; an add to a follower is refused; a removal that would lose
+// the quorum is refused with the reason.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <csignal>
+
+#include <atomic>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <thread>
+
+#include "raft_log.h"
+
+namespace mx::queue {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+uint16_t FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+template <typename Pred>
+bool Eventually(Pred pred, std::chrono::milliseconds limit = 20s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+  return true;
+}
+
+class RaftLogTest : public ::testing::Test {
+ protected:
+  struct Replica {
+    fs::path dir;
+    std::string address;
+    std::unique_ptr<StateMachine> sm;
+    std::unique_ptr<RaftLog> log;
+  };
+
+  void SetUp() override {
+    signal(SIGPIPE, SIG_IGN);  // as mxd: a peer's closed socket is an error, not a signal
+    root_ = fs::temp_directory_path() / ("mx-raftlog-" + std::to_string(getpid()) + "-" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    for (auto& r : replicas_) r.address = "127.0.0.1:" + std::to_string(FreePort());
+  }
+  void TearDown() override {
+    for (auto& r : replicas_) {
+      if (r.log) r.log->Stop();
+      r.log.reset();
+      r.sm.reset();
+    }
+    fs::remove_all(root_);
+  }
+
+  // Starts replica i (node id i+1); bootstrap lists the first three as voters.
+  void StartReplica(unsigned i, bool bootstrap) {
+    auto& r = replicas_[i];
+    r.dir = root_ / ("n" + std::to_string(i + 1));
+    fs::create_directories(r.dir);
+    StateMachineOptions so;
+    so.dir = (r.dir / "db").string();
+    auto sm = StateMachine::Open(so);
+    ASSERT_TRUE(sm.ok()) << sm.status().ToString();
+    r.sm = std::move(sm).value();
+    RaftLogOptions o;
+    o.node_id = i + 1;
+    o.raft_address = r.address;
+    o.grpc_address = "127.0.0.1:1";  // snapshots are fetched by Fetch below
+    o.dir = (r.dir / "raft").string();
+    o.snapshot_dir = (r.dir / "snapshots").string();
+    o.election_timeout_ms = 500;
+    o.heartbeat_timeout_ms = 50;
+    o.snapshot_threshold = 64;  // the joiner needs a snapshot and the log after it
+    o.snapshot_trailing = 16;
+    if (bootstrap) {
+      for (unsigned j = 0; j < 3; ++j) o.bootstrap.push_back(RaftPeer{j + 1, replicas_[j].address});
+    }
+    auto log = StartRaftLog(o, *r.sm, [this](const v1::SnapshotManifest& m, const std::string& dir) {
+      const fs::path src = root_ / ("n" + std::to_string(m.source_node_id())) / "snapshots" / std::to_string(m.index());
+      for (const auto& f : m.files()) {
+        std::error_code ec;
+        fs::copy_file(src / f.name(), fs::path(dir) / f.name(), ec);
+        if (ec) return Status(Code::kNotFound, ec.message());
+      }
+      return Status::Ok();
+    });
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    r.log = std::move(log).value();
+  }
+
+  RaftLog* Leader() {
+    for (auto& r : replicas_) {
+      if (r.log && r.log->IsLeader()) return r.log.get();
+    }
+    return nullptr;
+  }
+
+  // Proposes an Enqueue on the leader and waits for it.
+  bool Enqueue() {
+    RaftLog* leader = Leader();
+    if (!leader) return false;
+    v1::QueueCommand c;
+    c.set_now_unix_us(1'700'000'000'000'000 + ++qids_);
+    char qid[15];
+    snprintf(qid, sizeof qid, "%014d", qids_);
+    auto* m = c.mutable_enqueue()->mutable_message();
+    m->mutable_envelope()->set_qid(qid);
+    m->mutable_envelope()->set_sender("s@example.test");
+    m->set_body("Subject: t\r\n\r\n" + std::string(2000, 'x') + "\r\n");
+    m->add_recipients()->set_address("r@x.test");
+    auto done = std::make_shared<std::promise<bool>>();
+    auto f = done->get_future();
+    leader->Propose(std::move(c), [done](const ApplyResult& r) { done->set_value(r.status.ok()); });
+    return f.wait_for(10s) == std::future_status::ready && f.get();
+  }
+
+  static Status Wait(const std::function<void(RaftLog::ChangeDone)>& start) {
+    auto p = std::make_shared<std::promise<Status>>();
+    auto f = p->get_future();
+    start([p](const Status& st) { p->set_value(st); });
+    if (f.wait_for(60s) != std::future_status::ready) return Status(Code::kDeadlineExceeded, "no answer in 60 s");
+    return f.get();
+  }
+
+  static std::string RoleOf(const v1::ReplicaStatus& s, uint64_t id) {
+    for (const auto& m : s.members()) {
+      if (m.id() == id) return m.role();
+    }
+    return "";
+  }
+
+  fs::path root_;
+  Replica replicas_[4];
+  int qids_ = 0;
+};
+
+TEST_F(RaftLogTest, AddedReplicaCatchesUpAsStandbyUnderLoadThenVotes) {
+  for (unsigned i = 0; i < 3; ++i) StartReplica(i, true);
+  ASSERT_TRUE(Eventually([&] { return Leader() != nullptr; }));
+  for (int i = 0; i < 300; ++i) ASSERT_TRUE(Enqueue()) << "enqueue " << i;
+  StartReplica(3, false);
+
+  std::atomic<bool> loading{true};
+  std::atomic<int> accepted{0};
+  std::thread load([&] {
+    while (loading.load()) {
+      if (Enqueue()) ++accepted;
+    }
+  });
+  // The joiner is seen as a standby before it becomes a voter.
+  std::atomic<bool> saw_standby{false};
+  std::atomic<bool> watching{true};
+  std::thread watch([&] {
+    while (watching.load()) {
+      if (RaftLog* l = Leader()) {
+        const v1::ReplicaStatus status = l->GetStatus();
+        if (RoleOf(status, 4) == "standby") saw_standby = true;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  RaftLog* leader = Leader();
+  ASSERT_NE(leader, nullptr);
+  Status st = Wait([&](RaftLog::ChangeDone d) { leader->AddVoter(4, replicas_[3].address, std::move(d)); });
+  loading = false;
+  load.join();
+  watching = false;
+  watch.join();
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_TRUE(saw_standby.load());
+  EXPECT_GT(accepted.load(), 0);
+
+  // Retried (the first answer lost): already a voter, done at once.
+  ASSERT_TRUE(Wait([&](RaftLog::ChangeDone d) { Leader()->AddVoter(4, replicas_[3].address, std::move(d)); }).ok());
+  ASSERT_TRUE(Eventually([&] {
+    RaftLog* l = Leader();
+    if (!l) return false;
+    const v1::ReplicaStatus status = l->GetStatus();
+    return RoleOf(status, 4) == "voter" && status.members_size() == 4;
+  }));
+  // The new replica holds every message, the snapshot's and the log's.
+  ASSERT_TRUE(Enqueue());
+  const int64_t total = 300 + accepted.load() + 1;
+  EXPECT_TRUE(Eventually([&] { return replicas_[3].sm->counts().messages == total; }))
+      << replicas_[3].sm->counts().messages << " of " << total;
+  EXPECT_TRUE(Eventually([&] { return replicas_[3].sm->Digest() == replicas_[0].sm->Digest(); }));
+}
+
+TEST_F(RaftLogTest, ChangesOnAFollowerAndQuorumLosingRemovalsAreRefused) {
+  for (unsigned i = 0; i < 3; ++i) StartReplica(i, true);
+  ASSERT_TRUE(Eventually([&] { return Leader() != nullptr; }));
+  ASSERT_TRUE(Enqueue());
+  RaftLog* follower = nullptr;
+  unsigned stopped = 3;
+  for (unsigned i = 0; i < 3; ++i) {
+    if (!replicas_[i].log->IsLeader()) {
+      if (!follower) {
+        follower = replicas_[i].log.get();
+      } else {
+        stopped = i;
+      }
+    }
+  }
+  ASSERT_NE(follower, nullptr);
+  Status st = Wait([&](RaftLog::ChangeDone d) { follower->AddVoter(4, "127.0.0.1:9", std::move(d)); });
+  EXPECT_EQ(st.code(), Code::kUnavailable) << st.ToString();
+
+  // With one follower gone, removing the other would leave the leader alone
+  // out of two voters: refused, saying why.
+  replicas_[stopped].log->Stop();
+  RaftLog* leader = Leader();
+  ASSERT_NE(leader, nullptr);
+  ASSERT_TRUE(Eventually([&] {
+    const v1::ReplicaStatus status = leader->GetStatus();
+    for (const auto& m : status.members()) {
+      if (m.id() == stopped + 1 && m.answering()) return false;
+    }
+    return true;
+  }));
+  uint64_t other = 0;
+  for (unsigned i = 0; i < 3; ++i) {
+    if (i != stopped && replicas_[i].log.get() != leader) other = i + 1;
+  }
+  st = Wait([&](RaftLog::ChangeDone d) { leader->RemoveServer(other, std::move(d)); });
+  EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("less than a quorum"), std::string::npos) << st.ToString();
+}
+
+}  // namespace
+}  // namespace mx::queue
