@@ -228,7 +228,7 @@ class IngressRole final : public Role {
           [queue](uint32_t shard, const mx::v1::NewMessage& m, std::function<void(const mx::Status&)> done) {
             return queue->EnqueueLocal(shard, m, std::move(done));
           },
-          config.queue.shards, std::move(backend));
+          std::move(backend));
     }
     auto s = mx::ingress::StartIngress(config, backend, clock);
     if (!s.ok()) return s.status();

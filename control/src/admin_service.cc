@@ -15,6 +15,7 @@
 #include "mx/common/log.h"
 #include "mx/queue/client.h"
 #include "mx/queue/metadata_client.h"
+#include "mx/queue/shard_map.h"
 #include "mx/v1/control.grpc.pb.h"
 #include "mx/v1/queue.grpc.pb.h"
 
@@ -54,7 +55,8 @@ class AdminService final : public v1::Admin::Service {
       : router_(queues, shards),
         auth_(std::move(auth)),
         policy_test_(std::move(policy_test)),
-        validate_(std::move(validate)) {}
+        validate_(std::move(validate)),
+        follower_(router_, std::chrono::seconds(2)) {}
 
   grpc::Status PolicyApply(grpc::ServerContext* ctx, const v1::PolicyApplyRequest* req,
                            v1::PolicyApplyResponse* resp) override {
@@ -293,9 +295,11 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(*ctx, Role::kRead, "Inspect", &who); !st.ok()) return st;
     if (req->qid().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "inspect needs a queue id");
     // A queue id does not say its shard: ask them all.
-    std::vector<v1::GetMessageResponse> parts(router_.shards());
+    const uint32_t n = router_.shards();  // the map may grow meanwhile
+    std::vector<v1::GetMessageResponse> parts(n);
     auto statuses = FanOut(
-        router_.shards(), FanOutDeadline(ctx->deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+        n, FanOutDeadline(ctx->deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+          if (!router_.Serving(shard)) return grpc::Status(grpc::StatusCode::NOT_FOUND, "retired or creating");
           v1::GetMessageRequest get;
           get.set_shard(shard);
           get.set_qid(req->qid());
@@ -418,6 +422,10 @@ class AdminService final : public v1::Admin::Service {
     std::string who;
     if (auto st = auth_.Check(*ctx, Role::kRead, "ClusterStatus", &who); !st.ok()) return st;
     resp->set_shards(router_.shards());
+    v1::GetShardMapResponse map;
+    if (CallMetadata(&v1::Metadata::Stub::GetShardMap, v1::GetShardMapRequest(), &map).ok()) {
+      for (auto& s : *map.mutable_shards()) *resp->add_shard_map() = std::move(s);
+    }
     // Every node known: the configured ones and those the members tables name.
     std::set<std::string> asked;
     std::vector<std::string> todo = router_.Addresses();
@@ -484,6 +492,22 @@ class AdminService final : public v1::Admin::Service {
                 std::to_string(resp->leader_id()));
     }
     return st;
+  }
+
+  grpc::Status AddShard(grpc::ServerContext* ctx, const v1::AddShardRequest* req, v1::AddShardResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "AddShard", &who); !st.ok()) return st;
+    // One attempt (and a leader's hint): a retry after a lost answer would
+    // add a second shard. The metadata leader waits up to a minute for the
+    // new group's first leader.
+    auto st = metadata_.Call(&v1::Metadata::Stub::AddShard, *req, resp, {std::chrono::seconds(75), {}});
+    if (!st.ok()) return st;
+    std::string nodes;
+    for (uint64_t n : resp->info().replicas()) nodes += (nodes.empty() ? "" : ",") + std::to_string(n);
+    log::Info("admin: " + who + ": shard " + std::to_string(resp->info().shard()) + " added on nodes " + nodes + ", " +
+              v1::ShardInfo::State_Name(resp->info().state()));
+    follower_.PollOnce();  // this node's fan-out asks it from now on
+    return grpc::Status::OK;
   }
 
  private:
@@ -556,7 +580,10 @@ class AdminService final : public v1::Admin::Service {
                          const Req& req, std::vector<std::optional<Resp>>* parts, Failures* failed) {
     const uint32_t n = router_.shards();
     std::vector<Resp> answers(n);
+    std::vector<bool> asked(n);
+    for (uint32_t shard = 0; shard < n; ++shard) asked[shard] = router_.Serving(shard);
     auto statuses = FanOut(n, FanOutDeadline(ctx.deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+      if (!asked[shard]) return grpc::Status::OK;  // creating or retired: holds no mail
       Req one = req;
       one.set_shard(shard);
       return CallLeader(
@@ -566,6 +593,7 @@ class AdminService final : public v1::Admin::Service {
     });
     parts->assign(n, std::nullopt);
     for (uint32_t shard = 0; shard < n; ++shard) {
+      if (!asked[shard]) continue;
       if (statuses[shard].ok()) {
         (*parts)[shard] = std::move(answers[shard]);
         continue;
@@ -576,7 +604,7 @@ class AdminService final : public v1::Admin::Service {
     }
     if (failed->empty()) return grpc::Status::OK;
     const std::string missing = DescribeFailures(statuses);
-    if (failed->size() == static_cast<int>(n)) {
+    if (failed->size() == static_cast<int>(std::count(asked.begin(), asked.end(), true))) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no queue shard answered " + what + ": " + missing);
     }
     log::Warn("admin: " + what + ": partial answer, not answered: " + missing);
@@ -603,6 +631,7 @@ class AdminService final : public v1::Admin::Service {
   AdminAuth auth_;
   PolicyTestFn policy_test_;
   PolicyValidateFn validate_;
+  queue::ShardMapFollower follower_;  // shards added online join the fan-out
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include "mx/common/log.h"
 
 #include <algorithm>
+#include <cctype>
 #include <ctime>
 #include <map>
 #include <string>
@@ -116,6 +117,13 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
   std::sort(rows.begin(), rows.end(),
             [](const Row& a, const Row& b) { return std::tie(a.shard, a.node) < std::tie(b.shard, b.node); });
   std::string out = "Shards: " + std::to_string(resp.shards()) + "\n";
+  for (const auto& info : resp.shard_map()) {
+    if (info.state() == v1::ShardInfo::SHARD_ACTIVE) continue;  // the usual case: said by the table below
+    std::string name = v1::ShardInfo::State_Name(info.state());
+    if (name.starts_with("SHARD_")) name = name.substr(6);
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    out += "shard " + std::to_string(info.shard()) + ": " + name + "\n";
+  }
   out += Pad("shard", 6, false) + Pad("node", 6, false) + Pad("role", 10, false) + Pad("term", 6, true) +
          Pad("commit", 10, true) + Pad("applied", 10, true) + Pad("lag", 7, true) + Pad("snapshot", 10, true) +
          Pad("messages", 10, true) + "  address\n";

@@ -420,6 +420,12 @@ std::optional<std::vector<uint32_t>> Shards(Session& s, const std::string& shard
     return std::nullopt;
   }
   for (uint32_t n = 0; n < status.shards(); ++n) shards.push_back(n);
+  if (status.shard_map_size() > 0) {  // the shard map: every shard but the retired
+    shards.clear();
+    for (const auto& info : status.shard_map()) {
+      if (info.state() != mx::v1::ShardInfo::SHARD_RETIRED) shards.push_back(info.shard());
+    }
+  }
   return shards;
 }
 
@@ -512,6 +518,32 @@ int TransferLeader(Session& s, const Args& args) {
   return s.Say(st, resp,
                Printf("shard %llu: node %llu leads", shard, resp.leader_id()) +
                    (resp.leader_address().empty() ? "" : " (" + resp.leader_address() + ")") + "\n");
+}
+
+// cluster add-shard [--nodes ID,ID,...]
+int AddShard(Session& s, const Args& args) {
+  mx::v1::AddShardRequest req;
+  if (!args.empty()) {
+    if (args.size() != 2 || args[0] != "--nodes") return Usage();
+    size_t start = 0;
+    for (;;) {
+      const size_t comma = args[1].find(',', start);
+      uint64_t id = 0;
+      if (!Number(args[1].substr(start, comma - start), &id) || id == 0) return Usage();
+      req.add_replicas(id);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  mx::v1::AddShardResponse resp;
+  auto st = s.stub->AddShard(s.Context(std::chrono::seconds(80)).get(), req, &resp);
+  std::string nodes;
+  for (uint64_t n : resp.info().replicas()) nodes += (nodes.empty() ? "" : ",") + std::to_string(n);
+  const bool active = resp.info().state() == mx::v1::ShardInfo::SHARD_ACTIVE;
+  return s.Say(st, resp,
+               "shard " + std::to_string(resp.info().shard()) + " on nodes " + nodes + ": " +
+                   (active ? "active, ingress places new mail on it within seconds\n"
+                           : "still creating (its replicas have not elected a leader yet; see mxctl cluster status)\n"));
 }
 
 int AddReplica(Session& s, const Args& a) {
@@ -615,6 +647,10 @@ const Command kCommands[] = {
     {"cluster transfer-leader", "--shard N [--node ID]",
      "hand shard N's leadership to node ID (default: the\nvoter with the most entries), its preferred leader now",
      "operator", "TransferLeader", TransferLeader},
+    {"cluster add-shard", "[--nodes ID,ID,...]",
+     "a new shard (a Raft group) on the given queue nodes (default:\nthe configured peers); ingress places mail on it once\n"
+     "it has a leader; the node ids must be in every queue node's\nqueue.peers",
+     "operator", "AddShard", AddShard},
     {"queue add-replica", "(as cluster add-replica; --id for --node)", "the older name of cluster add-replica",
      "operator", "AddReplica", AddReplica},
     {"queue remove-replica", "(as cluster remove-replica)", "the older name of cluster remove-replica", "operator",

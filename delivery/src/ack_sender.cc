@@ -19,7 +19,8 @@ struct AckSender::Op {
 
 AckSender::AckSender(QueueLink& link, std::string worker_id, Credits credits)
     : link_(link), worker_id_(std::move(worker_id)), credits_(std::move(credits)) {
-  for (uint32_t i = 0; i < link_.shards(); ++i) shards_.push_back(std::make_unique<ShardQueue>());
+  // Every possible shard id (shards are added while running).
+  for (uint32_t i = 0; i < kMaxShards; ++i) shards_.push_back(std::make_unique<ShardQueue>());
 }
 
 AckSender::~AckSender() {

@@ -30,6 +30,7 @@ class AckSender {
   static constexpr size_t kMaxPerRequest = 256;
   static constexpr size_t kMaxRequestBytes = 8u << 20;
   static constexpr std::chrono::seconds kGiveUpAfter{30};
+  static constexpr uint32_t kMaxShards = 256;  // shard ids are 0..255
 
   // credits(shard, n): n deliveries from shard are settled. Runs on a gRPC
   // thread or the caller's; must not call back into the sender.

@@ -47,6 +47,7 @@ void ClusterView::Refresh(bool host_status) {
     std::vector<v1::HostStatus> all;
     bool complete = true;
     for (uint32_t shard = 0; shard < queue_.shards(); ++shard) {
+      if (!queue_.Serving(shard)) continue;  // creating or retired: no hosts of its own
       v1::ListHostStatusResponse resp;
       if (!queue_.ListHostStatus(shard, &resp).ok()) {
         complete = false;  // keep the old view rather than forget a shard's hosts

@@ -16,6 +16,7 @@ class GrpcQueueLink final : public QueueLink {
   explicit GrpcQueueLink(queue::QueueRouter& router) : router_(router) {}
 
   uint32_t shards() const override { return router_.shards(); }
+  bool Serving(uint32_t shard) const override { return router_.Serving(shard); }
 
   void Ack(uint32_t shard, std::shared_ptr<const v1::AckRequest> req, std::chrono::system_clock::time_point deadline,
            std::function<void(const grpc::Status&, bool)> done) override {

@@ -25,7 +25,10 @@ namespace mx::delivery {
 class QueueLink {
  public:
   virtual ~QueueLink() = default;
+  // One more than the highest shard id known (it grows as shards are added).
   virtual uint32_t shards() const = 0;
+  // Whether the shard holds or may hold mail (active or draining).
+  virtual bool Serving(uint32_t shard) const = 0;
   // done(status, new_leader): new_leader when a different leader is now
   // known, so a retry at once makes sense.
   virtual void Ack(uint32_t shard, std::shared_ptr<const v1::AckRequest> req,

@@ -32,6 +32,7 @@
 #include "mx/common/thread_name.h"
 #include "mx/delivery/routing.h"
 #include "mx/queue/client.h"
+#include "mx/queue/shard_map.h"
 #include "mx/v1/queue.grpc.pb.h"
 #include "permit_client.h"
 #include "probe.h"
@@ -95,7 +96,9 @@ class Worker final : public DeliveryWorker {
         pool_(io_, permits_, PoolOptions(config, worker_id_)),
         domains_(config_, config.hostname, std::move(profiles),
                  DomainDelivery::Parts{*resolver_, routing_, cluster_, pool_, tls_memory_, sts_.get(), egress_, clock}),
-        acks_(*queue_link_, worker_id_, [this](uint32_t shard, uint32_t n) { ReturnCredit(*shards_[shard], n); }) {}
+        acks_(*queue_link_, worker_id_, [this](uint32_t shard, uint32_t n) {
+          if (auto s = ShardById(shard)) ReturnCredit(*s, n);
+        }) {}
 
   ~Worker() override { Stop(); }
 
@@ -107,13 +110,18 @@ class Worker final : public DeliveryWorker {
  private:
   struct Shard {
     uint32_t id = 0;
-    int64_t budget = 0;  // max messages in flight from this shard
+    std::atomic<int64_t> budget{0};  // max messages in flight from this shard
     std::atomic<int64_t> in_flight{0};
     std::mutex mu;  // guards ctx and writes on stream
     grpc::ClientContext* ctx = nullptr;
     grpc::ClientReaderWriter<v1::PullRequest, v1::PullResponse>* stream = nullptr;
   };
 
+  // Starts pulling from the shards the map says hold mail that are new here
+  // and shares the concurrency among all of them.
+  void FollowShards();
+  std::shared_ptr<Shard> ShardById(uint32_t id) const;
+  std::vector<std::shared_ptr<Shard>> Shards() const;
   void PullLoop(const std::shared_ptr<Shard>& shard);
   void Spawn(const std::shared_ptr<Shard>& shard, v1::LeasedMessage m);
   // Sleeps for d unless Stop() cuts it short; false when stopping.
@@ -141,9 +149,13 @@ class Worker final : public DeliveryWorker {
   std::unique_ptr<MtaSts> sts_;  // null: delivery.mta_sts is off
   ConnectionPool pool_;
   DomainDelivery domains_;
+  mutable std::mutex shards_mu_;
   std::vector<std::shared_ptr<Shard>> shards_;  // before acks_: its credit callback uses them
+  std::vector<std::thread> pullers_;            // one per shard, guarded by shards_mu_
   AckSender acks_;
-  std::vector<std::thread> threads_, pullers_;
+  std::unique_ptr<queue::ShardMapFollower> shard_map_;  // shards added or drained while running
+  std::atomic<bool> following_{false};                  // the shards at start are pulled from
+  std::vector<std::thread> threads_;
   std::thread refresher_, renewer_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};
@@ -158,20 +170,10 @@ void Worker::Start() {
       io_.run();
     });
   }
-  // Each shard gets an equal share of the concurrency as Pull credits.
-  const uint32_t n = router_.shards();
-  for (uint32_t id = 0; id < n; ++id) {
-    auto shard = std::make_shared<Shard>();
-    shard->id = id;
-    shard->budget = std::max<int64_t>(1, config_.concurrency / n);
-    shards_.push_back(shard);
-  }
-  for (const auto& shard : shards_) {
-    pullers_.emplace_back([this, shard] {
-      SetThreadName("mx-pull-" + std::to_string(shard->id));
-      PullLoop(shard);
-    });
-  }
+  FollowShards();
+  following_ = true;
+  shard_map_ = std::make_unique<queue::ShardMapFollower>(router_, std::chrono::seconds(2),
+                                                         [this](const auto&) { FollowShards(); });
   // Every 2 s: host status (cluster-wide skips) and the suspended and slowed sites.
   refresher_ = std::thread([this] {
     SetThreadName("mx-hoststatus");
@@ -187,8 +189,42 @@ void Worker::Start() {
     }
   });
   asio::co_spawn(io_, pool_.Sweep(stopping_), asio::detached);
-  log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(n) + " queue shard(s) via " +
-            std::to_string(config_.queue.size()) + " queue node(s)");
+  log::Info("delivery worker " + worker_id_ + " pulling from " + std::to_string(Shards().size()) +
+            " queue shard(s) via " + std::to_string(config_.queue.size()) + " queue node(s)");
+}
+
+void Worker::FollowShards() {
+  std::lock_guard lock(shards_mu_);
+  if (stopping_) return;
+  for (uint32_t id = 0; id < router_.shards(); ++id) {
+    if (!router_.Serving(id)) continue;
+    if (std::any_of(shards_.begin(), shards_.end(), [&](const auto& s) { return s->id == id; })) continue;
+    auto shard = std::make_shared<Shard>();
+    shard->id = id;
+    shards_.push_back(shard);
+    pullers_.emplace_back([this, shard] {
+      SetThreadName("mx-pull-" + std::to_string(shard->id));
+      PullLoop(shard);
+    });
+    if (following_) log::Info("shard " + std::to_string(id) + " is in the shard map: pulling from it");
+  }
+  // Each shard gets an equal share of the concurrency as Pull credits (a
+  // retired shard's puller idles: its queue hands out nothing).
+  const auto n = static_cast<int64_t>(shards_.size());
+  for (auto& s : shards_) s->budget = std::max<int64_t>(1, config_.concurrency / std::max<int64_t>(n, 1));
+}
+
+std::shared_ptr<Worker::Shard> Worker::ShardById(uint32_t id) const {
+  std::lock_guard lock(shards_mu_);
+  for (const auto& s : shards_) {
+    if (s->id == id) return s;
+  }
+  return nullptr;
+}
+
+std::vector<std::shared_ptr<Worker::Shard>> Worker::Shards() const {
+  std::lock_guard lock(shards_mu_);
+  return shards_;
 }
 
 bool Worker::Pause(std::chrono::milliseconds d) {
@@ -202,13 +238,18 @@ void Worker::Stop() {
     if (stopping_.exchange(true)) return;
     stop_cv_.notify_all();
   }
-  acks_.Stop();  // no more retries
-  for (auto& s : shards_) {
+  shard_map_.reset();  // no more shards start
+  acks_.Stop();        // no more retries
+  for (auto& s : Shards()) {
     std::lock_guard lock(s->mu);
     if (s->ctx) s->ctx->TryCancel();
   }
-  for (auto& t : pullers_) t.join();
-  pullers_.clear();
+  std::vector<std::thread> pullers;
+  {
+    std::lock_guard lock(shards_mu_);
+    pullers.swap(pullers_);
+  }
+  for (auto& t : pullers) t.join();
   if (refresher_.joinable()) refresher_.join();
   if (renewer_.joinable()) renewer_.join();
   // Ack callbacks return credits to the shards: wait for those in flight (each has a deadline).
@@ -363,7 +404,7 @@ void Worker::ReturnCredit(Shard& shard, uint32_t n) {
 void Worker::SetDraining(bool draining) {
   if (draining_.exchange(draining) == draining) return;
   log::Info(draining ? "delivery draining: no new leases; deliveries in flight finish" : "delivery pulling again");
-  for (auto& shard : shards_) {
+  for (auto& shard : Shards()) {
     std::lock_guard lock(shard->mu);
     if (!shard->stream) continue;  // a new stream starts with no credits while draining
     // The queue forgets the credits it holds for us and takes the count
@@ -378,7 +419,7 @@ void Worker::SetDraining(bool draining) {
 
 int64_t Worker::InFlight() const {
   int64_t n = 0;
-  for (const auto& shard : shards_) n += shard->in_flight.load();
+  for (const auto& shard : Shards()) n += shard->in_flight.load();
   return n;
 }
 

@@ -12,6 +12,7 @@
 #include "mx/common/log.h"
 #include "mx/ingress/enqueue_backend.h"
 #include "mx/queue/client.h"
+#include "mx/queue/shard_map.h"
 #include "mx/v1/queue.grpc.pb.h"
 
 namespace mx::ingress {
@@ -26,17 +27,28 @@ constexpr auto kAttemptTimeout = std::chrono::seconds(3);
 class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_shared_from_this<GrpcEnqueueBackend> {
  public:
   GrpcEnqueueBackend(const std::vector<std::string>& targets, uint32_t shards, std::chrono::milliseconds deadline)
-      : router_(targets, shards), deadline_(deadline) {}
+      : router_(targets, shards), deadline_(deadline), follower_(router_, kShardMapInterval) {}
 
   void Enqueue(v1::NewMessage message, Done done) override {
     auto op = std::make_shared<Op>();
     op->done = std::move(done);
     op->deadline = SysClock::now() + deadline_;
-    const uint32_t n = router_.shards();
-    op->shard = static_cast<uint32_t>(std::hash<std::string>()(message.envelope().qid()) % n);
-    for (uint32_t i = 0; i < n && !router_.Healthy(op->shard); ++i) op->shard = (op->shard + 1) % n;
+    op->shard = ShardFor(message.envelope().qid());
     op->req.mutable_message()->Swap(&message);
     Send(op);
+  }
+
+  // The first shard from the qid's hash that takes new mail and is not
+  // avoided (no leader lately); failing that, the first that takes new mail.
+  uint32_t ShardFor(const std::string& qid) const override {
+    const uint32_t n = router_.shards();
+    const auto start = static_cast<uint32_t>(std::hash<std::string>()(qid) % n);
+    const uint32_t first = NextAccepting(start == 0 ? n - 1 : start - 1);
+    uint32_t s = first;
+    for (uint32_t i = 0; i < n; ++i, s = NextAccepting(s)) {
+      if (router_.Healthy(s)) return s;
+    }
+    return first;
   }
 
   void RecordStats(const v1::MailerStats& delta) override {
@@ -54,12 +66,31 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
   void RunQueue(const std::string& domain, std::function<void(Result<uint64_t>)> done) override {
     auto run = std::make_shared<Run>();
     run->done = std::move(done);
-    run->pending = router_.shards();
+    std::vector<uint32_t> shards;
+    for (uint32_t shard = 0; shard < router_.shards(); ++shard) {
+      if (router_.Serving(shard)) shards.push_back(shard);
+    }
+    run->pending = static_cast<uint32_t>(shards.size());
     run->filter.set_domain(domain);
-    for (uint32_t shard = 0; shard < router_.shards(); ++shard) SendRun(run, shard, 0);
+    if (shards.empty()) return run->done(uint64_t{0});
+    for (uint32_t shard : shards) SendRun(run, shard, 0);
   }
 
  private:
+  // How often the shard map is read (shards added, drained, retired).
+  static constexpr auto kShardMapInterval = std::chrono::seconds(2);
+
+  // The shard after `after` (cyclically) that takes new mail; `after + 1`
+  // when none does (the map says no shard is active: let the queue answer).
+  uint32_t NextAccepting(uint32_t after) const {
+    const uint32_t n = router_.shards();
+    for (uint32_t i = 1; i <= n; ++i) {
+      const uint32_t s = (after + i) % n;
+      if (router_.Accepting(s)) return s;
+    }
+    return (after + 1) % n;
+  }
+
   // One queue run over every shard; done fires when the last shard answered.
   struct Run {
     std::mutex mu;
@@ -146,7 +177,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     // (ALREADY_EXISTS then confirms it), never duplicated on another shard.
     // Back off meanwhile so an election can finish.
     if (++op->failures >= 2 && router_.shards() > 1 && !op->ambiguous) {
-      op->shard = (op->shard + 1) % router_.shards();
+      op->shard = NextAccepting(op->shard);
       op->failures = 0;
     }
     auto backoff = std::chrono::milliseconds(std::min(1000, 50 << std::min(op->failures, 4)));
@@ -159,6 +190,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
 
   queue::QueueRouter router_;
   std::chrono::milliseconds deadline_;
+  queue::ShardMapFollower follower_;  // after router_, which it updates
 };
 
 }  // namespace

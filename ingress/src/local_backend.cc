@@ -9,12 +9,12 @@ namespace {
 
 class LocalFirstEnqueueBackend final : public EnqueueBackend {
  public:
-  LocalFirstEnqueueBackend(LocalEnqueue local, uint32_t shards, std::shared_ptr<EnqueueBackend> remote)
-      : local_(std::move(local)), shards_(shards == 0 ? 1 : shards), remote_(std::move(remote)) {}
+  LocalFirstEnqueueBackend(LocalEnqueue local, std::shared_ptr<EnqueueBackend> remote)
+      : local_(std::move(local)), remote_(std::move(remote)) {}
 
   void Enqueue(v1::NewMessage message, Done done) override {
     // The shard the gRPC backend picks first for this qid.
-    const auto shard = static_cast<uint32_t>(std::hash<std::string>()(message.envelope().qid()) % shards_);
+    const uint32_t shard = remote_->ShardFor(message.envelope().qid());
     struct Op {
       v1::NewMessage message;
       Done done;
@@ -37,17 +37,18 @@ class LocalFirstEnqueueBackend final : public EnqueueBackend {
     remote_->RunQueue(domain, std::move(done));
   }
 
+  uint32_t ShardFor(const std::string& qid) const override { return remote_->ShardFor(qid); }
+
  private:
   LocalEnqueue local_;
-  uint32_t shards_;
   std::shared_ptr<EnqueueBackend> remote_;
 };
 
 }  // namespace
 
-std::shared_ptr<EnqueueBackend> MakeLocalFirstEnqueueBackend(LocalEnqueue local, uint32_t shards,
+std::shared_ptr<EnqueueBackend> MakeLocalFirstEnqueueBackend(LocalEnqueue local,
                                                              std::shared_ptr<EnqueueBackend> remote) {
-  return std::make_shared<LocalFirstEnqueueBackend>(std::move(local), shards, std::move(remote));
+  return std::make_shared<LocalFirstEnqueueBackend>(std::move(local), std::move(remote));
 }
 
 }  // namespace mx::ingress

@@ -5,7 +5,7 @@
 // tick, release), apply_admin.cc (operator actions: queue runs, hold/
 // release/delete/bounce, host-status purge, mailstats), apply_meta.cc (the
 // metadata shard's records: members, node table, policy, sites,
-// suppressions).
+// suppressions, the shard map).
 //
 // Determinism rules, for every handler: every replica applies the same
 // commands in the same order and must reach the same bytes.
@@ -45,6 +45,7 @@ inline constexpr const char* kNodePrefix = "node/";
 inline constexpr const char* kPolicyKey = "policy/current";
 inline constexpr const char* kPreferredLeaderKey = "leader/preferred";
 inline constexpr const char* kSitePrefix = "site/";
+inline constexpr const char* kShardPrefix = "shard/";      // big-endian shard id -> ShardInfo
 inline constexpr const char* kSuppPrefix = "supp/";        // address -> Suppression (current)
 inline constexpr const char* kSuppSeqPrefix = "suppseq/";  // big-endian seq -> Suppression (its latest change)
 inline constexpr const char* kSuppLastKey = "supp_last_seq";
@@ -156,6 +157,7 @@ class StateMachine::Applier {
   Status Policy(const v1::PolicyBundle& bundle, int64_t now);
   Status Site(const v1::SiteOp& op, int64_t now, ApplyResult* res);
   Status Suppress(const v1::SuppressOp& op, int64_t now, ApplyResult* res);
+  Status ShardMap(const v1::ShardOp& op, int64_t now, ApplyResult* res);
 
   // ---- recipient transitions shared by the handlers ----
   void ClearIndex(const v1::Recipient& r, const std::string& qid);

@@ -1,6 +1,7 @@
 // apply_meta.cc — the metadata shard's records (meta column family): queue
 // replicas (members), the node table (heartbeats, drain), the pushed policy,
-// site status (suspended / slowed), the suppression list and its change log.
+// site status (suspended / slowed), the suppression list and its change log,
+// the shard map.
 #include <algorithm>
 
 #include "apply.h"
@@ -130,6 +131,34 @@ Status StateMachine::Applier::Suppress(const v1::SuppressOp& op, int64_t now, Ap
   }
   b_.Put(sm_.meta_, kSuppLastKey, EncodeU64(seq));
   b_.Put(sm_.meta_, kSuppTotalKey, EncodeU64(static_cast<uint64_t>(std::max<int64_t>(0, total))));
+  return Status::Ok();
+}
+
+// A shard's state only moves forward: CREATING, ACTIVE, DRAINING, RETIRED.
+Status StateMachine::Applier::ShardMap(const v1::ShardOp& op, int64_t now, ApplyResult* res) {
+  const v1::ShardInfo& in = op.info();
+  if (in.state() == v1::ShardInfo::SHARD_STATE_UNSPECIFIED || in.replicas().empty()) {
+    res->status = Status(Code::kInvalidArgument, "a shard map entry needs a state and replicas");
+    return Status::Ok();
+  }
+  const std::string key = kShardPrefix + EncodeU64(in.shard());
+  v1::ShardInfo cur;
+  bool found = false;
+  if (auto st = b_.GetProto(sm_.meta_, key, &cur, &found); !st.ok()) return st;
+  if (op.create() && found) {
+    res->status = Status(Code::kAlreadyExists, "shard " + std::to_string(in.shard()) + " is already in the map");
+    return Status::Ok();
+  }
+  if (found && in.state() < cur.state()) {
+    res->status = Status(Code::kFailedPrecondition, "shard " + std::to_string(in.shard()) + " is " +
+                                                        v1::ShardInfo::State_Name(cur.state()) + ", past " +
+                                                        v1::ShardInfo::State_Name(in.state()));
+    return Status::Ok();
+  }
+  v1::ShardInfo next = in;
+  next.set_created_unix_us(found ? cur.created_unix_us() : now);
+  next.set_changed_unix_us(now);
+  b_.PutProto(sm_.meta_, key, next);
   return Status::Ok();
 }
 

@@ -26,6 +26,45 @@ const QueueRouter::Stubs& QueueRouter::StubsFor(const std::string& address) {
   return stubs;
 }
 
+uint32_t QueueRouter::shards() const {
+  std::lock_guard lock(mu_);
+  return static_cast<uint32_t>(shards_.size());
+}
+
+bool QueueRouter::Accepting(uint32_t shard) const {
+  std::lock_guard lock(mu_);
+  return shard < shards_.size() && shards_[shard].state == v1::ShardInfo::SHARD_ACTIVE;
+}
+
+bool QueueRouter::Serving(uint32_t shard) const {
+  std::lock_guard lock(mu_);
+  if (shard >= shards_.size()) return false;
+  const auto st = shards_[shard].state;
+  return st == v1::ShardInfo::SHARD_ACTIVE || st == v1::ShardInfo::SHARD_DRAINING;
+}
+
+bool QueueRouter::ApplyShardMap(const std::vector<v1::ShardInfo>& map) {
+  std::lock_guard lock(mu_);
+  bool changed = false;
+  for (const auto& info : map) {
+    if (info.shard() > 255) continue;
+    while (shards_.size() <= info.shard()) {
+      ShardState st;
+      st.state = v1::ShardInfo::SHARD_CREATING;  // until the map says
+      st.cursor = addresses_.empty() ? 0 : shards_.size() % addresses_.size();
+      if (!addresses_.empty()) st.leader = addresses_[st.cursor];
+      shards_.push_back(std::move(st));
+      changed = true;
+    }
+    auto& st = shards_[info.shard()];
+    if (st.state != info.state()) {
+      st.state = info.state();
+      changed = true;
+    }
+  }
+  return changed;
+}
+
 QueueRouter::Target QueueRouter::Leader(uint32_t shard) {
   std::lock_guard lock(mu_);
   auto& st = shards_.at(shard);

@@ -9,6 +9,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <vector>
 
 #include "mx/common/clock.h"
 #include "mx/v1/metadata.grpc.pb.h"
@@ -32,9 +34,23 @@ class MetadataReplica {
   virtual const std::string& tag() const = 0;
 };
 
+// The shards the configuration starts with (queue.shards, bootstrapped by
+// the non-joining queue.peers) and the queue nodes a new shard may use.
+struct ShardDefaults {
+  uint32_t shards = 1;
+  std::vector<uint64_t> bootstrap;  // node ids
+  std::set<uint64_t> known;         // every node id in queue.peers
+};
+
 class MetadataService final : public v1::Metadata::Service {
  public:
-  MetadataService(MetadataReplica& replica, const Clock& clock) : replica_(replica), clock_(clock) {}
+  MetadataService(MetadataReplica& replica, const Clock& clock, ShardDefaults defaults)
+      : replica_(replica), clock_(clock), defaults_(std::move(defaults)) {}
+
+  // The whole shard map: the configured shards (as recorded, or active on
+  // the bootstrap peers when never changed) and the recorded later ones.
+  static std::vector<v1::ShardInfo> FullShardMap(const std::vector<v1::ShardInfo>& recorded,
+                                                 const ShardDefaults& defaults);
 
   // Leadership of the metadata shard gained: slots a previous leader granted
   // may still be in use, so none are granted for one TTL while their holders
@@ -59,15 +75,25 @@ class MetadataService final : public v1::Metadata::Service {
   grpc::Status ListSuppressions(grpc::ServerContext* ctx, const v1::ListSuppressionsRequest* req,
                                 v1::ListSuppressionsResponse* resp) override;
   grpc::Status Permit(grpc::ServerContext* ctx, const v1::PermitRequest* req, v1::PermitResponse* resp) override;
+  // metadata_shards.cc
+  grpc::Status GetShardMap(grpc::ServerContext* ctx, const v1::GetShardMapRequest* req,
+                           v1::GetShardMapResponse* resp) override;
+  grpc::Status AddShard(grpc::ServerContext* ctx, const v1::AddShardRequest* req, v1::AddShardResponse* resp) override;
+  grpc::Status SetShardState(grpc::ServerContext* ctx, const v1::SetShardStateRequest* req,
+                             v1::SetShardStateResponse* resp) override;
 
  private:
   v1::QueueCommand Command() const;
   grpc::Status Committed(grpc::ServerContext* ctx, v1::QueueCommand cmd, ApplyResult* r = nullptr);
 
+  std::vector<v1::ShardInfo> ShardMap() const { return FullShardMap(replica_.state().ShardMap(), defaults_); }
+
   MetadataReplica& replica_;
   const Clock& clock_;
+  const ShardDefaults defaults_;
   Permits permits_;
   std::mutex policy_mu_;  // one version number per put
+  std::mutex shard_mu_;   // one shard added at a time (the next free id)
 };
 
 }  // namespace mx::queue

@@ -6,6 +6,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +25,7 @@
 #include "mx/common/qid.h"
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
+#include "mx/queue/metadata_client.h"
 #include "mx/v1/queue.grpc.pb.h"
 #include "probe.h"
 #include "raft_log.h"
@@ -88,12 +91,15 @@ Status FetchSnapshotFiles(const v1::SnapshotManifest& m, const std::string& dir)
 // One shard replica hosted by this node.
 class Shard final : public MetadataReplica {
  public:
+  // replicas: the node ids that bootstrap the group of a shard added online
+  // (empty: a configured shard, bootstrapped by the non-joining peers).
   Shard(uint32_t id, const QueueConfig& config, const Clock& clock, std::map<uint64_t, std::string> peers,
-        DiskBudget* disk)
+        DiskBudget* disk, std::vector<uint64_t> replicas = {})
       : id_(id),
         config_(config),
         clock_(clock),
         peers_(std::move(peers)),
+        replicas_(std::move(replicas)),
         disk_(disk),
         tag_("shard " + std::to_string(id)) {}
   ~Shard() override { Stop(); }
@@ -128,9 +134,13 @@ class Shard final : public MetadataReplica {
     ro.node_id = config_.node_id;
     ro.raft_bind = ShardAddress(config_.raft_listen, id_);
     ro.raft_address = ro.raft_bind;
+    const bool listed = std::find(replicas_.begin(), replicas_.end(), config_.node_id) != replicas_.end();
     for (const auto& p : config_.peers) {
       if (p.id == config_.node_id) ro.raft_address = ShardAddress(p.raft, id_);
-      if (!config_.join && !p.join) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id_)});
+      const bool boot = replicas_.empty()
+                            ? !config_.join && !p.join
+                            : listed && std::find(replicas_.begin(), replicas_.end(), p.id) != replicas_.end();
+      if (boot) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id_)});
     }
     ro.grpc_address = SelfAddress();
     ro.dir = (base / "raft").string();
@@ -145,7 +155,9 @@ class Shard final : public MetadataReplica {
     ro.linger = config_.group_commit_linger;
     ro.max_inflight_entries = config_.max_inflight_entries;
     // Shard s prefers the (s mod n)-th configured peer as its leader.
-    if (config_.balance_leaders && !config_.peers.empty()) {
+    if (config_.balance_leaders && !replicas_.empty()) {
+      ro.preferred_leader = replicas_[id_ % replicas_.size()];
+    } else if (config_.balance_leaders && !config_.peers.empty()) {
       ro.preferred_leader = config_.peers[id_ % config_.peers.size()].id;
     }
     snapshot_dir_ = ro.snapshot_dir;
@@ -191,6 +203,7 @@ class Shard final : public MetadataReplica {
   StateMachine& sm() { return *sm_; }
   RaftLog& log() { return *log_; }
   Membership& membership() { return *membership_; }
+  uint32_t id() const { return id_; }
   // Before Start: runs when this replica becomes the leader (predecessor:
   // whether an earlier leader may still be running).
   void OnLeader(std::function<void(bool predecessor)> fn) { on_leader_ = std::move(fn); }
@@ -642,6 +655,7 @@ class Shard final : public MetadataReplica {
   QueueConfig config_;
   const Clock& clock_;
   const std::map<uint64_t, std::string> peers_;  // from the config: node id -> gRPC address
+  const std::vector<uint64_t> replicas_;         // bootstrap ids of a shard added online
   DiskBudget* const disk_;                       // the node's, shared by its shards
   const std::string tag_;
   std::string snapshot_dir_;
@@ -669,29 +683,52 @@ using QueueServiceBase = v1::Queue::WithCallbackMethod_Enqueue<v1::Queue::WithCa
 class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
  public:
   QueueServiceImpl(const QueueConfig& config, const Clock& clock)
-      : config_(config), disk_(config.data_dir, config.min_free_disk, clock, [this] { return UnflushedBytes(); }) {
-    std::map<uint64_t, std::string> peers;
-    for (const auto& p : config.peers) peers[p.id] = p.grpc;
-    for (uint32_t s = 0; s < config.shards; ++s) {
-      shards_.push_back(std::make_unique<Shard>(s, config, clock, peers, &disk_));
+      : config_(config),
+        clock_(clock),
+        disk_(config.data_dir, config.min_free_disk, clock, [this] { return UnflushedBytes(); }) {
+    for (const auto& p : config.peers) peers_[p.id] = p.grpc;
+    for (uint32_t s = 0; s < config.shards; ++s) Install(std::make_unique<Shard>(s, config, clock, peers_, &disk_));
+    Shard& meta = *Get(kMetadataShard);
+    ShardDefaults defaults;
+    defaults.shards = config.shards;
+    for (const auto& p : config.peers) {
+      if (!p.join) defaults.bootstrap.push_back(p.id);
+      defaults.known.insert(p.id);
     }
-    Shard& meta = *shards_[kMetadataShard];
-    metadata_ = std::make_unique<MetadataService>(meta, clock);
+    if (defaults.bootstrap.empty()) defaults.bootstrap.push_back(config.node_id);
+    defaults.known.insert(config.node_id);
+    metadata_ = std::make_unique<MetadataService>(meta, clock, std::move(defaults));
     meta.OnLeader([this](bool predecessor) { metadata_->BecameLeader(predecessor); });
   }
   ~QueueServiceImpl() override { Stop(); }
 
   Status Start() {
-    for (auto& s : shards_) {
-      if (auto st = s->Start(); !st.ok()) return st;
+    for (uint32_t s = 0; s < config_.shards; ++s) {
+      if (auto st = Get(s)->Start(); !st.ok()) return st;
     }
+    std::vector<std::string> seeds;
+    for (const auto& [id, grpc] : peers_) seeds.push_back(grpc);
+    if (seeds.empty()) seeds.push_back(config_.listen);
+    router_ = std::make_unique<QueueRouter>(seeds, config_.shards);
+    metadata_client_ = std::make_unique<MetadataClient>(*router_);
+    watcher_ = std::thread([this] {
+      SetThreadName("mx-shardmap");
+      WatchShardMap();
+    });
     return Status::Ok();
   }
 
   grpc::Service* service() override { return this; }
   grpc::Service* metadata_service() override { return metadata_.get(); }
   void Stop() override {
-    for (auto& s : shards_) s->Stop();
+    {
+      std::lock_guard lock(watch_mu_);
+      stopping_ = true;
+    }
+    watch_cv_.notify_all();
+    if (watcher_.joinable()) watcher_.join();
+    std::lock_guard lock(owned_mu_);
+    for (auto& s : owned_) s->Stop();
   }
 
   grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* ctx, const v1::EnqueueRequest* req,
@@ -701,6 +738,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     if (auto* s = Find(req->shard(), &err)) {
       s->Enqueue(ctx, req, resp, [reactor](const grpc::Status& st) { reactor->Finish(st); });
     } else {
+      ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");  // nothing proposed: the client may go elsewhere
       reactor->Finish(err);
     }
     return reactor;
@@ -708,8 +746,9 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
 
   bool EnqueueLocal(uint32_t shard, const v1::NewMessage& message,
                     std::function<void(const mx::Status&)> done) override {
-    if (shard >= shards_.size() || !shards_[shard]->IsLeader()) return false;
-    shards_[shard]->EnqueueLocal(message, std::move(done));
+    Shard* s = Get(shard);
+    if (!s || !s->IsLeader()) return false;
+    s->EnqueueLocal(message, std::move(done));
     return true;
   }
 
@@ -790,7 +829,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   grpc::Status GetReplicaStatus(grpc::ServerContext*, const v1::GetReplicaStatusRequest*,
                                 v1::GetReplicaStatusResponse* resp) override {
     resp->set_node_id(config_.node_id);
-    for (auto& s : shards_) {
+    for (Shard* s : All()) {
       *resp->add_replicas() = s->ReplicaStatus();
       if (resp->address().empty()) resp->set_address(s->SelfAddress());
     }
@@ -888,27 +927,105 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   }
 
  private:
+  // Shard ids go up to 255 (a shard's Raft port is the node's + its id).
+  static constexpr size_t kMaxShards = 256;
+
+  Shard* Get(uint32_t shard) const { return shard < kMaxShards ? table_[shard].load() : nullptr; }
+  void Install(std::unique_ptr<Shard> shard) {
+    std::lock_guard lock(owned_mu_);
+    const uint32_t id = shard->id();
+    table_[id].store(shard.get());
+    owned_.push_back(std::move(shard));
+  }
+  std::vector<Shard*> All() const {
+    std::vector<Shard*> out;
+    for (const auto& slot : table_) {
+      if (Shard* s = slot.load()) out.push_back(s);
+    }
+    return out;
+  }
+
   Shard* Find(uint32_t shard, grpc::Status* err) {
-    if (shard >= shards_.size()) {
-      *err =
-          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no shard " + std::to_string(shard) + " (this cluster has " +
-                                                               std::to_string(shards_.size()) + ")");
+    Shard* s = Get(shard);
+    if (!s && shard >= kMaxShards) {
+      *err = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no shard " + std::to_string(shard) + " (ids end at " +
+                                                                  std::to_string(kMaxShards - 1) + ")");
+    } else if (!s) {
+      // A shard added online on other nodes (or not opened here yet): the
+      // caller's router moves on to the next queue node, as for a replica
+      // that knows no leader.
+      *err = grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard " + std::to_string(shard) +
+                                                             " has no replica on this node (mxctl cluster status)");
+    }
+    return s;
+  }
+
+  // Follows the shard map on the metadata shard: opens the groups of shards
+  // added online that list this node (bootstrapping them with the listed
+  // replicas; a restart opens them again the same way), and makes a
+  // creating shard active once its replica here leads it.
+  void WatchShardMap() {
+    for (;;) {
+      {
+        std::unique_lock lock(watch_mu_);
+        watch_cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; });
+        if (stopping_) return;
+      }
+      v1::GetShardMapResponse map;
+      if (!metadata_client_->Call(&v1::Metadata::Stub::GetShardMap, v1::GetShardMapRequest(), &map).ok()) continue;
+      for (const auto& info : map.shards()) {
+        if (info.shard() >= kMaxShards || info.state() == v1::ShardInfo::SHARD_RETIRED) continue;
+        Shard* s = Get(info.shard());
+        const bool listed =
+            std::find(info.replicas().begin(), info.replicas().end(), config_.node_id) != info.replicas().end();
+        if (!s && listed) s = Open(info);
+        if (s && info.state() == v1::ShardInfo::SHARD_CREATING && s->IsLeader()) {
+          v1::SetShardStateRequest req;
+          req.set_shard(info.shard());
+          req.set_state(v1::ShardInfo::SHARD_ACTIVE);
+          v1::SetShardStateResponse resp;
+          auto st = metadata_client_->Call(&v1::Metadata::Stub::SetShardState, req, &resp);
+          if (st.ok()) log::Info("shard " + std::to_string(info.shard()) + " has a leader here: active");
+        }
+      }
+    }
+  }
+
+  Shard* Open(const v1::ShardInfo& info) {
+    std::vector<uint64_t> replicas(info.replicas().begin(), info.replicas().end());
+    auto shard = std::make_unique<Shard>(info.shard(), config_, clock_, peers_, &disk_, std::move(replicas));
+    if (auto st = shard->Start(); !st.ok()) {
+      log::Error("shard " + std::to_string(info.shard()) + ": cannot open it: " + st.ToString() + "; trying again");
+      shard->Stop();
       return nullptr;
     }
-    return shards_[shard].get();
+    log::Info("shard " + std::to_string(info.shard()) + " opened (added online)");
+    Shard* raw = shard.get();
+    Install(std::move(shard));
+    return raw;
   }
 
   // Bytes the node's shards hold in memtables, which a flush will write.
   uint64_t UnflushedBytes() const {
     uint64_t n = 0;
-    for (const auto& s : shards_) n += s->UnflushedBytes();
+    for (Shard* s : All()) n += s->UnflushedBytes();
     return n;
   }
 
   QueueConfig config_;
+  const Clock& clock_;
+  std::map<uint64_t, std::string> peers_;  // node id -> gRPC address (queue.peers)
   DiskBudget disk_;
-  std::vector<std::unique_ptr<Shard>> shards_;
-  std::unique_ptr<MetadataService> metadata_;  // in front of shards_[kMetadataShard]
+  std::array<std::atomic<Shard*>, kMaxShards> table_{};  // by shard id; never reset while running
+  mutable std::mutex owned_mu_;
+  std::vector<std::unique_ptr<Shard>> owned_;
+  std::unique_ptr<MetadataService> metadata_;  // in front of shard kMetadataShard
+  std::unique_ptr<QueueRouter> router_;        // the watcher's way to the metadata leader
+  std::unique_ptr<MetadataClient> metadata_client_;
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool stopping_ = false;
+  std::thread watcher_;
 };
 
 }  // namespace

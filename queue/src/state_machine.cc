@@ -341,6 +341,7 @@ Status StateMachine::Applier::Dispatch(const v1::QueueCommand& cmd, ApplyResult*
     case v1::QueueCommand::kPolicy: return Policy(cmd.policy(), now);
     case v1::QueueCommand::kSite: return Site(cmd.site(), now, res);
     case v1::QueueCommand::kSuppress: return Suppress(cmd.suppress(), now, res);
+    case v1::QueueCommand::kShardMap: return ShardMap(cmd.shard_map(), now, res);
     case v1::QueueCommand::OP_NOT_SET: break;
   }
   res->status = Status(Code::kInvalidArgument, "empty queue command");
@@ -553,6 +554,17 @@ void StateMachine::Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const 
       *out->add_sites() = std::move(s);
     }
   }
+}
+
+std::vector<v1::ShardInfo> StateMachine::ShardMap() const {
+  std::vector<v1::ShardInfo> out;
+  std::shared_lock db_lock(db_mu_);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_));
+  for (it->Seek(kShardPrefix); it->Valid() && it->key().starts_with(kShardPrefix); it->Next()) {
+    v1::ShardInfo s;
+    if (s.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) out.push_back(std::move(s));
+  }
+  return out;
 }
 
 void StateMachine::Suppressions(const v1::ListSuppressionsRequest& req, v1::ListSuppressionsResponse* out) const {

@@ -130,6 +130,9 @@ class StateMachine {
   void Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const;
   // The suppression list: one address, or the change log after req.after_seq.
   void Suppressions(const v1::ListSuppressionsRequest& req, v1::ListSuppressionsResponse* out) const;
+  // The shard map's recorded entries (shards added online, and configured
+  // ones whose state changed), by shard id.
+  std::vector<v1::ShardInfo> ShardMap() const;
   // The pushed acceptance policy (empty version: none).
   v1::PolicyBundle CurrentPolicy() const;
   std::string PolicyVersion() const;

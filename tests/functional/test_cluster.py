@@ -512,3 +512,62 @@ def test_rolling_restart_under_load_loses_nothing(cluster_env, request):
     assert connections >= 0.99, (connections, load.failures[:10])
     # Leadership is back where it was before the restart.
     assert c.leaders() == before
+
+
+def test_add_a_shard_online_under_load(cluster_env, request):
+    """3 shards -> 4 while clients send: `mxctl cluster add-shard` records the
+    shard in the map, its replicas open and bootstrap the new Raft group, and
+    within seconds ingress places mail on it and delivery pulls from it. A
+    replica of the new shard is reopened from the map after its node
+    restarts, the admin fan-out asks the new shard, and every 250 is
+    delivered exactly once (or the duplicate stays within the tolerance)."""
+    make, sink = cluster_env
+    c = make(shards=3)
+    load = Load(c.smtp_ports(), threads=3)
+    try:
+        wait_for(lambda: load.count() >= 30, timeout=30, what="traffic on three shards")
+        bad = c.mxctl("cluster", "add-shard", "--nodes", "1,9", check=False)
+        assert bad.returncode != 0 and "node 9 is not in queue.peers" in bad.stderr, bad.stderr
+        t0 = time.monotonic()
+        out = c.mxctl("cluster", "add-shard", timeout=90)
+        active_s = time.monotonic() - t0
+        assert out.stdout.startswith("shard 3 on nodes 1,2,3: active"), out.stdout
+        c.shards = 4
+
+        def placed_on_new_shard():
+            row = c.leader_row(3)
+            return row is not None and int(row.get("commit_index", 0)) >= 40
+
+        wait_for(placed_on_new_shard, timeout=30, what="ingress to place mail on shard 3")
+        placing_s = time.monotonic() - t0
+        # A follower of the new shard restarts: it opens the shard again from the map.
+        follower = next(i for i in (1, 2, 3) if i != c.leaders()[3])
+        c.queue_node(follower).stop()
+        c.queue_node(follower).start()
+
+        def reopened():
+            rows = {(int(n["node_id"]), int(r.get("shard", 0))): r for n in c.status()["nodes"]
+                    for r in n["replicas"]}
+            leader = c.leader_row(3)
+            mine = rows.get((follower, 3))
+            return leader is not None and mine is not None and \
+                int(mine.get("applied_index", 0)) >= int(leader["commit_index"]) - 50
+        wait_for(reopened, timeout=40, what=f"node {follower} to reopen and catch up shard 3")
+        # Bootstrapped once, when added; reopened from its own log after the restart.
+        assert c.queue_node(follower).logtext().count("shard 3: bootstrapped a new Raft group") == 1
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 30, timeout=30, what="250s after the restart")
+    finally:
+        load.stop()
+    dups = assert_all_delivered(load, sink)
+    status = c.status()
+    assert [(int(s.get("shard", 0)), s["state"]) for s in status["shard_map"]] == \
+        [(0, "SHARD_ACTIVE"), (1, "SHARD_ACTIVE"), (2, "SHARD_ACTIVE"), (3, "SHARD_ACTIVE")]
+    assert "shard 3" in c.mxctl("cluster", "status").stdout
+    # The fan-out asks all four shards: a whole answer, no shard missing.
+    stats = c.mxctl("mailstats")
+    assert stats.returncode == 0 and not stats.stderr, stats.stderr
+    # Delivery pulled from the new shard (it was found in the map, not configured).
+    assert any("shard 3 is in the shard map: pulling from it" in p.logtext() for p in c.delivery)
+    report(request, accepted=len(load.accepted), duplicates=dups, add_shard_active_s=round(active_s, 2),
+           placing_on_new_shard_s=round(placing_s, 2))

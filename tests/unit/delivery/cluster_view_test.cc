@@ -60,6 +60,20 @@ TEST_F(ClusterViewTest, HostStatusOfEveryShardIsMergedAndAShardDownKeepsTheOldVi
   EXPECT_EQ(queue_.host_lists, lists);
 }
 
+// A retired (or still creating) shard is not asked: the view stays complete
+// and is refreshed from the shards that hold mail.
+TEST_F(ClusterViewTest, ARetiredShardIsNotAskedAndDoesNotHoldTheViewBack) {
+  *queue_.hosts[0].add_hosts() = Failed("a.example", clock_.NowUnixMicros());
+  queue_.retired.insert(1);  // would answer "down" if asked
+  view_.Refresh(true);
+  EXPECT_TRUE(Skips("a.example"));
+  EXPECT_EQ(queue_.host_lists, 1u);
+  queue_.hosts[0].clear_hosts();
+  clock_.Advance(1s);
+  view_.Refresh(true);  // complete without shard 1: a.example is purged
+  EXPECT_FALSE(Skips("a.example"));
+}
+
 TEST_F(ClusterViewTest, SitesComeFromTheMetadataShardUntilTheyExpire) {
   auto* st = meta_.sites.add_sites();
   st->set_site("yahoo");

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -106,6 +107,7 @@ class FakeQueue final : public QueueLink {
   std::mutex mu;
   std::vector<v1::ListHostStatusResponse> hosts;  // per shard
   std::vector<bool> failing;                      // ListHostStatus of that shard fails
+  std::set<uint32_t> retired;                     // not serving (creating or retired): never asked
   size_t host_lists = 0;
   bool hold = false;           // Acks wait for Answer()
   std::vector<Call> held;      // in arrival order
@@ -116,6 +118,7 @@ class FakeQueue final : public QueueLink {
   };
 
   uint32_t shards() const override { return static_cast<uint32_t>(hosts.size()); }
+  bool Serving(uint32_t shard) const override { return !retired.count(shard); }
   void Ack(uint32_t shard, std::shared_ptr<const v1::AckRequest> req, std::chrono::system_clock::time_point,
            std::function<void(const grpc::Status&, bool)> done) override {
     std::unique_lock lock(mu);
@@ -130,7 +133,7 @@ class FakeQueue final : public QueueLink {
   grpc::Status ListHostStatus(uint32_t shard, v1::ListHostStatusResponse* resp) override {
     std::lock_guard lock(mu);
     ++host_lists;
-    if (failing[shard]) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake shard down");
+    if (failing[shard] || retired.count(shard)) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "fake shard down");
     *resp = hosts[shard];
     return grpc::Status::OK;
   }

@@ -20,6 +20,10 @@ class RecordingRemote final : public EnqueueBackend {
   }
   void RecordStats(const v1::MailerStats&) override { ++stats; }
   void RunQueue(const std::string&, std::function<void(Result<uint64_t>)> done) override { done(7u); }
+  // The gRPC backend's pick (by the shard map it follows): here, of 4 shards.
+  uint32_t ShardFor(const std::string& qid) const override {
+    return static_cast<uint32_t>(std::hash<std::string>()(qid) % 4);
+  }
 
   std::vector<v1::NewMessage> got;
   int stats = 0;
@@ -39,7 +43,7 @@ struct LocalCall {
 
 // A local queue node that answers `verdict` (or declines, when unset).
 std::shared_ptr<EnqueueBackend> Make(const std::optional<Status>& verdict, std::vector<LocalCall>* calls,
-                                     const std::shared_ptr<RecordingRemote>& remote, uint32_t shards = 4) {
+                                     const std::shared_ptr<RecordingRemote>& remote) {
   return MakeLocalFirstEnqueueBackend(
       [verdict, calls](uint32_t shard, const v1::NewMessage& m, const std::function<void(const Status&)>& done) {
         calls->push_back({shard, m.envelope().qid()});
@@ -47,7 +51,7 @@ std::shared_ptr<EnqueueBackend> Make(const std::optional<Status>& verdict, std::
         done(*verdict);
         return true;
       },
-      shards, remote);
+      remote);
 }
 
 TEST(LocalFirstEnqueueTest, TheLocalLeaderTakesTheMessageAndGrpcIsNotUsed) {

@@ -49,5 +49,39 @@ TEST(QueueRouterTest, OnlyRefusalsAndFailedConnectsAreCertainlyNotApplied) {
   EXPECT_FALSE(CertainlyNotApplied(ctx, grpc::Status::OK));
 }
 
+// The shard map (ShardMapFollower's input): new shards join the table as
+// they appear, and only active shards take new mail; draining ones still
+// serve (delivery, admin), creating and retired ones do neither.
+TEST(QueueRouterTest, ShardMapGrowsTheTableAndSaysWhichShardsTakeMail) {
+  QueueRouter r({"a:1", "b:1", "c:1"}, 2);
+  EXPECT_EQ(r.shards(), 2u);
+  EXPECT_TRUE(r.Accepting(1));
+  EXPECT_FALSE(r.Serving(2));  // not known yet
+  auto info = [](uint32_t shard, v1::ShardInfo::State state) {
+    v1::ShardInfo s;
+    s.set_shard(shard);
+    s.set_state(state);
+    s.add_replicas(1);
+    return s;
+  };
+  std::vector<v1::ShardInfo> map = {info(0, v1::ShardInfo::SHARD_ACTIVE), info(1, v1::ShardInfo::SHARD_DRAINING),
+                                    info(3, v1::ShardInfo::SHARD_CREATING)};
+  EXPECT_TRUE(r.ApplyShardMap(map));
+  EXPECT_EQ(r.shards(), 4u);
+  EXPECT_TRUE(r.Accepting(0));
+  EXPECT_FALSE(r.Accepting(1));
+  EXPECT_TRUE(r.Serving(1));
+  EXPECT_FALSE(r.Serving(2));  // a gap in the map: never created
+  EXPECT_FALSE(r.Accepting(3));
+  EXPECT_FALSE(r.Serving(3));
+  EXPECT_EQ(r.Leader(3).address, "a:1");  // new shards start at a seed, like the configured ones
+  EXPECT_FALSE(r.ApplyShardMap(map));     // nothing new
+  map[2] = info(3, v1::ShardInfo::SHARD_ACTIVE);
+  map.push_back(info(1, v1::ShardInfo::SHARD_RETIRED));
+  EXPECT_TRUE(r.ApplyShardMap(map));
+  EXPECT_TRUE(r.Accepting(3));
+  EXPECT_FALSE(r.Serving(1));
+}
+
 }  // namespace
 }  // namespace mx::queue

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 
+#include "metadata_service.h"
 #include "state_machine.h"
 
 namespace mx::queue {
@@ -555,6 +556,47 @@ TEST_F(StateMachineTest, NodeTableKeepsTheDrainFlagAcrossHeartbeats) {
   v1::ListNodesResponse none;
   sm_->Nodes(&none);
   EXPECT_EQ(none.nodes_size(), 0);
+}
+
+// The shard map: an entry is created once, its state only moves forward,
+// and the configured shards appear (active, on the bootstrap peers) until a
+// change to them is recorded.
+TEST_F(StateMachineTest, ShardMapEntriesAreCreatedOnceAndOnlyMoveForward) {
+  auto op = [&](uint32_t shard, v1::ShardInfo::State state, bool create, int64_t now) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(now);
+    auto* info = c.mutable_shard_map()->mutable_info();
+    info->set_shard(shard);
+    info->set_state(state);
+    for (uint64_t id : {1, 2, 3}) info->add_replicas(id);
+    c.mutable_shard_map()->set_create(create);
+    return Apply(c).status.code();
+  };
+  EXPECT_EQ(op(3, v1::ShardInfo::SHARD_CREATING, true, kT0), Code::kOk);
+  EXPECT_EQ(op(3, v1::ShardInfo::SHARD_CREATING, true, kT0 + kSec), Code::kAlreadyExists);
+  EXPECT_EQ(op(3, v1::ShardInfo::SHARD_ACTIVE, false, kT0 + 2 * kSec), Code::kOk);
+  EXPECT_EQ(op(3, v1::ShardInfo::SHARD_CREATING, false, kT0 + 3 * kSec), Code::kFailedPrecondition);
+  EXPECT_EQ(op(1, v1::ShardInfo::SHARD_DRAINING, false, kT0 + 4 * kSec), Code::kOk);  // a configured shard
+  v1::QueueCommand empty;
+  empty.mutable_shard_map()->mutable_info()->set_shard(4);
+  EXPECT_EQ(Apply(empty).status.code(), Code::kInvalidArgument);  // no state, no replicas
+  auto recorded = sm_->ShardMap();
+  ASSERT_EQ(recorded.size(), 2u);
+  EXPECT_EQ(recorded[0].shard(), 1u);
+  EXPECT_EQ(recorded[1].state(), v1::ShardInfo::SHARD_ACTIVE);
+  EXPECT_EQ(recorded[1].created_unix_us(), kT0);  // kept across changes
+  EXPECT_EQ(recorded[1].changed_unix_us(), kT0 + 2 * kSec);
+
+  ShardDefaults defaults;
+  defaults.shards = 3;
+  defaults.bootstrap = {1, 2, 3};
+  auto full = MetadataService::FullShardMap(recorded, defaults);
+  ASSERT_EQ(full.size(), 4u);
+  EXPECT_EQ(full[0].state(), v1::ShardInfo::SHARD_ACTIVE);  // configured, never changed
+  EXPECT_EQ(full[0].replicas_size(), 3);
+  EXPECT_EQ(full[1].state(), v1::ShardInfo::SHARD_DRAINING);
+  EXPECT_EQ(full[2].shard(), 2u);
+  EXPECT_EQ(full[3].shard(), 3u);
 }
 
 // The suppression list: each change gets the next sequence number, an

@@ -27,11 +27,15 @@ class EnqueueBackend {
   // ETRN: makes deferred recipients in `domain` (and its subdomains) ready
   // now on every shard; done gets how many were made ready.
   virtual void RunQueue(const std::string& domain, std::function<void(Result<uint64_t>)> done) = 0;
+  // The shard a message with this qid goes to first (one that takes new
+  // mail, by the shard map the backend follows).
+  virtual uint32_t ShardFor(const std::string& qid) const = 0;
 };
 
-// Enqueues over gRPC to the leader of one of `shards` shards, found from the
-// queue node addresses in `targets`. The shard is picked by the qid's hash,
-// skipping shards whose leader last failed. A call that fails because the
+// Enqueues over gRPC to the leader of one of `shards` shards (and of the
+// shards added later: it follows the shard map), found from the queue node
+// addresses in `targets`. The shard is picked by the qid's hash among those
+// that take new mail (active), skipping shards whose leader last failed. A call that fails because the
 // replica is not (or no longer) the leader, or is unreachable, is retried:
 // at once when the replica named the new leader, else with backoff; a retry
 // that finds the message already committed counts as success. `deadline`
@@ -47,7 +51,8 @@ std::shared_ptr<EnqueueBackend> MakeGrpcEnqueueBackend(const std::vector<std::st
 // The node runs the same admission checks and commit as its gRPC method.
 using LocalEnqueue =
     std::function<bool(uint32_t shard, const v1::NewMessage& message, std::function<void(const Status&)> done)>;
-std::shared_ptr<EnqueueBackend> MakeLocalFirstEnqueueBackend(LocalEnqueue local, uint32_t shards,
+// The shard is the one `remote` would pick first (ShardFor).
+std::shared_ptr<EnqueueBackend> MakeLocalFirstEnqueueBackend(LocalEnqueue local,
                                                              std::shared_ptr<EnqueueBackend> remote);
 
 }  // namespace mx::ingress

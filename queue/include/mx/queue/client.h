@@ -44,7 +44,17 @@ class QueueRouter {
  public:
   QueueRouter(std::vector<std::string> seeds, uint32_t shards);
 
-  uint32_t shards() const { return static_cast<uint32_t>(shards_.size()); }
+  // One more than the highest shard id known (configured, or learnt from the
+  // shard map); ids below it may be retired or still creating.
+  uint32_t shards() const;
+  // Ingress places new messages on it (active in the shard map).
+  bool Accepting(uint32_t shard) const;
+  // It holds or may hold mail: active or draining (delivery pulls from it,
+  // control asks it). False for creating and retired shards.
+  bool Serving(uint32_t shard) const;
+  // The shard map (ShardMapFollower): grows the table and sets each state.
+  // Returns whether anything changed.
+  bool ApplyShardMap(const std::vector<v1::ShardInfo>& map);
 
   struct Target {
     v1::Queue::Stub* stub;
@@ -66,6 +76,7 @@ class QueueRouter {
  private:
   struct ShardState {
     std::string leader;
+    v1::ShardInfo::State state = v1::ShardInfo::SHARD_ACTIVE;
     size_t cursor = 0;
     std::chrono::steady_clock::time_point failed_at{};  // epoch: never failed
   };
