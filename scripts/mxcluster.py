@@ -165,6 +165,12 @@ class Proc:
     def logtext(self):
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
 
+    def metrics(self):
+        """The process's Prometheus exposition (its metrics_listen)."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.cfg['metrics_listen']}/metrics", timeout=5) as r:
+            return r.read().decode()
+
 
 class Cluster:
     def __init__(self, workdir, base_port=21000, shards=1, queue_nodes=3, ingress=2, delivery=2,

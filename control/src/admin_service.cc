@@ -297,17 +297,15 @@ class AdminService final : public v1::Admin::Service {
     // A queue id does not say its shard: ask them all.
     const uint32_t n = router_.shards();  // the map may grow meanwhile
     std::vector<v1::GetMessageResponse> parts(n);
-    auto statuses = FanOut(
-        n, FanOutDeadline(ctx->deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
-          if (!router_.Serving(shard)) return grpc::Status(grpc::StatusCode::NOT_FOUND, "retired or creating");
-          v1::GetMessageRequest get;
-          get.set_shard(shard);
-          get.set_qid(req->qid());
-          return CallLeader(
-              shard,
-              [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetMessage(c, get, &parts[shard]); },
-              deadline);
-        });
+    auto statuses = FanOut(n, FanOutDeadline(ctx->deadline(), kShardDeadline), [&](uint32_t shard, Deadline deadline) {
+      if (!router_.Serving(shard)) return grpc::Status(grpc::StatusCode::NOT_FOUND, "retired or creating");
+      v1::GetMessageRequest get;
+      get.set_shard(shard);
+      get.set_qid(req->qid());
+      return CallLeader(
+          shard, [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return stub->GetMessage(c, get, &parts[shard]); },
+          deadline);
+    });
     for (uint32_t shard = 0; shard < statuses.size(); ++shard) {
       if (!statuses[shard].ok()) continue;
       auto& part = parts[shard];
@@ -507,6 +505,24 @@ class AdminService final : public v1::Admin::Service {
     log::Info("admin: " + who + ": shard " + std::to_string(resp->info().shard()) + " added on nodes " + nodes + ", " +
               v1::ShardInfo::State_Name(resp->info().state()));
     follower_.PollOnce();  // this node's fan-out asks it from now on
+    return grpc::Status::OK;
+  }
+
+  grpc::Status DrainShard(grpc::ServerContext* ctx, const v1::DrainShardRequest* req,
+                          v1::DrainShardResponse* resp) override {
+    std::string who;
+    if (auto st = auth_.Check(*ctx, Role::kOperator, "DrainShard", &who); !st.ok()) return st;
+    v1::SetShardStateRequest set;
+    set.set_shard(req->shard());
+    set.set_state(v1::ShardInfo::SHARD_DRAINING);
+    set.set_move(req->move());
+    v1::SetShardStateResponse done;
+    auto st = CallMetadata(&v1::Metadata::Stub::SetShardState, set, &done);
+    if (!st.ok()) return st;
+    *resp->mutable_info() = std::move(*done.mutable_info());
+    log::Info("admin: " + who + ": shard " + std::to_string(req->shard()) + " draining" +
+              (req->move() ? " (moving its messages to the active shards)" : ""));
+    follower_.PollOnce();
     return grpc::Status::OK;
   }
 

@@ -122,6 +122,8 @@ std::string FormatClusterStatus(const v1::ClusterStatusResponse& resp) {
     std::string name = v1::ShardInfo::State_Name(info.state());
     if (name.starts_with("SHARD_")) name = name.substr(6);
     std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (info.state() == v1::ShardInfo::SHARD_DRAINING && info.move())
+      name += ", moving its messages to the active shards";
     out += "shard " + std::to_string(info.shard()) + ": " + name + "\n";
   }
   out += Pad("shard", 6, false) + Pad("node", 6, false) + Pad("role", 10, false) + Pad("term", 6, true) +

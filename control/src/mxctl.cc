@@ -540,10 +540,28 @@ int AddShard(Session& s, const Args& args) {
   std::string nodes;
   for (uint64_t n : resp.info().replicas()) nodes += (nodes.empty() ? "" : ",") + std::to_string(n);
   const bool active = resp.info().state() == mx::v1::ShardInfo::SHARD_ACTIVE;
+  return s.Say(
+      st, resp,
+      "shard " + std::to_string(resp.info().shard()) + " on nodes " + nodes + ": " +
+          (active ? "active, ingress places new mail on it within seconds\n"
+                  : "still creating (its replicas have not elected a leader yet; see mxctl cluster status)\n"));
+}
+
+// cluster drain-shard N [--move]
+int DrainShard(Session& s, const Args& args) {
+  if (args.empty() || args.size() > 2 || (args.size() == 2 && args[1] != "--move")) return Usage();
+  uint64_t shard = 0;
+  if (!Number(args[0], &shard) || shard > 255) return Usage();
+  mx::v1::DrainShardRequest req;
+  req.set_shard(static_cast<uint32_t>(shard));
+  req.set_move(args.size() == 2);
+  mx::v1::DrainShardResponse resp;
+  auto st = s.stub->DrainShard(s.Context().get(), req, &resp);
   return s.Say(st, resp,
-               "shard " + std::to_string(resp.info().shard()) + " on nodes " + nodes + ": " +
-                   (active ? "active, ingress places new mail on it within seconds\n"
-                           : "still creating (its replicas have not elected a leader yet; see mxctl cluster status)\n"));
+               "shard " + std::to_string(shard) + " draining: no new mail; " +
+                   (resp.info().move() ? "its messages move to the active shards"
+                                       : "what it holds is delivered (or bounced) as usual") +
+                   ", then it retires (mxctl cluster status)\n");
 }
 
 int AddReplica(Session& s, const Args& a) {
@@ -648,9 +666,14 @@ const Command kCommands[] = {
      "hand shard N's leadership to node ID (default: the\nvoter with the most entries), its preferred leader now",
      "operator", "TransferLeader", TransferLeader},
     {"cluster add-shard", "[--nodes ID,ID,...]",
-     "a new shard (a Raft group) on the given queue nodes (default:\nthe configured peers); ingress places mail on it once\n"
+     "a new shard (a Raft group) on the given queue nodes (default:\nthe configured peers); ingress places mail on it "
+     "once\n"
      "it has a leader; the node ids must be in every queue node's\nqueue.peers",
      "operator", "AddShard", AddShard},
+    {"cluster drain-shard", "N [--move]",
+     "no new mail on shard N; it retires once what it holds is\ndelivered, or with --move re-enqueued on the "
+     "active shards\n(queue ids, recipients' state and attempts intact)",
+     "operator", "DrainShard", DrainShard},
     {"queue add-replica", "(as cluster add-replica; --id for --node)", "the older name of cluster add-replica",
      "operator", "AddReplica", AddReplica},
     {"queue remove-replica", "(as cluster remove-replica)", "the older name of cluster remove-replica", "operator",

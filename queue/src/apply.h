@@ -158,6 +158,10 @@ class StateMachine::Applier {
   Status Site(const v1::SiteOp& op, int64_t now, ApplyResult* res);
   Status Suppress(const v1::SuppressOp& op, int64_t now, ApplyResult* res);
   Status ShardMap(const v1::ShardOp& op, int64_t now, ApplyResult* res);
+  // ---- moving a draining shard's messages (apply_move.cc) ----
+  Status MoveLock(const v1::MoveOp& op, ApplyResult* res);
+  Status MoveDone(const v1::MoveOp& op, ApplyResult* res);
+  Status Import(const v1::NewMessage& m, ApplyResult* res);
 
   // ---- recipient transitions shared by the handlers ----
   void ClearIndex(const v1::Recipient& r, const std::string& qid);

@@ -115,6 +115,9 @@ Status StateMachine::Applier::Ack(const v1::AckOp& op, int64_t now, ApplyResult*
       bool found = false;
       if (auto st = b_.GetProto(sm_.msg_, qid, &env, &found); !st.ok()) return st;
       if (!found) continue;  // already finished and removed
+      // Locked for a move (a late Ack after its lease expired): the copy on
+      // the target carries the state from before; this result is dropped.
+      if (env.moving()) continue;
       it = envs.emplace(qid, std::move(env)).first;
     }
     if (auto st = AckRecipient(result, now, &it->second); !st.ok()) return st;

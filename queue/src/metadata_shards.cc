@@ -133,20 +133,43 @@ grpc::Status MetadataService::SetShardState(grpc::ServerContext* ctx, const v1::
   if (it == map.end()) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND, "no shard " + std::to_string(req->shard()) + " in the map");
   }
-  if (it->state() == req->state()) {
+  const bool upgrade_to_move = req->state() == v1::ShardInfo::SHARD_DRAINING && req->move() && !it->move();
+  if (it->state() == req->state() && !upgrade_to_move) {
     *resp->mutable_info() = *it;
     return grpc::Status::OK;  // already there (a retried request)
+  }
+  if (req->state() == v1::ShardInfo::SHARD_DRAINING) {
+    if (req->shard() == kMetadataShard) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "shard " + std::to_string(kMetadataShard) +
+                              " holds the cluster's metadata (node table, policy, shard map): it cannot be drained");
+    }
+    const bool another_active = std::any_of(map.begin(), map.end(), [&](const auto& s) {
+      return s.shard() != req->shard() && s.state() == v1::ShardInfo::SHARD_ACTIVE;
+    });
+    if (!another_active) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "shard " + std::to_string(req->shard()) +
+                              " is the last active shard: add one first (mxctl cluster add-shard)");
+    }
+  }
+  if (req->state() == v1::ShardInfo::SHARD_RETIRED && it->state() != v1::ShardInfo::SHARD_DRAINING) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "shard " + std::to_string(req->shard()) + " is " + Name(it->state()) +
+                            ": a shard retires once drained (mxctl cluster drain-shard)");
   }
   v1::QueueCommand cmd = Command();
   *cmd.mutable_shard_map()->mutable_info() = *it;
   cmd.mutable_shard_map()->mutable_info()->set_state(req->state());
+  if (upgrade_to_move) cmd.mutable_shard_map()->mutable_info()->set_move(true);
   ApplyResult r = replica_.CommitAndWait(std::move(cmd));
   if (IsVerdict(r.status)) return Verdict(r.status);
   if (!r.status.ok()) return replica_.CommitError(ctx, r.status);
   for (const auto& s : ShardMap()) {
     if (s.shard() == req->shard()) *resp->mutable_info() = s;
   }
-  log::Info(replica_.tag() + ": shard " + std::to_string(req->shard()) + " is " + Name(req->state()));
+  log::Info(replica_.tag() + ": shard " + std::to_string(req->shard()) + " is " + Name(req->state()) +
+            (resp->info().move() && req->state() == v1::ShardInfo::SHARD_DRAINING ? " (moving its messages)" : ""));
   return grpc::Status::OK;
 }
 

@@ -25,6 +25,11 @@ Probe::Probe() {
                            .Help("Enqueue requests answered with an error")
                            .Register(reg)
                            .Add({});
+  moved_ = &prometheus::BuildCounter()
+                .Name("mx_queue_moved_messages_total")
+                .Help("Messages moved off a draining shard to the active shards (drain-shard --move)")
+                .Register(reg)
+                .Add({});
   enqueue_latency_ = &prometheus::BuildHistogram()
                           .Name("mx_queue_enqueue_latency_seconds")
                           .Help("Time from Enqueue request to commit, server side")

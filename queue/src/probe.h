@@ -22,6 +22,8 @@ class Probe {
     enqueued_->Increment();
   }
   void EnqueueRejected() { enqueue_rejected_->Increment(); }
+  // Messages moved off a draining shard (deleted there after their copy committed).
+  void MessagesMoved(size_t n) { moved_->Increment(static_cast<double>(n)); }
   // One log entry proposed with `commands` group-committed commands.
   void Batched(size_t commands) { commit_batch_->Observe(static_cast<double>(commands)); }
   // Time from proposing an entry to its commit and local apply.
@@ -42,6 +44,7 @@ class Probe {
   Probe();
   prometheus::Counter* enqueued_;
   prometheus::Counter* enqueue_rejected_;
+  prometheus::Counter* moved_;
   prometheus::Histogram* enqueue_latency_;
   prometheus::Histogram* commit_batch_;
   prometheus::Histogram* commit_latency_;

@@ -204,6 +204,47 @@ class Shard final : public MetadataReplica {
   RaftLog& log() { return *log_; }
   Membership& membership() { return *membership_; }
   uint32_t id() const { return id_; }
+  // The shard map's word on this shard (the node's watcher): draining and
+  // retired shards take no new mail.
+  void SetMapState(v1::ShardInfo::State state, bool move) {
+    map_state_ = state;
+    move_ = move;
+  }
+  v1::ShardInfo::State map_state() const { return map_state_; }
+  // Draining by moving its messages to the active shards (the node's mover).
+  bool moving() const { return map_state_ == v1::ShardInfo::SHARD_DRAINING && move_; }
+  int64_t messages() const { return sm_->counts().messages; }
+
+  // ---- the mover's steps on this shard (its leader) ----
+  void MoveCandidates(size_t max, const std::string& after, std::vector<std::string>* movable,
+                      std::vector<std::pair<std::string, uint32_t>>* locked, std::string* last) const {
+    sm_->MoveCandidates(max, after, movable, locked, last);
+  }
+  // LOCK (to target) or DONE: the queue ids the command applied to.
+  Result<std::vector<std::string>> CommitMove(v1::MoveOp::Kind kind, const std::vector<std::string>& qids,
+                                              uint32_t target) {
+    v1::QueueCommand cmd;
+    cmd.set_now_unix_us(clock_.NowUnixMicros());
+    auto* op = cmd.mutable_move();
+    op->set_kind(kind);
+    op->set_target(target);
+    for (const auto& q : qids) op->add_qids(q);
+    ApplyResult r = Commit(std::move(cmd));
+    if (!r.status.ok()) return r.status;
+    return std::move(r.qids);
+  }
+  // A locked message as its target takes it (EnqueueRequest.moved).
+  Result<v1::NewMessage> ReadForMove(const std::string& qid) const {
+    auto env = sm_->GetEnvelope(qid);
+    if (!env.ok()) return env.status();
+    auto body = sm_->GetBody(qid);
+    if (!body.ok()) return body.status();
+    v1::NewMessage m;
+    for (auto& r : sm_->GetRecipients(qid, env->nrcpts())) *m.add_recipients() = std::move(r);
+    *m.mutable_envelope() = std::move(env).value();
+    m.set_body(std::move(body).value());
+    return m;
+  }
   // Before Start: runs when this replica becomes the leader (predecessor:
   // whether an earlier leader may still be running).
   void OnLeader(std::function<void(bool predecessor)> fn) { on_leader_ = std::move(fn); }
@@ -270,14 +311,20 @@ class Shard final : public MetadataReplica {
   // Raft loop thread), so no gRPC thread waits for the quorum.
   void Enqueue(grpc::ServerContextBase* ctx, const v1::EnqueueRequest* req, v1::EnqueueResponse* resp, Finish finish) {
     bool not_leader = false;
-    if (auto st = Admit(req->message(), &not_leader); !st.ok()) return finish(not_leader ? NotLeader(ctx) : ToGrpc(st));
-    ProposeEnqueue(req->message(), [this, ctx, resp, finish = std::move(finish),
-                                    qid = req->message().envelope().qid()](const ApplyResult& r) {
-      if (!r.status.ok()) return finish(CommitFailed(ctx, r.status));
-      resp->set_qid(qid);
-      resp->set_commit_index(sm_->applied_index());
-      finish(grpc::Status::OK);
-    });
+    if (auto st = Admit(req->message(), &not_leader, req->moved()); !st.ok()) {
+      if (not_leader) return finish(NotLeader(ctx));
+      // Draining: nothing was proposed, the client may go to another shard.
+      if (st.code() == Code::kUnavailable) ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");
+      return finish(ToGrpc(st));
+    }
+    ProposeEnqueue(
+        req->message(), req->moved(),
+        [this, ctx, resp, finish = std::move(finish), qid = req->message().envelope().qid()](const ApplyResult& r) {
+          if (!r.status.ok()) return finish(CommitFailed(ctx, r.status));
+          resp->set_qid(qid);
+          resp->set_commit_index(sm_->applied_index());
+          finish(grpc::Status::OK);
+        });
   }
 
   // The same checks and commit for an ingress in this process (mxd all),
@@ -286,12 +333,14 @@ class Shard final : public MetadataReplica {
   void EnqueueLocal(const v1::NewMessage& m, std::function<void(const mx::Status&)> done) {
     bool not_leader = false;
     if (auto st = Admit(m, &not_leader); !st.ok()) return done(st);
-    ProposeEnqueue(m, [done = std::move(done)](const ApplyResult& r) { done(r.status); });
+    ProposeEnqueue(m, false, [done = std::move(done)](const ApplyResult& r) { done(r.status); });
   }
   uint64_t UnflushedBytes() const { return sm_ ? sm_->UnflushedBytes() : 0; }
 
-  // Enqueue's admission checks; *not_leader tells why a kUnavailable refusal came.
-  mx::Status Admit(const v1::NewMessage& m, bool* not_leader) {
+  // Enqueue's admission checks; *not_leader tells why a kUnavailable refusal
+  // came. A message moved from a draining shard is taken unless this shard
+  // is retired.
+  mx::Status Admit(const v1::NewMessage& m, bool* not_leader, bool moved = false) {
     if (auto st = ValidateNewMessage(m); !st.ok()) {
       Probe::Get().EnqueueRejected();
       return st;
@@ -299,6 +348,17 @@ class Shard final : public MetadataReplica {
     if (!log_->IsLeader()) {
       *not_leader = true;
       return mx::Status(Code::kUnavailable, tag_ + ": this replica is not the leader");
+    }
+    if (const auto state = map_state_.load();
+        state == v1::ShardInfo::SHARD_RETIRED || (state == v1::ShardInfo::SHARD_DRAINING && !moved)) {
+      // A retry of a message an earlier attempt committed here is answered
+      // as such, so the client does not place it on a second shard.
+      if (sm_->GetEnvelope(m.envelope().qid()).ok()) {
+        return mx::Status(Code::kAlreadyExists, "queue id " + m.envelope().qid() + " exists");
+      }
+      return mx::Status(Code::kUnavailable, tag_ + " is " +
+                                                (state == v1::ShardInfo::SHARD_DRAINING ? "draining" : "retired") +
+                                                ": new mail goes to the other shards");
     }
     // The body lands twice: in the Raft log at once, in a blob file when
     // the memtable holding it flushes.
@@ -310,11 +370,12 @@ class Shard final : public MetadataReplica {
   }
 
   // Proposes the Enqueue command; `committed` runs on the Raft loop thread.
-  void ProposeEnqueue(const v1::NewMessage& m, std::function<void(const ApplyResult&)> committed) {
+  void ProposeEnqueue(const v1::NewMessage& m, bool moved, std::function<void(const ApplyResult&)> committed) {
     auto start = std::chrono::steady_clock::now();
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     *cmd.mutable_enqueue()->mutable_message() = m;
+    cmd.mutable_enqueue()->set_moved(moved);
     log_->Propose(std::move(cmd), [this, start, committed = std::move(committed)](const ApplyResult& r) {
       if (!r.status.ok()) {
         Probe::Get().EnqueueRejected();
@@ -667,6 +728,8 @@ class Shard final : public MetadataReplica {
   std::function<void(bool)> on_leader_;
   std::atomic<bool> led_before_{false};
   std::atomic<bool> retired_{false};  // removed from the group (Retire)
+  std::atomic<v1::ShardInfo::State> map_state_{v1::ShardInfo::SHARD_ACTIVE};
+  std::atomic<bool> move_{false};
   std::mutex lease_mu_;
   std::mutex pull_mu_;
   std::condition_variable pull_cv_;
@@ -715,6 +778,10 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
       SetThreadName("mx-shardmap");
       WatchShardMap();
     });
+    mover_ = std::thread([this] {
+      SetThreadName("mx-mover");
+      MoveLoop();
+    });
     return Status::Ok();
   }
 
@@ -727,6 +794,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     }
     watch_cv_.notify_all();
     if (watcher_.joinable()) watcher_.join();
+    if (mover_.joinable()) mover_.join();
     std::lock_guard lock(owned_mu_);
     for (auto& s : owned_) s->Stop();
   }
@@ -948,14 +1016,14 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   Shard* Find(uint32_t shard, grpc::Status* err) {
     Shard* s = Get(shard);
     if (!s && shard >= kMaxShards) {
-      *err = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no shard " + std::to_string(shard) + " (ids end at " +
-                                                                  std::to_string(kMaxShards - 1) + ")");
+      *err = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "no shard " + std::to_string(shard) + " (ids end at " + std::to_string(kMaxShards - 1) + ")");
     } else if (!s) {
       // A shard added online on other nodes (or not opened here yet): the
       // caller's router moves on to the next queue node, as for a replica
       // that knows no leader.
-      *err = grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard " + std::to_string(shard) +
-                                                             " has no replica on this node (mxctl cluster status)");
+      *err = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "shard " + std::to_string(shard) + " has no replica on this node (mxctl cluster status)");
     }
     return s;
   }
@@ -973,12 +1041,16 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
       }
       v1::GetShardMapResponse map;
       if (!metadata_client_->Call(&v1::Metadata::Stub::GetShardMap, v1::GetShardMapRequest(), &map).ok()) continue;
+      router_->ApplyShardMap({map.shards().begin(), map.shards().end()});  // the mover's targets
       for (const auto& info : map.shards()) {
-        if (info.shard() >= kMaxShards || info.state() == v1::ShardInfo::SHARD_RETIRED) continue;
+        if (info.shard() >= kMaxShards) continue;
         Shard* s = Get(info.shard());
+        if (s) s->SetMapState(info.state(), info.move());
+        if (info.state() == v1::ShardInfo::SHARD_RETIRED) continue;
         const bool listed =
             std::find(info.replicas().begin(), info.replicas().end(), config_.node_id) != info.replicas().end();
-        if (!s && listed) s = Open(info);
+        if (!s && listed && (s = Open(info))) s->SetMapState(info.state(), info.move());
+        if (s && info.state() == v1::ShardInfo::SHARD_DRAINING) MaybeRetire(*s);
         if (s && info.state() == v1::ShardInfo::SHARD_CREATING && s->IsLeader()) {
           v1::SetShardStateRequest req;
           req.set_shard(info.shard());
@@ -986,6 +1058,139 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
           v1::SetShardStateResponse resp;
           auto st = metadata_client_->Call(&v1::Metadata::Stub::SetShardState, req, &resp);
           if (st.ok()) log::Info("shard " + std::to_string(info.shard()) + " has a leader here: active");
+        }
+      }
+    }
+  }
+
+  // A draining shard whose replica here leads it retires once it has held
+  // no message for kRetireAfter: long enough for any Enqueue admitted before
+  // the leader learnt of the drain to have committed (and been counted).
+  void MaybeRetire(Shard& s) {
+    constexpr auto kRetireAfter = std::chrono::seconds(10);
+    const auto now = std::chrono::steady_clock::now();
+    auto& since = empty_since_[s.id()];
+    if (!s.IsLeader() || s.messages() > 0) {
+      since = {};
+      return;
+    }
+    if (since == std::chrono::steady_clock::time_point{}) since = now;
+    if (now - since < kRetireAfter) return;
+    v1::SetShardStateRequest req;
+    req.set_shard(s.id());
+    req.set_state(v1::ShardInfo::SHARD_RETIRED);
+    v1::SetShardStateResponse resp;
+    if (auto st = metadata_client_->Call(&v1::Metadata::Stub::SetShardState, req, &resp); st.ok()) {
+      s.SetMapState(v1::ShardInfo::SHARD_RETIRED, false);
+      log::Info("shard " + std::to_string(s.id()) + " drained: retired (it takes no mail and no client asks it)");
+    } else {
+      log::Warn("shard " + std::to_string(s.id()) + " drained, but retiring it failed: " + st.error_message());
+    }
+  }
+
+  // Moves the messages of draining shards led here (drain-shard --move) to
+  // the active shards, batch after batch while there is progress.
+  void MoveLoop() {
+    std::map<uint32_t, std::string> cursor;  // per shard: where the last scan stopped
+    for (;;) {
+      bool progress = false;
+      for (Shard* s : All()) {
+        if (s->moving() && s->IsLeader()) progress = MovePass(*s, &cursor[s->id()]) || progress;
+      }
+      std::unique_lock lock(watch_mu_);
+      if (watch_cv_.wait_for(lock, progress ? std::chrono::milliseconds(0) : std::chrono::seconds(1),
+                             [this] { return stopping_; })) {
+        return;
+      }
+    }
+  }
+
+  // One batch: lock up to kMoveBatch messages to their targets (by queue id
+  // over the active shards), copy every locked one to its target, delete
+  // those the targets committed. Whether anything moved.
+  bool MovePass(Shard& s, std::string* cursor) {
+    constexpr size_t kMoveBatch = 256;
+    std::vector<std::string> movable;
+    std::vector<std::pair<std::string, uint32_t>> locked;
+    std::string last;
+    s.MoveCandidates(kMoveBatch, *cursor, &movable, &locked, &last);
+    *cursor = last;  // "" at the end: the next pass starts over
+    std::vector<uint32_t> active;
+    for (uint32_t id = 0; id < router_->shards(); ++id) {
+      if (id != s.id() && router_->Accepting(id)) active.push_back(id);
+    }
+    if (active.empty()) {
+      if (!movable.empty()) log::Warn("shard " + std::to_string(s.id()) + ": no active shard to move messages to");
+      movable.clear();
+    }
+    std::map<uint32_t, std::vector<std::string>> to_lock;
+    for (auto& qid : movable) to_lock[active[std::hash<std::string>()(qid) % active.size()]].push_back(std::move(qid));
+    for (const auto& [target, qids] : to_lock) {
+      auto done = s.CommitMove(v1::MoveOp::MOVE_LOCK, qids, target);
+      if (!done.ok()) return false;  // leadership lost, or stopping: the next pass
+      for (auto& q : *done) locked.emplace_back(std::move(q), target);
+    }
+    std::map<uint32_t, std::vector<std::string>> by_target;
+    for (auto& [qid, target] : locked) by_target[target].push_back(std::move(qid));
+    std::vector<std::string> copied;
+    for (const auto& [target, qids] : by_target) CopyTo(s, target, qids, &copied);
+    if (copied.empty()) return false;
+    auto deleted = s.CommitMove(v1::MoveOp::MOVE_DONE, copied, 0);
+    if (!deleted.ok()) return false;
+    Probe::Get().MessagesMoved(deleted->size());
+    return true;
+  }
+
+  // Enqueues each locked message on target (moved: state kept), up to 32 at
+  // a time; *copied gets those the target committed or already had.
+  void CopyTo(Shard& s, uint32_t target, const std::vector<std::string>& qids, std::vector<std::string>* copied) {
+    constexpr size_t kWindow = 32;
+    struct Call {
+      std::string qid, address;
+      grpc::ClientContext ctx;
+      v1::EnqueueRequest req;
+      v1::EnqueueResponse resp;
+      grpc::Status status;
+    };
+    for (size_t start = 0; start < qids.size(); start += kWindow) {
+      std::vector<std::unique_ptr<Call>> calls;
+      std::mutex mu;
+      std::condition_variable cv;
+      size_t pending = 0;
+      for (size_t i = start; i < std::min(qids.size(), start + kWindow); ++i) {
+        auto m = s.ReadForMove(qids[i]);
+        if (!m.ok()) continue;  // gone meanwhile
+        auto call = std::make_unique<Call>();
+        call->qid = qids[i];
+        *call->req.mutable_message() = std::move(m).value();
+        call->req.set_shard(target);
+        call->req.set_moved(true);
+        call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+        auto leader = router_->Leader(target);
+        call->address = leader.address;
+        Call* raw = call.get();
+        calls.push_back(std::move(call));
+        {
+          std::lock_guard lock(mu);
+          ++pending;
+        }
+        leader.stub->async()->Enqueue(&raw->ctx, &raw->req, &raw->resp, [raw, &mu, &cv, &pending](grpc::Status st) {
+          std::lock_guard lock(mu);
+          raw->status = std::move(st);
+          if (--pending == 0) cv.notify_all();
+        });
+      }
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return pending == 0; });
+      }
+      for (const auto& c : calls) {
+        router_->Observe(target, c->address, c->ctx, c->status);
+        if (c->status.ok() || c->status.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+          copied->push_back(c->qid);
+        } else {
+          log::Warn("shard " + std::to_string(s.id()) + ": moving " + c->qid + " to shard " + std::to_string(target) +
+                    " failed (tried again): " + c->status.error_message());
         }
       }
     }
@@ -1022,10 +1227,12 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   std::unique_ptr<MetadataService> metadata_;  // in front of shard kMetadataShard
   std::unique_ptr<QueueRouter> router_;        // the watcher's way to the metadata leader
   std::unique_ptr<MetadataClient> metadata_client_;
+  std::map<uint32_t, std::chrono::steady_clock::time_point> empty_since_;  // the watcher's: draining and empty
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
   bool stopping_ = false;
   std::thread watcher_;
+  std::thread mover_;
 };
 
 }  // namespace

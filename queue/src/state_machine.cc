@@ -324,7 +324,8 @@ Status StateMachine::Applier::Dispatch(const v1::QueueCommand& cmd, ApplyResult*
   const int64_t now = cmd.now_unix_us();
   switch (cmd.op_case()) {
     // The data path (apply_data.cc).
-    case v1::QueueCommand::kEnqueue: return Enqueue(cmd.enqueue().message(), now, res);
+    case v1::QueueCommand::kEnqueue:
+      return cmd.enqueue().moved() ? Import(cmd.enqueue().message(), res) : Enqueue(cmd.enqueue().message(), now, res);
     case v1::QueueCommand::kLease: return Lease(cmd.lease(), res);
     case v1::QueueCommand::kAck: return Ack(cmd.ack(), now, res);
     case v1::QueueCommand::kTick: return Tick(cmd.tick(), now, res);
@@ -342,6 +343,12 @@ Status StateMachine::Applier::Dispatch(const v1::QueueCommand& cmd, ApplyResult*
     case v1::QueueCommand::kSite: return Site(cmd.site(), now, res);
     case v1::QueueCommand::kSuppress: return Suppress(cmd.suppress(), now, res);
     case v1::QueueCommand::kShardMap: return ShardMap(cmd.shard_map(), now, res);
+    // Moving a draining shard's messages (apply_move.cc).
+    case v1::QueueCommand::kMove:
+      if (cmd.move().kind() == v1::MoveOp::MOVE_LOCK) return MoveLock(cmd.move(), res);
+      if (cmd.move().kind() == v1::MoveOp::MOVE_DONE) return MoveDone(cmd.move(), res);
+      res->status = Status(Code::kInvalidArgument, "a move is LOCK or DONE");
+      return Status::Ok();
     case v1::QueueCommand::OP_NOT_SET: break;
   }
   res->status = Status(Code::kInvalidArgument, "empty queue command");
@@ -554,6 +561,34 @@ void StateMachine::Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const 
       *out->add_sites() = std::move(s);
     }
   }
+}
+
+void StateMachine::MoveCandidates(size_t max, const std::string& after, std::vector<std::string>* movable,
+                                  std::vector<std::pair<std::string, uint32_t>>* locked, std::string* last) const {
+  last->clear();
+  std::shared_lock db_lock(db_mu_);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), msg_));
+  if (after.empty()) {
+    it->SeekToFirst();
+  } else {
+    it->Seek(after);
+  }
+  for (; it->Valid(); it->Next()) {
+    const auto key = it->key().ToStringView();
+    if (keys::IsBodyKey(key) || key == after) continue;
+    if (movable->size() + locked->size() >= max) {
+      return;  // more to come: *last says where to go on
+    }
+    *last = std::string(key);
+    v1::Envelope env;
+    if (!env.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) continue;
+    if (env.moving()) {
+      locked->emplace_back(std::string(key), env.moving_to());
+    } else {
+      movable->emplace_back(key);
+    }
+  }
+  last->clear();  // the end
 }
 
 std::vector<v1::ShardInfo> StateMachine::ShardMap() const {

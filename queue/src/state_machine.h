@@ -61,6 +61,7 @@ struct ApplyResult {
   uint64_t skipped = 0;                     // ManageOp: messages with a lease in flight
   uint32_t suppressed = 0;                  // SuppressOp: addresses added
   uint32_t unsuppressed = 0;                // SuppressOp: addresses removed
+  std::vector<std::string> qids;            // MoveOp: the messages locked or deleted
 };
 
 // An entry of an ordered recipient index: (priority or time, qid, index).
@@ -130,6 +131,12 @@ class StateMachine {
   void Sites(int64_t now_us, v1::ListSiteStatusResponse* out) const;
   // The suppression list: one address, or the change log after req.after_seq.
   void Suppressions(const v1::ListSuppressionsRequest& req, v1::ListSuppressionsResponse* out) const;
+  // A draining shard's messages for the mover: up to `max` not yet locked
+  // (*movable) and those locked with their target (*locked).
+  // The scan starts after queue id `after` ("": the start); *last is the
+  // last queue id seen ("" when the scan reached the end).
+  void MoveCandidates(size_t max, const std::string& after, std::vector<std::string>* movable,
+                      std::vector<std::pair<std::string, uint32_t>>* locked, std::string* last) const;
   // The shard map's recorded entries (shards added online, and configured
   // ones whose state changed), by shard id.
   std::vector<v1::ShardInfo> ShardMap() const;

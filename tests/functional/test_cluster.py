@@ -571,3 +571,68 @@ def test_add_a_shard_online_under_load(cluster_env, request):
     assert any("shard 3 is in the shard map: pulling from it" in p.logtext() for p in c.delivery)
     report(request, accepted=len(load.accepted), duplicates=dups, add_shard_active_s=round(active_s, 2),
            placing_on_new_shard_s=round(placing_s, 2))
+
+
+def test_drain_a_shard_with_move_under_load(cluster_env, request):
+    """`mxctl cluster drain-shard 2 --move` while clients send and shard 2
+    holds queued and deferred mail: ingress stops placing mail on it, its
+    leader re-enqueues every message on the active shards (queue id and
+    recipients' attempts intact, never ready on two shards at once), the
+    empty shard retires, and every 250 is delivered exactly once."""
+    import json
+    make, sink = cluster_env
+    # Retries a minute apart: deferred mail is still deferred when it moves.
+    c = make(shards=3, queue_cfg={"min_backoff": "60s", "max_backoff": "120s"})
+    refused = c.mxctl("cluster", "drain-shard", "0", "--move", check=False)
+    assert refused.returncode != 0 and "holds the cluster's metadata" in refused.stderr, refused.stderr
+    sink.tempfail_rcpt = 40  # the first deliveries are deferred (451): attempts 1
+    load = Load(c.smtp_ports(), threads=3)
+    try:
+        wait_for(lambda: load.count() >= 60 and sink.tempfail_rcpt == 0, timeout=60,
+                 what="traffic, and deferrals on every shard")
+        # Delivery drained: what arrives now stays queued, so the move has mail to carry.
+        for p in c.delivery:
+            c.mxctl("drain", p.name)
+        wait_for(lambda: all(c.process_state(p.name).get("drained") for p in c.delivery), timeout=60,
+                 what="delivery to drain")
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 150, timeout=60, what="mail queued while delivery is drained")
+        deferred = [m["envelope"]["qid"] for m in json.loads(c.mxctl("-o", "json", "mailq").stdout)["messages"]
+                    if any(r.get("status") == "RCPT_DEFERRED" for r in m["recipients"])]
+        on_shard_2 = [q for q in deferred
+                      if int(json.loads(c.mxctl("-o", "json", "inspect", q).stdout).get("shard", 0)) == 2]
+        assert on_shard_2, "no deferred mail on shard 2 to move"
+        queued_2 = int(c.leader_row(2).get("messages", 0))
+        t0 = time.monotonic()
+        out = c.mxctl("cluster", "drain-shard", "2", "--move")
+        assert "its messages move to the active shards" in out.stdout, out.stdout
+
+        def retired():
+            return any(int(s.get("shard", 0)) == 2 and s["state"] == "SHARD_RETIRED"
+                       for s in c.status()["shard_map"])
+        wait_for(retired, timeout=90, what="shard 2 to move its messages and retire")
+        drain_s = time.monotonic() - t0
+        assert int(c.leader_row(2).get("messages", 0)) == 0
+        # The deferred ones moved with their attempts; their retry is still a minute away.
+        for q in on_shard_2:
+            moved = json.loads(c.mxctl("-o", "json", "inspect", q).stdout)
+            assert int(moved.get("shard", 0)) != 2, moved
+            assert any(int(r.get("attempts", 0)) >= 1 for r in moved["message"]["recipients"]), moved
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 30, timeout=30, what="250s after shard 2 retired")
+        for p in c.delivery:
+            c.mxctl("undrain", p.name)
+        c.mxctl("qrun")  # the deferred mail, now
+    finally:
+        load.stop()
+    c.mxctl("qrun")
+    dups = assert_all_delivered(load, sink, timeout=120)
+    moved_total = sum(int(line.split()[-1]) for p in c.queue for line in p.metrics().splitlines()
+                      if line.startswith("mx_queue_moved_messages_total"))
+    assert moved_total >= queued_2, (moved_total, queued_2)
+    assert any("shard 2 drained: retired" in p.logtext() for p in c.queue)
+    # The fan-out no longer asks the retired shard: a whole answer.
+    stats = c.mxctl("mailstats")
+    assert stats.returncode == 0 and not stats.stderr, stats.stderr
+    report(request, accepted=len(load.accepted), duplicates=dups, moved=moved_total, queued_on_shard=queued_2,
+           drain_move_s=round(drain_s, 2))

@@ -599,6 +599,88 @@ TEST_F(StateMachineTest, ShardMapEntriesAreCreatedOnceAndOnlyMoveForward) {
   EXPECT_EQ(full[3].shard(), 3u);
 }
 
+// drain-shard --move on the state machines of the source and the target:
+// LOCK takes a message out of every index (never one in delivery), operator
+// actions and late Acks leave it alone, the target's copy keeps every
+// recipient's state, a repeated copy is ALREADY_EXISTS, DONE deletes it.
+TEST_F(StateMachineTest, MoveLocksCopiesWithRecipientStateAndDeletes) {
+  const std::string a = "00000000010000", b = "00000000020000";
+  Apply(Enqueue(a, {"x@one.test", "y@two.test"}));
+  Apply(Enqueue(b, {"z@one.test"}));
+  Apply(Lease({sm_->ReadyItems(10)}, kT0, kT0 + 60 * kSec));  // all three in delivery
+  Apply(Ack(a, 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
+  Apply(Ack(a, 1, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 100 * kSec));
+  auto move = [&](v1::MoveOp::Kind kind, std::vector<std::string> qids) {
+    v1::QueueCommand c;
+    c.set_now_unix_us(kT0 + 2 * kSec);
+    c.mutable_move()->set_kind(kind);
+    c.mutable_move()->set_target(2);
+    for (auto& q : qids) c.mutable_move()->add_qids(q);
+    return Apply(c);
+  };
+  EXPECT_EQ(move(v1::MoveOp::MOVE_LOCK, {a, b}).qids, std::vector<std::string>{a});  // b is in delivery
+  std::vector<std::string> movable;
+  std::vector<std::pair<std::string, uint32_t>> locked;
+  std::string last;
+  sm_->MoveCandidates(10, "", &movable, &locked, &last);
+  EXPECT_EQ(movable, std::vector<std::string>{b});
+  ASSERT_EQ(locked.size(), 1u);
+  EXPECT_EQ(locked[0], std::make_pair(a, uint32_t{2}));
+  EXPECT_EQ(last, "");
+  // Its retry is not due here any more, a hold leaves it alone, a late Ack is dropped.
+  Apply(Tick(kT0 + 200 * kSec));
+  EXPECT_EQ(StatusOf(a, 1), v1::RCPT_DEFERRED);
+  v1::QueueCommand hold;
+  hold.mutable_manage()->set_action(v1::ManageOp::MANAGE_HOLD);
+  EXPECT_EQ(Apply(hold).skipped, 1u);
+  EXPECT_EQ(StatusOf(a, 1), v1::RCPT_DEFERRED);
+  Apply(Ack(a, 1, v1::OUTCOME_DELIVERED, kT0 + 3 * kSec));
+  EXPECT_EQ(StatusOf(a, 1), v1::RCPT_DEFERRED);
+
+  // The copy, as the mover reads it, on the target.
+  v1::QueueCommand import;
+  import.set_now_unix_us(kT0 + 4 * kSec);
+  import.mutable_enqueue()->set_moved(true);
+  auto* m = import.mutable_enqueue()->mutable_message();
+  *m->mutable_envelope() = *sm_->GetEnvelope(a);
+  m->set_body(*sm_->GetBody(a));
+  for (auto& r : sm_->GetRecipients(a, 2)) *m->add_recipients() = r;
+  StateMachineOptions o;
+  o.dir = dir_.string() + "-target";
+  std::filesystem::remove_all(o.dir);
+  auto target = StateMachine::Open(o);
+  ASSERT_TRUE(target.ok());
+  std::vector<ApplyResult> res;
+  ASSERT_TRUE((*target)->Apply(1, {&import}, &res).ok());
+  EXPECT_TRUE(res.at(0).status.ok());
+  ASSERT_TRUE((*target)->Apply(2, {&import}, &res).ok());
+  EXPECT_EQ(res.at(0).status.code(), Code::kAlreadyExists);  // a repeated copy
+  auto copy = (*target)->GetRecipient(a, 1);
+  ASSERT_TRUE(copy.ok());
+  EXPECT_EQ(copy->status(), v1::RCPT_DEFERRED);
+  EXPECT_EQ(copy->attempts(), 1u);
+  EXPECT_EQ(copy->next_attempt_unix_us(), kT0 + 100 * kSec);
+  EXPECT_EQ((*target)->GetRecipient(a, 0)->status(), v1::RCPT_DELIVERED);
+  EXPECT_FALSE((*target)->GetEnvelope(a)->moving());
+  EXPECT_EQ((*target)->GetEnvelope(a)->pending(), 1u);
+  EXPECT_EQ((*target)->counts().messages, 1);
+  EXPECT_EQ((*target)->counts().by_status[v1::RCPT_DEFERRED], 1);
+  v1::GetStatsResponse stats;
+  (*target)->Stats(&stats);
+  for (const auto& st : stats.mailers()) EXPECT_EQ(st.msgsfr(), 0u);  // received on the source
+  auto tick = Tick(kT0 + 200 * kSec);
+  ASSERT_TRUE((*target)->Apply(3, {&tick}, &res).ok());
+  EXPECT_EQ((*target)->GetRecipient(a, 1)->status(), v1::RCPT_READY);  // its retry is due there
+  target->reset();
+  std::filesystem::remove_all(o.dir);
+
+  EXPECT_EQ(move(v1::MoveOp::MOVE_DONE, {a}).qids, std::vector<std::string>{a});
+  EXPECT_FALSE(sm_->GetEnvelope(a).ok());
+  EXPECT_EQ(sm_->counts().messages, 1);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_DEFERRED], 0);
+  EXPECT_TRUE(move(v1::MoveOp::MOVE_DONE, {a}).qids.empty());  // repeated after a crash
+}
+
 // The suppression list: each change gets the next sequence number, an
 // address keeps only its latest change in the log, removals stay as
 // tombstones for followers, and it survives a reopen.
