@@ -311,12 +311,23 @@ class Cluster:
                         best[shard] = (term, int(node["node_id"]))
         return {s: v[1] for s, v in best.items()}
 
+    def live_shards(self, status=None):
+        """The shards that hold or take mail: every shard of the shard map but
+        the retired ones (whose groups may be closed), else 0..shards-1."""
+        status = status or self.status()
+        listed = status.get("shard_map", [])
+        if not listed:
+            return list(range(self.shards))
+        return [int(s.get("shard", 0)) for s in listed if s.get("state") != "SHARD_RETIRED"]
+
     def wait_leaders(self, timeout=30, exclude=()):
+        """shard -> leader for every live shard, none of them in exclude."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                leaders = self.leaders()
-                if len(leaders) == self.shards and not set(leaders.values()) & set(exclude):
+                live = self.live_shards()
+                leaders = {s: n for s, n in self.leaders().items() if s in live}
+                if len(leaders) == len(live) and not set(leaders.values()) & set(exclude):
                     return leaders
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
@@ -345,10 +356,11 @@ class Cluster:
     def _caught_up(self, node_id, lag=100):
         """Node node_id is an answering voter of every shard, within lag entries of the leader."""
         rows = {}
-        for n in self.status().get("nodes", []):
+        status = self.status()
+        for n in status.get("nodes", []):
             for r in n.get("replicas", []):
                 rows[(int(n["node_id"]), int(r.get("shard", 0)))] = r
-        for shard in range(self.shards):
+        for shard in self.live_shards(status):
             leader = next((r for (_, s), r in rows.items() if s == shard and r.get("role") == "leader"), None)
             mine = rows.get((node_id, shard))
             if leader is None or mine is None:

@@ -17,6 +17,9 @@ injected one at a time, at random (seeded):
   rolling-restart  every process restarted once, one at a time (scripts/
                    cluster restart-rolling: leadership handed over first,
                    ingress and delivery drained)
+  grow-drain-shard a shard added online (mxctl cluster add-shard), used by
+                   ingress and delivery, then drained with --move (its
+                   messages re-enqueued on the other shards) until it retires
 
 Every kind runs at least once. Between faults the driver waits for new 250s
 (a cluster that stops accepting mail fails the run). At the end the load
@@ -55,7 +58,7 @@ from mxcluster import Cluster, free_base  # noqa: E402
 
 MX_HOST = "127.0.0.2"
 KINDS = ("kill9-queue", "sigstop-queue", "partition-queue", "kill9-ingress", "kill9-delivery", "transfer-leader",
-         "replace-replica", "rolling-restart")
+         "replace-replica", "rolling-restart", "grow-drain-shard")
 # Faults that move a shard's leadership: an Ack in flight may be lost.
 LEADER_MOVES = ("kill9-queue", "sigstop-queue", "partition-queue", "transfer-leader", "replace-replica",
                 "rolling-restart")
@@ -212,6 +215,9 @@ class Chaos:
         elif kind == "rolling-restart":
             fault.update(target="every process", leader=True)
             c.restart_rolling(log=self.log)
+        elif kind == "grow-drain-shard":
+            fault.update(target=f"shard {c.shards}", leader=False)
+            self.grow_and_drain_shard()
         elif kind in ("kill9-ingress", "kill9-delivery"):
             p = rng.choice(c.ingress if kind == "kill9-ingress" else c.delivery)
             fault.update(target=p.name, leader=False)
@@ -235,6 +241,24 @@ class Chaos:
         self.log(f"chaos: node 4 is a caught-up voter of every shard; {self.load.count()} accepted so far")
         c.mxctl("cluster", "remove-replica", "--node", "4", timeout=240)
         p.stop()
+
+    def grow_and_drain_shard(self):
+        """A shard added, given mail, drained with --move and retired, under the load."""
+        c = self.cluster
+        out = c.mxctl("cluster", "add-shard", timeout=90)
+        shard = int(out.stdout.split()[1])
+        c.shards = max(c.shards, shard + 1)
+        self.log("chaos: " + out.stdout.strip())
+        wait_for(lambda: int((c.leader_row(shard) or {}).get("commit_index", 0)) >= 30, timeout=60, interval=0.2,
+                 what=f"mail on the new shard {shard}")
+        out = c.mxctl("cluster", "drain-shard", str(shard), "--move")
+        self.log("chaos: " + out.stdout.strip())
+
+        def retired():
+            return any(int(s.get("shard", 0)) == shard and s["state"] == "SHARD_RETIRED"
+                       for s in c.status().get("shard_map", []))
+        wait_for(retired, timeout=120, interval=0.5, what=f"shard {shard} to move its mail and retire")
+        self.log(f"chaos: shard {shard} retired; {self.load.count()} accepted so far")
 
     def check_alive(self):
         for p in self.cluster.procs:
@@ -262,7 +286,7 @@ class Chaos:
             if self.netns:
                 hosts = {1: self.netns.near_ip, 2: self.netns.near_ip, 3: self.netns.far_ip, 4: self.netns.near_ip}
                 ns = {3: self.netns.name}
-            self.cluster = Cluster(self.workdir / "cluster", base_port=free_base(queue_nodes=4, shards=2), shards=2,
+            self.cluster = Cluster(self.workdir / "cluster", base_port=free_base(queue_nodes=4, shards=8), shards=2,
                                    delivery_cfg={"dns_servers": [self.dns.server], "smtp_port": port,
                                                  "connect_timeout": "3s"},
                                    queue_hosts=hosts, netns=ns)
@@ -354,11 +378,12 @@ class Chaos:
         except Exception:
             return -1
         per_shard = {}
+        live = self.cluster.live_shards(status)
         for n in status.get("nodes", []):
             for r in n.get("replicas", []):
-                if r.get("role") == "leader":
+                if r.get("role") == "leader" and int(r.get("shard", 0)) in live:
                     per_shard[int(r.get("shard", 0))] = int(r.get("messages", 0))
-        if len(per_shard) < self.cluster.shards:
+        if len(per_shard) < len(live):
             return -1
         return sum(per_shard.values())
 
