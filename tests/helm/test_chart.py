@@ -224,8 +224,14 @@ def test_rendered_objects_hold_together(render, scenario):
             hits = matched(o["spec"]["podSelector"]["matchLabels"])
             assert hits, f"{key} selects no pods"
             names = {p["name"] for _, _, spec in hits for c in spec["containers"] for p in c.get("ports", [])}
+            numbers = {p["containerPort"] for _, _, spec in hits for c in spec["containers"]
+                       for p in c.get("ports", [])}
             for rule in o["spec"]["ingress"]:
                 for p in rule["ports"]:
+                    if isinstance(p["port"], int):  # a range (the Raft ports of shards added online)
+                        span = set(range(p["port"], p.get("endPort", p["port"]) + 1))
+                        assert span & numbers, f"{key}: ports {p['port']}-{p.get('endPort')} not on its pods"
+                        continue
                     assert p["port"] in names, f"{key}: port {p['port']} not on its pods"
         elif kind == "ServiceMonitor":
             sel = o["spec"]["selector"]["matchLabels"]
