@@ -31,7 +31,13 @@ Status RaftLogImpl::ChangeError(const std::string& what, int rv) {
 }
 
 void RaftLogImpl::Change(const std::function<int(raft_change*, raft_change_cb)>& start, std::function<void(int)> then) {
-  auto* op = new ChangeOp{std::move(then)};
+  // The status that membership checks read (transfer-leader's "is it a
+  // voter?") is refreshed at once, not at the next poll: a caller told the
+  // change is done may act on it straight away.
+  auto* op = new ChangeOp{[this, then = std::move(then)](int status) {
+    RefreshStatus();
+    then(status);
+  }};
   op->req.data = op;
   int rv = start(&op->req, [](raft_change* req, int status) {
     auto* op = static_cast<ChangeOp*>(req->data);

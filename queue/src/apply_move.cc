@@ -15,7 +15,13 @@ Status StateMachine::Applier::MoveLock(const v1::MoveOp& op, ApplyResult* res) {
     v1::Envelope env;
     bool found = false;
     if (auto st = b_.GetProto(sm_.msg_, qid, &env, &found); !st.ok()) return st;
-    if (!found || env.moving()) continue;
+    if (!found || env.moving() != op.retarget()) continue;
+    if (op.retarget()) {  // its index entries went at the first LOCK
+      env.set_moving_to(op.target());
+      b_.PutProto(sm_.msg_, qid, env);
+      res->qids.push_back(qid);
+      continue;
+    }
     std::vector<v1::Recipient> rcpts;
     bool leased = false;
     for (uint32_t i = 0; i < env.nrcpts(); ++i) {

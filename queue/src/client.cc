@@ -43,6 +43,11 @@ bool QueueRouter::Serving(uint32_t shard) const {
   return st == v1::ShardInfo::SHARD_ACTIVE || st == v1::ShardInfo::SHARD_DRAINING;
 }
 
+bool QueueRouter::Retired(uint32_t shard) const {
+  std::lock_guard lock(mu_);
+  return shard < shards_.size() && shards_[shard].state == v1::ShardInfo::SHARD_RETIRED;
+}
+
 bool QueueRouter::ApplyShardMap(const std::vector<v1::ShardInfo>& map) {
   std::lock_guard lock(mu_);
   bool changed = false;

@@ -222,12 +222,13 @@ class Shard final : public MetadataReplica {
   }
   // LOCK (to target) or DONE: the queue ids the command applied to.
   Result<std::vector<std::string>> CommitMove(v1::MoveOp::Kind kind, const std::vector<std::string>& qids,
-                                              uint32_t target) {
+                                              uint32_t target, bool retarget = false) {
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     auto* op = cmd.mutable_move();
     op->set_kind(kind);
     op->set_target(target);
+    op->set_retarget(retarget);
     for (const auto& q : qids) op->add_qids(q);
     ApplyResult r = Commit(std::move(cmd));
     if (!r.status.ok()) return r.status;
@@ -1123,12 +1124,26 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
       if (!movable.empty()) log::Warn("shard " + std::to_string(s.id()) + ": no active shard to move messages to");
       movable.clear();
     }
-    std::map<uint32_t, std::vector<std::string>> to_lock;
-    for (auto& qid : movable) to_lock[active[std::hash<std::string>()(qid) % active.size()]].push_back(std::move(qid));
-    for (const auto& [target, qids] : to_lock) {
-      auto done = s.CommitMove(v1::MoveOp::MOVE_LOCK, qids, target);
-      if (!done.ok()) return false;  // leadership lost, or stopping: the next pass
-      for (auto& q : *done) locked.emplace_back(std::move(q), target);
+    // Locked to a shard that retired meanwhile: it holds no copy (it
+    // refuses them once retired), so they go to an active shard instead.
+    std::vector<std::string> stranded;
+    if (!active.empty()) {
+      std::erase_if(locked, [&](auto& l) {
+        if (!router_->Retired(l.second)) return false;
+        stranded.push_back(std::move(l.first));
+        return true;
+      });
+    }
+    for (bool retarget : {false, true}) {
+      std::map<uint32_t, std::vector<std::string>> to_lock;
+      for (auto& qid : retarget ? stranded : movable) {
+        to_lock[active[std::hash<std::string>()(qid) % active.size()]].push_back(std::move(qid));
+      }
+      for (const auto& [target, qids] : to_lock) {
+        auto done = s.CommitMove(v1::MoveOp::MOVE_LOCK, qids, target, retarget);
+        if (!done.ok()) return false;  // leadership lost, or stopping: the next pass
+        for (auto& q : *done) locked.emplace_back(std::move(q), target);
+      }
     }
     std::map<uint32_t, std::vector<std::string>> by_target;
     for (auto& [qid, target] : locked) by_target[target].push_back(std::move(qid));
@@ -1145,6 +1160,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   // a time; *copied gets those the target committed or already had.
   void CopyTo(Shard& s, uint32_t target, const std::vector<std::string>& qids, std::vector<std::string>* copied) {
     constexpr size_t kWindow = 32;
+    if (target >= router_->shards()) return;  // not in this node's map yet: the next pass
     struct Call {
       std::string qid, address;
       grpc::ClientContext ctx;

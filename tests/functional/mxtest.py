@@ -625,6 +625,11 @@ class Load:
         for t in self.threads:
             t.start()
 
+    @staticmethod
+    def body_of(msgid):
+        """The exact message the load sends with this Message-ID."""
+        return (f"Message-ID: {msgid}\r\nSubject: load\r\n\r\n" + ("x" * 76 + "\r\n") * 26).encode()
+
     def _next_id(self, worker):
         with self.lock:
             self.n += 1
@@ -639,7 +644,7 @@ class Load:
                     conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
                     conn.ehlo("load.test")
                 msgid = self._next_id(worker)
-                body = (f"Message-ID: {msgid}\r\nSubject: load\r\n\r\n" + ("x" * 76 + "\r\n") * 26).encode()
+                body = self.body_of(msgid)
                 conn.mail("load@sender.test")
                 conn.rcpt(self.rcpt)
                 code, reply = conn.data(body)

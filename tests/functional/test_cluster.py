@@ -65,6 +65,19 @@ def cluster_env(tmp_path, dns, sinks):
         assert not errors, errors
 
 
+def assert_byte_identical(load, sink):
+    """Every copy of the load's messages ends with exactly what the client
+    sent (only trace headers are added in front)."""
+    bad = []
+    for _, _, content in list(sink.messages):
+        m = re.search(rb"^Message-ID: (<[^>]+>)", content, re.M)
+        if not m or m.group(1).decode() not in load.accepted:
+            continue
+        if not content.endswith(Load.body_of(m.group(1).decode())):
+            bad.append(m.group(1).decode())
+    assert not bad, f"{len(bad)} messages changed on the way, e.g. {bad[:3]}"
+
+
 def report(request, **values):
     for k, v in values.items():
         request.node.user_properties.append((k, v))
@@ -560,6 +573,7 @@ def test_add_a_shard_online_under_load(cluster_env, request):
     finally:
         load.stop()
     dups = assert_all_delivered(load, sink)
+    assert_byte_identical(load, sink)
     status = c.status()
     assert [(int(s.get("shard", 0)), s["state"]) for s in status["shard_map"]] == \
         [(0, "SHARD_ACTIVE"), (1, "SHARD_ACTIVE"), (2, "SHARD_ACTIVE"), (3, "SHARD_ACTIVE")]
@@ -627,6 +641,7 @@ def test_drain_a_shard_with_move_under_load(cluster_env, request):
         load.stop()
     c.mxctl("qrun")
     dups = assert_all_delivered(load, sink, timeout=120)
+    assert_byte_identical(load, sink)
     moved_total = sum(int(line.split()[-1]) for p in c.queue for line in p.metrics().splitlines()
                       if line.startswith("mx_queue_moved_messages_total"))
     assert moved_total >= queued_2, (moved_total, queued_2)

@@ -627,6 +627,19 @@ TEST_F(StateMachineTest, MoveLocksCopiesWithRecipientStateAndDeletes) {
   ASSERT_EQ(locked.size(), 1u);
   EXPECT_EQ(locked[0], std::make_pair(a, uint32_t{2}));
   EXPECT_EQ(last, "");
+  // Its target retired meanwhile: a retarget LOCK points it elsewhere (only
+  // messages already locked), a plain LOCK leaves the target as it is.
+  v1::QueueCommand re;
+  re.set_now_unix_us(kT0 + 2 * kSec);
+  re.mutable_move()->set_kind(v1::MoveOp::MOVE_LOCK);
+  re.mutable_move()->set_target(1);
+  re.mutable_move()->set_retarget(true);
+  re.mutable_move()->add_qids(a);
+  re.mutable_move()->add_qids(b);
+  EXPECT_EQ(Apply(re).qids, std::vector<std::string>{a});
+  EXPECT_EQ(sm_->GetEnvelope(a)->moving_to(), 1u);
+  EXPECT_TRUE(move(v1::MoveOp::MOVE_LOCK, {a}).qids.empty());
+  EXPECT_EQ(sm_->GetEnvelope(a)->moving_to(), 1u);
   // Its retry is not due here any more, a hold leaves it alone, a late Ack is dropped.
   Apply(Tick(kT0 + 200 * kSec));
   EXPECT_EQ(StatusOf(a, 1), v1::RCPT_DEFERRED);

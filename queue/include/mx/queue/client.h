@@ -52,6 +52,8 @@ class QueueRouter {
   // It holds or may hold mail: active or draining (delivery pulls from it,
   // control asks it). False for creating and retired shards.
   bool Serving(uint32_t shard) const;
+  // The shard map says it retired (empty and closed for good).
+  bool Retired(uint32_t shard) const;
   // The shard map (ShardMapFollower): grows the table and sets each state.
   // Returns whether anything changed.
   bool ApplyShardMap(const std::vector<v1::ShardInfo>& map);
