@@ -528,12 +528,13 @@ def test_rolling_restart_under_load_loses_nothing(cluster_env, request):
 
 
 def test_add_a_shard_online_under_load(cluster_env, request):
-    """3 shards -> 4 while clients send: `mxctl cluster add-shard` records the
+    """3 shards -> 4 -> 3 while clients send: `mxctl cluster add-shard` records the
     shard in the map, its replicas open and bootstrap the new Raft group, and
     within seconds ingress places mail on it and delivery pulls from it. A
     replica of the new shard is reopened from the map after its node
-    restarts, the admin fan-out asks the new shard, and every 250 is
-    delivered exactly once (or the duplicate stays within the tolerance)."""
+    restarts, the admin fan-out asks the new shard; then it is drained with
+    --move and retires, and every 250 is delivered exactly once (or the
+    duplicate stays within the tolerance), byte-identical."""
     make, sink = cluster_env
     c = make(shards=3)
     load = Load(c.smtp_ports(), threads=3)
@@ -570,14 +571,21 @@ def test_add_a_shard_online_under_load(cluster_env, request):
         assert c.queue_node(follower).logtext().count("shard 3: bootstrapped a new Raft group") == 1
         n = load.count()
         wait_for(lambda: load.count() >= n + 30, timeout=30, what="250s after the restart")
+        # 4 -> 3: the new shard drained again, its mail moved to the others.
+        c.mxctl("cluster", "drain-shard", "3", "--move")
+        assert "shard 3: draining, moving its messages" in c.mxctl("cluster", "status").stdout
+        wait_for(lambda: c.status()["shard_map"][3]["state"] == "SHARD_RETIRED", timeout=90,
+                 what="shard 3 to move its mail and retire")
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 30, timeout=30, what="250s on three shards again")
     finally:
         load.stop()
     dups = assert_all_delivered(load, sink)
     assert_byte_identical(load, sink)
     status = c.status()
     assert [(int(s.get("shard", 0)), s["state"]) for s in status["shard_map"]] == \
-        [(0, "SHARD_ACTIVE"), (1, "SHARD_ACTIVE"), (2, "SHARD_ACTIVE"), (3, "SHARD_ACTIVE")]
-    assert "shard 3" in c.mxctl("cluster", "status").stdout
+        [(0, "SHARD_ACTIVE"), (1, "SHARD_ACTIVE"), (2, "SHARD_ACTIVE"), (3, "SHARD_RETIRED")]
+    assert "shard 3: retired" in c.mxctl("cluster", "status").stdout
     # The fan-out asks all four shards: a whole answer, no shard missing.
     stats = c.mxctl("mailstats")
     assert stats.returncode == 0 and not stats.stderr, stats.stderr
