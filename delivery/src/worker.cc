@@ -196,22 +196,37 @@ void Worker::Start() {
 void Worker::FollowShards() {
   std::lock_guard lock(shards_mu_);
   if (stopping_) return;
+  std::vector<std::shared_ptr<Shard>> added;
   for (uint32_t id = 0; id < router_.shards(); ++id) {
     if (!router_.Serving(id)) continue;
     if (std::any_of(shards_.begin(), shards_.end(), [&](const auto& s) { return s->id == id; })) continue;
     auto shard = std::make_shared<Shard>();
     shard->id = id;
     shards_.push_back(shard);
+    added.push_back(shard);
+    if (following_) log::Info("shard " + std::to_string(id) + " is in the shard map: pulling from it");
+  }
+  // Each shard gets an equal share of the concurrency as Pull credits (a
+  // retired shard's puller idles: its queue hands out nothing). Set before
+  // a new puller opens its stream with them; an open stream is told its new
+  // count (revoke: the queue takes it instead of what it holds).
+  const int64_t budget =
+      std::max<int64_t>(1, config_.concurrency / std::max<int64_t>(static_cast<int64_t>(shards_.size()), 1));
+  for (auto& s : shards_) {
+    if (s->budget.exchange(budget) == budget) continue;
+    std::lock_guard shard_lock(s->mu);
+    if (!s->stream || draining_) continue;
+    v1::PullRequest req;
+    req.set_revoke(true);
+    req.set_credits(static_cast<uint32_t>(std::max<int64_t>(0, budget - s->in_flight.load())));
+    s->stream->Write(req);
+  }
+  for (auto& shard : added) {
     pullers_.emplace_back([this, shard] {
       SetThreadName("mx-pull-" + std::to_string(shard->id));
       PullLoop(shard);
     });
-    if (following_) log::Info("shard " + std::to_string(id) + " is in the shard map: pulling from it");
   }
-  // Each shard gets an equal share of the concurrency as Pull credits (a
-  // retired shard's puller idles: its queue hands out nothing).
-  const auto n = static_cast<int64_t>(shards_.size());
-  for (auto& s : shards_) s->budget = std::max<int64_t>(1, config_.concurrency / std::max<int64_t>(n, 1));
 }
 
 std::shared_ptr<Worker::Shard> Worker::ShardById(uint32_t id) const {

@@ -170,6 +170,9 @@ class StateMachine::Applier {
   // retried mail sorts after fresh mail by attempts x RetryFactor. The caller
   // cleared the old index entry.
   Status Requeue(v1::Recipient* r, const std::string& qid, ApplyResult* res);
+  // *queued when qid is queued here already; then res says ALREADY_EXISTS
+  // (a retried Enqueue, a repeated copy).
+  Status RefuseIfQueued(const std::string& qid, ApplyResult* res, bool* queued);
 
   StateMachine& sm_;
   Batch b_;

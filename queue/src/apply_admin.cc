@@ -129,9 +129,9 @@ Status StateMachine::Applier::Delete(const std::string& qid, const v1::Envelope&
     if (!present[i]) continue;
     if (!IsFinal(rcpts[i].status())) {
       ClearIndex(rcpts[i], qid);
-      ctx_.Move(rcpts[i].status(), v1::RCPT_STATUS_UNSPECIFIED);
       ++res->recipients;
     }
+    ctx_.Move(rcpts[i].status(), v1::RCPT_STATUS_UNSPECIFIED);  // finished ones are counted too (RemoveIfDone)
     b_.Delete(sm_.rcpt_, keys::Rcpt(qid, i));
   }
   b_.Delete(sm_.msg_, qid);

@@ -41,15 +41,17 @@ Status StateMachine::Applier::Requeue(v1::Recipient* r, const std::string& qid, 
   return Status::Ok();
 }
 
+Status StateMachine::Applier::RefuseIfQueued(const std::string& qid, ApplyResult* res, bool* queued) {
+  std::string existing;
+  if (auto st = b_.Get(sm_.msg_, qid, &existing, queued); !st.ok()) return st;
+  if (*queued) res->status = Status(Code::kAlreadyExists, "queue id " + qid + " exists");
+  return Status::Ok();
+}
+
 Status StateMachine::Applier::Enqueue(const v1::NewMessage& m, int64_t now, ApplyResult* res) {
   const auto& qid = m.envelope().qid();
-  std::string existing;
-  bool found = false;
-  if (auto st = b_.Get(sm_.msg_, qid, &existing, &found); !st.ok()) return st;
-  if (found) {
-    res->status = Status(Code::kAlreadyExists, "queue id " + qid + " exists");
-    return Status::Ok();
-  }
+  bool queued = false;
+  if (auto st = RefuseIfQueued(qid, res, &queued); !st.ok() || queued) return st;
   const auto& o = sm_.options_;
   v1::Envelope env = m.envelope();
   env.set_nrcpts(m.recipients_size());

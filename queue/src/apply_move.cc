@@ -73,13 +73,8 @@ Status StateMachine::Applier::MoveDone(const v1::MoveOp& op, ApplyResult* res) {
 // on the source.
 Status StateMachine::Applier::Import(const v1::NewMessage& m, ApplyResult* res) {
   const auto& qid = m.envelope().qid();
-  std::string existing;
-  bool found = false;
-  if (auto st = b_.Get(sm_.msg_, qid, &existing, &found); !st.ok()) return st;
-  if (found) {
-    res->status = Status(Code::kAlreadyExists, "queue id " + qid + " exists");
-    return Status::Ok();
-  }
+  bool queued = false;
+  if (auto st = RefuseIfQueued(qid, res, &queued); !st.ok() || queued) return st;
   v1::Envelope env = m.envelope();
   env.clear_moving();
   env.clear_moving_to();

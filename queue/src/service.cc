@@ -30,6 +30,7 @@
 #include "probe.h"
 #include "raft_log.h"
 #include "retry.h"
+#include "shard_mover.h"
 #include "state_machine.h"
 
 namespace mx::queue {
@@ -89,7 +90,7 @@ Status FetchSnapshotFiles(const v1::SnapshotManifest& m, const std::string& dir)
 }
 
 // One shard replica hosted by this node.
-class Shard final : public MetadataReplica {
+class Shard final : public MetadataReplica, public MoveSource {
  public:
   // replicas: the node ids that bootstrap the group of a shard added online
   // (empty: a configured shard, bootstrapped by the non-joining peers).
@@ -203,7 +204,7 @@ class Shard final : public MetadataReplica {
   StateMachine& sm() { return *sm_; }
   RaftLog& log() { return *log_; }
   Membership& membership() { return *membership_; }
-  uint32_t id() const { return id_; }
+  uint32_t id() const override { return id_; }
   // The shard map's word on this shard (the node's watcher): draining and
   // retired shards take no new mail.
   void SetMapState(v1::ShardInfo::State state, bool move) {
@@ -215,14 +216,13 @@ class Shard final : public MetadataReplica {
   bool moving() const { return map_state_ == v1::ShardInfo::SHARD_DRAINING && move_; }
   int64_t messages() const { return sm_->counts().messages; }
 
-  // ---- the mover's steps on this shard (its leader) ----
+  // ---- MoveSource: the mover's steps on this shard (its leader) ----
   void MoveCandidates(size_t max, const std::string& after, std::vector<std::string>* movable,
-                      std::vector<std::pair<std::string, uint32_t>>* locked, std::string* last) const {
+                      std::vector<std::pair<std::string, uint32_t>>* locked, std::string* last) const override {
     sm_->MoveCandidates(max, after, movable, locked, last);
   }
-  // LOCK (to target) or DONE: the queue ids the command applied to.
   Result<std::vector<std::string>> CommitMove(v1::MoveOp::Kind kind, const std::vector<std::string>& qids,
-                                              uint32_t target, bool retarget = false) {
+                                              uint32_t target, bool retarget) override {
     v1::QueueCommand cmd;
     cmd.set_now_unix_us(clock_.NowUnixMicros());
     auto* op = cmd.mutable_move();
@@ -234,8 +234,7 @@ class Shard final : public MetadataReplica {
     if (!r.status.ok()) return r.status;
     return std::move(r.qids);
   }
-  // A locked message as its target takes it (EnqueueRequest.moved).
-  Result<v1::NewMessage> ReadForMove(const std::string& qid) const {
+  Result<v1::NewMessage> ReadForMove(const std::string& qid) const override {
     auto env = sm_->GetEnvelope(qid);
     if (!env.ok()) return env.status();
     auto body = sm_->GetBody(qid);
@@ -779,7 +778,8 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
       SetThreadName("mx-shardmap");
       WatchShardMap();
     });
-    mover_ = std::thread([this] {
+    mover_ = std::make_unique<ShardMover>(*router_);
+    mover_thread_ = std::thread([this] {
       SetThreadName("mx-mover");
       MoveLoop();
     });
@@ -795,7 +795,7 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     }
     watch_cv_.notify_all();
     if (watcher_.joinable()) watcher_.join();
-    if (mover_.joinable()) mover_.join();
+    if (mover_thread_.joinable()) mover_thread_.join();
     std::lock_guard lock(owned_mu_);
     for (auto& s : owned_) s->Stop();
   }
@@ -1096,118 +1096,12 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     for (;;) {
       bool progress = false;
       for (Shard* s : All()) {
-        if (s->moving() && s->IsLeader()) progress = MovePass(*s, &cursor[s->id()]) || progress;
+        if (s->moving() && s->IsLeader()) progress = mover_->Pass(*s, &cursor[s->id()]) || progress;
       }
       std::unique_lock lock(watch_mu_);
       if (watch_cv_.wait_for(lock, progress ? std::chrono::milliseconds(0) : std::chrono::seconds(1),
                              [this] { return stopping_; })) {
         return;
-      }
-    }
-  }
-
-  // One batch: lock up to kMoveBatch messages to their targets (by queue id
-  // over the active shards), copy every locked one to its target, delete
-  // those the targets committed. Whether anything moved.
-  bool MovePass(Shard& s, std::string* cursor) {
-    constexpr size_t kMoveBatch = 256;
-    std::vector<std::string> movable;
-    std::vector<std::pair<std::string, uint32_t>> locked;
-    std::string last;
-    s.MoveCandidates(kMoveBatch, *cursor, &movable, &locked, &last);
-    *cursor = last;  // "" at the end: the next pass starts over
-    std::vector<uint32_t> active;
-    for (uint32_t id = 0; id < router_->shards(); ++id) {
-      if (id != s.id() && router_->Accepting(id)) active.push_back(id);
-    }
-    if (active.empty()) {
-      if (!movable.empty()) log::Warn("shard " + std::to_string(s.id()) + ": no active shard to move messages to");
-      movable.clear();
-    }
-    // Locked to a shard that retired meanwhile: it holds no copy (it
-    // refuses them once retired), so they go to an active shard instead.
-    std::vector<std::string> stranded;
-    if (!active.empty()) {
-      std::erase_if(locked, [&](auto& l) {
-        if (!router_->Retired(l.second)) return false;
-        stranded.push_back(std::move(l.first));
-        return true;
-      });
-    }
-    for (bool retarget : {false, true}) {
-      std::map<uint32_t, std::vector<std::string>> to_lock;
-      for (auto& qid : retarget ? stranded : movable) {
-        to_lock[active[std::hash<std::string>()(qid) % active.size()]].push_back(std::move(qid));
-      }
-      for (const auto& [target, qids] : to_lock) {
-        auto done = s.CommitMove(v1::MoveOp::MOVE_LOCK, qids, target, retarget);
-        if (!done.ok()) return false;  // leadership lost, or stopping: the next pass
-        for (auto& q : *done) locked.emplace_back(std::move(q), target);
-      }
-    }
-    std::map<uint32_t, std::vector<std::string>> by_target;
-    for (auto& [qid, target] : locked) by_target[target].push_back(std::move(qid));
-    std::vector<std::string> copied;
-    for (const auto& [target, qids] : by_target) CopyTo(s, target, qids, &copied);
-    if (copied.empty()) return false;
-    auto deleted = s.CommitMove(v1::MoveOp::MOVE_DONE, copied, 0);
-    if (!deleted.ok()) return false;
-    Probe::Get().MessagesMoved(deleted->size());
-    return true;
-  }
-
-  // Enqueues each locked message on target (moved: state kept), up to 32 at
-  // a time; *copied gets those the target committed or already had.
-  void CopyTo(Shard& s, uint32_t target, const std::vector<std::string>& qids, std::vector<std::string>* copied) {
-    constexpr size_t kWindow = 32;
-    if (target >= router_->shards()) return;  // not in this node's map yet: the next pass
-    struct Call {
-      std::string qid, address;
-      grpc::ClientContext ctx;
-      v1::EnqueueRequest req;
-      v1::EnqueueResponse resp;
-      grpc::Status status;
-    };
-    for (size_t start = 0; start < qids.size(); start += kWindow) {
-      std::vector<std::unique_ptr<Call>> calls;
-      std::mutex mu;
-      std::condition_variable cv;
-      size_t pending = 0;
-      for (size_t i = start; i < std::min(qids.size(), start + kWindow); ++i) {
-        auto m = s.ReadForMove(qids[i]);
-        if (!m.ok()) continue;  // gone meanwhile
-        auto call = std::make_unique<Call>();
-        call->qid = qids[i];
-        *call->req.mutable_message() = std::move(m).value();
-        call->req.set_shard(target);
-        call->req.set_moved(true);
-        call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-        auto leader = router_->Leader(target);
-        call->address = leader.address;
-        Call* raw = call.get();
-        calls.push_back(std::move(call));
-        {
-          std::lock_guard lock(mu);
-          ++pending;
-        }
-        leader.stub->async()->Enqueue(&raw->ctx, &raw->req, &raw->resp, [raw, &mu, &cv, &pending](grpc::Status st) {
-          std::lock_guard lock(mu);
-          raw->status = std::move(st);
-          if (--pending == 0) cv.notify_all();
-        });
-      }
-      {
-        std::unique_lock lock(mu);
-        cv.wait(lock, [&] { return pending == 0; });
-      }
-      for (const auto& c : calls) {
-        router_->Observe(target, c->address, c->ctx, c->status);
-        if (c->status.ok() || c->status.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
-          copied->push_back(c->qid);
-        } else {
-          log::Warn("shard " + std::to_string(s.id()) + ": moving " + c->qid + " to shard " + std::to_string(target) +
-                    " failed (tried again): " + c->status.error_message());
-        }
       }
     }
   }
@@ -1248,7 +1142,8 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   std::condition_variable watch_cv_;
   bool stopping_ = false;
   std::thread watcher_;
-  std::thread mover_;
+  std::unique_ptr<ShardMover> mover_;  // drain-shard --move, on mover_thread_
+  std::thread mover_thread_;
 };
 
 }  // namespace

@@ -495,6 +495,26 @@ TEST_F(StateMachineTest, HoldReleaseAndDeleteByFilter) {
   EXPECT_TRUE(sm_->ReadyItems(10).empty());
 }
 
+// The counters forget every recipient of a deleted message, the delivered
+// ones too (as when a message finishes).
+TEST_F(StateMachineTest, DeletingAPartlyDeliveredMessageLeavesNoCountBehind) {
+  Apply(Enqueue("00000000010000", {"a@x.test", "b@x.test"}));
+  Apply(Lease(sm_->ReadyItems(10), kT0, kT0 + 60 * kSec));
+  Apply(Ack("00000000010000", 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
+  Apply(Ack("00000000010000", 1, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 3600 * kSec));
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_DELIVERED], 1);
+  v1::QueueCommand c;
+  c.set_now_unix_us(kT0 + 2 * kSec);
+  c.mutable_manage()->set_action(v1::ManageOp::MANAGE_DELETE);
+  c.mutable_manage()->mutable_filter()->set_domain("x.test");
+  auto r = Apply(c);
+  EXPECT_EQ(r.messages, 1u);
+  EXPECT_EQ(r.recipients, 1u);  // the one still queued
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_DELIVERED], 0);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_DEFERRED], 0);
+  EXPECT_EQ(sm_->counts().messages, 0);
+}
+
 TEST_F(StateMachineTest, BounceByFilterMarksAndReadiesRecipients) {
   Apply(Enqueue("00000000010000", {"a@x.test", "b@y.test"}));
   Apply(Enqueue("00000000020000", {"c@x.test"}));
