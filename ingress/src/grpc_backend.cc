@@ -41,7 +41,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
   // The first shard from the qid's hash that takes new mail and is not
   // avoided (no leader lately); failing that, the first that takes new mail.
   uint32_t ShardFor(const std::string& qid) const override {
-    const uint32_t n = router_.shards();
+    const uint32_t n = std::max(1u, router_.shards());
     const auto start = static_cast<uint32_t>(std::hash<std::string>()(qid) % n);
     const uint32_t first = NextAccepting(start == 0 ? n - 1 : start - 1);
     uint32_t s = first;
@@ -83,7 +83,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
   // The shard after `after` (cyclically) that takes new mail; `after + 1`
   // when none does (the map says no shard is active: let the queue answer).
   uint32_t NextAccepting(uint32_t after) const {
-    const uint32_t n = router_.shards();
+    const uint32_t n = std::max(1u, router_.shards());  // at least the configured shards
     for (uint32_t i = 1; i <= n; ++i) {
       const uint32_t s = (after + i) % n;
       if (router_.Accepting(s)) return s;

@@ -630,7 +630,7 @@ TEST_F(StateMachineTest, MoveLocksCopiesWithRecipientStateAndDeletes) {
   Apply(Lease({sm_->ReadyItems(10)}, kT0, kT0 + 60 * kSec));  // all three in delivery
   Apply(Ack(a, 0, v1::OUTCOME_DELIVERED, kT0 + kSec));
   Apply(Ack(a, 1, v1::OUTCOME_DEFERRED, kT0 + kSec, kT0 + 100 * kSec));
-  auto move = [&](v1::MoveOp::Kind kind, std::vector<std::string> qids) {
+  auto move = [&](v1::MoveOp::Kind kind, const std::vector<std::string>& qids) {
     v1::QueueCommand c;
     c.set_now_unix_us(kT0 + 2 * kSec);
     c.mutable_move()->set_kind(kind);
