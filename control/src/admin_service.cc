@@ -542,6 +542,10 @@ class AdminService final : public v1::Admin::Service {
     if (auto st = auth_.Check(ctx, Role::kOperator, rpc, &name); !st.ok()) return st;
     if (who) *who = name;
     if (req.shard() >= router_.shards()) return BadShard(req.shard());
+    if (router_.Retired(req.shard())) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "shard " + std::to_string(req.shard()) + " is retired (drained; its group may be closed)");
+    }
     return CallLeader(
         req.shard(), [&](v1::Queue::Stub* stub, grpc::ClientContext* c) { return (stub->*method)(c, req, resp); },
         std::chrono::system_clock::now() + kShardDeadline, per_call);

@@ -205,7 +205,7 @@ class Chaos:
             time.sleep(rng.uniform(3.0, 6.0))
             self.netns.heal()
         elif kind == "transfer-leader":
-            shard = rng.randrange(c.shards)
+            shard = rng.choice(c.live_shards())  # not a retired one: its group may be closed
             fault.update(target=f"shard {shard}", leader=True)
             out = c.mxctl("cluster", "transfer-leader", "--shard", str(shard))
             self.log("chaos: " + out.stdout.strip())

@@ -586,6 +586,8 @@ def test_add_a_shard_online_under_load(cluster_env, request):
     assert [(int(s.get("shard", 0)), s["state"]) for s in status["shard_map"]] == \
         [(0, "SHARD_ACTIVE"), (1, "SHARD_ACTIVE"), (2, "SHARD_ACTIVE"), (3, "SHARD_RETIRED")]
     assert "shard 3: retired" in c.mxctl("cluster", "status").stdout
+    bad = c.mxctl("cluster", "transfer-leader", "--shard", "3", check=False)
+    assert bad.returncode != 0 and "shard 3 is retired" in bad.stderr, bad.stderr
     # The fan-out asks all four shards: a whole answer, no shard missing.
     stats = c.mxctl("mailstats")
     assert stats.returncode == 0 and not stats.stderr, stats.stderr
