@@ -541,6 +541,7 @@ class AdminService final : public v1::Admin::Service {
     std::string name;
     if (auto st = auth_.Check(ctx, Role::kOperator, rpc, &name); !st.ok()) return st;
     if (who) *who = name;
+    follower_.PollOnce();  // the shard map as it is now (membership changes are rare)
     if (req.shard() >= router_.shards()) return BadShard(req.shard());
     if (router_.Retired(req.shard())) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,

@@ -89,6 +89,60 @@ Status FetchSnapshotFiles(const v1::SnapshotManifest& m, const std::string& dir)
   return Status::Ok();
 }
 
+// The state machine of the shard whose directory is base.
+StateMachineOptions StateOptions(const QueueConfig& config, const fs::path& base) {
+  StateMachineOptions so;
+  so.dir = (base / "db").string();
+  so.class_factor = config.class_factor;
+  so.recipient_factor = config.recipient_factor;
+  so.retry_factor = config.retry_factor;
+  so.sort_order = config.sort_order == "time"     ? StateMachineOptions::SortOrder::kTime
+                  : config.sort_order == "host"   ? StateMachineOptions::SortOrder::kHost
+                  : config.sort_order == "random" ? StateMachineOptions::SortOrder::kRandom
+                                                  : StateMachineOptions::SortOrder::kPriority;
+  so.queue_only_delay_us = std::chrono::duration_cast<std::chrono::microseconds>(config.min_backoff).count();
+  return so;
+}
+
+// Shard id's Raft group on this node. replicas: the founding node ids of a
+// shard added online (empty: a configured shard, founded by the peers
+// without join); they bootstrap it only where this node is one of them.
+RaftLogOptions RaftOptions(const QueueConfig& config, uint32_t id, const std::vector<uint64_t>& replicas,
+                           const fs::path& base, const std::string& grpc_address) {
+  RaftLogOptions ro;
+  ro.shard = id;
+  ro.node_id = config.node_id;
+  ro.raft_bind = ShardAddress(config.raft_listen, id);
+  ro.raft_address = ro.raft_bind;
+  const auto founder = [&](uint64_t node) {
+    return std::find(replicas.begin(), replicas.end(), node) != replicas.end();
+  };
+  for (const auto& p : config.peers) {
+    if (p.id == config.node_id) ro.raft_address = ShardAddress(p.raft, id);
+    const bool boot = replicas.empty() ? !config.join && !p.join : founder(config.node_id) && founder(p.id);
+    if (boot) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id)});
+  }
+  ro.grpc_address = grpc_address;
+  ro.dir = (base / "raft").string();
+  ro.snapshot_dir = (base / "snapshots").string();
+  ro.election_timeout_ms = static_cast<unsigned>(config.election_timeout.count());
+  ro.heartbeat_timeout_ms = static_cast<unsigned>(config.heartbeat_timeout.count());
+  ro.snapshot_threshold = config.snapshot_threshold;
+  ro.snapshot_trailing = config.snapshot_trailing;
+  ro.segment_size = config.raft_segment_size;
+  ro.max_batch_commands = config.group_commit_max_commands;
+  ro.max_batch_bytes = config.group_commit_max_bytes;
+  ro.linger = config.group_commit_linger;
+  ro.max_inflight_entries = config.max_inflight_entries;
+  // Shard s prefers the (s mod n)-th founder (or configured peer) as its leader.
+  if (config.balance_leaders && !replicas.empty()) {
+    ro.preferred_leader = replicas[id % replicas.size()];
+  } else if (config.balance_leaders && !config.peers.empty()) {
+    ro.preferred_leader = config.peers[id % config.peers.size()].id;
+  }
+  return ro;
+}
+
 // One shard replica hosted by this node.
 class Shard final : public MetadataReplica, public MoveSource {
  public:
@@ -110,16 +164,7 @@ class Shard final : public MetadataReplica, public MoveSource {
     std::error_code ec;
     fs::create_directories(base, ec);
     if (ec) return mx::Status(Code::kUnavailable, "cannot create " + base.string() + ": " + ec.message());
-    StateMachineOptions so;
-    so.dir = (base / "db").string();
-    so.class_factor = config_.class_factor;
-    so.recipient_factor = config_.recipient_factor;
-    so.retry_factor = config_.retry_factor;
-    so.sort_order = config_.sort_order == "time"     ? StateMachineOptions::SortOrder::kTime
-                    : config_.sort_order == "host"   ? StateMachineOptions::SortOrder::kHost
-                    : config_.sort_order == "random" ? StateMachineOptions::SortOrder::kRandom
-                                                     : StateMachineOptions::SortOrder::kPriority;
-    so.queue_only_delay_us = std::chrono::duration_cast<std::chrono::microseconds>(config_.min_backoff).count();
+    const StateMachineOptions so = StateOptions(config_, base);
     auto sm = StateMachine::Open(so);
     if (!sm.ok()) return sm.status();
     sm_ = std::move(sm).value();
@@ -130,37 +175,7 @@ class Shard final : public MetadataReplica, public MoveSource {
       log::Warn(tag_ + ": this replica was removed from the shard's group (" + RetiredMarker() +
                 "); it answers for nothing until its directory is wiped");
     }
-    RaftLogOptions ro;
-    ro.shard = id_;
-    ro.node_id = config_.node_id;
-    ro.raft_bind = ShardAddress(config_.raft_listen, id_);
-    ro.raft_address = ro.raft_bind;
-    const bool listed = std::find(replicas_.begin(), replicas_.end(), config_.node_id) != replicas_.end();
-    for (const auto& p : config_.peers) {
-      if (p.id == config_.node_id) ro.raft_address = ShardAddress(p.raft, id_);
-      const bool boot = replicas_.empty()
-                            ? !config_.join && !p.join
-                            : listed && std::find(replicas_.begin(), replicas_.end(), p.id) != replicas_.end();
-      if (boot) ro.bootstrap.push_back(RaftPeer{p.id, ShardAddress(p.raft, id_)});
-    }
-    ro.grpc_address = SelfAddress();
-    ro.dir = (base / "raft").string();
-    ro.snapshot_dir = (base / "snapshots").string();
-    ro.election_timeout_ms = static_cast<unsigned>(config_.election_timeout.count());
-    ro.heartbeat_timeout_ms = static_cast<unsigned>(config_.heartbeat_timeout.count());
-    ro.snapshot_threshold = config_.snapshot_threshold;
-    ro.snapshot_trailing = config_.snapshot_trailing;
-    ro.segment_size = config_.raft_segment_size;
-    ro.max_batch_commands = config_.group_commit_max_commands;
-    ro.max_batch_bytes = config_.group_commit_max_bytes;
-    ro.linger = config_.group_commit_linger;
-    ro.max_inflight_entries = config_.max_inflight_entries;
-    // Shard s prefers the (s mod n)-th configured peer as its leader.
-    if (config_.balance_leaders && !replicas_.empty()) {
-      ro.preferred_leader = replicas_[id_ % replicas_.size()];
-    } else if (config_.balance_leaders && !config_.peers.empty()) {
-      ro.preferred_leader = config_.peers[id_ % config_.peers.size()].id;
-    }
+    const RaftLogOptions ro = RaftOptions(config_, id_, replicas_, base, SelfAddress());
     snapshot_dir_ = ro.snapshot_dir;
     auto log = StartRaftLog(ro, *sm_, &FetchSnapshotFiles);
     if (!log.ok()) return log.status();
