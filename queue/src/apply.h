@@ -135,7 +135,7 @@ class StateMachine::Applier {
   Status Lease(const v1::LeaseOp& op, ApplyResult* res);
   Status Ack(const v1::AckOp& op, int64_t now, ApplyResult* res);
   Status AckRecipient(const v1::RecipientResult& result, int64_t now, v1::Envelope* env);
-  Status RemoveIfDone(const std::string& qid, const v1::Envelope& env);
+  Status RemoveMessage(const std::string& qid, const v1::Envelope& env);
   Status RecordHosts(const v1::AckOp& op, int64_t now);
   Status Tick(const v1::TickOp& op, int64_t now, ApplyResult* res);
   Status Release(const v1::ReleaseOp& op, ApplyResult* res);

@@ -131,7 +131,7 @@ Status StateMachine::Applier::Delete(const std::string& qid, const v1::Envelope&
       ClearIndex(rcpts[i], qid);
       ++res->recipients;
     }
-    ctx_.Move(rcpts[i].status(), v1::RCPT_STATUS_UNSPECIFIED);  // finished ones are counted too (RemoveIfDone)
+    ctx_.Move(rcpts[i].status(), v1::RCPT_STATUS_UNSPECIFIED);  // finished ones are counted too (RemoveMessage)
     b_.Delete(sm_.rcpt_, keys::Rcpt(qid, i));
   }
   b_.Delete(sm_.msg_, qid);

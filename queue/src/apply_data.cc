@@ -127,7 +127,7 @@ Status StateMachine::Applier::Ack(const v1::AckOp& op, int64_t now, ApplyResult*
   for (auto& [qid, env] : envs) {
     if (env.pending() > 0) {
       b_.PutProto(sm_.msg_, qid, env);
-    } else if (auto st = RemoveIfDone(qid, env); !st.ok()) {
+    } else if (auto st = RemoveMessage(qid, env); !st.ok()) {
       return st;
     }
   }
@@ -176,8 +176,9 @@ Status StateMachine::Applier::AckRecipient(const v1::RecipientResult& result, in
   return Status::Ok();
 }
 
-// Every recipient is final: the message leaves the queue.
-Status StateMachine::Applier::RemoveIfDone(const std::string& qid, const v1::Envelope& env) {
+// The message leaves the queue: every recipient is final (Ack), or it moved
+// to another shard (MoveOp DONE). No index entry is left to clear.
+Status StateMachine::Applier::RemoveMessage(const std::string& qid, const v1::Envelope& env) {
   for (uint32_t i = 0; i < env.nrcpts(); ++i) {
     v1::Recipient r;
     bool found = false;

@@ -48,19 +48,8 @@ Status StateMachine::Applier::MoveDone(const v1::MoveOp& op, ApplyResult* res) {
     v1::Envelope env;
     bool found = false;
     if (auto st = b_.GetProto(sm_.msg_, qid, &env, &found); !st.ok()) return st;
-    if (!found || !env.moving()) continue;  // a repeated DONE
-    for (uint32_t i = 0; i < env.nrcpts(); ++i) {
-      v1::Recipient r;
-      bool have = false;
-      auto key = keys::Rcpt(qid, i);
-      if (auto st = b_.GetProto(sm_.rcpt_, key, &r, &have); !st.ok()) return st;
-      if (!have) continue;
-      ctx_.Move(r.status(), v1::RCPT_STATUS_UNSPECIFIED);  // its index entries went at LOCK
-      b_.Delete(sm_.rcpt_, key);
-    }
-    b_.Delete(sm_.msg_, qid);
-    b_.Delete(sm_.msg_, keys::Body(qid));
-    --ctx_.counts.messages;
+    if (!found || !env.moving()) continue;                       // a repeated DONE
+    if (auto st = RemoveMessage(qid, env); !st.ok()) return st;  // its index entries went at LOCK
     res->qids.push_back(qid);
   }
   return Status::Ok();

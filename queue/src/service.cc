@@ -26,6 +26,7 @@
 #include "mx/common/thread_name.h"
 #include "mx/queue/client.h"
 #include "mx/queue/metadata_client.h"
+#include "mx/queue/shard_map.h"
 #include "mx/v1/queue.grpc.pb.h"
 #include "probe.h"
 #include "raft_log.h"
@@ -789,10 +790,9 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     if (seeds.empty()) seeds.push_back(config_.listen);
     router_ = std::make_unique<QueueRouter>(seeds, config_.shards);
     metadata_client_ = std::make_unique<MetadataClient>(*router_);
-    watcher_ = std::thread([this] {
-      SetThreadName("mx-shardmap");
-      WatchShardMap();
-    });
+    // The map applied to router_ (the mover's targets), then acted on.
+    watcher_ = std::make_unique<ShardMapFollower>(*router_, std::chrono::seconds(1), nullptr,
+                                                  [this](const auto& map) { FollowShardMap(map); });
     mover_ = std::make_unique<ShardMover>(*router_);
     mover_thread_ = std::thread([this] {
       SetThreadName("mx-mover");
@@ -805,11 +805,11 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   grpc::Service* metadata_service() override { return metadata_.get(); }
   void Stop() override {
     {
-      std::lock_guard lock(watch_mu_);
+      std::lock_guard lock(mover_mu_);
       stopping_ = true;
     }
-    watch_cv_.notify_all();
-    if (watcher_.joinable()) watcher_.join();
+    mover_cv_.notify_all();
+    watcher_.reset();
     if (mover_thread_.joinable()) mover_thread_.join();
     std::lock_guard lock(owned_mu_);
     for (auto& s : owned_) s->Stop();
@@ -1044,37 +1044,28 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     return s;
   }
 
-  // Follows the shard map on the metadata shard: opens the groups of shards
-  // added online that list this node (bootstrapping them with the listed
-  // replicas; a restart opens them again the same way), and makes a
-  // creating shard active once its replica here leads it.
-  void WatchShardMap() {
-    for (;;) {
-      {
-        std::unique_lock lock(watch_mu_);
-        watch_cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; });
-        if (stopping_) return;
-      }
-      v1::GetShardMapResponse map;
-      if (!metadata_client_->Call(&v1::Metadata::Stub::GetShardMap, v1::GetShardMapRequest(), &map).ok()) continue;
-      router_->ApplyShardMap({map.shards().begin(), map.shards().end()});  // the mover's targets
-      for (const auto& info : map.shards()) {
-        if (info.shard() >= kMaxShards) continue;
-        Shard* s = Get(info.shard());
-        if (s) s->SetMapState(info.state(), info.move());
-        if (info.state() == v1::ShardInfo::SHARD_RETIRED) continue;
-        const bool listed =
-            std::find(info.replicas().begin(), info.replicas().end(), config_.node_id) != info.replicas().end();
-        if (!s && listed && (s = Open(info))) s->SetMapState(info.state(), info.move());
-        if (s && info.state() == v1::ShardInfo::SHARD_DRAINING) MaybeRetire(*s);
-        if (s && info.state() == v1::ShardInfo::SHARD_CREATING && s->IsLeader()) {
-          v1::SetShardStateRequest req;
-          req.set_shard(info.shard());
-          req.set_state(v1::ShardInfo::SHARD_ACTIVE);
-          v1::SetShardStateResponse resp;
-          auto st = metadata_client_->Call(&v1::Metadata::Stub::SetShardState, req, &resp);
-          if (st.ok()) log::Info("shard " + std::to_string(info.shard()) + " has a leader here: active");
-        }
+  // The shard map, every second (watcher_): tells each shard here its state,
+  // opens the groups of shards added online that list this node
+  // (bootstrapping them with the listed replicas; a restart opens them again
+  // the same way), makes a creating shard active once its replica here
+  // leads it, and retires a drained one (MaybeRetire).
+  void FollowShardMap(const std::vector<v1::ShardInfo>& map) {
+    for (const auto& info : map) {
+      if (info.shard() >= kMaxShards) continue;
+      Shard* s = Get(info.shard());
+      if (s) s->SetMapState(info.state(), info.move());
+      if (info.state() == v1::ShardInfo::SHARD_RETIRED) continue;
+      const bool listed =
+          std::find(info.replicas().begin(), info.replicas().end(), config_.node_id) != info.replicas().end();
+      if (!s && listed && (s = Open(info))) s->SetMapState(info.state(), info.move());
+      if (s && info.state() == v1::ShardInfo::SHARD_DRAINING) MaybeRetire(*s);
+      if (s && info.state() == v1::ShardInfo::SHARD_CREATING && s->IsLeader()) {
+        v1::SetShardStateRequest req;
+        req.set_shard(info.shard());
+        req.set_state(v1::ShardInfo::SHARD_ACTIVE);
+        v1::SetShardStateResponse resp;
+        auto st = metadata_client_->Call(&v1::Metadata::Stub::SetShardState, req, &resp);
+        if (st.ok()) log::Info("shard " + std::to_string(info.shard()) + " has a leader here: active");
       }
     }
   }
@@ -1113,8 +1104,8 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
       for (Shard* s : All()) {
         if (s->moving() && s->IsLeader()) progress = mover_->Pass(*s, &cursor[s->id()]) || progress;
       }
-      std::unique_lock lock(watch_mu_);
-      if (watch_cv_.wait_for(lock, progress ? std::chrono::milliseconds(0) : std::chrono::seconds(1),
+      std::unique_lock lock(mover_mu_);
+      if (mover_cv_.wait_for(lock, progress ? std::chrono::milliseconds(0) : std::chrono::seconds(1),
                              [this] { return stopping_; })) {
         return;
       }
@@ -1153,11 +1144,11 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
   std::unique_ptr<QueueRouter> router_;        // the watcher's way to the metadata leader
   std::unique_ptr<MetadataClient> metadata_client_;
   std::map<uint32_t, std::chrono::steady_clock::time_point> empty_since_;  // the watcher's: draining and empty
-  std::mutex watch_mu_;
-  std::condition_variable watch_cv_;
+  std::mutex mover_mu_;
+  std::condition_variable mover_cv_;
   bool stopping_ = false;
-  std::thread watcher_;
-  std::unique_ptr<ShardMover> mover_;  // drain-shard --move, on mover_thread_
+  std::unique_ptr<ShardMapFollower> watcher_;  // every second: FollowShardMap
+  std::unique_ptr<ShardMover> mover_;          // drain-shard --move, on mover_thread_
   std::thread mover_thread_;
 };
 

@@ -7,8 +7,13 @@
 
 namespace mx::queue {
 
-ShardMapFollower::ShardMapFollower(QueueRouter& router, std::chrono::milliseconds interval, OnChange on_change)
-    : router_(router), metadata_(router), interval_(interval), on_change_(std::move(on_change)) {
+ShardMapFollower::ShardMapFollower(QueueRouter& router, std::chrono::milliseconds interval, OnChange on_change,
+                                   OnChange on_poll)
+    : router_(router),
+      metadata_(router),
+      interval_(interval),
+      on_change_(std::move(on_change)),
+      on_poll_(std::move(on_poll)) {
   thread_ = std::thread([this] {
     SetThreadName("mx-shardmap");
     Loop();
@@ -39,6 +44,7 @@ bool ShardMapFollower::PollOnce() {
     log::Info("shard map: " + desc);
     if (on_change_) on_change_(map);
   }
+  if (on_poll_) on_poll_(map);
   return true;
 }
 
