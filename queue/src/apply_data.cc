@@ -86,13 +86,27 @@ Status StateMachine::Applier::Enqueue(const v1::NewMessage& m, int64_t now, Appl
   return Status::Ok();
 }
 
+// The leader chose the items from its ready index; a LOCK for a move may
+// have been committed between that choice and this command: a locked
+// message keeps its recipients READY (the copy on the target carries them)
+// but is never leased here, or it would be delivered from both shards.
 Status StateMachine::Applier::Lease(const v1::LeaseOp& op, ApplyResult* res) {
+  std::string env_qid;  // items come grouped by message: one envelope read per message
+  bool env_moving = false;
   for (const auto& item : op.items()) {
     v1::Recipient r;
     bool found = false;
     auto key = keys::Rcpt(item.qid(), item.index());
     if (auto st = b_.GetProto(sm_.rcpt_, key, &r, &found); !st.ok()) return st;
     if (!found || r.status() != v1::RCPT_READY) continue;  // taken or finished meanwhile
+    if (item.qid() != env_qid) {
+      v1::Envelope env;
+      bool have = false;
+      if (auto st = b_.GetProto(sm_.msg_, item.qid(), &env, &have); !st.ok()) return st;
+      env_qid = item.qid();
+      env_moving = have && env.moving();
+    }
+    if (env_moving) continue;
     ClearIndex(r, item.qid());
     ctx_.Move(r.status(), v1::RCPT_LEASED);
     r.set_status(v1::RCPT_LEASED);

@@ -457,10 +457,15 @@ def test_misbehaving_peers_defer_mail_and_others_keep_flowing(sinks, mxd_factory
         # Dropped mid-DATA and garbage greetings: deferred and retried, never bounced.
         wait_for(lambda: peers["drop"].count("dropped in data") >= 2 and peers["garbage"].count("garbage") >= 2,
                  timeout=30, what="retries to the dropping and the garbage peer")
-        log = node.logtext()
+        # mx logs the deferral after it closed the connection: wait for the line.
+        def lines_for(name):
+            return [l for l in node.logtext().splitlines() if f"to=<u@{name}.test>" in l]
+
+        wait_for(lambda: all(lines_for(n) for n in ("hang", "drop", "garbage")), timeout=10,
+                 what="the deferrals in the log")
         for name in ("hang", "drop", "garbage"):
-            lines = [l for l in log.splitlines() if f"to=<u@{name}.test>" in l]
-            assert lines and all("stat=Deferred" in l for l in lines), (name, lines)
+            lines = lines_for(name)
+            assert all("stat=Deferred" in l for l in lines), (name, lines)
         assert "u@hang.test" in node.mxctl("mailq")
         assert bounces.count() == 0
         # They recover: everything deferred is delivered.

@@ -714,6 +714,28 @@ TEST_F(StateMachineTest, MoveLocksCopiesWithRecipientStateAndDeletes) {
   EXPECT_TRUE(move(v1::MoveOp::MOVE_DONE, {a}).qids.empty());  // repeated after a crash
 }
 
+// The leader picks a lease from its ready index, and a LOCK for a move is
+// committed before that Lease: the Lease must not take the locked message,
+// whose copy is on its way to the target (it was delivered from both shards
+// once, in chaos).
+TEST_F(StateMachineTest, LeaseCommittedAfterAMoveLockTakesNothing) {
+  const std::string a = "00000000030000";
+  Apply(Enqueue(a, {"x@one.test", "y@two.test"}));
+  const auto chosen = sm_->ReadyItems(10);
+  ASSERT_EQ(chosen.size(), 2u);
+  v1::QueueCommand lock;
+  lock.set_now_unix_us(kT0 + kSec);
+  lock.mutable_move()->set_kind(v1::MoveOp::MOVE_LOCK);
+  lock.mutable_move()->set_target(1);
+  lock.mutable_move()->add_qids(a);
+  EXPECT_EQ(Apply(lock).qids, std::vector<std::string>{a});
+  EXPECT_TRUE(sm_->ReadyItems(10).empty());
+  EXPECT_TRUE(Apply(Lease(chosen, kT0 + kSec, kT0 + 60 * kSec)).leased.empty());
+  EXPECT_EQ(StatusOf(a, 0), v1::RCPT_READY);
+  EXPECT_EQ(StatusOf(a, 1), v1::RCPT_READY);
+  EXPECT_EQ(sm_->counts().by_status[v1::RCPT_LEASED], 0);
+}
+
 // The suppression list: each change gets the next sequence number, an
 // address keeps only its latest change in the log, removals stay as
 // tombstones for followers, and it survives a reopen.
