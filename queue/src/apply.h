@@ -99,6 +99,7 @@ struct ApplyContext {
   };
   std::vector<IndexOp> index_ops;
   int64_t sched_floor = INT64_MIN;
+  std::optional<std::string> min_added_qid;  // the smallest qid this entry added (OldestArrival's hint)
   QueueCounts counts;
   std::map<std::string, v1::MailerStats> stats;
   bool stats_touched = false;
@@ -106,6 +107,9 @@ struct ApplyContext {
   std::optional<std::string> policy_version;                 // a policy stored by this entry
   std::optional<uint64_t> preferred_leader;                  // a LeaderOp of this entry
 
+  void Added(const std::string& qid) {
+    if (!min_added_qid || qid < *min_added_qid) min_added_qid = qid;
+  }
   void Move(v1::RcptStatus from, v1::RcptStatus to) {
     if (from != v1::RCPT_STATUS_UNSPECIFIED) --counts.by_status[from];
     if (to != v1::RCPT_STATUS_UNSPECIFIED) ++counts.by_status[to];

@@ -62,6 +62,7 @@ Status StateMachine::Applier::Enqueue(const v1::NewMessage& m, int64_t now, Appl
   b_.PutProto(sm_.msg_, qid, env);
   b_.Put(sm_.msg_, keys::Body(qid), m.body());
   ++ctx_.counts.messages;
+  ctx_.Added(qid);
   for (int i = 0; i < m.recipients_size(); ++i) {
     v1::Recipient r = m.recipients(i);
     r.set_index(i);

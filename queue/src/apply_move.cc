@@ -70,6 +70,7 @@ Status StateMachine::Applier::Import(const v1::NewMessage& m, ApplyResult* res) 
   b_.PutProto(sm_.msg_, qid, env);
   b_.Put(sm_.msg_, keys::Body(qid), m.body());
   ++ctx_.counts.messages;
+  ctx_.Added(qid);
   for (const auto& in : m.recipients()) {
     if (in.index() >= env.nrcpts()) continue;
     v1::Recipient r = in;

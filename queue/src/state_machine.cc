@@ -138,6 +138,7 @@ Status StateMachine::OpenDb() {
   policy_version_.clear();
   preferred_leader_ = 0;
   sched_floor_ = INT64_MIN;
+  oldest_hint_.clear();
   applied_ = 0;
   std::string v;
   s = db_->Get(rocksdb::ReadOptions(), meta_, kAppliedKey, &v);
@@ -403,6 +404,7 @@ Status StateMachine::Applier::Commit(uint64_t index, int64_t first_now) {
   if (ctx_.preferred_leader) sm_.preferred_leader_ = *ctx_.preferred_leader;
   sm_.counts_ = ctx_.counts;
   sm_.sched_floor_ = ctx_.sched_floor;
+  if (ctx_.min_added_qid && *ctx_.min_added_qid < sm_.oldest_hint_) sm_.oldest_hint_ = *ctx_.min_added_qid;
   for (auto& op : ctx_.index_ops) {
     if (op.add) {
       op.index->insert(std::move(op.key));
@@ -442,11 +444,22 @@ int64_t StateMachine::EarliestScheduled() const {
 }
 
 int64_t StateMachine::OldestArrival() const {
+  std::string hint;
+  {
+    std::lock_guard lock(mem_mu_);
+    hint = oldest_hint_;
+  }
   std::shared_lock db_lock(db_mu_);
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), msg_));
-  it->SeekToFirst();
+  it->Seek(hint);
   if (!it->Valid()) return 0;
   auto key = it->key().ToString();
+  {
+    // Nothing below the first live key but what an Apply adds meanwhile,
+    // which lowers the hint itself: raise it only if no Apply did.
+    std::lock_guard lock(mem_mu_);
+    if (oldest_hint_ == hint) oldest_hint_ = key;
+  }
   auto slash = key.find('/');
   return QidGenerator::TimeOf(slash == std::string::npos ? key : key.substr(0, slash));
 }

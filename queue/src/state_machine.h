@@ -175,6 +175,12 @@ class StateMachine {
   std::set<IndexKey> ready_index_;
   std::set<IndexKey> lease_index_;
   int64_t sched_floor_ = INT64_MIN;
+  // A lower bound of the `msg` CF's live keys: OldestArrival seeks here
+  // rather than from the first key, past the FIFO's trail of tombstones
+  // (scanning them every tick cost 50-90 µs per message under load). Raised
+  // by OldestArrival to the first live key it finds; lowered by every
+  // message added below it (an Import keeps its source's older qid).
+  mutable std::string oldest_hint_;
   std::map<uint64_t, std::string> members_;
   std::string policy_version_;  // of the pushed policy in meta (cheap for heartbeats)
   uint64_t preferred_leader_ = 0;
