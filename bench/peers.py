@@ -31,7 +31,8 @@ class Unavailable(Exception):
     """The peer cannot be measured on this machine; str() says why."""
 
 
-def _free_port():
+def free_port():
+    """A free TCP port on loopback (bench/run uses it too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -106,7 +107,7 @@ class Sendmail(_Peer):
         (d / "mqueue").chmod(0o700)
         (d / "statistics").touch()
         (d / "service.switch").write_text("hosts files\naliases files\n")
-        self.port = _free_port()
+        self.port = free_port()
         self.marker = d / "sendmail.cf"
         mc = f"""divert(0)dnl
 OSTYPE(`linux')dnl
@@ -165,7 +166,7 @@ class Exim(_Peer):
         for sub in ("spool", "log"):
             (d / sub).mkdir(parents=True)
             shutil.chown(d / sub, user="Debian-exim")
-        self.port = _free_port()
+        self.port = free_port()
         self.marker = d / "exim.conf"
         self.marker.write_text(f"""primary_hostname = exim.bench.test
 exim_path = {binary}
@@ -228,7 +229,7 @@ class OpenSMTPD(_Peer):
         (d / "spool").chmod(0o711)
         (d / "empty").mkdir()
         (d / "resolv.conf").write_text("lookup file\nnameserver 127.0.0.1\n")
-        self.port = _free_port()
+        self.port = free_port()
         self.marker = d / "smtpd.conf"
         self.marker.write_text(f"""listen on 127.0.0.1 port {self.port}
 action "sink" relay host smtp://127.0.0.1:{sink_port}
@@ -259,7 +260,7 @@ class Haraka(_Peer):
         r = subprocess.run([str(binary), "-i", str(d)], capture_output=True, text=True)
         if r.returncode != 0:
             raise Unavailable("haraka -i failed: " + (r.stderr or r.stdout)[-300:])
-        self.port = _free_port()
+        self.port = free_port()
         self.marker = d
         conf = d / "config"
         (conf / "plugins").write_text("rcpt_to.in_host_list\nqueue/smtp_forward\n")
