@@ -4,13 +4,19 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "mx/common/async_call.h"
 #include "mx/common/log.h"
 #include "mx/ingress/enqueue_backend.h"
+#include "probe.h"
 #include "mx/queue/client.h"
 #include "mx/queue/shard_map.h"
 #include "mx/v1/queue.grpc.pb.h"
@@ -35,7 +41,19 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     op->deadline = SysClock::now() + deadline_;
     op->shard = ShardFor(message.envelope().qid());
     op->req.mutable_message()->Swap(&message);
-    Send(op);
+    if (!batching_.load(std::memory_order_relaxed)) return Send(op);
+    // First attempts go in batches: while kBatchesInFlight calls to the shard
+    // are out, messages wait and then leave together (one RPC, and one Raft
+    // entry on the leader more often than not). Retries go one by one.
+    Batcher& b = batcher(op->shard);
+    std::vector<std::shared_ptr<Op>> ops;
+    {
+      std::lock_guard lock(b.mu);
+      b.waiting.push_back(op);
+      if (b.sending >= kBatchesInFlight) return;
+      ops = TakeBatch(b);
+    }
+    SendBatch(op->shard, std::move(ops));
   }
 
   // The first shard from the qid's hash that takes new mail and is not
@@ -79,6 +97,12 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
  private:
   // How often the shard map is read (shards added, drained, retired).
   static constexpr auto kShardMapInterval = std::chrono::seconds(2);
+  // EnqueueBatch: calls out per shard before messages wait for the next one,
+  // and the most one call carries.
+  static constexpr int kBatchesInFlight = 2;
+  static constexpr size_t kMaxBatchMessages = 128;
+  static constexpr size_t kMaxBatchBytes = 8u << 20;
+  static constexpr uint32_t kMaxShards = 256;  // shard ids are 0..255
 
   // The shard after `after` (cyclically) that takes new mail; `after + 1`
   // when none does (the map says no shard is active: let the queue answer).
@@ -141,6 +165,94 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     grpc::Alarm alarm;
   };
 
+  struct Batcher {
+    std::mutex mu;
+    std::deque<std::shared_ptr<Op>> waiting;
+    int sending = 0;  // EnqueueBatch calls out
+  };
+  struct Batch {
+    v1::EnqueueBatchRequest req;
+    v1::EnqueueBatchResponse resp;
+    grpc::ClientContext ctx;
+    std::vector<std::shared_ptr<Op>> ops;
+    std::string address;
+  };
+
+  Batcher& batcher(uint32_t shard) {
+    std::lock_guard lock(batchers_mu_);
+    auto& b = batchers_[shard % kMaxShards];
+    if (!b) b = std::make_unique<Batcher>();
+    return *b;
+  }
+
+  // Under b.mu: the oldest waiting messages that fit in one call; counts the call.
+  static std::vector<std::shared_ptr<Op>> TakeBatch(Batcher& b) {
+    std::vector<std::shared_ptr<Op>> ops;
+    size_t bytes = 0;
+    while (!b.waiting.empty() && ops.size() < kMaxBatchMessages) {
+      const size_t size = b.waiting.front()->req.message().body().size();
+      if (!ops.empty() && bytes + size > kMaxBatchBytes) break;
+      bytes += size;
+      ops.push_back(std::move(b.waiting.front()));
+      b.waiting.pop_front();
+    }
+    if (!ops.empty()) ++b.sending;
+    return ops;
+  }
+
+  void SendBatch(uint32_t shard, std::vector<std::shared_ptr<Op>> ops) {
+    auto batch = std::make_shared<Batch>();
+    auto target = router_.Leader(shard);
+    batch->address = target.address;
+    batch->req.set_shard(shard);
+    auto deadline = SysClock::now() + kAttemptTimeout;
+    for (auto& op : ops) {
+      deadline = std::min(deadline, op->deadline);
+      op->address = target.address;
+      batch->req.add_messages()->Swap(op->req.mutable_message());
+    }
+    batch->ctx.set_deadline(deadline);
+    batch->ops = std::move(ops);
+    Probe::Get().EnqueueBatch(batch->ops.size());
+    auto self = shared_from_this();
+    target.stub->async()->EnqueueBatch(&batch->ctx, &batch->req, &batch->resp,
+                                       [self, batch, shard](const grpc::Status& s) { self->BatchDone(shard, batch, s); });
+  }
+
+  void BatchDone(uint32_t shard, const std::shared_ptr<Batch>& batch, const grpc::Status& s) {
+    // The messages go back to their ops first: a retry sends them one by one.
+    for (size_t i = 0; i < batch->ops.size(); ++i) {
+      batch->ops[i]->req.mutable_message()->Swap(batch->req.mutable_messages(static_cast<int>(i)));
+    }
+    if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      // A queue node from before EnqueueBatch (a rolling upgrade): single calls from now on.
+      log::Warn("queue at " + batch->address + " has no EnqueueBatch; enqueueing one message per call");
+      batching_ = false;
+      for (auto& op : batch->ops) Send(op);
+    } else if (!s.ok() || batch->resp.results_size() != static_cast<int>(batch->ops.size())) {
+      const grpc::Status st = s.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "EnqueueBatch answered " +
+                                                                                     std::to_string(batch->resp.results_size()) +
+                                                                                     " results for " +
+                                                                                     std::to_string(batch->ops.size()) + " messages")
+                                     : s;
+      for (auto& op : batch->ops) Completed(op, st, batch->ctx, /*rejected=*/false);
+    } else {
+      for (size_t i = 0; i < batch->ops.size(); ++i) {
+        const auto& r = batch->resp.results(static_cast<int>(i));
+        Completed(batch->ops[i], grpc::Status(static_cast<grpc::StatusCode>(r.code()), r.message()), batch->ctx,
+                  r.rejected());
+      }
+    }
+    Batcher& b = batcher(shard);
+    std::vector<std::shared_ptr<Op>> next;
+    {
+      std::lock_guard lock(b.mu);
+      --b.sending;
+      next = TakeBatch(b);
+    }
+    if (!next.empty()) SendBatch(shard, std::move(next));
+  }
+
   void Send(const std::shared_ptr<Op>& op) {
     auto target = router_.Leader(op->shard);
     op->address = target.address;
@@ -149,14 +261,16 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     op->req.set_shard(op->shard);
     auto self = shared_from_this();
     target.stub->async()->Enqueue(op->ctx.get(), &op->req, &op->resp,
-                                  [self, op](const grpc::Status& s) { self->Completed(op, s); });
+                                  [self, op](const grpc::Status& s) { self->Completed(op, s, *op->ctx, false); });
   }
 
-  void Completed(const std::shared_ptr<Op>& op, const grpc::Status& s) {
+  // One attempt's outcome: s from the call (ctx), or from the message's
+  // EnqueueResult in a batch (rejected: refused before it was proposed).
+  void Completed(const std::shared_ptr<Op>& op, const grpc::Status& s, const grpc::ClientContext& ctx, bool rejected) {
     // ALREADY_EXISTS: an earlier attempt committed after all (its answer was lost).
     if (s.ok() || s.error_code() == grpc::StatusCode::ALREADY_EXISTS) return op->done(Status::Ok());
-    const bool new_leader = router_.Observe(op->shard, op->address, *op->ctx, s);
-    if (!queue::CertainlyNotApplied(*op->ctx, s)) op->ambiguous = true;
+    const bool new_leader = router_.Observe(op->shard, op->address, ctx, s);
+    if (!rejected && !queue::CertainlyNotApplied(ctx, s)) op->ambiguous = true;
     // A retry of the same qid is safe (ALREADY_EXISTS if it committed), so any
     // failure of the transport or of the replica (CANCELLED when it shuts down
     // mid-call) is retried; verdicts on the message itself are not.
@@ -190,6 +304,9 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
 
   queue::QueueRouter router_;
   std::chrono::milliseconds deadline_;
+  std::atomic<bool> batching_{true};
+  std::mutex batchers_mu_;
+  std::array<std::unique_ptr<Batcher>, kMaxShards> batchers_;
   queue::ShardMapFollower follower_;  // after router_, which it updates
 };
 

@@ -41,6 +41,11 @@ Probe::Probe() {
                           .Help("Time from end of DATA to the queue's commit")
                           .Register(reg)
                           .Add({}, metrics::LatencyBuckets());
+  enqueue_batch_ = &prometheus::BuildHistogram()
+                        .Name("mx_ingress_enqueue_batch_messages")
+                        .Help("Messages per EnqueueBatch call to a queue shard's leader")
+                        .Register(reg)
+                        .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128});
   commands_ = &prometheus::BuildCounter()
                    .Name("mx_ingress_commands_total")
                    .Help("SMTP commands received, by verb")

@@ -28,6 +28,8 @@ class Probe final : public SessionObserver {
     bytes_->Increment(static_cast<double>(bytes));
     enqueue_latency_->Observe(enqueue_seconds);
   }
+  // One EnqueueBatch call to a shard's leader, carrying n messages.
+  void EnqueueBatch(size_t n) { enqueue_batch_->Observe(static_cast<double>(n)); }
   void OnCommand(std::string_view verb) override;
   void OnReject(RejectReason reason, int code) override;
   void OnAuth(bool ok) override;
@@ -51,6 +53,7 @@ class Probe final : public SessionObserver {
   prometheus::Counter* accepted_;
   prometheus::Counter* bytes_;
   prometheus::Histogram* enqueue_latency_;
+  prometheus::Histogram* enqueue_batch_;
   prometheus::Family<prometheus::Counter>* commands_;
   prometheus::Family<prometheus::Counter>* rejections_;
   prometheus::Counter* discarded_;

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -651,6 +652,8 @@ class Server final : public IngressServer {
     Session s(std::move(policy), std::move(opts), client, clock_, qids_, &observer_);
     s.Start(connect);
     std::string buf;
+    // Reads land here (never zero-filled) and only what arrived is appended to buf.
+    auto chunk = std::make_unique_for_overwrite<char[]>(kReadChunk);
     bool open = true;
     while (open) {
       size_t pos = 0;
@@ -694,17 +697,15 @@ class Server final : public IngressServer {
       co_await Write(*conn, s);
       if (conn->timed_out) break;
       if (progress || buf.empty()) conn->SetTimeout(s.in_data() ? config_.data_timeout : config_.command_timeout);
-      size_t old = buf.size();
-      buf.resize(old + kReadChunk);
       size_t n = 0;
       if (conn->tls) {
-        n = co_await conn->tls->async_read_some(asio::buffer(buf.data() + old, kReadChunk),
+        n = co_await conn->tls->async_read_some(asio::buffer(chunk.get(), kReadChunk),
                                                 asio::redirect_error(use_awaitable, ec));
       } else {
-        n = co_await conn->socket.async_read_some(asio::buffer(buf.data() + old, kReadChunk),
+        n = co_await conn->socket.async_read_some(asio::buffer(chunk.get(), kReadChunk),
                                                   asio::redirect_error(use_awaitable, ec));
       }
-      buf.resize(old + n);
+      buf.append(chunk.get(), n);
       if (ec) {
         if (conn->timed_out) {
           conn->timed_out = false;

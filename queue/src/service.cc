@@ -343,6 +343,52 @@ class Shard final : public MetadataReplica, public MoveSource {
         });
   }
 
+  // Each message as Enqueue would take it, answered per message once the
+  // last one is settled; the call fails only when nothing was proposed.
+  void EnqueueBatch(grpc::ServerContextBase* ctx, const v1::EnqueueBatchRequest* req, v1::EnqueueBatchResponse* resp,
+                    Finish finish) {
+    if (req->messages().empty()) {
+      return finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "EnqueueBatch carries no message"));
+    }
+    if (!log_->IsLeader()) return finish(NotLeader(ctx));
+    struct Settle {
+      std::atomic<int> left;
+      std::atomic<bool> lost_leader{false};
+    };
+    const int n = req->messages_size();
+    auto settle = std::make_shared<Settle>(n + 1);  // + 1: this loop, so no answer goes before every proposal
+    for (int i = 0; i < n; ++i) resp->add_results();
+    auto one_done = [this, ctx, resp, settle, finish] {
+      if (settle->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+      // A proposal lost with the leadership: the leader hint, without the
+      // rejected flag (those messages may still commit here).
+      if (settle->lost_leader.load()) NotLeader(ctx, "", /*proposed=*/true);
+      resp->set_commit_index(sm_->applied_index());
+      finish(grpc::Status::OK);
+    };
+    for (int i = 0; i < n; ++i) {
+      const auto& m = req->messages(i);
+      auto* result = resp->mutable_results(i);
+      bool not_leader = false;
+      if (auto st = Admit(m, &not_leader); !st.ok()) {
+        result->set_code(static_cast<int32_t>(ToGrpc(st).error_code()));
+        result->set_message(st.message());
+        result->set_rejected(true);  // never proposed: not the leader, draining, invalid, disk full
+        one_done();
+        continue;
+      }
+      ProposeEnqueue(m, false, [result, settle, one_done](const ApplyResult& r) {
+        if (!r.status.ok()) {
+          result->set_code(static_cast<int32_t>(ToGrpc(r.status).error_code()));
+          result->set_message(r.status.message());
+          if (r.status.code() == Code::kUnavailable) settle->lost_leader = true;
+        }
+        one_done();
+      });
+    }
+    one_done();
+  }
+
   // The same checks and commit for an ingress in this process (mxd all),
   // without the transport: `done` gets OK once committed, or the refusal
   // (kUnavailable when this replica does not lead the shard).
@@ -757,7 +803,8 @@ class Shard final : public MetadataReplica, public MoveSource {
 
 // Enqueue and Ack use gRPC's callback API (they finish when the Raft entry
 // commits); the other methods are synchronous.
-using QueueServiceBase = v1::Queue::WithCallbackMethod_Enqueue<v1::Queue::WithCallbackMethod_Ack<v1::Queue::Service>>;
+using QueueServiceBase = v1::Queue::WithCallbackMethod_Enqueue<
+    v1::Queue::WithCallbackMethod_EnqueueBatch<v1::Queue::WithCallbackMethod_Ack<v1::Queue::Service>>>;
 
 class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
  public:
@@ -821,6 +868,19 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
     grpc::Status err;
     if (auto* s = Find(req->shard(), &err)) {
       s->Enqueue(ctx, req, resp, [reactor](const grpc::Status& st) { reactor->Finish(st); });
+    } else {
+      ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");  // nothing proposed: the client may go elsewhere
+      reactor->Finish(err);
+    }
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* EnqueueBatch(grpc::CallbackServerContext* ctx, const v1::EnqueueBatchRequest* req,
+                                         v1::EnqueueBatchResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    grpc::Status err;
+    if (auto* s = Find(req->shard(), &err)) {
+      s->EnqueueBatch(ctx, req, resp, [reactor](const grpc::Status& st) { reactor->Finish(st); });
     } else {
       ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");  // nothing proposed: the client may go elsewhere
       reactor->Finish(err);
