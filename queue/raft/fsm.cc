@@ -1,6 +1,9 @@
 // fsm.cc — QueueFsm: libraft FSM callbacks over the StateMachine.
 #include "fsm.h"
 
+#include <google/protobuf/arena.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -67,7 +70,13 @@ int QueueFsm::Apply(raft_fsm* fsm, const raft_buffer* buf, void** result) {
   auto* self = static_cast<QueueFsm*>(fsm->data);
   *result = nullptr;
   const uint64_t index = self->raft_->last_applied + 1;
-  v1::QueueEntry entry;
+  // The entry's commands (message bodies included) live on an arena: one
+  // allocation per block instead of one per field, all freed at once.
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.start_block_size = std::max<size_t>(4096, buf->len + buf->len / 4);
+  arena_options.max_block_size = std::max<size_t>(arena_options.start_block_size, 1 << 20);
+  google::protobuf::Arena arena(arena_options);
+  auto& entry = *google::protobuf::Arena::CreateMessage<v1::QueueEntry>(&arena);
   if (!Unframe(*buf, &entry)) {
     // libraft checksums entries, so this is a bug, not disk corruption:
     // skipping keeps every replica identical (all skip it).
