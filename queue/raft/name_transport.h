@@ -38,6 +38,7 @@ class NameTransport {
   static int OnConnect(raft_uv_transport* t, raft_uv_connect* req, raft_id id, const char* address,
                        raft_uv_connect_cb cb);
   static void OnClose(raft_uv_transport* t, raft_uv_transport_close_cb cb);
+  static void OnAccepted(raft_uv_transport* tcp, raft_id id, const char* address, uv_stream_s* stream);
   static void OnResolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
   static void OnTcpClosed(raft_uv_transport* tcp);
   void MaybeClosed();
@@ -48,6 +49,7 @@ class NameTransport {
   Lookup* lookups_ = nullptr;  // in flight, linked
   bool tcp_ready_ = false, closing_ = false, tcp_closed_ = false;
   raft_uv_transport_close_cb close_cb_ = nullptr;
+  raft_uv_accept_cb accept_cb_ = nullptr;  // libraft's
 };
 
 }  // namespace mx::queue::raft
