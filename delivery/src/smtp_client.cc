@@ -8,6 +8,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 
 namespace mx::delivery {
 namespace {
@@ -211,13 +212,17 @@ std::string EnhancedCode(std::string_view t) {
 std::string DotStuff(std::string_view body) {
   std::string out;
   out.reserve(body.size() + body.size() / 64 + 8);
-  bool line_start = true;
-  for (char c : body) {
-    if (line_start && c == '.') out.push_back('.');
-    out.push_back(c);
-    line_start = c == '\n';
+  // Line by line (memchr finds the ends), not byte by byte: a line that
+  // starts with '.' gets one more.
+  size_t pos = 0;
+  while (pos < body.size()) {
+    if (body[pos] == '.') out.push_back('.');
+    const void* nl = std::memchr(body.data() + pos, '\n', body.size() - pos);
+    const size_t end = nl ? static_cast<size_t>(static_cast<const char*>(nl) - body.data()) + 1 : body.size();
+    out.append(body.data() + pos, end - pos);
+    pos = end;
   }
-  if (!out.empty() && !line_start) out += "\r\n";
+  if (!out.empty() && out.back() != '\n') out += "\r\n";
   out += ".\r\n";
   return out;
 }
