@@ -16,10 +16,10 @@
 #include "mx/common/async_call.h"
 #include "mx/common/log.h"
 #include "mx/ingress/enqueue_backend.h"
-#include "probe.h"
 #include "mx/queue/client.h"
 #include "mx/queue/shard_map.h"
 #include "mx/v1/queue.grpc.pb.h"
+#include "probe.h"
 
 namespace mx::ingress {
 namespace {
@@ -45,7 +45,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     // First attempts go in batches: while kBatchesInFlight calls to the shard
     // are out, messages wait and then leave together (one RPC, and one Raft
     // entry on the leader more often than not). Retries go one by one.
-    Batcher& b = batcher(op->shard);
+    Batcher& b = BatcherFor(op->shard);
     std::vector<std::shared_ptr<Op>> ops;
     {
       std::lock_guard lock(b.mu);
@@ -178,7 +178,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     std::string address;
   };
 
-  Batcher& batcher(uint32_t shard) {
+  Batcher& BatcherFor(uint32_t shard) {
     std::lock_guard lock(batchers_mu_);
     auto& b = batchers_[shard % kMaxShards];
     if (!b) b = std::make_unique<Batcher>();
@@ -215,8 +215,9 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     batch->ops = std::move(ops);
     Probe::Get().EnqueueBatch(batch->ops.size());
     auto self = shared_from_this();
-    target.stub->async()->EnqueueBatch(&batch->ctx, &batch->req, &batch->resp,
-                                       [self, batch, shard](const grpc::Status& s) { self->BatchDone(shard, batch, s); });
+    target.stub->async()->EnqueueBatch(
+        &batch->ctx, &batch->req, &batch->resp,
+        [self, batch, shard](const grpc::Status& s) { self->BatchDone(shard, batch, s); });
   }
 
   void BatchDone(uint32_t shard, const std::shared_ptr<Batch>& batch, const grpc::Status& s) {
@@ -230,11 +231,11 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
       batching_ = false;
       for (auto& op : batch->ops) Send(op);
     } else if (!s.ok() || batch->resp.results_size() != static_cast<int>(batch->ops.size())) {
-      const grpc::Status st = s.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "EnqueueBatch answered " +
-                                                                                     std::to_string(batch->resp.results_size()) +
-                                                                                     " results for " +
-                                                                                     std::to_string(batch->ops.size()) + " messages")
-                                     : s;
+      const grpc::Status st = s.ok()
+                                  ? grpc::Status(grpc::StatusCode::INTERNAL,
+                                                 "EnqueueBatch answered " + std::to_string(batch->resp.results_size()) +
+                                                     " results for " + std::to_string(batch->ops.size()) + " messages")
+                                  : s;
       for (auto& op : batch->ops) Completed(op, st, batch->ctx, /*rejected=*/false);
     } else {
       for (size_t i = 0; i < batch->ops.size(); ++i) {
@@ -243,7 +244,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
                   r.rejected());
       }
     }
-    Batcher& b = batcher(shard);
+    Batcher& b = BatcherFor(shard);
     std::vector<std::shared_ptr<Op>> next;
     {
       std::lock_guard lock(b.mu);
