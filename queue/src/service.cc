@@ -346,7 +346,7 @@ class Shard final : public MetadataReplica, public MoveSource {
   // Each message as Enqueue would take it, answered per message once the
   // last one is settled; the call fails only when nothing was proposed.
   void EnqueueBatch(grpc::ServerContextBase* ctx, const v1::EnqueueBatchRequest* req, v1::EnqueueBatchResponse* resp,
-                    Finish finish) {
+                    const Finish& finish) {
     if (req->messages().empty()) {
       return finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "EnqueueBatch carries no message"));
     }
