@@ -178,12 +178,7 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     std::string address;
   };
 
-  Batcher& BatcherFor(uint32_t shard) {
-    std::lock_guard lock(batchers_mu_);
-    auto& b = batchers_[shard % kMaxShards];
-    if (!b) b = std::make_unique<Batcher>();
-    return *b;
-  }
+  Batcher& BatcherFor(uint32_t shard) { return batchers_[shard % kMaxShards]; }
 
   // Under b.mu: the oldest waiting messages that fit in one call; counts the call.
   static std::vector<std::shared_ptr<Op>> TakeBatch(Batcher& b) {
@@ -306,9 +301,8 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
   queue::QueueRouter router_;
   std::chrono::milliseconds deadline_;
   std::atomic<bool> batching_{true};
-  std::mutex batchers_mu_;
-  std::array<std::unique_ptr<Batcher>, kMaxShards> batchers_;
-  queue::ShardMapFollower follower_;  // after router_, which it updates
+  std::array<Batcher, kMaxShards> batchers_;  // one per shard id, no lock to find it
+  queue::ShardMapFollower follower_;          // after router_, which it updates
 };
 
 }  // namespace

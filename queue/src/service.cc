@@ -864,25 +864,27 @@ class QueueServiceImpl final : public QueueServiceBase, public QueueNode {
 
   grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* ctx, const v1::EnqueueRequest* req,
                                     v1::EnqueueResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    grpc::Status err;
-    if (auto* s = Find(req->shard(), &err)) {
-      s->Enqueue(ctx, req, resp, [reactor](const grpc::Status& st) { reactor->Finish(st); });
-    } else {
-      ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");  // nothing proposed: the client may go elsewhere
-      reactor->Finish(err);
-    }
-    return reactor;
+    return PlaceOnShard(ctx, req->shard(),
+                        [&](Shard& s, Shard::Finish finish) { s.Enqueue(ctx, req, resp, std::move(finish)); });
   }
 
   grpc::ServerUnaryReactor* EnqueueBatch(grpc::CallbackServerContext* ctx, const v1::EnqueueBatchRequest* req,
                                          v1::EnqueueBatchResponse* resp) override {
+    return PlaceOnShard(ctx, req->shard(),
+                        [&](Shard& s, const Shard::Finish& finish) { s.EnqueueBatch(ctx, req, resp, finish); });
+  }
+
+  // Enqueue and EnqueueBatch: `handle` runs on the shard, which finishes the
+  // call; a shard this node does not serve is refused with the rejected
+  // flag (nothing proposed: the client may place the mail elsewhere).
+  template <typename Handle>
+  grpc::ServerUnaryReactor* PlaceOnShard(grpc::CallbackServerContext* ctx, uint32_t shard, const Handle& handle) {
     auto* reactor = ctx->DefaultReactor();
     grpc::Status err;
-    if (auto* s = Find(req->shard(), &err)) {
-      s->EnqueueBatch(ctx, req, resp, [reactor](const grpc::Status& st) { reactor->Finish(st); });
+    if (auto* s = Find(shard, &err)) {
+      handle(*s, [reactor](const grpc::Status& st) { reactor->Finish(st); });
     } else {
-      ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");  // nothing proposed: the client may go elsewhere
+      ctx->AddTrailingMetadata(kRejectedMetadataKey, "1");
       reactor->Finish(err);
     }
     return reactor;
