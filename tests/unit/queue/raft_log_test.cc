@@ -17,6 +17,7 @@
 #include <memory>
 #include <thread>
 
+#include "loopback.h"
 #include "raft_log.h"
 
 namespace mx::queue {
@@ -24,18 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-uint16_t FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 template <typename Pred>
 bool Eventually(Pred pred, std::chrono::milliseconds limit = 20s) {
