@@ -352,6 +352,7 @@ class Shard final : public MetadataReplica, public MoveSource {
     }
     if (!log_->IsLeader()) return finish(NotLeader(ctx));
     struct Settle {
+      explicit Settle(int n) : left(n) {}
       std::atomic<int> left;
       std::atomic<bool> lost_leader{false};
     };
