@@ -203,6 +203,9 @@ void Queue(const YAML::Node& node, Config& c) {
   q.Uint("group_commit_max_commands", &c.queue.group_commit_max_commands);
   q.Bytes("group_commit_max_bytes", &c.queue.group_commit_max_bytes);
   q.Duration("group_commit_linger", &c.queue.group_commit_linger);
+  // Either set by hand: both are used as given, whatever the node hosts.
+  c.queue.group_commit_tuned =
+      q.Child("group_commit_linger").IsDefined() || q.Child("max_inflight_entries").IsDefined();
   q.Duration("min_backoff", &c.queue.min_backoff);
   q.Duration("max_backoff", &c.queue.max_backoff);
   q.Duration("lease_ttl", &c.queue.lease_ttl);

@@ -20,6 +20,9 @@ const char* RoleName(int role) {
   return "unknown";
 }
 
+// RaftLogs running in this process (shared_group_commit).
+std::atomic<int> g_running_logs{0};
+
 const char* StateName(int state) {
   switch (state) {
     case RAFT_LEADER: return "leader";
@@ -97,6 +100,8 @@ Status RaftLogImpl::Start() {
     return Fail("start (listening on " + bind + ", log in " + options_.dir + ")", rv);
   }
   started_ = true;
+  g_running_logs.fetch_add(1, std::memory_order_relaxed);
+  counted_ = true;
   uv_timer_start(&poll_, &RaftLogImpl::OnPoll, 0, 50);
   RefreshStatus();
   thread_ = std::thread([this] {
@@ -138,6 +143,8 @@ void RaftLogImpl::Stop() {
   }
   if (loop_ready_) uv_loop_close(&loop_);
   loop_ready_ = false;
+  if (counted_) g_running_logs.fetch_sub(1, std::memory_order_relaxed);
+  counted_ = false;
   FailAll(Status(Code::kUnavailable, "queue is shutting down"));
 }
 
@@ -200,11 +207,12 @@ void RaftLogImpl::Flush(bool linger_expired) {
     std::vector<Pending> batch;
     {
       std::lock_guard lock(mu_);
-      if (pending_.empty() || inflight_.size() >= options_.max_inflight_entries) return;
-      if (options_.linger.count() > 0 && !linger_expired && pending_.size() < options_.max_batch_commands) {
+      const auto [linger, max_inflight] = EffectiveGroupCommit(options_, g_running_logs.load(std::memory_order_relaxed));
+      if (pending_.empty() || inflight_.size() >= max_inflight) return;
+      if (linger.count() > 0 && !linger_expired && pending_.size() < options_.max_batch_commands) {
         if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&linger_))) {
           uv_timer_start(&linger_, &RaftLogImpl::OnLinger,
-                         std::max<uint64_t>(1, static_cast<uint64_t>(options_.linger.count() / 1000)), 0);
+                         std::max<uint64_t>(1, static_cast<uint64_t>(linger.count() / 1000)), 0);
         }
         return;
       }
@@ -396,6 +404,11 @@ void RaftLogImpl::CloseHandles() {
 }  // namespace mx::queue::raft
 
 namespace mx::queue {
+
+GroupCommit EffectiveGroupCommit(const RaftLogOptions& o, int running) {
+  if (o.shared_group_commit && running > 1) return {kSharedLinger, 1};
+  return {o.linger, o.max_inflight_entries};
+}
 
 Result<std::unique_ptr<RaftLog>> StartRaftLog(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch) {
   auto log = std::make_unique<raft::RaftLogImpl>(options, sm, std::move(fetch));

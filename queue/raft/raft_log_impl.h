@@ -140,6 +140,7 @@ class RaftLogImpl final : public RaftLog {
   raft_io io_{};
   struct ::raft raft_ {};
   bool loop_ready_ = false, transport_ready_ = false, io_ready_ = false, raft_ready_ = false, started_ = false;
+  bool counted_ = false;                              // in g_running_logs
   bool closing_ = false;                              // loop thread only
   static constexpr unsigned kBalanceEveryPolls = 60;  // 3 s at 50 ms
   unsigned polls_since_balance_ = 0;                  // loop thread only

@@ -29,6 +29,8 @@ struct RaftPeer {
   std::string raft_address;  // host:port of this peer's Raft transport for the shard
 };
 
+inline constexpr std::chrono::microseconds kSharedLinger{2000};
+
 struct RaftLogOptions {
   uint32_t shard = 0;
   uint64_t node_id = 0;
@@ -49,12 +51,26 @@ struct RaftLogOptions {
   uint64_t max_batch_bytes = 16 << 20;
   std::chrono::microseconds linger{0};
   unsigned max_inflight_entries = 4;
+  // While this process hosts more than one RaftLog: linger kSharedLinger with
+  // one entry in flight instead of the two above. Every entry costs each
+  // replica a write, an fsync and an apply whatever it carries, and a node
+  // holding several groups' replicas pays that for each group: fewer, fuller
+  // entries per group are what keep more shards from costing more CPU.
+  bool shared_group_commit = false;
   // The replica that should lead this shard when it is a caught-up voter (0:
   // none). Spreading shards' leaders over the nodes spreads the leaders' work;
   // the leader hands over with raft_transfer, checked every few seconds. The
   // state machine's PreferredLeader (set by a transfer) overrides it.
   uint64_t preferred_leader = 0;
 };
+
+// The linger and entries in flight a RaftLog with options o uses while
+// `running` RaftLogs (itself included) run in this process.
+struct GroupCommit {
+  std::chrono::microseconds linger;
+  unsigned max_inflight_entries;
+};
+GroupCommit EffectiveGroupCommit(const RaftLogOptions& o, int running);
 
 // Copies the checkpoint files a snapshot manifest lists into dir.
 using SnapshotFetcher = std::function<Status(const v1::SnapshotManifest& manifest, const std::string& dir)>;

@@ -134,6 +134,7 @@ RaftLogOptions RaftOptions(const QueueConfig& config, uint32_t id, const std::ve
   ro.max_batch_commands = config.group_commit_max_commands;
   ro.max_batch_bytes = config.group_commit_max_bytes;
   ro.linger = config.group_commit_linger;
+  ro.shared_group_commit = !config.group_commit_tuned;
   ro.max_inflight_entries = config.max_inflight_entries;
   // Shard s prefers the (s mod n)-th founder (or configured peer) as its leader.
   if (config.balance_leaders && !replicas.empty()) {

@@ -34,7 +34,17 @@ TEST(Config, ParsesUnits) {
   EXPECT_EQ(c->queue.min_backoff, std::chrono::seconds(30));
   EXPECT_EQ(c->queue.max_backoff, std::chrono::hours(4));
   EXPECT_EQ(c->queue.group_commit_linger, std::chrono::microseconds(500));
+  EXPECT_TRUE(c->queue.group_commit_tuned);
   EXPECT_EQ(c->queue.raft_segment_size, 16u << 20);
+}
+
+TEST(Config, GroupCommitIsTunedOnlyWhenLingerOrInflightIsSet) {
+  auto plain = ParseConfig("queue:\n  group_commit_max_commands: 64\n");
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_FALSE(plain->queue.group_commit_tuned);
+  auto inflight = ParseConfig("queue:\n  max_inflight_entries: 2\n");
+  ASSERT_TRUE(inflight.ok()) << inflight.status().ToString();
+  EXPECT_TRUE(inflight->queue.group_commit_tuned);
 }
 
 TEST(Config, OverridesSetKeysBeforeValidation) {

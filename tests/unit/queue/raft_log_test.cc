@@ -235,5 +235,26 @@ TEST_F(RaftLogTest, ChangesOnAFollowerAndQuorumLosingRemovalsAreRefused) {
   EXPECT_NE(st.message().find("less than a quorum"), std::string::npos) << st.ToString();
 }
 
+// A node hosting several groups' replicas lingers with one entry in flight
+// (fewer, fuller entries per group); alone, or tuned by hand, a group uses
+// its options as given.
+TEST(GroupCommitTest, SharedWhileSeveralGroupsRunUnlessTunedByHand) {
+  RaftLogOptions o;
+  o.linger = 0us;
+  o.max_inflight_entries = 4;
+  o.shared_group_commit = true;
+  auto alone = EffectiveGroupCommit(o, 1);
+  EXPECT_EQ(alone.linger, 0us);
+  EXPECT_EQ(alone.max_inflight_entries, 4u);
+  auto shared = EffectiveGroupCommit(o, 3);
+  EXPECT_EQ(shared.linger, kSharedLinger);
+  EXPECT_EQ(shared.max_inflight_entries, 1u);
+  o.shared_group_commit = false;  // queue.group_commit_linger or max_inflight_entries set
+  o.linger = 500us;
+  auto tuned = EffectiveGroupCommit(o, 3);
+  EXPECT_EQ(tuned.linger, 500us);
+  EXPECT_EQ(tuned.max_inflight_entries, 4u);
+}
+
 }  // namespace
 }  // namespace mx::queue

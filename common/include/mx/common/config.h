@@ -162,6 +162,11 @@ struct QueueConfig {
   uint32_t group_commit_max_commands = 512;
   uint64_t group_commit_max_bytes = 16ULL << 20;
   std::chrono::microseconds group_commit_linger{0};
+  // Neither group_commit_linger nor max_inflight_entries is in the file: while
+  // this process hosts more than one Raft group (shards), each group lingers
+  // 2 ms with one entry in flight, so groups sharing the cores and the disk
+  // propose fewer, fuller entries (see docs/ARCHITECTURE.md, group commit).
+  bool group_commit_tuned = false;
   std::chrono::seconds min_backoff{60};    // first retry delay (MinQueueAge floor)
   std::chrono::seconds max_backoff{3600};  // cap of the exponential retry delay
   std::chrono::seconds lease_ttl{300};
