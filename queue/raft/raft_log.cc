@@ -207,7 +207,8 @@ void RaftLogImpl::Flush(bool linger_expired) {
     std::vector<Pending> batch;
     {
       std::lock_guard lock(mu_);
-      const auto [linger, max_inflight] = EffectiveGroupCommit(options_, g_running_logs.load(std::memory_order_relaxed));
+      const auto [linger, max_inflight] =
+          EffectiveGroupCommit(options_, g_running_logs.load(std::memory_order_relaxed));
       if (pending_.empty() || inflight_.size() >= max_inflight) return;
       if (linger.count() > 0 && !linger_expired && pending_.size() < options_.max_batch_commands) {
         if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&linger_))) {
