@@ -34,6 +34,11 @@ const char* StateName(int state) {
 
 }  // namespace
 
+bool IsStaleAppendBeforeLog(const raft_message& m, const raft_log& log) {
+  return m.type == RAFT_IO_APPEND_ENTRIES && m.append_entries.prev_log_index == 0 && m.append_entries.n_entries > 0 &&
+         log.offset > 0;
+}
+
 RaftLogImpl::RaftLogImpl(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch)
     : options_(options),
       sm_(sm),
@@ -65,6 +70,8 @@ Status RaftLogImpl::Start() {
   // a version-1 io: checked on Debian 12's libraft-dev 0.15.0.
   if (io_.version < 2 && io_.async_work != nullptr) io_.version = 2;
   fsm_.UseAsyncSnapshots(io_.version >= 2 && io_.async_work != nullptr);
+  io_start_ = io_.start;
+  io_.start = &RaftLogImpl::OnIoStart;
   raft_uv_set_connect_retry_delay(&io_, 200);
   raft_uv_set_segment_size(&io_, options_.segment_size);
   if (int rv = raft_init(&raft_, &io_, fsm_.fsm(), options_.node_id, options_.raft_address.c_str()); rv != 0) {
@@ -109,6 +116,36 @@ Status RaftLogImpl::Start() {
     uv_run(&loop_, UV_RUN_DEFAULT);
   });
   return Status::Ok();
+}
+
+int RaftLogImpl::OnIoStart(raft_io* io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv) {
+  auto* self = static_cast<RaftLogImpl*>(static_cast<struct ::raft*>(io->data)->data);
+  self->recv_ = recv;
+  return self->io_start_(io, msecs, tick, &RaftLogImpl::OnReceive);
+}
+
+void RaftLogImpl::OnReceive(raft_io* io, raft_message* m) {
+  auto* self = static_cast<RaftLogImpl*>(static_cast<struct ::raft*>(io->data)->data);
+  if (!IsStaleAppendBeforeLog(*m, self->raft_.log)) return self->recv_(io, m);
+  // The receiver owns the entries: one array, and the batches they point into.
+  const raft_append_entries& a = m->append_entries;
+  void* freed = nullptr;
+  for (unsigned i = 0; i < a.n_entries; ++i) {
+    if (a.entries[i].batch != nullptr && a.entries[i].batch != freed) {
+      freed = a.entries[i].batch;
+      raft_free(freed);
+    } else if (a.entries[i].batch == nullptr) {
+      raft_free(a.entries[i].buf.base);
+    }
+  }
+  raft_free(a.entries);
+  Probe::Get().StaleAppendDropped(self->options_.shard);
+  if (self->stale_dropped_++ % 100 == 0) {
+    log::Info(self->tag_ + "dropped a stale AppendEntries from node " + std::to_string(m->server_id) + " (term " +
+              std::to_string(a.term) + ", " + std::to_string(a.n_entries) +
+              " entries from index 1; this log starts at " + std::to_string(self->raft_.log.offset + 1) + "); " +
+              std::to_string(self->stale_dropped_) + " dropped so far");
+  }
 }
 
 void RaftLogImpl::Propose(v1::QueueCommand cmd, Done done) {

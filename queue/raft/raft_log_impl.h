@@ -31,6 +31,14 @@ extern "C" {
 
 namespace mx::queue::raft {
 
+// An AppendEntries carrying the log from index 1 (prev_log_index 0) to a
+// replica whose log starts after index 1, compacted behind a snapshot. Only a
+// resend that arrives late does that: a leader that heard from the replica
+// knows where its log ends. libraft 0.15 appends such entries after its last
+// one, then finds none at index 1 and truncates from there, past the start
+// of its log (SEGV or a corrupted log).
+bool IsStaleAppendBeforeLog(const raft_message& m, const raft_log& log);
+
 class RaftLogImpl final : public RaftLog {
  public:
   RaftLogImpl(const RaftLogOptions& options, StateMachine& sm, SnapshotFetcher fetch);
@@ -98,6 +106,10 @@ class RaftLogImpl final : public RaftLog {
   void RefreshStatus();
   void BeginClose();
   static void OnRaftClosed(struct ::raft* r);
+  // io_.start and the receive callback behind it: drops what
+  // IsStaleAppendBeforeLog says, passes the rest to libraft.
+  static int OnIoStart(raft_io* io, unsigned msecs, raft_io_tick_cb tick, raft_io_recv_cb recv);
+  static void OnReceive(raft_io* io, raft_message* m);
   void CloseHandles();
 
   // ---- raft_membership.cc ----
@@ -138,6 +150,9 @@ class RaftLogImpl final : public RaftLog {
   uv_timer_t linger_{};
   NameTransport transport_;
   raft_io io_{};
+  int (*io_start_)(raft_io*, unsigned, raft_io_tick_cb, raft_io_recv_cb) = nullptr;  // libuv io's own start
+  raft_io_recv_cb recv_ = nullptr;                                                   // libraft's, set by start
+  uint64_t stale_dropped_ = 0;                                                       // loop thread only
   struct ::raft raft_ {};
   bool loop_ready_ = false, transport_ready_ = false, io_ready_ = false, raft_ready_ = false, started_ = false;
   bool counted_ = false;                              // in g_running_logs

@@ -70,6 +70,12 @@ Probe::Probe() {
                          .Name("mx_queue_raft_leader_changes_total")
                          .Help("Times this replica gained or lost leadership of its shard")
                          .Register(reg);
+  stale_appends_ = &prometheus::BuildCounter()
+                        .Name("mx_queue_raft_stale_appends_dropped_total")
+                        .Help(
+                            "AppendEntries from index 1 dropped because this replica's log starts after it (a stale "
+                            "resend)")
+                        .Register(reg);
   is_leader_ =
       &prometheus::BuildGauge().Name("mx_queue_raft_is_leader").Help("1 if this replica leads its shard").Register(reg);
   term_ = &prometheus::BuildGauge().Name("mx_queue_raft_term").Help("Current Raft term").Register(reg);
@@ -90,6 +96,10 @@ Probe::Probe() {
 
 void Probe::LeaderChanged(uint32_t shard) {
   leader_changes_->Add({{"shard", std::to_string(shard)}}).Increment();
+}
+
+void Probe::StaleAppendDropped(uint32_t shard) {
+  stale_appends_->Add({{"shard", std::to_string(shard)}}).Increment();
 }
 
 void Probe::SetRaft(uint32_t shard, bool leader, uint64_t term, uint64_t commit_index, uint64_t applied_index) {

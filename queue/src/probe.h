@@ -29,6 +29,9 @@ class Probe {
   // Time from proposing an entry to its commit and local apply.
   void EntryCommitted(double seconds) { commit_latency_->Observe(seconds); }
   void LeaderChanged(uint32_t shard);
+  // A stale AppendEntries from index 1 dropped by a replica whose log starts
+  // later (raft_log.cc, OnReceive).
+  void StaleAppendDropped(uint32_t shard);
   void SetRaft(uint32_t shard, bool leader, uint64_t term, uint64_t commit_index, uint64_t applied_index);
   void Leased(size_t recipients) { leased_->Increment(static_cast<double>(recipients)); }
   void Acked(int outcome) {
@@ -54,6 +57,7 @@ class Probe {
   prometheus::Family<prometheus::Gauge>* messages_;
   prometheus::Family<prometheus::Gauge>* oldest_age_;
   prometheus::Family<prometheus::Counter>* leader_changes_;
+  prometheus::Family<prometheus::Counter>* stale_appends_;
   prometheus::Family<prometheus::Gauge>* is_leader_;
   prometheus::Family<prometheus::Gauge>* term_;
   prometheus::Family<prometheus::Gauge>* commit_index_;

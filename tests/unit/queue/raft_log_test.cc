@@ -19,6 +19,7 @@
 
 #include "loopback.h"
 #include "raft_log.h"
+#include "raft_log_impl.h"
 
 namespace mx::queue {
 namespace {
@@ -61,8 +62,8 @@ class RaftLogTest : public ::testing::Test {
     fs::remove_all(root_);
   }
 
-  // Starts replica i (node id i+1); bootstrap lists the first three as voters.
-  void StartReplica(unsigned i, bool bootstrap) {
+  // Starts replica i (node id i+1); bootstrap lists the first `voters` as voters.
+  void StartReplica(unsigned i, bool bootstrap, unsigned voters = 3) {
     auto& r = replicas_[i];
     r.dir = root_ / ("n" + std::to_string(i + 1));
     fs::create_directories(r.dir);
@@ -82,7 +83,7 @@ class RaftLogTest : public ::testing::Test {
     o.snapshot_threshold = 64;  // the joiner needs a snapshot and the log after it
     o.snapshot_trailing = 16;
     if (bootstrap) {
-      for (unsigned j = 0; j < 3; ++j) o.bootstrap.push_back(RaftPeer{j + 1, replicas_[j].address});
+      for (unsigned j = 0; j < voters; ++j) o.bootstrap.push_back(RaftPeer{j + 1, replicas_[j].address});
     }
     auto log = StartRaftLog(o, *r.sm, [this](const v1::SnapshotManifest& m, const std::string& dir) {
       const fs::path src = root_ / ("n" + std::to_string(m.source_node_id())) / "snapshots" / std::to_string(m.index());
@@ -233,6 +234,100 @@ TEST_F(RaftLogTest, ChangesOnAFollowerAndQuorumLosingRemovalsAreRefused) {
   st = Wait([&](RaftLog::ChangeDone d) { leader->RemoveServer(other, std::move(d)); });
   EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
   EXPECT_NE(st.message().find("less than a quorum"), std::string::npos) << st.ToString();
+}
+
+// A leader that sent a follower the log from index 1 and resent it while
+// the follower was slow (a standby catching up under ASan in the CI chaos
+// run) has its stale copy arrive after the follower compacted its log
+// behind a snapshot. libraft 0.15 appends such entries after its last one,
+// finds none at index 1 and truncates from there, past the start of its
+// log: SEGV. The follower drops the stale message; the group goes on.
+TEST_F(RaftLogTest, StaleAppendFromIndexOneOnACompactedLogIsDropped) {
+  StartReplica(0, true, 1);
+  ASSERT_TRUE(Eventually([&] { return Leader() != nullptr; }));
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(Enqueue()) << "enqueue " << i;  // snapshot at 64, log from 49
+  const uint64_t digest = replicas_[0].sm->Digest();
+  const uint64_t term = replicas_[0].log->GetStatus().term();
+
+  // A second Raft I/O stands in for a leader of a later term.
+  uv_loop_t loop;
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  raft_uv_transport transport{};
+  ASSERT_EQ(raft_uv_tcp_init(&transport, &loop), 0);
+  raft_io io{};
+  const fs::path dir = root_ / "stale-leader";
+  fs::create_directories(dir);
+  ASSERT_EQ(raft_uv_init(&io, &loop, dir.c_str(), &transport), 0) << io.errmsg;
+  const std::string address = "127.0.0.1:" + std::to_string(FreePort());
+  ASSERT_EQ(io.init(&io, 9, address.c_str()), 0) << io.errmsg;
+  ASSERT_EQ(io.start(
+                &io, 1000, [](raft_io*) {}, [](raft_io*, raft_message*) {}),
+            0)
+      << io.errmsg;
+
+  std::string payload(24, 'x');  // libraft sends whole 8-byte words
+  raft_entry entry{};
+  entry.term = term + 100;
+  entry.type = RAFT_COMMAND;
+  entry.buf.base = payload.data();
+  entry.buf.len = payload.size();
+  raft_message m{};
+  m.type = RAFT_IO_APPEND_ENTRIES;
+  m.server_id = 1;
+  m.server_address = replicas_[0].address.c_str();
+  m.append_entries.term = term + 100;
+  m.append_entries.prev_log_index = 0;
+  m.append_entries.prev_log_term = 0;
+  m.append_entries.leader_commit = 0;
+  m.append_entries.entries = &entry;
+  m.append_entries.n_entries = 1;
+  struct Sent {
+    int status = -1;
+    bool done = false;
+  };
+  // Sends m until it went out (the first connect may still be in progress).
+  auto send = [&](const raft_message& msg) {
+    Sent sent;
+    raft_io_send req{};
+    req.data = &sent;
+    for (int attempt = 0; attempt < 50 && sent.status != 0; ++attempt) {
+      sent = Sent{};
+      if (io.send(&io, &req, &msg, [](raft_io_send* r, int status) {
+            auto* s = static_cast<Sent*>(r->data);
+            s->status = status;
+            s->done = true;
+          }) != 0) {
+        return false;
+      }
+      while (!sent.done) uv_run(&loop, UV_RUN_ONCE);
+      if (sent.status != 0) std::this_thread::sleep_for(100ms);
+    }
+    return sent.status == 0;
+  };
+  ASSERT_TRUE(send(m)) << io.errmsg;
+  // Then a heartbeat of that term on the same connection: once the replica
+  // has the term, it has read the stale message before it.
+  m.append_entries.entries = nullptr;
+  m.append_entries.n_entries = 0;
+  ASSERT_TRUE(send(m)) << io.errmsg;
+
+  // The replica read both, stepped down for the later term, and being the
+  // only voter leads again; its log and state are untouched and it takes
+  // new entries.
+  EXPECT_TRUE(Eventually([&] { return replicas_[0].log->GetStatus().term() >= term + 100; }));
+  EXPECT_TRUE(Eventually([&] { return Leader() != nullptr; }));
+  EXPECT_EQ(replicas_[0].sm->Digest(), digest);
+  EXPECT_TRUE(Enqueue());
+  EXPECT_EQ(replicas_[0].sm->counts().messages, 101);
+
+  bool closed = false;
+  io.data = &closed;
+  io.close(&io, [](raft_io* i) { *static_cast<bool*>(i->data) = true; });
+  while (!closed) uv_run(&loop, UV_RUN_ONCE);
+  raft_uv_close(&io);
+  raft_uv_tcp_close(&transport);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
 }
 
 // A node hosting several groups' replicas lingers with one entry in flight
