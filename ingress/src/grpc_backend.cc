@@ -10,6 +10,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "mx/queue/shard_map.h"
 #include "mx/v1/queue.grpc.pb.h"
 #include "probe.h"
+#include "shard_spread.h"
 
 namespace mx::ingress {
 namespace {
@@ -56,11 +58,12 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
     SendBatch(op->shard, std::move(ops));
   }
 
-  // The first shard from the qid's hash that takes new mail and is not
-  // avoided (no leader lately); failing that, the first that takes new mail.
-  uint32_t ShardFor(const std::string& qid) const override {
+  // The first shard from the current run's (ShardSpread) that takes new mail
+  // and is not avoided (no leader lately); failing that, the first that
+  // takes new mail.
+  uint32_t ShardFor(const std::string& /*qid*/) const override {
     const uint32_t n = std::max(1u, router_.shards());
-    const auto start = static_cast<uint32_t>(std::hash<std::string>()(qid) % n);
+    const uint32_t start = spread_.Next(n, std::chrono::steady_clock::now());
     const uint32_t first = NextAccepting(start == 0 ? n - 1 : start - 1);
     uint32_t s = first;
     for (uint32_t i = 0; i < n; ++i, s = NextAccepting(s)) {
@@ -301,8 +304,9 @@ class GrpcEnqueueBackend final : public EnqueueBackend, public std::enable_share
   queue::QueueRouter router_;
   std::chrono::milliseconds deadline_;
   std::atomic<bool> batching_{true};
-  std::array<Batcher, kMaxShards> batchers_;  // one per shard id, no lock to find it
-  queue::ShardMapFollower follower_;          // after router_, which it updates
+  mutable ShardSpread spread_{std::random_device{}()};  // ingresses start their runs on different shards
+  std::array<Batcher, kMaxShards> batchers_;            // one per shard id, no lock to find it
+  queue::ShardMapFollower follower_;                    // after router_, which it updates
 };
 
 }  // namespace

@@ -27,15 +27,16 @@ class EnqueueBackend {
   // ETRN: makes deferred recipients in `domain` (and its subdomains) ready
   // now on every shard; done gets how many were made ready.
   virtual void RunQueue(const std::string& domain, std::function<void(Result<uint64_t>)> done) = 0;
-  // The shard a message with this qid goes to first (one that takes new
-  // mail, by the shard map the backend follows).
+  // The shard the next message goes to first (one that takes new mail, by
+  // the shard map the backend follows); the qid does not choose it.
   virtual uint32_t ShardFor(const std::string& qid) const = 0;
 };
 
 // Enqueues over gRPC to the leader of one of `shards` shards (and of the
 // shards added later: it follows the shard map), found from the queue node
-// addresses in `targets`. The shard is picked by the qid's hash among those
-// that take new mail (active), skipping shards whose leader last failed. A call that fails because the
+// addresses in `targets`. The shard is the current run's (ShardSpread: a run
+// of messages or a short interval per shard, then the next) among those that
+// take new mail (active), skipping shards whose leader last failed. A call that fails because the
 // replica is not (or no longer) the leader, or is unreachable, is retried:
 // at once when the replica named the new leader, else with backoff; a retry
 // that finds the message already committed counts as success. `deadline`
