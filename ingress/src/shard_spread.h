@@ -8,7 +8,7 @@
 // with S shards each gets 1/S of them: S times the entries and calls for the
 // same mail, on the same machines. Instead, an ingress sends a run of up to
 // kRunMessages messages, or what arrives within kRunInterval, to one shard,
-// then moves on to the next: over any second every shard gets its share, and
+// then moves on to the next: within a few seconds every shard gets its share, and
 // each moment's messages travel together.
 #pragma once
 
@@ -20,8 +20,8 @@ namespace mx::ingress {
 
 class ShardSpread {
  public:
-  static constexpr uint32_t kRunMessages = 64;
-  static constexpr std::chrono::milliseconds kRunInterval{20};
+  static constexpr uint32_t kRunMessages = 256;
+  static constexpr std::chrono::milliseconds kRunInterval{100};
 
   explicit ShardSpread(uint32_t first = 0) : current_(first) {}
 
