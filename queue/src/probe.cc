@@ -108,6 +108,7 @@ void Probe::SetRaft(uint32_t shard, bool leader, uint64_t term, uint64_t commit_
   term_->Add(l).Set(static_cast<double>(term));
   commit_index_->Add(l).Set(static_cast<double>(commit_index));
   applied_index_->Add(l).Set(static_cast<double>(applied_index));
+  stale_appends_->Add(l);  // exported at 0 from the start
 }
 
 void Probe::SetCounts(uint32_t shard, const QueueCounts& counts, int64_t oldest_age_seconds) {
