@@ -614,8 +614,10 @@ class Load:
     """SMTP clients (smtplib) sending uniquely identified messages through the
     ingress nodes; remembers which got 250, when, and with which queue id."""
 
-    def __init__(self, ports, threads=4, rcpt="user@implicit.test", tag="load"):
-        self.ports, self.rcpt, self.tag = ports, rcpt, tag
+    def __init__(self, ports, threads=4, rcpt="user@implicit.test", tag="load", pace=0.0):
+        # pace: seconds each client waits after a message, to bound how much
+        # mail a long test piles up (0: as fast as the cluster answers).
+        self.ports, self.rcpt, self.tag, self.pace = ports, rcpt, tag, pace
         self.accepted = {}  # Message-ID -> (qid, time)
         self.failures = []  # (time, reply)
         self.lock = threading.Lock()
@@ -652,6 +654,8 @@ class Load:
                     qid = QUEUED.search(reply.decode()).group(1)
                     with self.lock:
                         self.accepted[msgid] = (qid, time.monotonic())
+                    if self.pace:
+                        time.sleep(self.pace)
                 else:
                     with self.lock:
                         self.failures.append((time.monotonic(), f"{code} {reply.decode()}"))
